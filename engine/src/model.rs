@@ -1,0 +1,616 @@
+//! DeepSeek-V2: Multi-head Latent Attention + DeepSeekMoE, in one file, top to bottom.
+//!
+//! Shapes are written [rows, columns] for one sequence (no batch dimension):
+//! T = new tokens this step, S = all tokens attended to (cached + new), H = heads,
+//! L = kv_lora_rank, R = qk_rope_head_dim, N = qk_nope_head_dim, V = v_head_dim.
+//!
+//! The cache holds only the latent (normalised c_kv and roped k_pe). Attention runs in one of two
+//! mathematically equal forms, chosen per step by arithmetic cost:
+//! - expanded: K and V are rebuilt from the latent with kv_b_proj, then ordinary attention;
+//! - absorbed: W_UK is folded into the query and W_UV applied after, so attention runs over the
+//!   latent itself (cheap for few new tokens over a long cache: the decode case).
+
+use candle_core::{D, DType, Device, Tensor};
+use kernels::routing::{GroupLimit, select_experts};
+
+use crate::config::{ModelConfig, MoeConfig, Routing};
+use crate::error::{EngineError, Result};
+use crate::latent_cache::LatentCache;
+use crate::rope::Rope;
+use crate::weights::WeightSource;
+
+/// Which attention form a forward pass uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AttentionForm {
+    /// The cheaper of the two for each step's span (the default).
+    #[default]
+    Auto,
+    Expanded,
+    Absorbed,
+}
+
+/// Which positions get logits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// Every input position: [T, vocab].
+    All,
+    /// Only the last input position: [1, vocab] (generation; saves the lm_head over the prompt).
+    Last,
+}
+
+pub struct Model {
+    config: ModelConfig,
+    embed_tokens: Tensor,
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    lm_head: Tensor,
+    rope: Rope,
+    dtype: DType,
+    device: Device,
+    attention_form: AttentionForm,
+}
+
+impl Model {
+    /// Builds the model from `source`, converting every weight to `dtype` on `device`.
+    pub fn load(config: ModelConfig, source: &dyn WeightSource, dtype: DType, device: &Device) -> Result<Self> {
+        if device.is_cpu() && dtype == DType::BF16 {
+            return Err(EngineError::Unsupported(
+                "bf16 compute needs a GPU; on the CPU use f32 or f16 (bf16 weights are converted)".into(),
+            ));
+        }
+        if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
+            return Err(EngineError::Unsupported(format!("compute dtype {dtype:?}: use f32, f16 or bf16")));
+        }
+        let w = Loader { source, dtype, device };
+        let embed_tokens = w.tensor("model.embed_tokens.weight", &[config.vocab_size, config.hidden_size])?;
+        let layers = (0..config.num_hidden_layers)
+            .map(|i| DecoderLayer::load(&w, &config, i))
+            .collect::<Result<Vec<_>>>()?;
+        let norm = RmsNorm::load(&w, "model.norm", config.hidden_size, config.rms_norm_eps)?;
+        let lm_head = if config.tie_word_embeddings {
+            embed_tokens.clone()
+        } else {
+            w.tensor("lm_head.weight", &[config.vocab_size, config.hidden_size])?
+        };
+        Ok(Self {
+            rope: Rope::new(&config.rope, config.qk_rope_head_dim),
+            config,
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            dtype,
+            device: device.clone(),
+            attention_form: AttentionForm::Auto,
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Forces one attention form (tests prove both forms agree; benchmarks compare them).
+    pub fn set_attention_form(&mut self, form: AttentionForm) {
+        self.attention_form = form;
+    }
+
+    /// An empty latent cache for this model.
+    pub fn new_cache(&self) -> LatentCache {
+        LatentCache::new(&self.config, self.dtype, &self.device)
+    }
+
+    /// Bytes the latent cache takes per token.
+    pub fn kv_bytes_per_token(&self) -> usize {
+        self.config.kv_bytes_per_token(self.dtype.size_in_bytes())
+    }
+
+    /// Runs `tokens` at positions `cache.len()..`, appends their latents to `cache`, and
+    /// returns f32 logits. On error the cache keeps its previous length.
+    pub fn forward(&self, tokens: &[u32], cache: &mut LatentCache, logits: Logits) -> Result<Tensor> {
+        if tokens.is_empty() {
+            return Err(EngineError::InvalidInput("no tokens to run".into()));
+        }
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.config.vocab_size) {
+            return Err(EngineError::InvalidInput(format!(
+                "token id {bad} is outside the vocabulary (size {})",
+                self.config.vocab_size
+            )));
+        }
+        let start = cache.len();
+        let len = tokens.len();
+        cache.reserve(len)?;
+        let ids = Tensor::from_slice(tokens, len, &self.device)?;
+        let mut hidden = self.embed_tokens.index_select(&ids, 0)?;
+        let step = Step::new(self, start, len)?;
+        for (index, layer) in self.layers.iter().enumerate() {
+            hidden = layer.forward(&hidden, index, cache, &step)?;
+        }
+        cache.set_len(start + len);
+        let hidden = match logits {
+            Logits::All => hidden,
+            Logits::Last => hidden.narrow(0, len - 1, 1)?,
+        };
+        let hidden = self.norm.forward(&hidden)?;
+        Ok(hidden.matmul(&self.lm_head.t()?)?.to_dtype(DType::F32)?)
+    }
+
+    /// Weight bytes one decoded token reads (embedding row, attention, the dense MLP or the
+    /// router + shared + top-k routed experts, lm_head): the numerator of achieved bandwidth.
+    pub fn weight_bytes_per_token(&self) -> usize {
+        let element = self.dtype.size_in_bytes();
+        let c = &self.config;
+        let layers: usize = self.layers.iter().map(|l| l.bytes_read_per_token(c, element)).sum();
+        (c.hidden_size + c.vocab_size * c.hidden_size + c.hidden_size) * element + layers
+    }
+
+    /// Every weight's bytes.
+    pub fn weight_bytes(&self) -> usize {
+        let mut total = self.embed_tokens.elem_count() + self.norm.weight.elem_count();
+        if !self.config.tie_word_embeddings {
+            total += self.lm_head.elem_count();
+        }
+        total * self.dtype.size_in_bytes() + self.layers.iter().map(DecoderLayer::weight_bytes).sum::<usize>()
+    }
+}
+
+/// What every layer of one forward step shares: positions, rope tables, the causal mask.
+struct Step {
+    start: usize,
+    len: usize,
+    cos: Tensor,
+    sin: Tensor,
+    /// [T, S] additive mask, `None` when every query may see every key (a single new token).
+    mask: Option<Tensor>,
+    form: AttentionForm,
+}
+
+impl Step {
+    fn new(model: &Model, start: usize, len: usize) -> Result<Self> {
+        let (cos, sin) = model.rope.tables(start, len, model.dtype, &model.device)?;
+        let total = start + len;
+        let mask = if len > 1 {
+            let values: Vec<f32> = (0..len)
+                .flat_map(|i| (0..total).map(move |j| if j > start + i { f32::NEG_INFINITY } else { 0.0 }))
+                .collect();
+            Some(Tensor::from_vec(values, (len, total), &model.device)?.to_dtype(model.dtype)?)
+        } else {
+            None
+        };
+        Ok(Self { start, len, cos, sin, mask, form: model.attention_form })
+    }
+}
+
+/// Converts weights to the compute dtype and device as they are loaded.
+struct Loader<'a> {
+    source: &'a dyn WeightSource,
+    dtype: DType,
+    device: &'a Device,
+}
+
+impl Loader<'_> {
+    fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        self.tensor_as(name, shape, self.dtype)
+    }
+
+    fn tensor_as(&self, name: &str, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        Ok(self.source.tensor(name, shape)?.to_dtype(dtype)?.to_device(self.device)?)
+    }
+
+    fn linear(&self, prefix: &str, out_dim: usize, in_dim: usize, bias: bool) -> Result<Linear> {
+        let weight = self.tensor(&format!("{prefix}.weight"), &[out_dim, in_dim])?;
+        let bias = if bias { Some(self.tensor(&format!("{prefix}.bias"), &[out_dim])?) } else { None };
+        Ok(Linear { weight, bias })
+    }
+}
+
+/// y = x W^T (+ b), W stored [out, in] as in the checkpoint.
+struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = x.matmul(&self.weight.t()?)?;
+        Ok(match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
+    }
+
+    /// Stacks the outputs of several projections of the same input into one matmul.
+    fn stack(parts: Vec<Linear>) -> Result<Linear> {
+        let weights: Vec<&Tensor> = parts.iter().map(|p| &p.weight).collect();
+        let weight = Tensor::cat(&weights, 0)?;
+        let bias = if parts.iter().all(|p| p.bias.is_some()) {
+            let biases: Vec<&Tensor> = parts.iter().filter_map(|p| p.bias.as_ref()).collect();
+            Some(Tensor::cat(&biases, 0)?)
+        } else {
+            None
+        };
+        Ok(Linear { weight, bias })
+    }
+
+    fn bytes(&self) -> usize {
+        let count = self.weight.elem_count() + self.bias.as_ref().map_or(0, Tensor::elem_count);
+        count * self.weight.dtype().size_in_bytes()
+    }
+}
+
+struct RmsNorm {
+    weight: Tensor,
+    eps: f32,
+}
+
+impl RmsNorm {
+    fn load(w: &Loader, prefix: &str, size: usize, eps: f64) -> Result<Self> {
+        Ok(Self { weight: w.tensor(&format!("{prefix}.weight"), &[size])?, eps: eps as f32 })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps)?)
+    }
+}
+
+/// SwiGLU MLP: down(silu(gate(x)) * up(x)), with gate and up fused into one matmul.
+struct Mlp {
+    gate_up: Linear,
+    down: Linear,
+    intermediate: usize,
+}
+
+impl Mlp {
+    fn load(w: &Loader, prefix: &str, hidden: usize, intermediate: usize, bias: bool) -> Result<Self> {
+        let gate = w.linear(&format!("{prefix}.gate_proj"), intermediate, hidden, bias)?;
+        let up = w.linear(&format!("{prefix}.up_proj"), intermediate, hidden, bias)?;
+        Ok(Self {
+            gate_up: Linear::stack(vec![gate, up])?,
+            down: w.linear(&format!("{prefix}.down_proj"), hidden, intermediate, bias)?,
+            intermediate,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let gate_up = self.gate_up.forward(x)?;
+        let gate = gate_up.narrow(D::Minus1, 0, self.intermediate)?;
+        let up = gate_up.narrow(D::Minus1, self.intermediate, self.intermediate)?;
+        self.down.forward(&(candle_nn::ops::silu(&gate)? * up)?)
+    }
+
+    fn bytes(&self) -> usize {
+        self.gate_up.bytes() + self.down.bytes()
+    }
+}
+
+enum FeedForward {
+    Dense(Mlp),
+    Experts(Moe),
+}
+
+struct DecoderLayer {
+    input_layernorm: RmsNorm,
+    attention: Mla,
+    post_attention_layernorm: RmsNorm,
+    feed_forward: FeedForward,
+}
+
+impl DecoderLayer {
+    fn load(w: &Loader, c: &ModelConfig, index: usize) -> Result<Self> {
+        let prefix = format!("model.layers.{index}");
+        let feed_forward = match &c.moe {
+            Some(moe) if c.is_moe_layer(index) => FeedForward::Experts(Moe::load(w, c, moe, &prefix)?),
+            _ => FeedForward::Dense(Mlp::load(
+                w,
+                &format!("{prefix}.mlp"),
+                c.hidden_size,
+                c.intermediate_size,
+                c.mlp_bias,
+            )?),
+        };
+        Ok(Self {
+            input_layernorm: RmsNorm::load(w, &format!("{prefix}.input_layernorm"), c.hidden_size, c.rms_norm_eps)?,
+            attention: Mla::load(w, c, &format!("{prefix}.self_attn"))?,
+            post_attention_layernorm: RmsNorm::load(
+                w,
+                &format!("{prefix}.post_attention_layernorm"),
+                c.hidden_size,
+                c.rms_norm_eps,
+            )?,
+            feed_forward,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, index: usize, cache: &LatentCache, step: &Step) -> Result<Tensor> {
+        let attended = self.attention.forward(&self.input_layernorm.forward(x)?, index, cache, step)?;
+        let x = (x + attended)?;
+        let normed = self.post_attention_layernorm.forward(&x)?;
+        let mixed = match &self.feed_forward {
+            FeedForward::Dense(mlp) => mlp.forward(&normed)?,
+            FeedForward::Experts(moe) => moe.forward(&normed)?,
+        };
+        Ok((x + mixed)?)
+    }
+
+    fn weight_bytes(&self) -> usize {
+        let norms = (self.input_layernorm.weight.elem_count() + self.post_attention_layernorm.weight.elem_count())
+            * self.input_layernorm.weight.dtype().size_in_bytes();
+        let feed_forward = match &self.feed_forward {
+            FeedForward::Dense(mlp) => mlp.bytes(),
+            FeedForward::Experts(moe) => moe.weight_bytes(),
+        };
+        norms + self.attention.weight_bytes() + feed_forward
+    }
+
+    fn bytes_read_per_token(&self, c: &ModelConfig, element: usize) -> usize {
+        let norms = 2 * c.hidden_size * element;
+        let feed_forward = match &self.feed_forward {
+            FeedForward::Dense(mlp) => mlp.bytes(),
+            FeedForward::Experts(moe) => moe.bytes_read_per_token(),
+        };
+        // The absorbed decode path reads W_UK and W_UV instead of kv_b_proj: the same bytes.
+        norms + self.attention.weight_bytes() + feed_forward
+    }
+}
+
+/// How queries are projected: directly (V2-Lite) or through a low-rank bottleneck (V2).
+enum QueryProjection {
+    Direct(Linear),
+    LowRank { down: Linear, norm: RmsNorm, up: Linear },
+}
+
+/// Multi-head Latent Attention.
+struct Mla {
+    query: QueryProjection,
+    /// x -> [c_kv (L) | k_pe (R)]
+    kv_a: Linear,
+    kv_a_norm: RmsNorm,
+    /// c_kv -> per head [k_nope (N) | v (V)], for the expanded form.
+    kv_b: Linear,
+    /// W_UK per head, [H, N, L], for the absorbed form.
+    w_uk: Tensor,
+    /// W_UV per head, transposed, [H, L, V], for the absorbed form.
+    w_uv_t: Tensor,
+    o_proj: Linear,
+    heads: usize,
+    nope: usize,
+    rope: usize,
+    v_dim: usize,
+    kv_lora: usize,
+    scale: f64,
+}
+
+impl Mla {
+    fn load(w: &Loader, c: &ModelConfig, prefix: &str) -> Result<Self> {
+        let (heads, nope, rope, v_dim, kv_lora) =
+            (c.num_attention_heads, c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim, c.kv_lora_rank);
+        let query_width = heads * (nope + rope);
+        let query = match c.q_lora_rank {
+            None => QueryProjection::Direct(w.linear(&format!("{prefix}.q_proj"), query_width, c.hidden_size, false)?),
+            Some(rank) => QueryProjection::LowRank {
+                down: w.linear(&format!("{prefix}.q_a_proj"), rank, c.hidden_size, c.attention_bias)?,
+                norm: RmsNorm::load(w, &format!("{prefix}.q_a_layernorm"), rank, c.rms_norm_eps)?,
+                up: w.linear(&format!("{prefix}.q_b_proj"), query_width, rank, false)?,
+            },
+        };
+        let kv_b = w.linear(&format!("{prefix}.kv_b_proj"), heads * (nope + v_dim), kv_lora, false)?;
+        let per_head = kv_b.weight.reshape((heads, nope + v_dim, kv_lora))?;
+        let w_uk = per_head.narrow(1, 0, nope)?.contiguous()?;
+        let w_uv_t = per_head.narrow(1, nope, v_dim)?.transpose(1, 2)?.contiguous()?;
+        Ok(Self {
+            query,
+            kv_a: w.linear(&format!("{prefix}.kv_a_proj_with_mqa"), kv_lora + rope, c.hidden_size, c.attention_bias)?,
+            kv_a_norm: RmsNorm::load(w, &format!("{prefix}.kv_a_layernorm"), kv_lora, c.rms_norm_eps)?,
+            kv_b,
+            w_uk,
+            w_uv_t,
+            o_proj: w.linear(&format!("{prefix}.o_proj"), c.hidden_size, heads * v_dim, c.attention_bias)?,
+            heads,
+            nope,
+            rope,
+            v_dim,
+            kv_lora,
+            scale: c.softmax_scale(),
+        })
+    }
+
+    fn weight_bytes(&self) -> usize {
+        let query = match &self.query {
+            QueryProjection::Direct(q) => q.bytes(),
+            QueryProjection::LowRank { down, norm, up } => {
+                down.bytes() + up.bytes() + norm.weight.elem_count() * norm.weight.dtype().size_in_bytes()
+            }
+        };
+        let norm = self.kv_a_norm.weight.elem_count() * self.kv_a_norm.weight.dtype().size_in_bytes();
+        query + self.kv_a.bytes() + norm + self.kv_b.bytes() + self.o_proj.bytes()
+    }
+
+    /// x: [T, hidden] (normalised). Writes this step's latents into `cache` and returns [T, hidden].
+    fn forward(&self, x: &Tensor, layer: usize, cache: &LatentCache, step: &Step) -> Result<Tensor> {
+        let (h, t) = (self.heads, step.len);
+        let q = match &self.query {
+            QueryProjection::Direct(q) => q.forward(x)?,
+            QueryProjection::LowRank { down, norm, up } => up.forward(&norm.forward(&down.forward(x)?)?)?,
+        };
+        // [T, H*(N+R)] -> [H, T, N+R]
+        let q = q.reshape((t, h, self.nope + self.rope))?.transpose(0, 1)?;
+        let q_nope = q.narrow(2, 0, self.nope)?.contiguous()?;
+        let q_pe = Rope::apply(&q.narrow(2, self.nope, self.rope)?, &step.cos, &step.sin)?;
+
+        let kv_a = self.kv_a.forward(x)?;
+        let c_kv = self.kv_a_norm.forward(&kv_a.narrow(1, 0, self.kv_lora)?)?;
+        let k_pe = kv_a.narrow(1, self.kv_lora, self.rope)?.unsqueeze(0)?;
+        let k_pe = Rope::apply(&k_pe, &step.cos, &step.sin)?.squeeze(0)?;
+        cache.write(layer, step.start, &c_kv, &k_pe)?;
+        let total = step.start + t;
+        let (c_kv_all, k_pe_all) = cache.view(layer, total)?;
+
+        // Scores from the rope part are shared by both forms: [H*T, R] x [R, S].
+        let rope_scores = q_pe.reshape((h * t, self.rope))?.matmul(&k_pe_all.t()?)?.reshape((h, t, total))?;
+        let out = if self.absorbed_is_cheaper(t, total, step.form) {
+            // q_latent[h] = q_nope[h] W_UK[h]: [H, T, N] x [H, N, L] -> [H, T, L]
+            let q_latent = q_nope.matmul(&self.w_uk)?;
+            let latent_scores = q_latent.reshape((h * t, self.kv_lora))?.matmul(&c_kv_all.t()?)?.reshape((h, t, total))?;
+            let probs = self.softmax(&(latent_scores + rope_scores)?, step)?;
+            // Attend over the latent, then lift to V with W_UV: [H, T, S] x [S, L] -> [H, T, L] -> [H, T, V]
+            let latent_out = probs.reshape((h * t, total))?.matmul(&c_kv_all)?.reshape((h, t, self.kv_lora))?;
+            latent_out.matmul(&self.w_uv_t)?
+        } else {
+            // [S, H*(N+V)] -> [H, S, N+V]
+            let kv = self.kv_b.forward(&c_kv_all)?.reshape((total, h, self.nope + self.v_dim))?.transpose(0, 1)?;
+            let k_nope = kv.narrow(2, 0, self.nope)?.contiguous()?;
+            let v = kv.narrow(2, self.nope, self.v_dim)?.contiguous()?;
+            let nope_scores = q_nope.matmul(&k_nope.transpose(1, 2)?)?;
+            let probs = self.softmax(&(nope_scores + rope_scores)?, step)?;
+            probs.matmul(&v)?
+        };
+        // [H, T, V] -> [T, H*V]
+        let out = out.transpose(0, 1)?.reshape((t, h * self.v_dim))?;
+        self.o_proj.forward(&out)
+    }
+
+    /// Scale, mask and normalise [H, T, S] scores, in f32 whatever the compute dtype.
+    fn softmax(&self, scores: &Tensor, step: &Step) -> Result<Tensor> {
+        let dtype = scores.dtype();
+        let mut scores = (scores.to_dtype(DType::F32)? * self.scale)?;
+        if let Some(mask) = &step.mask {
+            scores = scores.broadcast_add(&mask.to_dtype(DType::F32)?)?;
+        }
+        Ok(candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(dtype)?)
+    }
+
+    /// Multiply-adds of each form for `t` new tokens over `total` keys.
+    fn absorbed_is_cheaper(&self, t: usize, total: usize, form: AttentionForm) -> bool {
+        match form {
+            AttentionForm::Absorbed => true,
+            AttentionForm::Expanded => false,
+            AttentionForm::Auto => {
+                let (h, n, r, v, l) = (self.heads, self.nope, self.rope, self.v_dim, self.kv_lora);
+                let expanded = total * l * h * (n + v) + t * total * h * (n + r + v);
+                let absorbed = t * h * (n * l + total * (2 * l + r) + l * v);
+                absorbed < expanded
+            }
+        }
+    }
+}
+
+/// DeepSeekMoE: softmax router (f32), top-k routed experts, shared experts added ungated.
+struct Moe {
+    /// [E, hidden], kept in f32 like the reference.
+    router: Tensor,
+    experts: Vec<Mlp>,
+    shared: Option<Mlp>,
+    top_k: usize,
+    limit: GroupLimit,
+    norm_topk_prob: bool,
+    routed_scaling_factor: f64,
+}
+
+impl Moe {
+    fn load(w: &Loader, c: &ModelConfig, moe: &MoeConfig, layer_prefix: &str) -> Result<Self> {
+        let prefix = format!("{layer_prefix}.mlp");
+        let experts = (0..moe.n_routed_experts)
+            .map(|e| Mlp::load(w, &format!("{prefix}.experts.{e}"), c.hidden_size, moe.moe_intermediate_size, false))
+            .collect::<Result<Vec<_>>>()?;
+        let shared = (moe.n_shared_experts > 0)
+            .then(|| {
+                let width = moe.moe_intermediate_size * moe.n_shared_experts;
+                Mlp::load(w, &format!("{prefix}.shared_experts"), c.hidden_size, width, c.mlp_bias)
+            })
+            .transpose()?;
+        Ok(Self {
+            router: w.tensor_as(&format!("{prefix}.gate.weight"), &[moe.n_routed_experts, c.hidden_size], DType::F32)?,
+            experts,
+            shared,
+            top_k: moe.num_experts_per_tok,
+            limit: match moe.routing {
+                Routing::Greedy => GroupLimit::None,
+                Routing::GroupLimitedGreedy { n_group, topk_group } => {
+                    GroupLimit::Groups { groups: n_group, keep_groups: topk_group }
+                }
+            },
+            norm_topk_prob: moe.norm_topk_prob,
+            routed_scaling_factor: moe.routed_scaling_factor,
+        })
+    }
+
+    fn weight_bytes(&self) -> usize {
+        self.router.elem_count() * 4
+            + self.experts.iter().map(Mlp::bytes).sum::<usize>()
+            + self.shared.as_ref().map_or(0, Mlp::bytes)
+    }
+
+    fn bytes_read_per_token(&self) -> usize {
+        self.router.elem_count() * 4
+            + self.top_k * self.experts.first().map_or(0, Mlp::bytes)
+            + self.shared.as_ref().map_or(0, Mlp::bytes)
+    }
+
+    /// The chosen (expert, weight) pairs of every token.
+    fn route(&self, x: &Tensor) -> Result<Vec<Vec<(usize, f32)>>> {
+        let logits = x.to_dtype(DType::F32)?.matmul(&self.router.t()?)?;
+        let probs = candle_nn::ops::softmax_last_dim(&logits)?.to_vec2::<f32>()?;
+        Ok(probs
+            .iter()
+            .map(|scores| {
+                let mut chosen = Vec::with_capacity(self.top_k + 1);
+                select_experts(scores, self.top_k, self.limit, &mut chosen);
+                self.weigh(&mut chosen);
+                chosen
+            })
+            .collect())
+    }
+
+    /// DeepSeek-V2's rule: renormalise the chosen weights, or scale them.
+    fn weigh(&self, chosen: &mut [(usize, f32)]) {
+        if self.norm_topk_prob && self.top_k > 1 {
+            let sum: f32 = chosen.iter().map(|&(_, w)| w).sum::<f32>() + 1e-20;
+            chosen.iter_mut().for_each(|(_, w)| *w /= sum);
+        } else {
+            let factor = self.routed_scaling_factor as f32;
+            chosen.iter_mut().for_each(|(_, w)| *w *= factor);
+        }
+    }
+
+    /// x: [T, hidden] -> [T, hidden]
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let routes = self.route(x)?;
+        let (t, hidden) = x.dims2()?;
+        let mut out = match &self.shared {
+            Some(shared) => shared.forward(x)?,
+            None => Tensor::zeros((t, hidden), x.dtype(), x.device())?,
+        };
+        if t == 1 {
+            for &(expert, weight) in &routes[0] {
+                out = (out + (self.experts[expert].forward(x)? * weight as f64)?)?;
+            }
+            return Ok(out);
+        }
+        // Gather each expert's tokens, run them as one batch, scatter-add back.
+        let mut per_expert: Vec<(Vec<u32>, Vec<f32>)> = vec![(Vec::new(), Vec::new()); self.experts.len()];
+        for (token, chosen) in routes.iter().enumerate() {
+            for &(expert, weight) in chosen {
+                per_expert[expert].0.push(token as u32);
+                per_expert[expert].1.push(weight);
+            }
+        }
+        for (expert, (tokens, weights)) in per_expert.into_iter().enumerate() {
+            if tokens.is_empty() {
+                continue;
+            }
+            let n = tokens.len();
+            let index = Tensor::from_vec(tokens, n, x.device())?;
+            let weights = Tensor::from_vec(weights, (n, 1), x.device())?.to_dtype(x.dtype())?;
+            let y = self.experts[expert].forward(&x.index_select(&index, 0)?)?.broadcast_mul(&weights)?;
+            out = out.index_add(&index, &y, 0)?;
+        }
+        Ok(out)
+    }
+}

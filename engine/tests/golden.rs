@@ -1,0 +1,203 @@
+//! The forward pass against transformers' own logits for the fixtures in tests/fixtures
+//! (made by tools/make_golden.py): every position, every cache path, greedy decoding.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use candle_core::{DType, Device, Tensor};
+use engine::{AttentionForm, LatentCache, LoadOptions, Logits, Model, load_checkpoint};
+
+const FIXTURES: [&str; 3] = ["lite", "v2", "branches"];
+const TOLERANCE: f32 = 1e-4;
+
+fn fixture_dir(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+struct Golden {
+    model: Model,
+    input_ids: Vec<u32>,
+    /// [T, vocab]
+    logits: Vec<Vec<f32>>,
+    greedy_ids: Vec<u32>,
+    prompt_len: usize,
+}
+
+fn ids(tensor: &Tensor) -> Vec<u32> {
+    tensor.to_vec1::<i64>().unwrap().into_iter().map(|x| x as u32).collect()
+}
+
+fn golden(name: &str) -> Golden {
+    let dir = fixture_dir(name);
+    let model = load_checkpoint(&dir, &LoadOptions::default()).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let reference: HashMap<String, Tensor> =
+        candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu).unwrap();
+    Golden {
+        model,
+        input_ids: ids(&reference["input_ids"]),
+        logits: reference["logits"].to_vec2::<f32>().unwrap(),
+        greedy_ids: ids(&reference["greedy_ids"]),
+        prompt_len: reference["prompt_len"].to_vec1::<i64>().unwrap()[0] as usize,
+    }
+}
+
+fn rows(logits: &Tensor) -> Vec<Vec<f32>> {
+    logits.to_vec2::<f32>().unwrap()
+}
+
+/// Largest |ours - reference| over the given rows, with the row where it happens.
+fn max_error(ours: &[Vec<f32>], reference: &[Vec<f32>]) -> (f32, usize) {
+    assert_eq!(ours.len(), reference.len(), "row count");
+    let mut worst = (0.0f32, 0);
+    for (position, (a, b)) in ours.iter().zip(reference).enumerate() {
+        assert_eq!(a.len(), b.len(), "vocabulary size");
+        for (x, y) in a.iter().zip(b) {
+            let error = (x - y).abs();
+            assert!(error.is_finite(), "non-finite logit at position {position}");
+            if error > worst.0 {
+                worst = (error, position);
+            }
+        }
+    }
+    worst
+}
+
+fn assert_close(name: &str, what: &str, ours: &[Vec<f32>], reference: &[Vec<f32>]) {
+    let (error, position) = max_error(ours, reference);
+    assert!(
+        error <= TOLERANCE,
+        "{name}, {what}: max abs error {error:e} at position {position} exceeds {TOLERANCE:e}"
+    );
+}
+
+/// Runs `chunks` of the input one after another on one cache and gathers every position's logits.
+fn run_in_chunks(model: &Model, ids: &[u32], chunk_lengths: &[usize]) -> (Vec<Vec<f32>>, LatentCache) {
+    let mut cache = model.new_cache();
+    let mut all = Vec::new();
+    let mut start = 0;
+    for &len in chunk_lengths {
+        let logits = model.forward(&ids[start..start + len], &mut cache, Logits::All).unwrap();
+        all.extend(rows(&logits));
+        start += len;
+    }
+    assert_eq!(start, ids.len());
+    (all, cache)
+}
+
+#[test]
+fn every_position_matches_transformers() {
+    for name in FIXTURES {
+        let g = golden(name);
+        let (ours, _) = run_in_chunks(&g.model, &g.input_ids, &[g.input_ids.len()]);
+        assert_close(name, "full forward", &ours, &g.logits);
+    }
+}
+
+#[test]
+fn expanded_and_absorbed_forms_both_match() {
+    for name in FIXTURES {
+        let mut g = golden(name);
+        for form in [AttentionForm::Expanded, AttentionForm::Absorbed] {
+            g.model.set_attention_form(form);
+            // One chunk, then a chunk over a cached prefix: both forms see both masks.
+            let (ours, _) = run_in_chunks(&g.model, &g.input_ids, &[17, g.input_ids.len() - 17]);
+            assert_close(name, &format!("{form:?} form"), &ours, &g.logits);
+        }
+    }
+}
+
+#[test]
+fn prefix_then_cached_continuation_matches_the_full_forward() {
+    for name in FIXTURES {
+        let g = golden(name);
+        let t = g.input_ids.len();
+        for prefix in [1, 9, t - 1] {
+            let (ours, cache) = run_in_chunks(&g.model, &g.input_ids, &[prefix, t - prefix]);
+            assert_eq!(cache.len(), t);
+            assert_close(name, &format!("prefix {prefix} then the rest"), &ours, &g.logits);
+        }
+    }
+}
+
+#[test]
+fn token_by_token_decode_matches_the_full_forward() {
+    for name in FIXTURES {
+        let g = golden(name);
+        let (ours, cache) = run_in_chunks(&g.model, &g.input_ids, &vec![1; g.input_ids.len()]);
+        assert_eq!(cache.len(), g.input_ids.len());
+        assert_close(name, "token by token", &ours, &g.logits);
+    }
+}
+
+#[test]
+fn greedy_continuation_is_token_identical() {
+    for name in FIXTURES {
+        let g = golden(name);
+        let mut cache = g.model.new_cache();
+        let mut sequence = g.greedy_ids[..g.prompt_len].to_vec();
+        let mut next_input = sequence.clone();
+        while sequence.len() < g.greedy_ids.len() {
+            let logits = g.model.forward(&next_input, &mut cache, Logits::Last).unwrap();
+            let next = logits.squeeze(0).unwrap().argmax(0).unwrap().to_scalar::<u32>().unwrap();
+            sequence.push(next);
+            next_input = vec![next];
+        }
+        assert_eq!(sequence, g.greedy_ids, "{name}: greedy continuation differs from transformers");
+    }
+}
+
+#[test]
+fn last_position_logits_equal_the_last_row_of_all() {
+    let g = golden("v2");
+    let mut cache = g.model.new_cache();
+    let last = rows(&g.model.forward(&g.input_ids, &mut cache, Logits::Last).unwrap());
+    assert_eq!(last.len(), 1);
+    assert_close("v2", "Logits::Last", &last, &g.logits[g.logits.len() - 1..]);
+}
+
+#[test]
+fn the_cache_holds_only_the_latent() {
+    for name in FIXTURES {
+        let g = golden(name);
+        let c = g.model.config().clone();
+        let per_token = (c.kv_lora_rank + c.qk_rope_head_dim) * c.num_hidden_layers * 4;
+        assert_eq!(g.model.kv_bytes_per_token(), per_token, "{name}");
+        assert!(per_token < c.expanded_kv_bytes_per_token(4), "{name}: latent must be smaller than expanded K/V");
+
+        let t = g.input_ids.len();
+        let (_, cache) = run_in_chunks(&g.model, &g.input_ids, &[t]);
+        assert_eq!(cache.used_bytes(), t * per_token, "{name}: used bytes");
+        // One prefill of t tokens allocates exactly t tokens of latents, nothing else.
+        assert_eq!(cache.allocated_bytes(), t * per_token, "{name}: allocated bytes");
+
+        // Decoding grows capacity geometrically, still only latents.
+        let (_, cache) = run_in_chunks(&g.model, &g.input_ids, &vec![1; t]);
+        assert_eq!(cache.used_bytes(), t * per_token);
+        assert_eq!(cache.allocated_bytes() % per_token, 0);
+        assert!(cache.allocated_bytes() < 2 * t * per_token);
+    }
+}
+
+#[test]
+fn truncating_the_cache_recomputes_the_same_logits() {
+    let g = golden("lite");
+    let mut cache = g.model.new_cache();
+    g.model.forward(&g.input_ids, &mut cache, Logits::All).unwrap();
+    cache.truncate(20);
+    assert_eq!(cache.len(), 20);
+    let rest = rows(&g.model.forward(&g.input_ids[20..], &mut cache, Logits::All).unwrap());
+    assert_close("lite", "after truncate(20)", &rest, &g.logits[20..]);
+}
+
+#[test]
+fn f16_compute_stays_close_to_f32() {
+    let dir = fixture_dir("lite");
+    let options = LoadOptions { device: Device::Cpu, dtype: Some(DType::F16) };
+    let model = load_checkpoint(&dir, &options).unwrap();
+    assert_eq!(model.kv_bytes_per_token(), (32 + 8) * 3 * 2);
+    let g = golden("lite");
+    let (ours, _) = run_in_chunks(&model, &g.input_ids, &[g.input_ids.len()]);
+    let (error, _) = max_error(&ours, &g.logits);
+    let scale = g.logits.iter().flatten().fold(0f32, |m, x| m.max(x.abs()));
+    assert!(error < 0.02 * scale, "f16 error {error} vs logit scale {scale}");
+}

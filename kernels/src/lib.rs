@@ -1,0 +1,6 @@
+//! Compute kernels behind small safe functions.
+//!
+//! Architecture invariant: this crate knows nothing of models, configs or files; it takes
+//! slices and sizes and returns numbers.
+
+pub mod routing;

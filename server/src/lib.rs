@@ -1,0 +1,1 @@
+//! The language server (future issues). Architecture invariant: knows nothing of tensors.
