@@ -2,14 +2,18 @@
 //!
 //! Architecture invariant: knows tokens, weights and tensors; knows nothing of LSP or editors.
 
+pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod latent_cache;
 pub mod model;
 pub mod rope;
+pub mod synthetic;
 pub mod weights;
 
+/// Re-exported so callers can name devices and dtypes without depending on candle.
+pub use candle_core::{DType, Device};
 pub use checkpoint::{LoadOptions, load_checkpoint};
 pub use config::ModelConfig;
 pub use error::{EngineError, Result};

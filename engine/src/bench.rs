@@ -1,0 +1,73 @@
+//! Throughput measurements of a loaded model: prefill and decode tokens per second and the
+//! weight bandwidth decode achieves. Used by `deepseek-lsp bench`; prints nothing itself.
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::error::Result;
+use crate::model::{Logits, Model};
+
+/// What one benchmark run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Throughput {
+    /// Tokens processed in the timed part.
+    pub tokens: usize,
+    pub seconds: f64,
+    pub tokens_per_second: f64,
+    pub ms_per_token: f64,
+    /// Weight bytes a decoded token reads x tokens per second (decode only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weight_gb_per_second: Option<f64>,
+    /// Tokens already in the cache when the timed part started.
+    pub context_tokens: usize,
+}
+
+impl Throughput {
+    fn new(tokens: usize, context_tokens: usize, seconds: f64) -> Self {
+        Self {
+            tokens,
+            seconds,
+            tokens_per_second: tokens as f64 / seconds,
+            ms_per_token: seconds * 1e3 / tokens as f64,
+            weight_gb_per_second: None,
+            context_tokens,
+        }
+    }
+}
+
+/// Deterministic prompt ids spread over the vocabulary.
+pub fn prompt_ids(model: &Model, len: usize) -> Vec<u32> {
+    let vocab = model.config().vocab_size as u64;
+    (0..len as u64).map(|i| ((i * 7919 + 13) % vocab) as u32).collect()
+}
+
+/// Prefills `prompt_len` tokens on an empty cache, `repeats` times; reports the fastest run.
+pub fn prefill(model: &Model, prompt_len: usize, repeats: usize) -> Result<Throughput> {
+    let ids = prompt_ids(model, prompt_len);
+    let mut best = f64::INFINITY;
+    for _ in 0..repeats.max(1) {
+        let mut cache = model.new_cache();
+        let started = Instant::now();
+        model.forward(&ids, &mut cache, Logits::Last)?;
+        best = best.min(started.elapsed().as_secs_f64());
+    }
+    Ok(Throughput::new(prompt_len, 0, best))
+}
+
+/// Prefills `prompt_len` tokens, then decodes `tokens` greedily one at a time (timed).
+pub fn decode(model: &Model, prompt_len: usize, tokens: usize) -> Result<Throughput> {
+    let ids = prompt_ids(model, prompt_len.max(1));
+    let mut cache = model.new_cache();
+    let logits = model.forward(&ids, &mut cache, Logits::Last)?;
+    let mut next = logits.squeeze(0)?.argmax(0)?.to_scalar::<u32>()?;
+    let started = Instant::now();
+    for _ in 0..tokens {
+        let logits = model.forward(&[next], &mut cache, Logits::Last)?;
+        next = logits.squeeze(0)?.argmax(0)?.to_scalar::<u32>()?;
+    }
+    let mut throughput = Throughput::new(tokens, ids.len(), started.elapsed().as_secs_f64());
+    throughput.weight_gb_per_second =
+        Some(model.weight_bytes_per_token() as f64 * throughput.tokens_per_second / 1e9);
+    Ok(throughput)
+}

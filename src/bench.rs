@@ -1,0 +1,110 @@
+//! `deepseek-lsp bench`: prefill and decode throughput of a model, as one JSON object on stdout.
+
+use clap::{Args, ValueEnum};
+use engine::{AttentionForm, Model};
+use serde_json::json;
+
+use crate::runtime::RuntimeArgs;
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// What to measure.
+    #[arg(value_enum)]
+    what: BenchKind,
+    /// A model of real dimensions with random weights instead of --model, for example lite:4
+    /// (DeepSeek-V2-Lite's shapes, 4 layers).
+    #[arg(long, value_name = "SPEC", conflicts_with = "model")]
+    synthetic: Option<String>,
+    /// Prompt tokens (prefill length; the context decode starts from).
+    #[arg(long, default_value_t = 128)]
+    prompt: usize,
+    /// Tokens to decode.
+    #[arg(long, default_value_t = 32)]
+    tokens: usize,
+    /// Prefill runs; the fastest is reported.
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    /// Attention form: auto (cheaper per step), absorbed or expanded.
+    #[arg(long, value_enum, default_value = "auto")]
+    form: Form,
+    /// Seed of the synthetic weights.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
+enum BenchKind {
+    Decode,
+    Prefill,
+    All,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Form {
+    Auto,
+    Absorbed,
+    Expanded,
+}
+
+pub fn run(args: BenchArgs) -> Result<(), String> {
+    let threads = args.runtime.apply_threads()?;
+    if args.prompt == 0 || args.tokens == 0 {
+        return Err("--prompt and --tokens must be at least 1".into());
+    }
+    let started = std::time::Instant::now();
+    let (mut model, name) = load(&args)?;
+    let load_seconds = started.elapsed().as_secs_f64();
+    model.set_attention_form(match args.form {
+        Form::Auto => AttentionForm::Auto,
+        Form::Absorbed => AttentionForm::Absorbed,
+        Form::Expanded => AttentionForm::Expanded,
+    });
+    eprintln!("loaded {name} in {load_seconds:.1} s; measuring...");
+
+    let measure = |kind| match kind {
+        BenchKind::Decode => engine::bench::decode(&model, args.prompt, args.tokens).map(|t| ("decode", t)),
+        _ => engine::bench::prefill(&model, args.prompt, args.repeats).map(|t| ("prefill", t)),
+    };
+    let kinds: &[BenchKind] = match args.what {
+        BenchKind::All => &[BenchKind::Prefill, BenchKind::Decode],
+        BenchKind::Decode => &[BenchKind::Decode],
+        BenchKind::Prefill => &[BenchKind::Prefill],
+    };
+    let mut report = json!({
+        "model": name,
+        "device": args.runtime.device,
+        "dtype": format!("{:?}", model.dtype()).to_lowercase(),
+        "threads": threads,
+        "attention_form": format!("{:?}", args.form).to_lowercase(),
+        "layers": model.config().num_hidden_layers,
+        "weight_gb": model.weight_bytes() as f64 / 1e9,
+        "weight_gb_read_per_token": model.weight_bytes_per_token() as f64 / 1e9,
+        "kv_bytes_per_token": model.kv_bytes_per_token(),
+        "load_seconds": load_seconds,
+    });
+    for &kind in kinds {
+        let (key, figures) = measure(kind).map_err(|e| e.to_string())?;
+        report[key] = serde_json::to_value(figures).expect("figures serialise");
+    }
+    println!("{}", serde_json::to_string_pretty(&report).expect("report serialises"));
+    Ok(())
+}
+
+fn load(args: &BenchArgs) -> Result<(Model, String), String> {
+    match &args.synthetic {
+        Some(spec) => {
+            let config = engine::synthetic::parse_spec(spec).map_err(|e| e.to_string())?;
+            let options = args.runtime.load_options()?;
+            eprintln!("building synthetic {spec} with random weights...");
+            let model = engine::synthetic::random_model(config, args.seed, options.compute_dtype(), &options.device)
+                .map_err(|e| e.to_string())?;
+            Ok((model, format!("synthetic {spec}")))
+        }
+        None => {
+            let dir = args.runtime.model_dir()?;
+            Ok((args.runtime.load_model()?, dir.display().to_string()))
+        }
+    }
+}

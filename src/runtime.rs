@@ -1,0 +1,82 @@
+//! Flags every model-running command shares (--model, --device, --dtype, --threads) and the
+//! model they resolve to.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use engine::{DType, Device, LoadOptions, Model, load_checkpoint};
+
+pub const MODEL_ENV: &str = "DEEPSEEK_LSP_MODEL";
+
+#[derive(Args, Debug, Clone)]
+pub struct RuntimeArgs {
+    /// Model directory (config.json + *.safetensors). Default: $DEEPSEEK_LSP_MODEL.
+    #[arg(long, value_name = "DIR")]
+    pub model: Option<PathBuf>,
+    /// Where the model runs: cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Compute dtype: f32 or f16 on the CPU, bf16 too on a GPU. Default: f32 on CPU, bf16 on GPU.
+    #[arg(long)]
+    pub dtype: Option<String>,
+    /// Worker threads for the CPU kernels. Default: every core.
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+impl RuntimeArgs {
+    /// Applies --threads; call before any computation starts threads.
+    pub fn apply_threads(&self) -> Result<usize, String> {
+        if let Some(n) = self.threads {
+            if n == 0 {
+                return Err("--threads must be at least 1".into());
+            }
+            // SAFETY: called from main before any other thread exists; candle and rayon read it later.
+            unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
+        }
+        Ok(std::env::var("RAYON_NUM_THREADS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())))
+    }
+
+    pub fn load_options(&self) -> Result<LoadOptions, String> {
+        let device = match self.device.as_str() {
+            "cpu" => Device::Cpu,
+            other => {
+                let ordinal = match other.strip_prefix("cuda") {
+                    Some("") => 0,
+                    Some(rest) => rest
+                        .strip_prefix(':')
+                        .and_then(|n| n.parse().ok())
+                        .ok_or_else(|| format!("--device `{other}` not understood; use cpu, cuda or cuda:N"))?,
+                    None => return Err(format!("--device `{other}` not understood; use cpu, cuda or cuda:N")),
+                };
+                Device::new_cuda(ordinal).map_err(|e| {
+                    format!("cannot open CUDA device {ordinal}: {e} (is this build made with --features cuda?)")
+                })?
+            }
+        };
+        let dtype = match self.dtype.as_deref() {
+            None => None,
+            Some("f32") => Some(DType::F32),
+            Some("f16") => Some(DType::F16),
+            Some("bf16") => Some(DType::BF16),
+            Some(other) => return Err(format!("--dtype `{other}` not understood; use f32, f16 or bf16")),
+        };
+        Ok(LoadOptions { device, dtype })
+    }
+
+    /// The model directory from --model or the environment.
+    pub fn model_dir(&self) -> Result<PathBuf, String> {
+        self.model
+            .clone()
+            .or_else(|| std::env::var_os(MODEL_ENV).map(PathBuf::from))
+            .ok_or_else(|| format!("no model given: pass --model DIR or set {MODEL_ENV}"))
+    }
+
+    pub fn load_model(&self) -> Result<Model, String> {
+        let dir = self.model_dir()?;
+        load_checkpoint(&dir, &self.load_options()?).map_err(|e| e.to_string())
+    }
+}
