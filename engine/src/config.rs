@@ -492,3 +492,203 @@ fn parse_rope(f: &Fields, max_position_embeddings: usize) -> Result<RopeConfig> 
 pub fn config_path(dir: &Path) -> PathBuf {
     dir.join("config.json")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// DeepSeek-Coder-V2-Lite-Base's config.json as published on the hub (the fields that matter).
+    const LITE_HUB: &str = r#"{
+        "architectures": ["DeepseekV2ForCausalLM"], "model_type": "deepseek_v2",
+        "vocab_size": 102400, "hidden_size": 2048, "intermediate_size": 10944,
+        "moe_intermediate_size": 1408, "num_hidden_layers": 27, "num_attention_heads": 16,
+        "num_key_value_heads": 16, "n_shared_experts": 2, "n_routed_experts": 64,
+        "routed_scaling_factor": 1.0, "kv_lora_rank": 512, "q_lora_rank": null,
+        "qk_rope_head_dim": 64, "v_head_dim": 128, "qk_nope_head_dim": 128,
+        "topk_method": "greedy", "n_group": 1, "topk_group": 1, "num_experts_per_tok": 6,
+        "moe_layer_freq": 1, "first_k_dense_replace": 1, "norm_topk_prob": false,
+        "scoring_func": "softmax", "aux_loss_alpha": 0.001, "seq_aux": true, "hidden_act": "silu",
+        "max_position_embeddings": 163840, "initializer_range": 0.02, "rms_norm_eps": 1e-06,
+        "use_cache": true, "pad_token_id": null, "bos_token_id": 100000, "eos_token_id": 100001,
+        "pretraining_tp": 1, "tie_word_embeddings": false, "rope_theta": 10000,
+        "rope_scaling": {"beta_fast": 32, "beta_slow": 1, "factor": 40, "mscale": 0.707,
+            "mscale_all_dim": 0.707, "original_max_position_embeddings": 4096, "type": "yarn"},
+        "attention_bias": false, "attention_dropout": 0.0, "torch_dtype": "bfloat16"
+    }"#;
+
+    fn parse(text: &str) -> Result<ModelConfig> {
+        ModelConfig::from_json_str(text, Path::new("model/config.json"))
+    }
+
+    fn edited(edit: impl FnOnce(&mut Map<String, Value>)) -> String {
+        let mut value: Value = serde_json::from_str(LITE_HUB).unwrap();
+        edit(value.as_object_mut().unwrap());
+        value.to_string()
+    }
+
+    fn error_text(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn the_published_lite_config_parses_to_its_architecture() {
+        let c = parse(LITE_HUB).unwrap();
+        assert_eq!(c.q_lora_rank, None);
+        assert_eq!(c.qk_head_dim(), 192);
+        let moe = c.moe.as_ref().unwrap();
+        assert_eq!((moe.n_routed_experts, moe.n_shared_experts, moe.num_experts_per_tok), (64, 2, 6));
+        assert_eq!(moe.routing, Routing::Greedy);
+        assert!(!c.is_moe_layer(0) && c.is_moe_layer(1) && c.is_moe_layer(26));
+        let yarn = c.rope.yarn.as_ref().unwrap();
+        assert_eq!((yarn.factor, yarn.original_max_position_embeddings), (40.0, 4096.0));
+        // mscale == mscale_all_dim: cos/sin unscaled.
+        assert_eq!(yarn.cos_sin_scale(), 1.0);
+    }
+
+    #[test]
+    fn latent_cache_of_lite_is_8_9x_smaller_than_expanded_kv() {
+        let c = parse(LITE_HUB).unwrap();
+        assert_eq!(c.kv_bytes_per_token(2), (512 + 64) * 27 * 2);
+        let ratio = c.expanded_kv_bytes_per_token(2) as f64 / c.kv_bytes_per_token(2) as f64;
+        assert!((ratio - 8.89).abs() < 0.01, "ratio {ratio}");
+    }
+
+    #[test]
+    fn softmax_scale_includes_the_squared_yarn_mscale() {
+        let c = parse(LITE_HUB).unwrap();
+        // 0.1 * 0.707 * ln(40) + 1, squared, over sqrt(192): the value DeepSeek's code computes.
+        let m = 0.1 * 0.707 * 40f64.ln() + 1.0;
+        assert!((c.softmax_scale() - m * m / 192f64.sqrt()).abs() < 1e-12);
+        let plain = parse(&edited(|m| {
+            m.insert("rope_scaling".into(), Value::Null);
+        }))
+        .unwrap();
+        assert!((plain.softmax_scale() - 1.0 / 192f64.sqrt()).abs() < 1e-12);
+    }
+
+    #[test]
+    fn transformers_5_rope_parameters_mean_the_same_as_hub_rope_scaling() {
+        let hub = parse(LITE_HUB).unwrap();
+        let v5 = parse(&edited(|m| {
+            let mut rope = m.remove("rope_scaling").unwrap();
+            rope.as_object_mut().unwrap().remove("type");
+            rope["rope_type"] = "yarn".into();
+            rope["rope_theta"] = m.remove("rope_theta").unwrap();
+            m.insert("rope_parameters".into(), rope);
+        }))
+        .unwrap();
+        assert_eq!(hub, v5);
+    }
+
+    #[test]
+    fn yarn_defaults_follow_transformers() {
+        let c = parse(&edited(|m| {
+            m.insert("rope_scaling".into(), serde_json::json!({"type": "yarn", "factor": 4, "beta_fast": 0}));
+        }))
+        .unwrap();
+        let yarn = c.rope.yarn.unwrap();
+        assert_eq!(yarn.original_max_position_embeddings, 163840.0, "defaults to max_position_embeddings");
+        assert_eq!((yarn.beta_fast, yarn.beta_slow), (32.0, 1.0), "0 and absent both mean the default");
+        // Without both mscales the cos/sin scale is mscale(factor) with mscale 1.
+        assert!((yarn.cos_sin_scale() - (0.1 * 4f64.ln() + 1.0)).abs() < 1e-12);
+    }
+
+    #[test]
+    fn moe_layer_freq_spaces_the_moe_layers() {
+        let c = parse(&edited(|m| {
+            m.insert("moe_layer_freq".into(), 2.into());
+            m.insert("first_k_dense_replace".into(), 3.into());
+        }))
+        .unwrap();
+        let moe_layers: Vec<usize> = (0..10).filter(|&i| c.is_moe_layer(i)).collect();
+        assert_eq!(moe_layers, vec![4, 6, 8]);
+    }
+
+    #[test]
+    fn a_null_routed_expert_count_means_a_dense_model() {
+        let c = parse(&edited(|m| {
+            m.insert("n_routed_experts".into(), Value::Null);
+        }))
+        .unwrap();
+        assert!(c.moe.is_none());
+        assert!(!(0..27).any(|i| c.is_moe_layer(i)));
+    }
+
+    #[test]
+    fn group_limited_routing_reads_its_groups() {
+        let c = parse(&edited(|m| {
+            m.insert("topk_method".into(), "group_limited_greedy".into());
+            m.insert("n_group".into(), 8.into());
+            m.insert("topk_group".into(), 3.into());
+        }))
+        .unwrap();
+        assert_eq!(c.moe.unwrap().routing, Routing::GroupLimitedGreedy { n_group: 8, topk_group: 3 });
+    }
+
+    #[test]
+    fn errors_name_the_field_and_the_file() {
+        let cases: Vec<(String, &str)> = vec![
+            (edited(|m| { m.remove("kv_lora_rank"); }), "`kv_lora_rank` is missing"),
+            (edited(|m| { m.remove("q_lora_rank"); }), "`q_lora_rank` is missing"),
+            (edited(|m| { m.insert("hidden_size".into(), "big".into()); }), "`hidden_size` must be an integer"),
+            (edited(|m| { m.insert("hidden_size".into(), 0.into()); }), "`hidden_size` must be an integer >= 1"),
+            (edited(|m| { m.insert("qk_rope_head_dim".into(), 63.into()); }), "`qk_rope_head_dim` must be even"),
+            (edited(|m| { m.insert("num_experts_per_tok".into(), 65.into()); }), "`num_experts_per_tok` is 65"),
+            (
+                edited(|m| {
+                    m.insert("topk_method".into(), "group_limited_greedy".into());
+                    m.insert("n_group".into(), 5.into());
+                }),
+                "`n_group` is 5, which does not divide",
+            ),
+            (
+                edited(|m| {
+                    m.insert("topk_method".into(), "group_limited_greedy".into());
+                    m.insert("n_group".into(), 8.into());
+                    m.insert("topk_group".into(), 9.into());
+                }),
+                "`topk_group` is 9, more than n_group",
+            ),
+            (
+                edited(|m| {
+                    m.insert("topk_method".into(), "group_limited_greedy".into());
+                    m.insert("n_group".into(), 8.into());
+                    m.insert("topk_group".into(), 0.into());
+                }),
+                "`topk_group` must be an integer >= 1",
+            ),
+            (edited(|m| { m.insert("topk_method".into(), "noaux_tc".into()); }), "`topk_method` `noaux_tc` is not supported"),
+            (edited(|m| { m.insert("scoring_func".into(), "sigmoid".into()); }), "`scoring_func` `sigmoid` is not supported"),
+            (edited(|m| { m.insert("hidden_act".into(), "gelu".into()); }), "`hidden_act` `gelu` is not supported"),
+            (
+                edited(|m| { m.insert("rope_scaling".into(), serde_json::json!({"type": "dynamic", "factor": 2})); }),
+                "`rope_scaling.rope_type` `dynamic` is not supported",
+            ),
+            (
+                edited(|m| { m.insert("rope_scaling".into(), serde_json::json!({"type": "yarn", "factor": "x"})); }),
+                "`rope_scaling.factor` must be a number",
+            ),
+            (edited(|m| { m.insert("tie_word_embeddings".into(), 1.into()); }), "`tie_word_embeddings` must be true or false"),
+            (edited(|m| { m.remove("model_type"); }), "`model_type` is missing"),
+            (edited(|m| { m.insert("intermediate_size".into(), Value::Null); }), "`intermediate_size` is required"),
+        ];
+        for (text, expected) in cases {
+            let message = error_text(&text);
+            assert!(message.starts_with("model/config.json: "), "no file in: {message}");
+            assert!(message.contains(expected), "expected `{expected}` in: {message}");
+        }
+    }
+
+    #[test]
+    fn other_model_types_and_bad_json_are_refused_clearly() {
+        let llama = edited(|m| {
+            m.insert("model_type".into(), "llama".into());
+        });
+        assert_eq!(
+            error_text(&llama),
+            "model/config.json: model_type `llama` is not supported; this engine runs `deepseek_v2` checkpoints"
+        );
+        assert!(error_text("{ not json").starts_with("model/config.json: not valid JSON"));
+        assert!(error_text("[1, 2]").contains("the top level must be an object"));
+    }
+}

@@ -614,3 +614,80 @@ impl Moe {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn moe(norm_topk_prob: bool, routed_scaling_factor: f64, top_k: usize) -> Moe {
+        Moe {
+            router: Tensor::zeros((1, 1), DType::F32, &Device::Cpu).unwrap(),
+            experts: Vec::new(),
+            shared: None,
+            top_k,
+            limit: GroupLimit::None,
+            norm_topk_prob,
+            routed_scaling_factor,
+        }
+    }
+
+    fn weights(moe: &Moe, chosen: &[(usize, f32)]) -> Vec<(usize, f32)> {
+        let mut chosen = chosen.to_vec();
+        moe.weigh(&mut chosen);
+        chosen
+    }
+
+    #[test]
+    fn norm_topk_prob_renormalises_and_does_not_scale() {
+        // 0.3 / (0.3 + 0.1) = 0.75, 0.1 / 0.4 = 0.25; routed_scaling_factor is not applied (V2 rule).
+        let w = weights(&moe(true, 16.0, 2), &[(3, 0.3), (1, 0.1)]);
+        assert_eq!(w[0].0, 3);
+        assert!((w[0].1 - 0.75).abs() < 1e-6 && (w[1].1 - 0.25).abs() < 1e-6, "{w:?}");
+    }
+
+    #[test]
+    fn without_norm_topk_prob_weights_are_scaled() {
+        let w = weights(&moe(false, 16.0, 2), &[(3, 0.3), (1, 0.1)]);
+        assert!((w[0].1 - 4.8).abs() < 1e-5 && (w[1].1 - 1.6).abs() < 1e-5, "{w:?}");
+    }
+
+    #[test]
+    fn a_single_chosen_expert_is_scaled_even_with_norm_topk_prob() {
+        let w = weights(&moe(true, 2.0, 1), &[(0, 0.4)]);
+        assert!((w[0].1 - 0.8).abs() < 1e-6, "{w:?}");
+    }
+
+    #[test]
+    fn decode_uses_the_absorbed_form_and_a_fresh_prefill_the_expanded_one() {
+        let lite = crate::synthetic::lite_config(1);
+        let attention = |form| {
+            let (heads, nope, rope, v_dim, kv_lora) = (16, 128, 64, 128, 512);
+            let empty = || Tensor::zeros((1, 1), DType::F32, &Device::Cpu).unwrap();
+            let linear = || Linear { weight: empty(), bias: None };
+            let mla = Mla {
+                query: QueryProjection::Direct(linear()),
+                kv_a: linear(),
+                kv_a_norm: RmsNorm { weight: empty(), eps: 1e-6 },
+                kv_b: linear(),
+                w_uk: empty(),
+                w_uv_t: empty(),
+                o_proj: linear(),
+                heads,
+                nope,
+                rope,
+                v_dim,
+                kv_lora,
+                scale: lite.softmax_scale(),
+            };
+            move |t, total| mla.absorbed_is_cheaper(t, total, form)
+        };
+        let auto = attention(AttentionForm::Auto);
+        assert!(auto(1, 2), "the second token");
+        assert!(auto(1, 8000), "decode over a long cache");
+        assert!(auto(16, 8000), "a short span over a long cache");
+        assert!(!auto(512, 512), "a fresh prefill");
+        assert!(!auto(512, 8512), "a long span over a cache");
+        assert!(attention(AttentionForm::Absorbed)(512, 512));
+        assert!(!attention(AttentionForm::Expanded)(1, 8000));
+    }
+}
