@@ -127,6 +127,7 @@ def build(name: str, out: Path, seed: int, config_kwargs: dict, *, save_dtype, s
     torch.manual_seed(seed)
     config = DeepseekV2Config(**config_kwargs)
     config._attn_implementation = "eager"
+    config._experts_implementation = "eager"
     model = DeepseekV2ForCausalLM(config).eval()
     if deepseek_rules:
         first = config_kwargs["first_k_dense_replace"]
@@ -165,7 +166,8 @@ def build(name: str, out: Path, seed: int, config_kwargs: dict, *, save_dtype, s
             ds.DeepseekV2TopkRouter.forward = original
     else:
         # The reference is what transformers computes for the directory as written.
-        reloaded = DeepseekV2ForCausalLM.from_pretrained(directory, dtype=torch.float32, attn_implementation="eager").eval()
+        reloaded = DeepseekV2ForCausalLM.from_pretrained(directory, dtype=torch.float32, attn_implementation="eager",
+            experts_implementation="eager").eval()
         ref = reference(reloaded, config.vocab_size, seed, name)
     save_file(ref, str(directory / "reference.safetensors"))
     files = sorted(p.name for p in directory.iterdir())
@@ -210,7 +212,8 @@ FIXTURES = {
             rope_parameters=dict(rope_type="yarn", rope_theta=10000.0, factor=16.0,
                                  original_max_position_embeddings=16, beta_fast=32, beta_slow=1,
                                  mscale=1.0, mscale_all_dim=0.5),
-            **COMMON,
+            # Block norms use this eps; q_a/kv_a_layernorm keep RMSNorm's default 1e-6.
+            **dict(COMMON, rms_norm_eps=1e-5),
         ),
     ),
     # The branches transformers does not implement (norm_topk_prob, moe_layer_freq > 1), with

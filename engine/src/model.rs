@@ -366,6 +366,10 @@ enum QueryProjection {
     LowRank { down: Linear, norm: RmsNorm, up: Linear },
 }
 
+/// Epsilon of q_a_layernorm and kv_a_layernorm. DeepSeek's code and transformers both build these
+/// two norms with the RMSNorm default, not with `rms_norm_eps` (which only the block norms use).
+const LATENT_NORM_EPS: f64 = 1e-6;
+
 /// Multi-head Latent Attention.
 struct Mla {
     query: QueryProjection,
@@ -396,7 +400,7 @@ impl Mla {
             None => QueryProjection::Direct(w.linear(&format!("{prefix}.q_proj"), query_width, c.hidden_size, false)?),
             Some(rank) => QueryProjection::LowRank {
                 down: w.linear(&format!("{prefix}.q_a_proj"), rank, c.hidden_size, c.attention_bias)?,
-                norm: RmsNorm::load(w, &format!("{prefix}.q_a_layernorm"), rank, c.rms_norm_eps)?,
+                norm: RmsNorm::load(w, &format!("{prefix}.q_a_layernorm"), rank, LATENT_NORM_EPS)?,
                 up: w.linear(&format!("{prefix}.q_b_proj"), query_width, rank, false)?,
             },
         };
@@ -407,7 +411,7 @@ impl Mla {
         Ok(Self {
             query,
             kv_a: w.linear(&format!("{prefix}.kv_a_proj_with_mqa"), kv_lora + rope, c.hidden_size, c.attention_bias)?,
-            kv_a_norm: RmsNorm::load(w, &format!("{prefix}.kv_a_layernorm"), kv_lora, c.rms_norm_eps)?,
+            kv_a_norm: RmsNorm::load(w, &format!("{prefix}.kv_a_layernorm"), kv_lora, LATENT_NORM_EPS)?,
             kv_b,
             w_uk,
             w_uv_t,
