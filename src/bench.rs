@@ -64,7 +64,9 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
     eprintln!("loaded {name} in {load_seconds:.1} s; measuring...");
 
     let measure = |kind| match kind {
-        BenchKind::Decode => engine::bench::decode(&model, args.prompt, args.tokens).map(|t| ("decode", t)),
+        BenchKind::Decode => {
+            engine::bench::decode(&model, args.prompt, args.tokens).map(|t| ("decode", t))
+        }
         _ => engine::bench::prefill(&model, args.prompt, args.repeats).map(|t| ("prefill", t)),
     };
     let kinds: &[BenchKind] = match args.what {
@@ -88,7 +90,10 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
         let (key, figures) = measure(kind).map_err(|e| e.to_string())?;
         report[key] = serde_json::to_value(figures).expect("figures serialise");
     }
-    println!("{}", serde_json::to_string_pretty(&report).expect("report serialises"));
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&report).expect("report serialises")
+    );
     Ok(())
 }
 
@@ -98,8 +103,13 @@ fn load(args: &BenchArgs) -> Result<(Model, String), String> {
             let config = engine::synthetic::parse_spec(spec).map_err(|e| e.to_string())?;
             let options = args.runtime.load_options()?;
             eprintln!("building synthetic {spec} with random weights...");
-            let model = engine::synthetic::random_model(config, args.seed, options.compute_dtype(), &options.device)
-                .map_err(|e| e.to_string())?;
+            let model = engine::synthetic::random_model(
+                config,
+                args.seed,
+                options.compute_dtype(),
+                &options.device,
+            )
+            .map_err(|e| e.to_string())?;
             Ok((model, format!("synthetic {spec}")))
         }
         None => {

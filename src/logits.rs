@@ -24,10 +24,13 @@ pub struct LogitsArgs {
 pub fn run(args: LogitsArgs) -> Result<(), String> {
     args.runtime.apply_threads()?;
     let ids = parse_ids(&args.ids)?;
-    if let Some(prefix) = args.prefix {
-        if prefix > ids.len() {
-            return Err(format!("--prefix {prefix} is longer than the {} ids given", ids.len()));
-        }
+    if let Some(prefix) = args.prefix
+        && prefix > ids.len()
+    {
+        return Err(format!(
+            "--prefix {prefix} is longer than the {} ids given",
+            ids.len()
+        ));
     }
     let model = args.runtime.load_model()?;
     let rows = logits(&model, &ids, args.prefix).map_err(|e| e.to_string())?;
@@ -50,7 +53,10 @@ fn parse_ids(text: &str) -> Result<Vec<u32>, String> {
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|s| s.parse::<u32>().map_err(|_| format!("--ids: `{s}` is not a token id (a non-negative integer)")))
+        .map(|s| {
+            s.parse::<u32>()
+                .map_err(|_| format!("--ids: `{s}` is not a token id (a non-negative integer)"))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     if ids.is_empty() {
         return Err("--ids is empty; give at least one token id".into());
@@ -63,10 +69,18 @@ fn logits(model: &Model, ids: &[u32], prefix: Option<usize>) -> engine::Result<V
     let split = prefix.unwrap_or(ids.len());
     let mut rows = Vec::with_capacity(ids.len());
     if split > 0 {
-        rows.extend(model.forward(&ids[..split], &mut cache, Logits::All)?.to_vec2::<f32>()?);
+        rows.extend(
+            model
+                .forward(&ids[..split], &mut cache, Logits::All)?
+                .to_vec2::<f32>()?,
+        );
     }
     for &id in &ids[split..] {
-        rows.extend(model.forward(&[id], &mut cache, Logits::All)?.to_vec2::<f32>()?);
+        rows.extend(
+            model
+                .forward(&[id], &mut cache, Logits::All)?
+                .to_vec2::<f32>()?,
+        );
     }
     Ok(rows)
 }

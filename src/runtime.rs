@@ -49,8 +49,14 @@ impl RuntimeArgs {
                     Some(rest) => rest
                         .strip_prefix(':')
                         .and_then(|n| n.parse().ok())
-                        .ok_or_else(|| format!("--device `{other}` not understood; use cpu, cuda or cuda:N"))?,
-                    None => return Err(format!("--device `{other}` not understood; use cpu, cuda or cuda:N")),
+                        .ok_or_else(|| {
+                            format!("--device `{other}` not understood; use cpu, cuda or cuda:N")
+                        })?,
+                    None => {
+                        return Err(format!(
+                            "--device `{other}` not understood; use cpu, cuda or cuda:N"
+                        ));
+                    }
                 };
                 Device::new_cuda(ordinal).map_err(|e| {
                     format!("cannot open CUDA device {ordinal}: {e} (is this build made with --features cuda?)")
@@ -62,7 +68,11 @@ impl RuntimeArgs {
             Some("f32") => Some(DType::F32),
             Some("f16") => Some(DType::F16),
             Some("bf16") => Some(DType::BF16),
-            Some(other) => return Err(format!("--dtype `{other}` not understood; use f32, f16 or bf16")),
+            Some(other) => {
+                return Err(format!(
+                    "--dtype `{other}` not understood; use f32, f16 or bf16"
+                ));
+            }
         };
         Ok(LoadOptions { device, dtype })
     }

@@ -39,7 +39,9 @@ impl Throughput {
 /// Deterministic prompt ids spread over the vocabulary.
 pub fn prompt_ids(model: &Model, len: usize) -> Vec<u32> {
     let vocab = model.config().vocab_size as u64;
-    (0..len as u64).map(|i| ((i * 7919 + 13) % vocab) as u32).collect()
+    (0..len as u64)
+        .map(|i| ((i * 7919 + 13) % vocab) as u32)
+        .collect()
 }
 
 /// Prefills `prompt_len` tokens on an empty cache, `repeats` times; reports the fastest run.

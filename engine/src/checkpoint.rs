@@ -19,13 +19,20 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { device: Device::Cpu, dtype: None }
+        Self {
+            device: Device::Cpu,
+            dtype: None,
+        }
     }
 }
 
 impl LoadOptions {
     pub fn compute_dtype(&self) -> DType {
-        self.dtype.unwrap_or(if self.device.is_cpu() { DType::F32 } else { DType::BF16 })
+        self.dtype.unwrap_or(if self.device.is_cpu() {
+            DType::F32
+        } else {
+            DType::BF16
+        })
     }
 }
 

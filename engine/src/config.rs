@@ -86,7 +86,11 @@ pub struct YarnConfig {
 
 /// YaRN's magnitude correction: 0.1 * mscale * ln(scale) + 1 for scale > 1.
 pub fn yarn_mscale(scale: f64, mscale: f64) -> f64 {
-    if scale <= 1.0 { 1.0 } else { 0.1 * mscale * scale.ln() + 1.0 }
+    if scale <= 1.0 {
+        1.0
+    } else {
+        0.1 * mscale * scale.ln() + 1.0
+    }
 }
 
 impl YarnConfig {
@@ -140,7 +144,7 @@ impl ModelConfig {
     /// `moe_layer_freq`, which every published checkpoint sets to 1).
     pub fn is_moe_layer(&self, index: usize) -> bool {
         self.moe.as_ref().is_some_and(|moe| {
-            index >= moe.first_k_dense_replace && index % moe.moe_layer_freq == 0
+            index >= moe.first_k_dense_replace && index.is_multiple_of(moe.moe_layer_freq)
         })
     }
 
@@ -179,10 +183,13 @@ impl ModelConfig {
             field: field.to_string(),
             problem,
         };
-        if self.qk_rope_head_dim % 2 != 0 {
+        if !self.qk_rope_head_dim.is_multiple_of(2) {
             return Err(bad(
                 "qk_rope_head_dim",
-                format!("must be even (RoPE rotates pairs), found {}", self.qk_rope_head_dim),
+                format!(
+                    "must be even (RoPE rotates pairs), found {}",
+                    self.qk_rope_head_dim
+                ),
             ));
         }
         let any_dense = (0..self.num_hidden_layers).any(|i| !self.is_moe_layer(i));
@@ -202,7 +209,11 @@ impl ModelConfig {
                     ),
                 ));
             }
-            if let Routing::GroupLimitedGreedy { n_group, topk_group } = moe.routing {
+            if let Routing::GroupLimitedGreedy {
+                n_group,
+                topk_group,
+            } = moe.routing
+            {
                 if moe.n_routed_experts % n_group != 0 {
                     return Err(bad(
                         "n_group",
@@ -231,10 +242,14 @@ impl ModelConfig {
             }
         }
         if let Some(yarn) = &self.rope.yarn {
-            if !(yarn.factor > 0.0) {
-                return Err(bad("rope_scaling.factor", format!("must be positive, found {}", yarn.factor)));
+            // Parsed numbers are finite, so `<=` is the whole test.
+            if yarn.factor <= 0.0 {
+                return Err(bad(
+                    "rope_scaling.factor",
+                    format!("must be positive, found {}", yarn.factor),
+                ));
             }
-            if !(yarn.original_max_position_embeddings > 0.0) {
+            if yarn.original_max_position_embeddings <= 0.0 {
                 return Err(bad(
                     "rope_scaling.original_max_position_embeddings",
                     "must be positive".into(),
@@ -287,7 +302,9 @@ impl Fields<'_> {
 
     /// An integer that may be absent or null.
     fn optional_count(&self, field: &str, min: u64) -> Result<Option<usize>> {
-        self.present(field).map(|v| self.count_of(field, v, min)).transpose()
+        self.present(field)
+            .map(|v| self.count_of(field, v, min))
+            .transpose()
     }
 
     /// A key that must be written out, even if only as `null` (its transformers default is model-specific).
@@ -306,7 +323,8 @@ impl Fields<'_> {
     }
 
     fn number_or(&self, field: &str, default: f64) -> Result<f64> {
-        self.present(field).map_or(Ok(default), |v| self.number_of(field, v))
+        self.present(field)
+            .map_or(Ok(default), |v| self.number_of(field, v))
     }
 
     fn flag_or(&self, field: &str, default: bool) -> Result<bool> {
@@ -333,17 +351,24 @@ fn parse(f: &Fields) -> Result<ModelConfig> {
         Some(other) => {
             return Err(EngineError::UnsupportedModelType {
                 path: f.path.to_path_buf(),
-                found: other.as_str().map_or_else(|| other.to_string(), str::to_string),
+                found: other
+                    .as_str()
+                    .map_or_else(|| other.to_string(), str::to_string),
             });
         }
     }
     let activation = f.text_or("hidden_act", "silu")?;
     if activation != "silu" {
-        return Err(f.error("hidden_act", format!("`{activation}` is not supported (only silu)")));
+        return Err(f.error(
+            "hidden_act",
+            format!("`{activation}` is not supported (only silu)"),
+        ));
     }
 
     let num_hidden_layers = f.count("num_hidden_layers", 1)?;
-    let max_position_embeddings = f.optional_count("max_position_embeddings", 1)?.unwrap_or(2048);
+    let max_position_embeddings = f
+        .optional_count("max_position_embeddings", 1)?
+        .unwrap_or(2048);
     Ok(ModelConfig {
         vocab_size: f.count("vocab_size", 1)?,
         hidden_size: f.count("hidden_size", 1)?,
@@ -366,7 +391,11 @@ fn parse(f: &Fields) -> Result<ModelConfig> {
 }
 
 fn positive(f: &Fields, field: &str, x: f64) -> Result<f64> {
-    if x > 0.0 { Ok(x) } else { Err(f.error(field, format!("must be positive, found {x}"))) }
+    if x > 0.0 {
+        Ok(x)
+    } else {
+        Err(f.error(field, format!("must be positive, found {x}")))
+    }
 }
 
 fn parse_moe(f: &Fields) -> Result<Option<MoeConfig>> {
@@ -386,12 +415,15 @@ fn parse_moe(f: &Fields) -> Result<Option<MoeConfig>> {
     let routing = match f.text_or("topk_method", "greedy")? {
         "greedy" => Routing::Greedy,
         "group_limited_greedy" => Routing::GroupLimitedGreedy {
-            n_group: f
-                .optional_count("n_group", 1)?
-                .ok_or_else(|| f.error("n_group", "is required by topk_method group_limited_greedy"))?,
-            topk_group: f
-                .optional_count("topk_group", 1)?
-                .ok_or_else(|| f.error("topk_group", "is required by topk_method group_limited_greedy"))?,
+            n_group: f.optional_count("n_group", 1)?.ok_or_else(|| {
+                f.error("n_group", "is required by topk_method group_limited_greedy")
+            })?,
+            topk_group: f.optional_count("topk_group", 1)?.ok_or_else(|| {
+                f.error(
+                    "topk_group",
+                    "is required by topk_method group_limited_greedy",
+                )
+            })?,
         },
         other => {
             return Err(f.error(
@@ -428,7 +460,10 @@ fn parse_rope(f: &Fields, max_position_embeddings: usize) -> Result<RopeConfig> 
         Some(Value::Object(m)) => m,
         Some(v) => return Err(f.error(section_name, format!("must be an object, found {v}"))),
     };
-    let nested = Fields { map: params, path: f.path };
+    let nested = Fields {
+        map: params,
+        path: f.path,
+    };
     let name = |key: &str| format!("{section_name}.{key}");
     let relabel = |e: EngineError, key: &str| match e {
         EngineError::ConfigField { path, problem, .. } => EngineError::ConfigField {
@@ -440,11 +475,16 @@ fn parse_rope(f: &Fields, max_position_embeddings: usize) -> Result<RopeConfig> 
     };
 
     let theta = match nested.present("rope_theta") {
-        Some(v) => nested.number_of("rope_theta", v).map_err(|e| relabel(e, "rope_theta"))?,
+        Some(v) => nested
+            .number_of("rope_theta", v)
+            .map_err(|e| relabel(e, "rope_theta"))?,
         None => f.number_or("rope_theta", 10000.0)?,
     };
     let theta = positive(f, "rope_theta", theta)?;
-    let kind = match nested.present("rope_type").or_else(|| nested.present("type")) {
+    let kind = match nested
+        .present("rope_type")
+        .or_else(|| nested.present("type"))
+    {
         None => "default",
         Some(Value::String(s)) => s.as_str(),
         Some(v) => return Err(f.error(&name("rope_type"), format!("must be a string, found {v}"))),
@@ -461,7 +501,10 @@ fn parse_rope(f: &Fields, max_position_embeddings: usize) -> Result<RopeConfig> 
             };
             let original = match number("original_max_position_embeddings")? {
                 Some(x) => x,
-                None => f.number_or("original_max_position_embeddings", max_position_embeddings as f64)?,
+                None => f.number_or(
+                    "original_max_position_embeddings",
+                    max_position_embeddings as f64,
+                )?,
             };
             // transformers derives a missing factor from the context extension.
             let factor = number("factor")?.unwrap_or(max_position_embeddings as f64 / original);
@@ -475,7 +518,9 @@ fn parse_rope(f: &Fields, max_position_embeddings: usize) -> Result<RopeConfig> 
                 mscale: number("mscale")?,
                 mscale_all_dim: number("mscale_all_dim")?,
                 attention_factor: number("attention_factor")?,
-                truncate: nested.flag_or("truncate", true).map_err(|e| relabel(e, "truncate"))?,
+                truncate: nested
+                    .flag_or("truncate", true)
+                    .map_err(|e| relabel(e, "truncate"))?,
             })
         }
         other => {
@@ -536,11 +581,21 @@ mod tests {
         assert_eq!(c.q_lora_rank, None);
         assert_eq!(c.qk_head_dim(), 192);
         let moe = c.moe.as_ref().unwrap();
-        assert_eq!((moe.n_routed_experts, moe.n_shared_experts, moe.num_experts_per_tok), (64, 2, 6));
+        assert_eq!(
+            (
+                moe.n_routed_experts,
+                moe.n_shared_experts,
+                moe.num_experts_per_tok
+            ),
+            (64, 2, 6)
+        );
         assert_eq!(moe.routing, Routing::Greedy);
         assert!(!c.is_moe_layer(0) && c.is_moe_layer(1) && c.is_moe_layer(26));
         let yarn = c.rope.yarn.as_ref().unwrap();
-        assert_eq!((yarn.factor, yarn.original_max_position_embeddings), (40.0, 4096.0));
+        assert_eq!(
+            (yarn.factor, yarn.original_max_position_embeddings),
+            (40.0, 4096.0)
+        );
         // mscale == mscale_all_dim: cos/sin unscaled.
         assert_eq!(yarn.cos_sin_scale(), 1.0);
     }
@@ -583,12 +638,22 @@ mod tests {
     #[test]
     fn yarn_defaults_follow_transformers() {
         let c = parse(&edited(|m| {
-            m.insert("rope_scaling".into(), serde_json::json!({"type": "yarn", "factor": 4, "beta_fast": 0}));
+            m.insert(
+                "rope_scaling".into(),
+                serde_json::json!({"type": "yarn", "factor": 4, "beta_fast": 0}),
+            );
         }))
         .unwrap();
         let yarn = c.rope.yarn.unwrap();
-        assert_eq!(yarn.original_max_position_embeddings, 163840.0, "defaults to max_position_embeddings");
-        assert_eq!((yarn.beta_fast, yarn.beta_slow), (32.0, 1.0), "0 and absent both mean the default");
+        assert_eq!(
+            yarn.original_max_position_embeddings, 163840.0,
+            "defaults to max_position_embeddings"
+        );
+        assert_eq!(
+            (yarn.beta_fast, yarn.beta_slow),
+            (32.0, 1.0),
+            "0 and absent both mean the default"
+        );
         // Without both mscales the cos/sin scale is mscale(factor) with mscale 1.
         assert!((yarn.cos_sin_scale() - (0.1 * 4f64.ln() + 1.0)).abs() < 1e-12);
     }
@@ -622,18 +687,54 @@ mod tests {
             m.insert("topk_group".into(), 3.into());
         }))
         .unwrap();
-        assert_eq!(c.moe.unwrap().routing, Routing::GroupLimitedGreedy { n_group: 8, topk_group: 3 });
+        assert_eq!(
+            c.moe.unwrap().routing,
+            Routing::GroupLimitedGreedy {
+                n_group: 8,
+                topk_group: 3
+            }
+        );
     }
 
     #[test]
     fn errors_name_the_field_and_the_file() {
         let cases: Vec<(String, &str)> = vec![
-            (edited(|m| { m.remove("kv_lora_rank"); }), "`kv_lora_rank` is missing"),
-            (edited(|m| { m.remove("q_lora_rank"); }), "`q_lora_rank` is missing"),
-            (edited(|m| { m.insert("hidden_size".into(), "big".into()); }), "`hidden_size` must be an integer"),
-            (edited(|m| { m.insert("hidden_size".into(), 0.into()); }), "`hidden_size` must be an integer >= 1"),
-            (edited(|m| { m.insert("qk_rope_head_dim".into(), 63.into()); }), "`qk_rope_head_dim` must be even"),
-            (edited(|m| { m.insert("num_experts_per_tok".into(), 65.into()); }), "`num_experts_per_tok` is 65"),
+            (
+                edited(|m| {
+                    m.remove("kv_lora_rank");
+                }),
+                "`kv_lora_rank` is missing",
+            ),
+            (
+                edited(|m| {
+                    m.remove("q_lora_rank");
+                }),
+                "`q_lora_rank` is missing",
+            ),
+            (
+                edited(|m| {
+                    m.insert("hidden_size".into(), "big".into());
+                }),
+                "`hidden_size` must be an integer",
+            ),
+            (
+                edited(|m| {
+                    m.insert("hidden_size".into(), 0.into());
+                }),
+                "`hidden_size` must be an integer >= 1",
+            ),
+            (
+                edited(|m| {
+                    m.insert("qk_rope_head_dim".into(), 63.into());
+                }),
+                "`qk_rope_head_dim` must be even",
+            ),
+            (
+                edited(|m| {
+                    m.insert("num_experts_per_tok".into(), 65.into());
+                }),
+                "`num_experts_per_tok` is 65",
+            ),
             (
                 edited(|m| {
                     m.insert("topk_method".into(), "group_limited_greedy".into());
@@ -657,25 +758,71 @@ mod tests {
                 }),
                 "`topk_group` must be an integer >= 1",
             ),
-            (edited(|m| { m.insert("topk_method".into(), "noaux_tc".into()); }), "`topk_method` `noaux_tc` is not supported"),
-            (edited(|m| { m.insert("scoring_func".into(), "sigmoid".into()); }), "`scoring_func` `sigmoid` is not supported"),
-            (edited(|m| { m.insert("hidden_act".into(), "gelu".into()); }), "`hidden_act` `gelu` is not supported"),
             (
-                edited(|m| { m.insert("rope_scaling".into(), serde_json::json!({"type": "dynamic", "factor": 2})); }),
+                edited(|m| {
+                    m.insert("topk_method".into(), "noaux_tc".into());
+                }),
+                "`topk_method` `noaux_tc` is not supported",
+            ),
+            (
+                edited(|m| {
+                    m.insert("scoring_func".into(), "sigmoid".into());
+                }),
+                "`scoring_func` `sigmoid` is not supported",
+            ),
+            (
+                edited(|m| {
+                    m.insert("hidden_act".into(), "gelu".into());
+                }),
+                "`hidden_act` `gelu` is not supported",
+            ),
+            (
+                edited(|m| {
+                    m.insert(
+                        "rope_scaling".into(),
+                        serde_json::json!({"type": "dynamic", "factor": 2}),
+                    );
+                }),
                 "`rope_scaling.rope_type` `dynamic` is not supported",
             ),
             (
-                edited(|m| { m.insert("rope_scaling".into(), serde_json::json!({"type": "yarn", "factor": "x"})); }),
+                edited(|m| {
+                    m.insert(
+                        "rope_scaling".into(),
+                        serde_json::json!({"type": "yarn", "factor": "x"}),
+                    );
+                }),
                 "`rope_scaling.factor` must be a number",
             ),
-            (edited(|m| { m.insert("tie_word_embeddings".into(), 1.into()); }), "`tie_word_embeddings` must be true or false"),
-            (edited(|m| { m.remove("model_type"); }), "`model_type` is missing"),
-            (edited(|m| { m.insert("intermediate_size".into(), Value::Null); }), "`intermediate_size` is required"),
+            (
+                edited(|m| {
+                    m.insert("tie_word_embeddings".into(), 1.into());
+                }),
+                "`tie_word_embeddings` must be true or false",
+            ),
+            (
+                edited(|m| {
+                    m.remove("model_type");
+                }),
+                "`model_type` is missing",
+            ),
+            (
+                edited(|m| {
+                    m.insert("intermediate_size".into(), Value::Null);
+                }),
+                "`intermediate_size` is required",
+            ),
         ];
         for (text, expected) in cases {
             let message = error_text(&text);
-            assert!(message.starts_with("model/config.json: "), "no file in: {message}");
-            assert!(message.contains(expected), "expected `{expected}` in: {message}");
+            assert!(
+                message.starts_with("model/config.json: "),
+                "no file in: {message}"
+            );
+            assert!(
+                message.contains(expected),
+                "expected `{expected}` in: {message}"
+            );
         }
     }
 

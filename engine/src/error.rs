@@ -22,7 +22,9 @@ pub enum EngineError {
         problem: String,
     },
 
-    #[error("{path}: model_type `{found}` is not supported; this engine runs `deepseek_v2` checkpoints")]
+    #[error(
+        "{path}: model_type `{found}` is not supported; this engine runs `deepseek_v2` checkpoints"
+    )]
     UnsupportedModelType { path: PathBuf, found: String },
 
     #[error("{dir}: no weights found: expected model.safetensors or model.safetensors.index.json")]

@@ -102,7 +102,13 @@ impl LatentCache {
     }
 
     /// Writes one layer's latents for positions `start..start + rows` (after `reserve`).
-    pub(crate) fn write(&self, layer: usize, start: usize, c_kv: &Tensor, k_pe: &Tensor) -> Result<()> {
+    pub(crate) fn write(
+        &self,
+        layer: usize,
+        start: usize,
+        c_kv: &Tensor,
+        k_pe: &Tensor,
+    ) -> Result<()> {
         let buffers = &self.layers[layer];
         buffers.c_kv.slice_set(&c_kv.contiguous()?, 0, start)?;
         buffers.k_pe.slice_set(&k_pe.contiguous()?, 0, start)?;
@@ -112,7 +118,10 @@ impl LatentCache {
     /// Views of one layer's first `len` latents: ([len, kv_lora_rank], [len, rope_dim]).
     pub(crate) fn view(&self, layer: usize, len: usize) -> Result<(Tensor, Tensor)> {
         let buffers = &self.layers[layer];
-        Ok((buffers.c_kv.narrow(0, 0, len)?, buffers.k_pe.narrow(0, 0, len)?))
+        Ok((
+            buffers.c_kv.narrow(0, 0, len)?,
+            buffers.k_pe.narrow(0, 0, len)?,
+        ))
     }
 
     /// Commits tokens written by a completed forward pass.

@@ -52,17 +52,32 @@ pub struct Model {
 
 impl Model {
     /// Builds the model from `source`, converting every weight to `dtype` on `device`.
-    pub fn load(config: ModelConfig, source: &dyn WeightSource, dtype: DType, device: &Device) -> Result<Self> {
+    pub fn load(
+        config: ModelConfig,
+        source: &dyn WeightSource,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
         if device.is_cpu() && dtype == DType::BF16 {
             return Err(EngineError::Unsupported(
-                "bf16 compute needs a GPU; on the CPU use f32 or f16 (bf16 weights are converted)".into(),
+                "bf16 compute needs a GPU; on the CPU use f32 or f16 (bf16 weights are converted)"
+                    .into(),
             ));
         }
         if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
-            return Err(EngineError::Unsupported(format!("compute dtype {dtype:?}: use f32, f16 or bf16")));
+            return Err(EngineError::Unsupported(format!(
+                "compute dtype {dtype:?}: use f32, f16 or bf16"
+            )));
         }
-        let w = Loader { source, dtype, device };
-        let embed_tokens = w.tensor("model.embed_tokens.weight", &[config.vocab_size, config.hidden_size])?;
+        let w = Loader {
+            source,
+            dtype,
+            device,
+        };
+        let embed_tokens = w.tensor(
+            "model.embed_tokens.weight",
+            &[config.vocab_size, config.hidden_size],
+        )?;
         let layers = (0..config.num_hidden_layers)
             .map(|i| DecoderLayer::load(&w, &config, i))
             .collect::<Result<Vec<_>>>()?;
@@ -114,11 +129,19 @@ impl Model {
 
     /// Runs `tokens` at positions `cache.len()..`, appends their latents to `cache`, and
     /// returns f32 logits. On error the cache keeps its previous length.
-    pub fn forward(&self, tokens: &[u32], cache: &mut LatentCache, logits: Logits) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        tokens: &[u32],
+        cache: &mut LatentCache,
+        logits: Logits,
+    ) -> Result<Tensor> {
         if tokens.is_empty() {
             return Err(EngineError::InvalidInput("no tokens to run".into()));
         }
-        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.config.vocab_size) {
+        if let Some(&bad) = tokens
+            .iter()
+            .find(|&&t| t as usize >= self.config.vocab_size)
+        {
             return Err(EngineError::InvalidInput(format!(
                 "token id {bad} is outside the vocabulary (size {})",
                 self.config.vocab_size
@@ -147,7 +170,11 @@ impl Model {
     pub fn weight_bytes_per_token(&self) -> usize {
         let element = self.dtype.size_in_bytes();
         let c = &self.config;
-        let layers: usize = self.layers.iter().map(|l| l.bytes_read_per_token(c, element)).sum();
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| l.bytes_read_per_token(c, element))
+            .sum();
         (c.hidden_size + c.vocab_size * c.hidden_size + c.hidden_size) * element + layers
     }
 
@@ -157,7 +184,12 @@ impl Model {
         if !self.config.tie_word_embeddings {
             total += self.lm_head.elem_count();
         }
-        total * self.dtype.size_in_bytes() + self.layers.iter().map(DecoderLayer::weight_bytes).sum::<usize>()
+        total * self.dtype.size_in_bytes()
+            + self
+                .layers
+                .iter()
+                .map(DecoderLayer::weight_bytes)
+                .sum::<usize>()
     }
 }
 
@@ -178,13 +210,28 @@ impl Step {
         let total = start + len;
         let mask = if len > 1 {
             let values: Vec<f32> = (0..len)
-                .flat_map(|i| (0..total).map(move |j| if j > start + i { f32::NEG_INFINITY } else { 0.0 }))
+                .flat_map(|i| {
+                    (0..total).map(move |j| {
+                        if j > start + i {
+                            f32::NEG_INFINITY
+                        } else {
+                            0.0
+                        }
+                    })
+                })
                 .collect();
             Some(Tensor::from_vec(values, (len, total), &model.device)?.to_dtype(model.dtype)?)
         } else {
             None
         };
-        Ok(Self { start, len, cos, sin, mask, form: model.attention_form })
+        Ok(Self {
+            start,
+            len,
+            cos,
+            sin,
+            mask,
+            form: model.attention_form,
+        })
     }
 }
 
@@ -201,12 +248,20 @@ impl Loader<'_> {
     }
 
     fn tensor_as(&self, name: &str, shape: &[usize], dtype: DType) -> Result<Tensor> {
-        Ok(self.source.tensor(name, shape)?.to_dtype(dtype)?.to_device(self.device)?)
+        Ok(self
+            .source
+            .tensor(name, shape)?
+            .to_dtype(dtype)?
+            .to_device(self.device)?)
     }
 
     fn linear(&self, prefix: &str, out_dim: usize, in_dim: usize, bias: bool) -> Result<Linear> {
         let weight = self.tensor(&format!("{prefix}.weight"), &[out_dim, in_dim])?;
-        let bias = if bias { Some(self.tensor(&format!("{prefix}.bias"), &[out_dim])?) } else { None };
+        let bias = if bias {
+            Some(self.tensor(&format!("{prefix}.bias"), &[out_dim])?)
+        } else {
+            None
+        };
         Ok(Linear { weight, bias })
     }
 }
@@ -252,11 +307,18 @@ struct RmsNorm {
 
 impl RmsNorm {
     fn load(w: &Loader, prefix: &str, size: usize, eps: f64) -> Result<Self> {
-        Ok(Self { weight: w.tensor(&format!("{prefix}.weight"), &[size])?, eps: eps as f32 })
+        Ok(Self {
+            weight: w.tensor(&format!("{prefix}.weight"), &[size])?,
+            eps: eps as f32,
+        })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps)?)
+        Ok(candle_nn::ops::rms_norm(
+            &x.contiguous()?,
+            &self.weight,
+            self.eps,
+        )?)
     }
 }
 
@@ -268,7 +330,13 @@ struct Mlp {
 }
 
 impl Mlp {
-    fn load(w: &Loader, prefix: &str, hidden: usize, intermediate: usize, bias: bool) -> Result<Self> {
+    fn load(
+        w: &Loader,
+        prefix: &str,
+        hidden: usize,
+        intermediate: usize,
+        bias: bool,
+    ) -> Result<Self> {
         let gate = w.linear(&format!("{prefix}.gate_proj"), intermediate, hidden, bias)?;
         let up = w.linear(&format!("{prefix}.up_proj"), intermediate, hidden, bias)?;
         Ok(Self {
@@ -306,7 +374,9 @@ impl DecoderLayer {
     fn load(w: &Loader, c: &ModelConfig, index: usize) -> Result<Self> {
         let prefix = format!("model.layers.{index}");
         let feed_forward = match &c.moe {
-            Some(moe) if c.is_moe_layer(index) => FeedForward::Experts(Moe::load(w, c, moe, &prefix)?),
+            Some(moe) if c.is_moe_layer(index) => {
+                FeedForward::Experts(Moe::load(w, c, moe, &prefix)?)
+            }
             _ => FeedForward::Dense(Mlp::load(
                 w,
                 &format!("{prefix}.mlp"),
@@ -316,7 +386,12 @@ impl DecoderLayer {
             )?),
         };
         Ok(Self {
-            input_layernorm: RmsNorm::load(w, &format!("{prefix}.input_layernorm"), c.hidden_size, c.rms_norm_eps)?,
+            input_layernorm: RmsNorm::load(
+                w,
+                &format!("{prefix}.input_layernorm"),
+                c.hidden_size,
+                c.rms_norm_eps,
+            )?,
             attention: Mla::load(w, c, &format!("{prefix}.self_attn"))?,
             post_attention_layernorm: RmsNorm::load(
                 w,
@@ -328,8 +403,16 @@ impl DecoderLayer {
         })
     }
 
-    fn forward(&self, x: &Tensor, index: usize, cache: &LatentCache, step: &Step) -> Result<Tensor> {
-        let attended = self.attention.forward(&self.input_layernorm.forward(x)?, index, cache, step)?;
+    fn forward(
+        &self,
+        x: &Tensor,
+        index: usize,
+        cache: &LatentCache,
+        step: &Step,
+    ) -> Result<Tensor> {
+        let attended =
+            self.attention
+                .forward(&self.input_layernorm.forward(x)?, index, cache, step)?;
         let x = (x + attended)?;
         let normed = self.post_attention_layernorm.forward(&x)?;
         let mixed = match &self.feed_forward {
@@ -340,7 +423,8 @@ impl DecoderLayer {
     }
 
     fn weight_bytes(&self) -> usize {
-        let norms = (self.input_layernorm.weight.elem_count() + self.post_attention_layernorm.weight.elem_count())
+        let norms = (self.input_layernorm.weight.elem_count()
+            + self.post_attention_layernorm.weight.elem_count())
             * self.input_layernorm.weight.dtype().size_in_bytes();
         let feed_forward = match &self.feed_forward {
             FeedForward::Dense(mlp) => mlp.bytes(),
@@ -363,7 +447,11 @@ impl DecoderLayer {
 /// How queries are projected: directly (V2-Lite) or through a low-rank bottleneck (V2).
 enum QueryProjection {
     Direct(Linear),
-    LowRank { down: Linear, norm: RmsNorm, up: Linear },
+    LowRank {
+        down: Linear,
+        norm: RmsNorm,
+        up: Linear,
+    },
 }
 
 /// Epsilon of q_a_layernorm and kv_a_layernorm. DeepSeek's code and transformers both build these
@@ -393,29 +481,67 @@ struct Mla {
 
 impl Mla {
     fn load(w: &Loader, c: &ModelConfig, prefix: &str) -> Result<Self> {
-        let (heads, nope, rope, v_dim, kv_lora) =
-            (c.num_attention_heads, c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim, c.kv_lora_rank);
+        let (heads, nope, rope, v_dim, kv_lora) = (
+            c.num_attention_heads,
+            c.qk_nope_head_dim,
+            c.qk_rope_head_dim,
+            c.v_head_dim,
+            c.kv_lora_rank,
+        );
         let query_width = heads * (nope + rope);
         let query = match c.q_lora_rank {
-            None => QueryProjection::Direct(w.linear(&format!("{prefix}.q_proj"), query_width, c.hidden_size, false)?),
+            None => QueryProjection::Direct(w.linear(
+                &format!("{prefix}.q_proj"),
+                query_width,
+                c.hidden_size,
+                false,
+            )?),
             Some(rank) => QueryProjection::LowRank {
-                down: w.linear(&format!("{prefix}.q_a_proj"), rank, c.hidden_size, c.attention_bias)?,
+                down: w.linear(
+                    &format!("{prefix}.q_a_proj"),
+                    rank,
+                    c.hidden_size,
+                    c.attention_bias,
+                )?,
                 norm: RmsNorm::load(w, &format!("{prefix}.q_a_layernorm"), rank, LATENT_NORM_EPS)?,
                 up: w.linear(&format!("{prefix}.q_b_proj"), query_width, rank, false)?,
             },
         };
-        let kv_b = w.linear(&format!("{prefix}.kv_b_proj"), heads * (nope + v_dim), kv_lora, false)?;
+        let kv_b = w.linear(
+            &format!("{prefix}.kv_b_proj"),
+            heads * (nope + v_dim),
+            kv_lora,
+            false,
+        )?;
         let per_head = kv_b.weight.reshape((heads, nope + v_dim, kv_lora))?;
         let w_uk = per_head.narrow(1, 0, nope)?.contiguous()?;
-        let w_uv_t = per_head.narrow(1, nope, v_dim)?.transpose(1, 2)?.contiguous()?;
+        let w_uv_t = per_head
+            .narrow(1, nope, v_dim)?
+            .transpose(1, 2)?
+            .contiguous()?;
         Ok(Self {
             query,
-            kv_a: w.linear(&format!("{prefix}.kv_a_proj_with_mqa"), kv_lora + rope, c.hidden_size, c.attention_bias)?,
-            kv_a_norm: RmsNorm::load(w, &format!("{prefix}.kv_a_layernorm"), kv_lora, LATENT_NORM_EPS)?,
+            kv_a: w.linear(
+                &format!("{prefix}.kv_a_proj_with_mqa"),
+                kv_lora + rope,
+                c.hidden_size,
+                c.attention_bias,
+            )?,
+            kv_a_norm: RmsNorm::load(
+                w,
+                &format!("{prefix}.kv_a_layernorm"),
+                kv_lora,
+                LATENT_NORM_EPS,
+            )?,
             kv_b,
             w_uk,
             w_uv_t,
-            o_proj: w.linear(&format!("{prefix}.o_proj"), c.hidden_size, heads * v_dim, c.attention_bias)?,
+            o_proj: w.linear(
+                &format!("{prefix}.o_proj"),
+                c.hidden_size,
+                heads * v_dim,
+                c.attention_bias,
+            )?,
             heads,
             nope,
             rope,
@@ -429,19 +555,30 @@ impl Mla {
         let query = match &self.query {
             QueryProjection::Direct(q) => q.bytes(),
             QueryProjection::LowRank { down, norm, up } => {
-                down.bytes() + up.bytes() + norm.weight.elem_count() * norm.weight.dtype().size_in_bytes()
+                down.bytes()
+                    + up.bytes()
+                    + norm.weight.elem_count() * norm.weight.dtype().size_in_bytes()
             }
         };
-        let norm = self.kv_a_norm.weight.elem_count() * self.kv_a_norm.weight.dtype().size_in_bytes();
+        let norm =
+            self.kv_a_norm.weight.elem_count() * self.kv_a_norm.weight.dtype().size_in_bytes();
         query + self.kv_a.bytes() + norm + self.kv_b.bytes() + self.o_proj.bytes()
     }
 
     /// x: [T, hidden] (normalised). Writes this step's latents into `cache` and returns [T, hidden].
-    fn forward(&self, x: &Tensor, layer: usize, cache: &LatentCache, step: &Step) -> Result<Tensor> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        layer: usize,
+        cache: &LatentCache,
+        step: &Step,
+    ) -> Result<Tensor> {
         let (h, t) = (self.heads, step.len);
         let q = match &self.query {
             QueryProjection::Direct(q) => q.forward(x)?,
-            QueryProjection::LowRank { down, norm, up } => up.forward(&norm.forward(&down.forward(x)?)?)?,
+            QueryProjection::LowRank { down, norm, up } => {
+                up.forward(&norm.forward(&down.forward(x)?)?)?
+            }
         };
         // [T, H*(N+R)] -> [H, T, N+R]
         let q = q.reshape((t, h, self.nope + self.rope))?.transpose(0, 1)?;
@@ -457,18 +594,32 @@ impl Mla {
         let (c_kv_all, k_pe_all) = cache.view(layer, total)?;
 
         // Scores from the rope part are shared by both forms: [H*T, R] x [R, S].
-        let rope_scores = q_pe.reshape((h * t, self.rope))?.matmul(&k_pe_all.t()?)?.reshape((h, t, total))?;
+        let rope_scores = q_pe
+            .reshape((h * t, self.rope))?
+            .matmul(&k_pe_all.t()?)?
+            .reshape((h, t, total))?;
         let out = if self.absorbed_is_cheaper(t, total, step.form) {
             // q_latent[h] = q_nope[h] W_UK[h]: [H, T, N] x [H, N, L] -> [H, T, L]
             let q_latent = q_nope.matmul(&self.w_uk)?;
-            let latent_scores = q_latent.reshape((h * t, self.kv_lora))?.matmul(&c_kv_all.t()?)?.reshape((h, t, total))?;
+            let latent_scores = q_latent
+                .reshape((h * t, self.kv_lora))?
+                .matmul(&c_kv_all.t()?)?
+                .reshape((h, t, total))?;
             let probs = self.softmax(&(latent_scores + rope_scores)?, step)?;
             // Attend over the latent, then lift to V with W_UV: [H, T, S] x [S, L] -> [H, T, L] -> [H, T, V]
-            let latent_out = probs.reshape((h * t, total))?.matmul(&c_kv_all)?.reshape((h, t, self.kv_lora))?;
+            let latent_out =
+                probs
+                    .reshape((h * t, total))?
+                    .matmul(&c_kv_all)?
+                    .reshape((h, t, self.kv_lora))?;
             latent_out.matmul(&self.w_uv_t)?
         } else {
             // [S, H*(N+V)] -> [H, S, N+V]
-            let kv = self.kv_b.forward(&c_kv_all)?.reshape((total, h, self.nope + self.v_dim))?.transpose(0, 1)?;
+            let kv = self
+                .kv_b
+                .forward(&c_kv_all)?
+                .reshape((total, h, self.nope + self.v_dim))?
+                .transpose(0, 1)?;
             let k_nope = kv.narrow(2, 0, self.nope)?.contiguous()?;
             let v = kv.narrow(2, self.nope, self.v_dim)?.contiguous()?;
             let nope_scores = q_nope.matmul(&k_nope.transpose(1, 2)?)?;
@@ -521,24 +672,46 @@ impl Moe {
     fn load(w: &Loader, c: &ModelConfig, moe: &MoeConfig, layer_prefix: &str) -> Result<Self> {
         let prefix = format!("{layer_prefix}.mlp");
         let experts = (0..moe.n_routed_experts)
-            .map(|e| Mlp::load(w, &format!("{prefix}.experts.{e}"), c.hidden_size, moe.moe_intermediate_size, false))
+            .map(|e| {
+                Mlp::load(
+                    w,
+                    &format!("{prefix}.experts.{e}"),
+                    c.hidden_size,
+                    moe.moe_intermediate_size,
+                    false,
+                )
+            })
             .collect::<Result<Vec<_>>>()?;
         let shared = (moe.n_shared_experts > 0)
             .then(|| {
                 let width = moe.moe_intermediate_size * moe.n_shared_experts;
-                Mlp::load(w, &format!("{prefix}.shared_experts"), c.hidden_size, width, c.mlp_bias)
+                Mlp::load(
+                    w,
+                    &format!("{prefix}.shared_experts"),
+                    c.hidden_size,
+                    width,
+                    c.mlp_bias,
+                )
             })
             .transpose()?;
         Ok(Self {
-            router: w.tensor_as(&format!("{prefix}.gate.weight"), &[moe.n_routed_experts, c.hidden_size], DType::F32)?,
+            router: w.tensor_as(
+                &format!("{prefix}.gate.weight"),
+                &[moe.n_routed_experts, c.hidden_size],
+                DType::F32,
+            )?,
             experts,
             shared,
             top_k: moe.num_experts_per_tok,
             limit: match moe.routing {
                 Routing::Greedy => GroupLimit::None,
-                Routing::GroupLimitedGreedy { n_group, topk_group } => {
-                    GroupLimit::Groups { groups: n_group, keep_groups: topk_group }
-                }
+                Routing::GroupLimitedGreedy {
+                    n_group,
+                    topk_group,
+                } => GroupLimit::Groups {
+                    groups: n_group,
+                    keep_groups: topk_group,
+                },
             },
             norm_topk_prob: moe.norm_topk_prob,
             routed_scaling_factor: moe.routed_scaling_factor,
@@ -598,7 +771,8 @@ impl Moe {
             return Ok(out);
         }
         // Gather each expert's tokens, run them as one batch, scatter-add back.
-        let mut per_expert: Vec<(Vec<u32>, Vec<f32>)> = vec![(Vec::new(), Vec::new()); self.experts.len()];
+        let mut per_expert: Vec<(Vec<u32>, Vec<f32>)> =
+            vec![(Vec::new(), Vec::new()); self.experts.len()];
         for (token, chosen) in routes.iter().enumerate() {
             for &(expert, weight) in chosen {
                 per_expert[expert].0.push(token as u32);
@@ -612,7 +786,9 @@ impl Moe {
             let n = tokens.len();
             let index = Tensor::from_vec(tokens, n, x.device())?;
             let weights = Tensor::from_vec(weights, (n, 1), x.device())?.to_dtype(x.dtype())?;
-            let y = self.experts[expert].forward(&x.index_select(&index, 0)?)?.broadcast_mul(&weights)?;
+            let y = self.experts[expert]
+                .forward(&x.index_select(&index, 0)?)?
+                .broadcast_mul(&weights)?;
             out = out.index_add(&index, &y, 0)?;
         }
         Ok(out)
@@ -646,13 +822,19 @@ mod tests {
         // 0.3 / (0.3 + 0.1) = 0.75, 0.1 / 0.4 = 0.25; routed_scaling_factor is not applied (V2 rule).
         let w = weights(&moe(true, 16.0, 2), &[(3, 0.3), (1, 0.1)]);
         assert_eq!(w[0].0, 3);
-        assert!((w[0].1 - 0.75).abs() < 1e-6 && (w[1].1 - 0.25).abs() < 1e-6, "{w:?}");
+        assert!(
+            (w[0].1 - 0.75).abs() < 1e-6 && (w[1].1 - 0.25).abs() < 1e-6,
+            "{w:?}"
+        );
     }
 
     #[test]
     fn without_norm_topk_prob_weights_are_scaled() {
         let w = weights(&moe(false, 16.0, 2), &[(3, 0.3), (1, 0.1)]);
-        assert!((w[0].1 - 4.8).abs() < 1e-5 && (w[1].1 - 1.6).abs() < 1e-5, "{w:?}");
+        assert!(
+            (w[0].1 - 4.8).abs() < 1e-5 && (w[1].1 - 1.6).abs() < 1e-5,
+            "{w:?}"
+        );
     }
 
     #[test]
@@ -667,11 +849,17 @@ mod tests {
         let attention = |form| {
             let (heads, nope, rope, v_dim, kv_lora) = (16, 128, 64, 128, 512);
             let empty = || Tensor::zeros((1, 1), DType::F32, &Device::Cpu).unwrap();
-            let linear = || Linear { weight: empty(), bias: None };
+            let linear = || Linear {
+                weight: empty(),
+                bias: None,
+            };
             let mla = Mla {
                 query: QueryProjection::Direct(linear()),
                 kv_a: linear(),
-                kv_a_norm: RmsNorm { weight: empty(), eps: 1e-6 },
+                kv_a_norm: RmsNorm {
+                    weight: empty(),
+                    eps: 1e-6,
+                },
                 kv_b: linear(),
                 w_uk: empty(),
                 w_uv_t: empty(),

@@ -31,10 +31,14 @@ impl Rope {
         // The dimension whose wavelength completes `rotations` turns in the original context.
         let correction_dim = |rotations: f64| {
             rope_dim as f64
-                * (yarn.original_max_position_embeddings / (rotations * 2.0 * std::f64::consts::PI)).ln()
+                * (yarn.original_max_position_embeddings / (rotations * 2.0 * std::f64::consts::PI))
+                    .ln()
                 / (2.0 * config.theta.ln())
         };
-        let (mut low, mut high) = (correction_dim(yarn.beta_fast), correction_dim(yarn.beta_slow));
+        let (mut low, mut high) = (
+            correction_dim(yarn.beta_fast),
+            correction_dim(yarn.beta_slow),
+        );
         if yarn.truncate {
             low = low.floor();
             high = high.ceil();
@@ -61,7 +65,13 @@ impl Rope {
     }
 
     /// cos and sin tables, each [len, rope_dim / 2], for positions start..start+len.
-    pub fn tables(&self, start: usize, len: usize, dtype: DType, device: &Device) -> Result<(Tensor, Tensor)> {
+    pub fn tables(
+        &self,
+        start: usize,
+        len: usize,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<(Tensor, Tensor)> {
         let half = self.inv_freq.len();
         let mut cos = Vec::with_capacity(len * half);
         let mut sin = Vec::with_capacity(len * half);

@@ -70,6 +70,11 @@ pub fn parse_spec(spec: &str) -> Result<ModelConfig> {
 }
 
 /// A model with `config`'s shapes and seeded random weights.
-pub fn random_model(config: ModelConfig, seed: u64, dtype: DType, device: &Device) -> Result<Model> {
+pub fn random_model(
+    config: ModelConfig,
+    seed: u64,
+    dtype: DType,
+    device: &Device,
+) -> Result<Model> {
     Model::load(config, &RandomWeights::new(seed), dtype, device)
 }

@@ -176,7 +176,9 @@ fn shard_paths(index_path: &Path, dir: &Path) -> Result<Vec<PathBuf>> {
             .as_str()
             .ok_or_else(|| bad(format!("`{tensor}` maps to {file}, not a file name")))?;
         if Path::new(file).components().count() != 1 {
-            return Err(bad(format!("`{file}` is not a file name inside the model directory")));
+            return Err(bad(format!(
+                "`{file}` is not a file name inside the model directory"
+            )));
         }
         if !names.contains(&file) {
             names.push(file);
@@ -247,7 +249,8 @@ impl WeightSource for RandomWeights {
             .par_chunks_mut(CHUNK)
             .enumerate()
             .for_each(|(chunk, out)| {
-                let mut state = splitmix64(stream ^ (chunk as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                let mut state =
+                    splitmix64(stream ^ (chunk as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
                 for v in out {
                     state = splitmix64(state);
                     let unit = (state >> 40) as f32 / (1u64 << 24) as f32; // [0, 1)

@@ -11,7 +11,9 @@ const FIXTURES: [&str; 3] = ["lite", "v2", "branches"];
 const TOLERANCE: f32 = 1e-4;
 
 fn fixture_dir(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 struct Golden {
@@ -24,12 +26,18 @@ struct Golden {
 }
 
 fn ids(tensor: &Tensor) -> Vec<u32> {
-    tensor.to_vec1::<i64>().unwrap().into_iter().map(|x| x as u32).collect()
+    tensor
+        .to_vec1::<i64>()
+        .unwrap()
+        .into_iter()
+        .map(|x| x as u32)
+        .collect()
 }
 
 fn golden(name: &str) -> Golden {
     let dir = fixture_dir(name);
-    let model = load_checkpoint(&dir, &LoadOptions::default()).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let model =
+        load_checkpoint(&dir, &LoadOptions::default()).unwrap_or_else(|e| panic!("{name}: {e}"));
     let reference: HashMap<String, Tensor> =
         candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu).unwrap();
     Golden {
@@ -71,12 +79,18 @@ fn assert_close(name: &str, what: &str, ours: &[Vec<f32>], reference: &[Vec<f32>
 }
 
 /// Runs `chunks` of the input one after another on one cache and gathers every position's logits.
-fn run_in_chunks(model: &Model, ids: &[u32], chunk_lengths: &[usize]) -> (Vec<Vec<f32>>, LatentCache) {
+fn run_in_chunks(
+    model: &Model,
+    ids: &[u32],
+    chunk_lengths: &[usize],
+) -> (Vec<Vec<f32>>, LatentCache) {
     let mut cache = model.new_cache();
     let mut all = Vec::new();
     let mut start = 0;
     for &len in chunk_lengths {
-        let logits = model.forward(&ids[start..start + len], &mut cache, Logits::All).unwrap();
+        let logits = model
+            .forward(&ids[start..start + len], &mut cache, Logits::All)
+            .unwrap();
         all.extend(rows(&logits));
         start += len;
     }
@@ -114,7 +128,12 @@ fn prefix_then_cached_continuation_matches_the_full_forward() {
         for prefix in [1, 9, t - 1] {
             let (ours, cache) = run_in_chunks(&g.model, &g.input_ids, &[prefix, t - prefix]);
             assert_eq!(cache.len(), t);
-            assert_close(name, &format!("prefix {prefix} then the rest"), &ours, &g.logits);
+            assert_close(
+                name,
+                &format!("prefix {prefix} then the rest"),
+                &ours,
+                &g.logits,
+            );
         }
     }
 }
@@ -137,12 +156,24 @@ fn greedy_continuation_is_token_identical() {
         let mut sequence = g.greedy_ids[..g.prompt_len].to_vec();
         let mut next_input = sequence.clone();
         while sequence.len() < g.greedy_ids.len() {
-            let logits = g.model.forward(&next_input, &mut cache, Logits::Last).unwrap();
-            let next = logits.squeeze(0).unwrap().argmax(0).unwrap().to_scalar::<u32>().unwrap();
+            let logits = g
+                .model
+                .forward(&next_input, &mut cache, Logits::Last)
+                .unwrap();
+            let next = logits
+                .squeeze(0)
+                .unwrap()
+                .argmax(0)
+                .unwrap()
+                .to_scalar::<u32>()
+                .unwrap();
             sequence.push(next);
             next_input = vec![next];
         }
-        assert_eq!(sequence, g.greedy_ids, "{name}: greedy continuation differs from transformers");
+        assert_eq!(
+            sequence, g.greedy_ids,
+            "{name}: greedy continuation differs from transformers"
+        );
     }
 }
 
@@ -150,7 +181,11 @@ fn greedy_continuation_is_token_identical() {
 fn last_position_logits_equal_the_last_row_of_all() {
     let g = golden("v2");
     let mut cache = g.model.new_cache();
-    let last = rows(&g.model.forward(&g.input_ids, &mut cache, Logits::Last).unwrap());
+    let last = rows(
+        &g.model
+            .forward(&g.input_ids, &mut cache, Logits::Last)
+            .unwrap(),
+    );
     assert_eq!(last.len(), 1);
     assert_close("v2", "Logits::Last", &last, &g.logits[g.logits.len() - 1..]);
 }
@@ -162,13 +197,20 @@ fn the_cache_holds_only_the_latent() {
         let c = g.model.config().clone();
         let per_token = (c.kv_lora_rank + c.qk_rope_head_dim) * c.num_hidden_layers * 4;
         assert_eq!(g.model.kv_bytes_per_token(), per_token, "{name}");
-        assert!(per_token < c.expanded_kv_bytes_per_token(4), "{name}: latent must be smaller than expanded K/V");
+        assert!(
+            per_token < c.expanded_kv_bytes_per_token(4),
+            "{name}: latent must be smaller than expanded K/V"
+        );
 
         let t = g.input_ids.len();
         let (_, cache) = run_in_chunks(&g.model, &g.input_ids, &[t]);
         assert_eq!(cache.used_bytes(), t * per_token, "{name}: used bytes");
         // One prefill of t tokens allocates exactly t tokens of latents, nothing else.
-        assert_eq!(cache.allocated_bytes(), t * per_token, "{name}: allocated bytes");
+        assert_eq!(
+            cache.allocated_bytes(),
+            t * per_token,
+            "{name}: allocated bytes"
+        );
 
         // Decoding grows capacity geometrically, still only latents.
         let (_, cache) = run_in_chunks(&g.model, &g.input_ids, &vec![1; t]);
@@ -182,22 +224,34 @@ fn the_cache_holds_only_the_latent() {
 fn truncating_the_cache_recomputes_the_same_logits() {
     let g = golden("lite");
     let mut cache = g.model.new_cache();
-    g.model.forward(&g.input_ids, &mut cache, Logits::All).unwrap();
+    g.model
+        .forward(&g.input_ids, &mut cache, Logits::All)
+        .unwrap();
     cache.truncate(20);
     assert_eq!(cache.len(), 20);
-    let rest = rows(&g.model.forward(&g.input_ids[20..], &mut cache, Logits::All).unwrap());
+    let rest = rows(
+        &g.model
+            .forward(&g.input_ids[20..], &mut cache, Logits::All)
+            .unwrap(),
+    );
     assert_close("lite", "after truncate(20)", &rest, &g.logits[20..]);
 }
 
 #[test]
 fn f16_compute_stays_close_to_f32() {
     let dir = fixture_dir("lite");
-    let options = LoadOptions { device: Device::Cpu, dtype: Some(DType::F16) };
+    let options = LoadOptions {
+        device: Device::Cpu,
+        dtype: Some(DType::F16),
+    };
     let model = load_checkpoint(&dir, &options).unwrap();
     assert_eq!(model.kv_bytes_per_token(), (32 + 8) * 3 * 2);
     let g = golden("lite");
     let (ours, _) = run_in_chunks(&model, &g.input_ids, &[g.input_ids.len()]);
     let (error, _) = max_error(&ours, &g.logits);
     let scale = g.logits.iter().flatten().fold(0f32, |m, x| m.max(x.abs()));
-    assert!(error < 0.02 * scale, "f16 error {error} vs logit scale {scale}");
+    assert!(
+        error < 0.02 * scale,
+        "f16 error {error} vs logit scale {scale}"
+    );
 }

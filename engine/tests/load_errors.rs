@@ -8,7 +8,9 @@ use candle_core::{DType, Device, Tensor};
 use engine::{EngineError, LoadOptions, Logits, load_checkpoint};
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 /// A writable copy of the single-file `lite` fixture (config + weights).
@@ -32,7 +34,8 @@ fn save(model: &Path, tensors: &HashMap<String, Tensor>) {
 
 fn edit_config(model: &Path, edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>)) {
     let path = model.join("config.json");
-    let mut config: serde_json::Value = serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+    let mut config: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
     edit(config.as_object_mut().unwrap());
     fs::write(path, config.to_string()).unwrap();
 }
@@ -47,7 +50,10 @@ fn load_error(model: &Path) -> EngineError {
 #[test]
 fn a_missing_directory_or_a_file_path_says_what_to_pass() {
     let message = load_error(Path::new("/no/such/model")).to_string();
-    assert!(message.contains("/no/such/model does not exist"), "{message}");
+    assert!(
+        message.contains("/no/such/model does not exist"),
+        "{message}"
+    );
     let (_dir, model) = lite_copy();
     let message = load_error(&model.join("config.json")).to_string();
     assert!(message.contains("is a file"), "{message}");
@@ -58,7 +64,13 @@ fn a_missing_config_names_the_file() {
     let (_dir, model) = lite_copy();
     fs::remove_file(model.join("config.json")).unwrap();
     let message = load_error(&model).to_string();
-    assert!(message.starts_with(&format!("cannot read {}", model.join("config.json").display())), "{message}");
+    assert!(
+        message.starts_with(&format!(
+            "cannot read {}",
+            model.join("config.json").display()
+        )),
+        "{message}"
+    );
 }
 
 #[test]
@@ -76,30 +88,51 @@ fn a_truncated_safetensors_file_names_the_file() {
     let bytes = fs::read(&path).unwrap();
     fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
     let message = load_error(&model).to_string();
-    assert!(message.starts_with(&format!("{}: not a readable safetensors file", path.display())), "{message}");
+    assert!(
+        message.starts_with(&format!(
+            "{}: not a readable safetensors file",
+            path.display()
+        )),
+        "{message}"
+    );
 
     fs::write(&path, b"garbage").unwrap();
-    assert!(matches!(load_error(&model), EngineError::BadSafetensors { .. }));
+    assert!(matches!(
+        load_error(&model),
+        EngineError::BadSafetensors { .. }
+    ));
 }
 
 #[test]
 fn a_missing_tensor_is_named() {
     let (_dir, model) = lite_copy();
     let mut all = tensors(&model);
-    all.remove("model.layers.1.mlp.experts.5.up_proj.weight").unwrap();
+    all.remove("model.layers.1.mlp.experts.5.up_proj.weight")
+        .unwrap();
     save(&model, &all);
     let message = load_error(&model).to_string();
-    assert!(message.starts_with("tensor `model.layers.1.mlp.experts.5.up_proj.weight` is missing"), "{message}");
+    assert!(
+        message.starts_with("tensor `model.layers.1.mlp.experts.5.up_proj.weight` is missing"),
+        "{message}"
+    );
 }
 
 #[test]
 fn a_mis_shaped_tensor_is_named_with_both_shapes() {
     let (_dir, model) = lite_copy();
     let mut all = tensors(&model);
-    all.insert("model.layers.2.self_attn.kv_b_proj.weight".into(), Tensor::zeros((7, 32), DType::F32, &Device::Cpu).unwrap());
+    all.insert(
+        "model.layers.2.self_attn.kv_b_proj.weight".into(),
+        Tensor::zeros((7, 32), DType::F32, &Device::Cpu).unwrap(),
+    );
     save(&model, &all);
     match load_error(&model) {
-        EngineError::TensorShape { name, expected, found, .. } => {
+        EngineError::TensorShape {
+            name,
+            expected,
+            found,
+            ..
+        } => {
             assert_eq!(name, "model.layers.2.self_attn.kv_b_proj.weight");
             assert_eq!(expected, vec![4 * (16 + 12), 32]);
             assert_eq!(found, vec![7, 32]);
@@ -112,10 +145,16 @@ fn a_mis_shaped_tensor_is_named_with_both_shapes() {
 fn an_integer_weight_is_refused_by_dtype() {
     let (_dir, model) = lite_copy();
     let mut all = tensors(&model);
-    all.insert("model.norm.weight".into(), Tensor::zeros(64, DType::I64, &Device::Cpu).unwrap());
+    all.insert(
+        "model.norm.weight".into(),
+        Tensor::zeros(64, DType::I64, &Device::Cpu).unwrap(),
+    );
     save(&model, &all);
     let message = load_error(&model).to_string();
-    assert!(message.contains("`model.norm.weight`") && message.contains("has dtype I64"), "{message}");
+    assert!(
+        message.contains("`model.norm.weight`") && message.contains("has dtype I64"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -124,13 +163,21 @@ fn config_flags_that_promise_missing_tensors_are_caught() {
     edit_config(&model, |c| {
         c.insert("attention_bias".into(), true.into());
     });
-    assert!(load_error(&model).to_string().contains("`model.layers.0.self_attn.kv_a_proj_with_mqa.bias` is missing"));
+    assert!(
+        load_error(&model)
+            .to_string()
+            .contains("`model.layers.0.self_attn.kv_a_proj_with_mqa.bias` is missing")
+    );
 
     let (_dir, model) = lite_copy();
     let mut all = tensors(&model);
     all.remove("lm_head.weight");
     save(&model, &all);
-    assert!(load_error(&model).to_string().contains("`lm_head.weight` is missing"));
+    assert!(
+        load_error(&model)
+            .to_string()
+            .contains("`lm_head.weight` is missing")
+    );
     // ... unless the embeddings are tied.
     edit_config(&model, |c| {
         c.insert("tie_word_embeddings".into(), true.into());
@@ -150,26 +197,51 @@ fn a_shard_index_naming_a_missing_shard_is_refused() {
     load_checkpoint(&model, &LoadOptions::default()).unwrap();
     fs::remove_file(model.join("model-00003-of-00008.safetensors")).unwrap();
     let message = load_error(&model).to_string();
-    assert!(message.contains("model.safetensors.index.json: shard index is invalid"), "{message}");
-    assert!(message.contains("model-00003-of-00008.safetensors"), "{message}");
+    assert!(
+        message.contains("model.safetensors.index.json: shard index is invalid"),
+        "{message}"
+    );
+    assert!(
+        message.contains("model-00003-of-00008.safetensors"),
+        "{message}"
+    );
 
-    fs::write(model.join("model.safetensors.index.json"), r#"{"weight_map": {"x": "../escape.safetensors"}}"#).unwrap();
-    assert!(load_error(&model).to_string().contains("not a file name inside the model directory"));
+    fs::write(
+        model.join("model.safetensors.index.json"),
+        r#"{"weight_map": {"x": "../escape.safetensors"}}"#,
+    )
+    .unwrap();
+    assert!(
+        load_error(&model)
+            .to_string()
+            .contains("not a file name inside the model directory")
+    );
 }
 
 #[test]
 fn bad_token_ids_are_input_errors_not_panics() {
     let model = load_checkpoint(&fixture("lite"), &LoadOptions::default()).unwrap();
     let mut cache = model.new_cache();
-    let error = model.forward(&[1, 320], &mut cache, Logits::All).unwrap_err();
-    assert_eq!(error.to_string(), "token id 320 is outside the vocabulary (size 320)");
+    let error = model
+        .forward(&[1, 320], &mut cache, Logits::All)
+        .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "token id 320 is outside the vocabulary (size 320)"
+    );
     assert_eq!(cache.len(), 0, "a refused step leaves the cache as it was");
     assert!(model.forward(&[], &mut cache, Logits::All).is_err());
 }
 
 #[test]
 fn bf16_compute_on_the_cpu_is_refused_with_the_alternative() {
-    let options = LoadOptions { device: Device::Cpu, dtype: Some(DType::BF16) };
-    let message = load_checkpoint(&fixture("lite"), &options).err().unwrap().to_string();
+    let options = LoadOptions {
+        device: Device::Cpu,
+        dtype: Some(DType::BF16),
+    };
+    let message = load_checkpoint(&fixture("lite"), &options)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(message.contains("use f32 or f16"), "{message}");
 }

@@ -8,7 +8,10 @@
 pub enum GroupLimit {
     None,
     /// `groups` equal groups of consecutive experts; only the best `keep_groups` may be chosen.
-    Groups { groups: usize, keep_groups: usize },
+    Groups {
+        groups: usize,
+        keep_groups: usize,
+    },
 }
 
 /// Writes the `top_k` chosen experts of one token into `chosen` as (expert, score) pairs,
@@ -16,7 +19,12 @@ pub enum GroupLimit {
 ///
 /// Ties go to the lower expert index. Panics if `top_k` exceeds the experts that can be chosen
 /// (callers validate this against the model config once, at load).
-pub fn select_experts(scores: &[f32], top_k: usize, limit: GroupLimit, chosen: &mut Vec<(usize, f32)>) {
+pub fn select_experts(
+    scores: &[f32],
+    top_k: usize,
+    limit: GroupLimit,
+    chosen: &mut Vec<(usize, f32)>,
+) {
     chosen.clear();
     match limit {
         GroupLimit::None => {
@@ -24,7 +32,10 @@ pub fn select_experts(scores: &[f32], top_k: usize, limit: GroupLimit, chosen: &
                 insert_top(chosen, top_k, expert, score);
             }
         }
-        GroupLimit::Groups { groups, keep_groups } => {
+        GroupLimit::Groups {
+            groups,
+            keep_groups,
+        } => {
             let per_group = scores.len() / groups;
             let mut kept = best_groups(scores, groups, keep_groups);
             kept.sort_unstable();
@@ -36,7 +47,11 @@ pub fn select_experts(scores: &[f32], top_k: usize, limit: GroupLimit, chosen: &
             }
         }
     }
-    assert_eq!(chosen.len(), top_k, "top_k exceeds the experts that can be chosen");
+    assert_eq!(
+        chosen.len(),
+        top_k,
+        "top_k exceeds the experts that can be chosen"
+    );
 }
 
 /// The `keep` best groups (a group's score is its best expert), best first.
@@ -52,7 +67,10 @@ fn best_groups(scores: &[f32], groups: usize, keep: usize) -> Vec<usize> {
 
 /// Keeps `list` as the best `k` (index, score) pairs seen so far, best first.
 fn insert_top(list: &mut Vec<(usize, f32)>, k: usize, index: usize, score: f32) {
-    let position = list.iter().position(|&(_, s)| score > s).unwrap_or(list.len());
+    let position = list
+        .iter()
+        .position(|&(_, s)| score > s)
+        .unwrap_or(list.len());
     if position < k {
         if list.len() == k {
             list.pop();
@@ -79,7 +97,10 @@ mod tests {
 
     #[test]
     fn ties_go_to_the_lower_index() {
-        assert_eq!(pick(&[0.25, 0.25, 0.25, 0.25], 2, GroupLimit::None), vec![0, 1]);
+        assert_eq!(
+            pick(&[0.25, 0.25, 0.25, 0.25], 2, GroupLimit::None),
+            vec![0, 1]
+        );
     }
 
     #[test]
@@ -88,7 +109,10 @@ mod tests {
         // Best experts per group: 0.30, 0.20, 0.30 -> keep g0 and g2.
         // Greedy would take 0.30, 0.30, 0.20; group-limited must skip g1 and take 0.01 instead.
         let scores = [0.30, 0.00, 0.20, 0.19, 0.01, 0.30];
-        let limit = GroupLimit::Groups { groups: 3, keep_groups: 2 };
+        let limit = GroupLimit::Groups {
+            groups: 3,
+            keep_groups: 2,
+        };
         assert_eq!(pick(&scores, 3, limit), vec![0, 5, 4]);
         assert_eq!(pick(&scores, 3, GroupLimit::None), vec![0, 5, 2]);
     }

@@ -1,0 +1,263 @@
+//! The `deepseek-lsp` binary as users and scripts call it: output format, numbers, exit codes.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use safetensors::SafeTensors;
+
+const TOLERANCE: f32 = 1e-4;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("engine/tests/fixtures")
+        .join(name)
+}
+
+fn binary() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_deepseek-lsp"));
+    command.env_remove("DEEPSEEK_LSP_MODEL");
+    command
+}
+
+fn run(args: &[&str]) -> Output {
+    binary().args(args).output().expect("the binary runs")
+}
+
+struct Reference {
+    ids: Vec<u32>,
+    logits: Vec<Vec<f32>>,
+}
+
+fn reference(name: &str) -> Reference {
+    let bytes = std::fs::read(fixture(name).join("reference.safetensors")).unwrap();
+    let file = SafeTensors::deserialize(&bytes).unwrap();
+    let ids = file.tensor("input_ids").unwrap();
+    let ids = ids
+        .data()
+        .chunks_exact(8)
+        .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as u32)
+        .collect();
+    let logits = file.tensor("logits").unwrap();
+    let vocab = logits.shape()[1];
+    let values: Vec<f32> = logits
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    Reference {
+        ids,
+        logits: values.chunks(vocab).map(<[f32]>::to_vec).collect(),
+    }
+}
+
+fn ids_arg(ids: &[u32]) -> String {
+    ids.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+}
+
+fn parse_logits(output: &Output) -> Vec<Vec<f32>> {
+    assert!(
+        output.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let value: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("stdout is one JSON object");
+    let object = value.as_object().unwrap();
+    assert_eq!(object.keys().collect::<Vec<_>>(), vec!["logits"]);
+    object["logits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            row.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect()
+        })
+        .collect()
+}
+
+fn assert_matches(ours: &[Vec<f32>], reference: &[Vec<f32>]) {
+    assert_eq!(ours.len(), reference.len(), "one row per input position");
+    for (position, (a, b)) in ours.iter().zip(reference).enumerate() {
+        assert_eq!(a.len(), b.len(), "vocabulary-wide rows");
+        let worst = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(worst <= TOLERANCE, "position {position}: error {worst:e}");
+    }
+}
+
+/// Exit code 2 and exactly one line on stderr containing `expected`, nothing on stdout.
+fn assert_usage_error(output: &Output, expected: &str) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "stderr: {stderr}");
+    assert!(output.stdout.is_empty(), "stdout must stay empty on error");
+    assert_eq!(
+        stderr.trim_end().lines().count(),
+        1,
+        "one-line message, got: {stderr}"
+    );
+    assert!(
+        stderr.contains(expected),
+        "expected `{expected}` in: {stderr}"
+    );
+}
+
+#[test]
+fn logits_prints_every_position_matching_transformers() {
+    for name in ["lite", "v2", "branches"] {
+        let r = reference(name);
+        let model = fixture(name);
+        let output = run(&[
+            "logits",
+            "--model",
+            model.to_str().unwrap(),
+            "--ids",
+            &ids_arg(&r.ids),
+        ]);
+        assert_matches(&parse_logits(&output), &r.logits);
+    }
+}
+
+#[test]
+fn logits_with_a_cached_prefix_still_covers_every_position() {
+    let r = reference("v2");
+    let model = fixture("v2");
+    for prefix in ["0", "5", &r.ids.len().to_string()] {
+        let output = run(&[
+            "logits",
+            "--model",
+            model.to_str().unwrap(),
+            "--ids",
+            &ids_arg(&r.ids),
+            "--prefix",
+            prefix,
+        ]);
+        assert_matches(&parse_logits(&output), &r.logits);
+    }
+}
+
+#[test]
+fn the_model_can_come_from_the_environment() {
+    let r = reference("lite");
+    let output = binary()
+        .args(["logits", "--ids", &ids_arg(&r.ids[..3])])
+        .env("DEEPSEEK_LSP_MODEL", fixture("lite"))
+        .output()
+        .unwrap();
+    assert_matches(&parse_logits(&output), &r.logits[..3]);
+}
+
+#[test]
+fn usage_and_setup_errors_exit_2_with_one_line() {
+    let lite = fixture("lite");
+    let lite = lite.to_str().unwrap();
+    assert_usage_error(
+        &run(&["logits", "--ids", "1,2"]),
+        "no model given: pass --model DIR or set DEEPSEEK_LSP_MODEL",
+    );
+    assert_usage_error(
+        &run(&["logits", "--model", lite, "--ids", "1,x"]),
+        "`x` is not a token id",
+    );
+    assert_usage_error(
+        &run(&["logits", "--model", lite, "--ids", ""]),
+        "--ids is empty",
+    );
+    assert_usage_error(
+        &run(&["logits", "--model", lite, "--ids", "1,2", "--prefix", "3"]),
+        "--prefix 3 is longer than the 2 ids",
+    );
+    assert_usage_error(
+        &run(&["logits", "--model", lite, "--ids", "1,320"]),
+        "token id 320 is outside the vocabulary (size 320)",
+    );
+    assert_usage_error(
+        &run(&["logits", "--model", "/no/such/dir", "--ids", "1"]),
+        "/no/such/dir does not exist",
+    );
+    assert_usage_error(
+        &run(&["logits", "--model", lite, "--ids", "1", "--device", "tpu"]),
+        "--device `tpu` not understood",
+    );
+    assert_usage_error(
+        &run(&["logits", "--model", lite, "--ids", "1", "--dtype", "f8"]),
+        "--dtype `f8` not understood",
+    );
+    assert_usage_error(
+        &run(&["logits", "--model", lite, "--ids", "1", "--threads", "0"]),
+        "--threads must be at least 1",
+    );
+    assert_usage_error(
+        &run(&["bench", "decode", "--synthetic", "huge:2"]),
+        "use lite:LAYERS",
+    );
+}
+
+#[test]
+fn a_broken_config_names_the_file_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    for file in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture("lite").join(file), dir.path().join(file)).unwrap();
+    }
+    let config_path = dir.path().join("config.json");
+    let text = std::fs::read_to_string(&config_path)
+        .unwrap()
+        .replace("\"kv_lora_rank\": 32", "\"kv_lora_rank\": -1");
+    std::fs::write(&config_path, text).unwrap();
+    let output = run(&[
+        "logits",
+        "--model",
+        dir.path().to_str().unwrap(),
+        "--ids",
+        "1",
+    ]);
+    assert_usage_error(
+        &output,
+        &format!(
+            "{}: `kv_lora_rank` must be an integer >= 1, found -1",
+            config_path.display()
+        ),
+    );
+}
+
+#[test]
+fn bench_prints_figures_as_json() {
+    let lite = fixture("lite");
+    let output = run(&[
+        "bench",
+        "all",
+        "--model",
+        lite.to_str().unwrap(),
+        "--prompt",
+        "8",
+        "--tokens",
+        "4",
+        "--repeats",
+        "1",
+        "--threads",
+        "1",
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["threads"], 1);
+    assert_eq!(report["kv_bytes_per_token"], (32 + 8) * 3 * 4);
+    assert_eq!(report["prefill"]["tokens"], 8);
+    assert_eq!(report["decode"]["tokens"], 4);
+    assert_eq!(report["decode"]["context_tokens"], 8);
+    for key in ["tokens_per_second", "ms_per_token", "weight_gb_per_second"] {
+        assert!(
+            report["decode"][key].as_f64().unwrap() > 0.0,
+            "decode.{key}"
+        );
+    }
+    assert!(report["prefill"]["tokens_per_second"].as_f64().unwrap() > 0.0);
+}
