@@ -48,7 +48,12 @@ pub struct Model {
     dtype: DType,
     device: Device,
     attention_form: AttentionForm,
+    prefill_chunk: usize,
 }
+
+/// Tokens per prefill chunk: large enough for efficient matmuls, small enough that a 32K-token
+/// prompt never builds a 32K x 32K score matrix.
+pub const DEFAULT_PREFILL_CHUNK: usize = 512;
 
 impl Model {
     /// Builds the model from `source`, converting every weight to `dtype` on `device`.
@@ -97,6 +102,7 @@ impl Model {
             dtype,
             device: device.clone(),
             attention_form: AttentionForm::Auto,
+            prefill_chunk: DEFAULT_PREFILL_CHUNK,
         })
     }
 
@@ -117,6 +123,11 @@ impl Model {
         self.attention_form = form;
     }
 
+    /// Sets the prefill chunk length (at least 1).
+    pub fn set_prefill_chunk(&mut self, tokens: usize) {
+        self.prefill_chunk = tokens.max(1);
+    }
+
     /// An empty latent cache for this model.
     pub fn new_cache(&self) -> LatentCache {
         LatentCache::new(&self.config, self.dtype, &self.device)
@@ -128,7 +139,8 @@ impl Model {
     }
 
     /// Runs `tokens` at positions `cache.len()..`, appends their latents to `cache`, and
-    /// returns f32 logits. On error the cache keeps its previous length.
+    /// returns f32 logits. Long inputs run in chunks of `prefill_chunk` tokens, so scores never
+    /// need more than heads x chunk x context values. On error the cache keeps its previous length.
     pub fn forward(
         &self,
         tokens: &[u32],
@@ -148,8 +160,35 @@ impl Model {
             )));
         }
         let start = cache.len();
+        cache.reserve(tokens.len())?;
+        let chunks: Vec<&[u32]> = tokens.chunks(self.prefill_chunk).collect();
+        let mut rows = Vec::new();
+        for (i, chunk) in chunks.iter().enumerate() {
+            let wanted = match logits {
+                Logits::All => Some(Logits::All),
+                Logits::Last if i + 1 == chunks.len() => Some(Logits::Last),
+                Logits::Last => None,
+            };
+            match self.forward_chunk(chunk, cache, wanted) {
+                Ok(chunk_logits) => rows.extend(chunk_logits),
+                Err(e) => {
+                    cache.truncate(start);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(Tensor::cat(&rows, 0)?)
+    }
+
+    /// One chunk at positions `cache.len()..`; commits its latents; logits only if `wanted`.
+    fn forward_chunk(
+        &self,
+        tokens: &[u32],
+        cache: &mut LatentCache,
+        wanted: Option<Logits>,
+    ) -> Result<Option<Tensor>> {
+        let start = cache.len();
         let len = tokens.len();
-        cache.reserve(len)?;
         let ids = Tensor::from_slice(tokens, len, &self.device)?;
         let mut hidden = self.embed_tokens.index_select(&ids, 0)?;
         let step = Step::new(self, start, len)?;
@@ -157,12 +196,15 @@ impl Model {
             hidden = layer.forward(&hidden, index, cache, &step)?;
         }
         cache.set_len(start + len);
-        let hidden = match logits {
-            Logits::All => hidden,
-            Logits::Last => hidden.narrow(0, len - 1, 1)?,
+        let hidden = match wanted {
+            None => return Ok(None),
+            Some(Logits::All) => hidden,
+            Some(Logits::Last) => hidden.narrow(0, len - 1, 1)?,
         };
         let hidden = self.norm.forward(&hidden)?;
-        Ok(hidden.matmul(&self.lm_head.t()?)?.to_dtype(DType::F32)?)
+        Ok(Some(
+            hidden.matmul(&self.lm_head.t()?)?.to_dtype(DType::F32)?,
+        ))
     }
 
     /// Weight bytes one decoded token reads (embedding row, attention, the dense MLP or the

@@ -255,3 +255,28 @@ fn f16_compute_stays_close_to_f32() {
         "f16 error {error} vs logit scale {scale}"
     );
 }
+
+#[test]
+fn chunked_prefill_matches_the_full_forward() {
+    for name in FIXTURES {
+        let mut g = golden(name);
+        for chunk in [1, 7, 16] {
+            g.model.set_prefill_chunk(chunk);
+            let (ours, cache) = run_in_chunks(&g.model, &g.input_ids, &[3, g.input_ids.len() - 3]);
+            assert_eq!(cache.len(), g.input_ids.len());
+            assert_close(name, &format!("chunks of {chunk}"), &ours, &g.logits);
+            let mut cache = g.model.new_cache();
+            let last = rows(
+                &g.model
+                    .forward(&g.input_ids, &mut cache, Logits::Last)
+                    .unwrap(),
+            );
+            assert_close(
+                name,
+                &format!("last of chunks of {chunk}"),
+                &last,
+                &g.logits[g.logits.len() - 1..],
+            );
+        }
+    }
+}
