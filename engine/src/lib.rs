@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod latent_cache;
+mod linear;
 pub mod model;
 pub mod rope;
 pub mod synthetic;

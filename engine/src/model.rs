@@ -16,6 +16,7 @@ use kernels::routing::{GroupLimit, select_experts};
 use crate::config::{ModelConfig, MoeConfig, Routing};
 use crate::error::{EngineError, Result};
 use crate::latent_cache::LatentCache;
+use crate::linear::Linear;
 use crate::rope::Rope;
 use crate::weights::WeightSource;
 
@@ -43,7 +44,7 @@ pub struct Model {
     embed_tokens: Tensor,
     layers: Vec<DecoderLayer>,
     norm: RmsNorm,
-    lm_head: Tensor,
+    lm_head: Linear,
     rope: Rope,
     dtype: DType,
     device: Device,
@@ -87,11 +88,14 @@ impl Model {
             .map(|i| DecoderLayer::load(&w, &config, i))
             .collect::<Result<Vec<_>>>()?;
         let norm = RmsNorm::load(&w, "model.norm", config.hidden_size, config.rms_norm_eps)?;
-        let lm_head = if config.tie_word_embeddings {
-            embed_tokens.clone()
-        } else {
-            w.tensor("lm_head.weight", &[config.vocab_size, config.hidden_size])?
-        };
+        let lm_head = Linear::new(
+            if config.tie_word_embeddings {
+                embed_tokens.clone()
+            } else {
+                w.tensor("lm_head.weight", &[config.vocab_size, config.hidden_size])?
+            },
+            None,
+        );
         Ok(Self {
             rope: Rope::new(&config.rope, config.qk_rope_head_dim),
             config,
@@ -202,9 +206,7 @@ impl Model {
             Some(Logits::Last) => hidden.narrow(0, len - 1, 1)?,
         };
         let hidden = self.norm.forward(&hidden)?;
-        Ok(Some(
-            hidden.matmul(&self.lm_head.t()?)?.to_dtype(DType::F32)?,
-        ))
+        Ok(Some(self.lm_head.forward(&hidden)?.to_dtype(DType::F32)?))
     }
 
     /// Weight bytes one decoded token reads (embedding row, attention, the dense MLP or the
@@ -224,7 +226,7 @@ impl Model {
     pub fn weight_bytes(&self) -> usize {
         let mut total = self.embed_tokens.elem_count() + self.norm.weight.elem_count();
         if !self.config.tie_word_embeddings {
-            total += self.lm_head.elem_count();
+            total += self.lm_head.weight.elem_count();
         }
         total * self.dtype.size_in_bytes()
             + self
@@ -304,41 +306,7 @@ impl Loader<'_> {
         } else {
             None
         };
-        Ok(Linear { weight, bias })
-    }
-}
-
-/// y = x W^T (+ b), W stored [out, in] as in the checkpoint.
-struct Linear {
-    weight: Tensor,
-    bias: Option<Tensor>,
-}
-
-impl Linear {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.matmul(&self.weight.t()?)?;
-        Ok(match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
-        })
-    }
-
-    /// Stacks the outputs of several projections of the same input into one matmul.
-    fn stack(parts: Vec<Linear>) -> Result<Linear> {
-        let weights: Vec<&Tensor> = parts.iter().map(|p| &p.weight).collect();
-        let weight = Tensor::cat(&weights, 0)?;
-        let bias = if parts.iter().all(|p| p.bias.is_some()) {
-            let biases: Vec<&Tensor> = parts.iter().filter_map(|p| p.bias.as_ref()).collect();
-            Some(Tensor::cat(&biases, 0)?)
-        } else {
-            None
-        };
-        Ok(Linear { weight, bias })
-    }
-
-    fn bytes(&self) -> usize {
-        let count = self.weight.elem_count() + self.bias.as_ref().map_or(0, Tensor::elem_count);
-        count * self.weight.dtype().size_in_bytes()
+        Ok(Linear::new(weight, bias))
     }
 }
 
@@ -891,10 +859,7 @@ mod tests {
         let attention = |form| {
             let (heads, nope, rope, v_dim, kv_lora) = (16, 128, 64, 128, 512);
             let empty = || Tensor::zeros((1, 1), DType::F32, &Device::Cpu).unwrap();
-            let linear = || Linear {
-                weight: empty(),
-                bias: None,
-            };
+            let linear = || Linear::new(empty(), None);
             let mla = Mla {
                 query: QueryProjection::Direct(linear()),
                 kv_a: linear(),

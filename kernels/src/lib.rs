@@ -3,4 +3,5 @@
 //! Architecture invariant: this crate knows nothing of models, configs or files; it takes
 //! slices and sizes and returns numbers.
 
+pub mod matvec;
 pub mod routing;
