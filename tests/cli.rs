@@ -78,6 +78,14 @@ fn parse_logits(output: &Output) -> Vec<Vec<f32>> {
         .collect()
 }
 
+/// `deepseek-lsp logits --model MODEL --ids IDS EXTRA...`, parsed.
+fn logits_of(model: &Path, ids: &[u32], extra: &[&str]) -> Vec<Vec<f32>> {
+    let ids = ids_arg(ids);
+    let mut args = vec!["logits", "--model", model.to_str().unwrap(), "--ids", &ids];
+    args.extend_from_slice(extra);
+    parse_logits(&run(&args))
+}
+
 fn assert_matches(ours: &[Vec<f32>], reference: &[Vec<f32>]) {
     assert_eq!(ours.len(), reference.len(), "one row per input position");
     for (position, (a, b)) in ours.iter().zip(reference).enumerate() {
@@ -112,14 +120,7 @@ fn logits_prints_every_position_matching_transformers() {
     for name in ["lite", "v2", "branches"] {
         let r = reference(name);
         let model = fixture(name);
-        let output = run(&[
-            "logits",
-            "--model",
-            model.to_str().unwrap(),
-            "--ids",
-            &ids_arg(&r.ids),
-        ]);
-        assert_matches(&parse_logits(&output), &r.logits);
+        assert_matches(&logits_of(&model, &r.ids, &[]), &r.logits);
     }
 }
 
@@ -128,16 +129,7 @@ fn logits_with_a_cached_prefix_still_covers_every_position() {
     let r = reference("v2");
     let model = fixture("v2");
     for prefix in ["0", "5", &r.ids.len().to_string()] {
-        let output = run(&[
-            "logits",
-            "--model",
-            model.to_str().unwrap(),
-            "--ids",
-            &ids_arg(&r.ids),
-            "--prefix",
-            prefix,
-        ]);
-        assert_matches(&parse_logits(&output), &r.logits);
+        assert_matches(&logits_of(&model, &r.ids, &["--prefix", prefix]), &r.logits);
     }
 }
 
