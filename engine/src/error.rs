@@ -60,6 +60,9 @@ pub enum EngineError {
     #[error("{0}")]
     Unsupported(String),
 
+    #[error("the engine is not running: {0}")]
+    EngineStopped(String),
+
     #[error("tensor computation failed: {0}")]
     Compute(#[from] candle_core::Error),
 }

@@ -5,18 +5,32 @@
 pub mod bench;
 pub mod checkpoint;
 pub mod config;
+pub mod detokenize;
 pub mod error;
+pub mod generation;
 pub mod latent_cache;
 mod linear;
 pub mod model;
+pub mod prompt;
 pub mod rope;
+pub mod sampling;
+mod stop;
 pub mod synthetic;
+pub mod tokenizer;
 pub mod weights;
+mod worker;
 
 /// Re-exported so callers can name devices and dtypes without depending on candle.
 pub use candle_core::{DType, Device};
 pub use checkpoint::{LoadOptions, load_checkpoint};
 pub use config::ModelConfig;
 pub use error::{EngineError, Result};
+pub use generation::{
+    Generation, GenerationEvent, GenerationStats, PromptInput, Request, StopReason,
+};
 pub use latent_cache::LatentCache;
 pub use model::{AttentionForm, Logits, Model};
+pub use prompt::{ContextBlock, Prompt};
+pub use sampling::SamplingParams;
+pub use tokenizer::TextTokenizer;
+pub use worker::{Engine, EngineCounters};

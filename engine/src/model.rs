@@ -151,6 +151,19 @@ impl Model {
         cache: &mut LatentCache,
         logits: Logits,
     ) -> Result<Tensor> {
+        let logits = self.forward_until(tokens, cache, logits, &|| false)?;
+        Ok(logits.expect("never stopped"))
+    }
+
+    /// [`Model::forward`] that asks `stop` before every chunk and returns `None` when it says
+    /// yes. The chunks already run stay in the cache (their latents are valid).
+    pub fn forward_until(
+        &self,
+        tokens: &[u32],
+        cache: &mut LatentCache,
+        logits: Logits,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<Option<Tensor>> {
         if tokens.is_empty() {
             return Err(EngineError::InvalidInput("no tokens to run".into()));
         }
@@ -168,6 +181,9 @@ impl Model {
         let chunks: Vec<&[u32]> = tokens.chunks(self.prefill_chunk).collect();
         let mut rows = Vec::new();
         for (i, chunk) in chunks.iter().enumerate() {
+            if stop() {
+                return Ok(None);
+            }
             let wanted = match logits {
                 Logits::All => Some(Logits::All),
                 Logits::Last if i + 1 == chunks.len() => Some(Logits::Last),
@@ -181,7 +197,7 @@ impl Model {
                 }
             }
         }
-        Ok(Tensor::cat(&rows, 0)?)
+        Ok(Some(Tensor::cat(&rows, 0)?))
     }
 
     /// One chunk at positions `cache.len()..`; commits its latents; logits only if `wanted`.
