@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Builds tiny random DeepSeek-V2 checkpoints and the logits transformers computes for them.
 
-Each fixture is a Hugging Face model directory (config.json + safetensors) plus
-`reference.safetensors` holding:
+Each fixture is a Hugging Face model directory (config.json + safetensors, and for `lite` and `v2`
+a byte-level tokenizer.json with DeepSeek's special strings plus `generation.json`: greedy FIM and
+chat generations with their prompt ids) plus `reference.safetensors` holding:
   input_ids    [T]        int64   the token ids run through the model
   logits       [T, vocab] float32 transformers' logits at every position (eager attention, f32)
   greedy_ids   [P + G]    int64   a prompt of P ids followed by G ids transformers' greedy generate chose
@@ -31,8 +32,26 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import DeepseekV2Config, DeepseekV2ForCausalLM
 from transformers.models.deepseek_v2 import modeling_deepseek_v2 as ds
+
+BOS, EOS = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"
+FIM_HOLE, FIM_BEGIN, FIM_END = "<｜fim▁hole｜>", "<｜fim▁begin｜>", "<｜fim▁end｜>"
+
+# A small code corpus for the fixtures' tokenizers (byte-level BPE, DeepSeek's special strings).
+CORPUS = [
+    "def add(a, b):\n    return a + b\n\n\nprint(add(1, 2))\n",
+    "fn main() {\n    let total: i32 = (1..10).sum();\n    println!(\"{total}\");\n}\n",
+    "for i in range(10):\n    if i % 2 == 0:\n        print(i)\n",
+    "import os\n\nclass Config:\n    def __init__(self, path):\n        self.path = path\n",
+    "// Übersicht: café, naïve, 東京, 😀 and ∑ appear in comments too\n",
+]
+FIM_PREFIX = "def add(a, b):\n    "
+FIM_SUFFIX = "\n\nprint(add(1, 2))\n"
+CHAT_SYSTEM = "You are a helpful assistant."
+CHAT_USER = "Explain: total = sum(range(10))"
+GENERATED_TOKENS = 16
 
 SEQ_LEN = 40
 PROMPT_LEN = 8
@@ -109,6 +128,46 @@ def reference(model, vocab: int, seed: int, name: str) -> dict:
     }
 
 
+def make_tokenizer(vocab_size: int) -> Tokenizer:
+    """A byte-level BPE of exactly `vocab_size` entries whose special tokens have DeepSeek's strings
+    (and, unlike DeepSeek's, ids 0-4: code must find them by string)."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[BOS, EOS, FIM_HOLE, FIM_BEGIN, FIM_END],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(CORPUS, trainer=trainer)
+    assert tokenizer.get_vocab_size() == vocab_size, tokenizer.get_vocab_size()
+    return tokenizer
+
+
+def generation_reference(model, tokenizer: Tokenizer) -> dict:
+    """Greedy generations for a FIM and a chat prompt, with the prompts encoded the way DeepSeek's
+    own tooling does (one string, special tokens split out by the tokenizer)."""
+    eos = tokenizer.token_to_id(EOS)
+    cases = {
+        "fim": {"prefix": FIM_PREFIX, "suffix": FIM_SUFFIX,
+                "text": BOS + FIM_BEGIN + FIM_PREFIX + FIM_HOLE + FIM_SUFFIX + FIM_END},
+        "chat": {"system": CHAT_SYSTEM, "user": CHAT_USER,
+                 "text": BOS + CHAT_SYSTEM + "\n\n" + "User: " + CHAT_USER + "\n\n" + "Assistant:"},
+    }
+    out = {}
+    for name, case in cases.items():
+        prompt_ids = tokenizer.encode(case.pop("text")).ids
+        with torch.no_grad():
+            generated = model.generate(torch.tensor([prompt_ids]), max_new_tokens=GENERATED_TOKENS,
+                                       do_sample=False, pad_token_id=eos, eos_token_id=eos)
+        output_ids = [t for t in generated[0, len(prompt_ids):].tolist() if t != eos]
+        out[name] = dict(case, prompt_ids=prompt_ids, output_ids=output_ids,
+                         output_text=tokenizer.decode(output_ids, skip_special_tokens=True),
+                         ended_with_eos=generated[0, -1].item() == eos)
+    return out
+
+
 def write_hub_style_config(directory: Path) -> None:
     """Rewrites config.json the way hub checkpoints spell RoPE (rope_theta + rope_scaling.type)."""
     path = directory / "config.json"
@@ -121,7 +180,7 @@ def write_hub_style_config(directory: Path) -> None:
 
 
 def build(name: str, out: Path, seed: int, config_kwargs: dict, *, save_dtype, shard_size=None,
-          hub_style=False, moe_layer_freq=None) -> None:
+          hub_style=False, moe_layer_freq=None, with_tokenizer=False) -> None:
     """`moe_layer_freq` set: follow DeepSeek's rules (MoE layer spacing, norm_topk_prob)."""
     deepseek_rules = moe_layer_freq is not None
     torch.manual_seed(seed)
@@ -169,6 +228,11 @@ def build(name: str, out: Path, seed: int, config_kwargs: dict, *, save_dtype, s
         reloaded = DeepseekV2ForCausalLM.from_pretrained(directory, dtype=torch.float32, attn_implementation="eager",
             experts_implementation="eager").eval()
         ref = reference(reloaded, config.vocab_size, seed, name)
+        if with_tokenizer:
+            tokenizer = make_tokenizer(config.vocab_size)
+            tokenizer.save(str(directory / "tokenizer.json"))
+            generations = generation_reference(reloaded, tokenizer)
+            (directory / "generation.json").write_text(json.dumps(generations, indent=2, ensure_ascii=False) + "\n")
     save_file(ref, str(directory / "reference.safetensors"))
     files = sorted(p.name for p in directory.iterdir())
     print(f"{name}: {files}")
@@ -183,6 +247,7 @@ FIXTURES = {
         seed=1,
         save_dtype=torch.float32,
         hub_style=True,
+        with_tokenizer=True,
         config=dict(
             vocab_size=320, hidden_size=64, intermediate_size=96, moe_intermediate_size=24,
             num_hidden_layers=3, num_attention_heads=4, q_lora_rank=None, kv_lora_rank=32,
@@ -201,6 +266,7 @@ FIXTURES = {
     "v2": dict(
         seed=2,
         save_dtype=torch.float16,
+        with_tokenizer=True,
         shard_size="60KB",
         config=dict(
             vocab_size=288, hidden_size=48, intermediate_size=80, moe_intermediate_size=20,
@@ -246,6 +312,7 @@ def main() -> None:
             name, out, spec["seed"], spec["config"],
             save_dtype=spec["save_dtype"], shard_size=spec.get("shard_size"),
             hub_style=spec.get("hub_style", False), moe_layer_freq=spec.get("moe_layer_freq"),
+            with_tokenizer=spec.get("with_tokenizer", False),
         )
 
 
