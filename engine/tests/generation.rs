@@ -5,13 +5,15 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use engine::{
-    Engine, GenerationEvent, GenerationStats, LoadOptions, Prompt, PromptInput, Request, SamplingParams,
-    StopReason,
+    Engine, GenerationEvent, GenerationStats, LoadOptions, Prompt, PromptInput, Request,
+    SamplingParams, StopReason,
 };
 use serde::Deserialize;
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 #[derive(Deserialize)]
@@ -37,7 +39,8 @@ struct Reference {
 }
 
 fn reference(name: &str) -> Reference {
-    serde_json::from_str(&std::fs::read_to_string(fixture(name).join("generation.json")).unwrap()).unwrap()
+    serde_json::from_str(&std::fs::read_to_string(fixture(name).join("generation.json")).unwrap())
+        .unwrap()
 }
 
 fn engine(name: &str) -> Engine {
@@ -77,11 +80,22 @@ fn prompts_encode_exactly_as_deepseek_tooling_encodes_them() {
         let engine = engine(name);
         let tokenizer = engine.tokenizer().unwrap();
         let r = reference(name);
-        assert_eq!(tokenizer.encode_prompt(&fim_prompt(&r.fim)).unwrap(), r.fim.prompt_ids, "{name} FIM");
-        assert_eq!(tokenizer.encode_prompt(&chat_prompt(&r.chat)).unwrap(), r.chat.prompt_ids, "{name} chat");
+        assert_eq!(
+            tokenizer.encode_prompt(&fim_prompt(&r.fim)).unwrap(),
+            r.fim.prompt_ids,
+            "{name} FIM"
+        );
+        assert_eq!(
+            tokenizer.encode_prompt(&chat_prompt(&r.chat)).unwrap(),
+            r.chat.prompt_ids,
+            "{name} chat"
+        );
         // The special tokens were found by their strings, wherever the vocabulary put them.
         let special = tokenizer.special_ids();
-        assert_eq!((special.bos, special.eos, special.fim), (Some(0), Some(1), Some((3, 2, 4))));
+        assert_eq!(
+            (special.bos, special.eos, special.fim),
+            (Some(0), Some(1), Some((3, 2, 4)))
+        );
         assert_eq!(
             engine.completion_prompt(&[], &r.fim.prefix, &r.fim.suffix),
             fim_prompt(&r.fim),
@@ -95,11 +109,18 @@ fn greedy_generation_equals_transformers_text_and_tokens() {
     for name in ["lite", "v2"] {
         let engine = engine(name);
         let r = reference(name);
-        for (what, case, prompt) in [("fim", &r.fim, fim_prompt(&r.fim)), ("chat", &r.chat, chat_prompt(&r.chat))] {
+        for (what, case, prompt) in [
+            ("fim", &r.fim, fim_prompt(&r.fim)),
+            ("chat", &r.chat, chat_prompt(&r.chat)),
+        ] {
             let (text, stats) = run(&engine, request(prompt, case.output_ids.len()));
             assert_eq!(stats.tokens, case.output_ids, "{name} {what}: tokens");
             assert_eq!(text, case.output_text, "{name} {what}: text");
-            let expected = if case.ended_with_eos { StopReason::EndOfSequence } else { StopReason::MaxTokens };
+            let expected = if case.ended_with_eos {
+                StopReason::EndOfSequence
+            } else {
+                StopReason::MaxTokens
+            };
             assert_eq!(stats.stop_reason, expected);
             assert_eq!(stats.prompt_tokens, case.prompt_ids.len());
             assert_eq!(stats.generated_tokens, case.output_ids.len());
@@ -115,12 +136,19 @@ fn later_requests_reuse_the_cached_prefix_and_still_match() {
     assert_eq!(first.1.cached_tokens, 0);
     let chat = run(&engine, request(chat_prompt(&r.chat), 16));
     assert_eq!(chat.0, r.chat.output_text);
-    assert_eq!(chat.1.cached_tokens, 1, "only BOS is shared between the FIM and the chat prompt");
+    assert_eq!(
+        chat.1.cached_tokens, 1,
+        "only BOS is shared between the FIM and the chat prompt"
+    );
     let again = run(&engine, request(fim_prompt(&r.fim), 16));
     assert_eq!(again.0, r.fim.output_text);
     let again = run(&engine, request(fim_prompt(&r.fim), 16));
     assert_eq!(again.0, r.fim.output_text);
-    assert_eq!(again.1.cached_tokens, r.fim.prompt_ids.len() - 1, "the whole prompt but its last token is reused");
+    assert_eq!(
+        again.1.cached_tokens,
+        r.fim.prompt_ids.len() - 1,
+        "the whole prompt but its last token is reused"
+    );
 }
 
 #[test]
@@ -128,13 +156,24 @@ fn a_stop_string_split_across_tokens_ends_the_text_before_it() {
     let engine = engine("lite");
     let tokenizer = engine.tokenizer().unwrap().clone();
     let r = reference("lite");
-    let pieces: Vec<String> = r.fim.output_ids.iter().map(|&id| tokenizer.decode(&[id]).unwrap()).collect();
+    let pieces: Vec<String> = r
+        .fim
+        .output_ids
+        .iter()
+        .map(|&id| tokenizer.decode(&[id]).unwrap())
+        .collect();
     // Two neighbouring tokens that are both whole text, after some text: the stop string
     // straddles them, and what comes before it must still be delivered.
     let is_text = |p: &String| !p.is_empty() && !p.contains('\u{FFFD}');
     let (stop, expected) = (1..pieces.len() - 1)
         .filter(|&i| is_text(&pieces[i]) && is_text(&pieces[i + 1]))
-        .map(|i| format!("{}{}", pieces[i].chars().last().unwrap(), pieces[i + 1].chars().next().unwrap()))
+        .map(|i| {
+            format!(
+                "{}{}",
+                pieces[i].chars().last().unwrap(),
+                pieces[i + 1].chars().next().unwrap()
+            )
+        })
         .map(|stop| {
             let at = r.fim.output_text.find(&stop).unwrap();
             (stop, &r.fim.output_text[..at])
@@ -145,7 +184,11 @@ fn a_stop_string_split_across_tokens_ends_the_text_before_it() {
     let mut with_stop = request(fim_prompt(&r.fim), 16);
     with_stop.stop = vec![stop.clone()];
     let (text, stats) = run(&engine, with_stop);
-    assert_eq!(stats.stop_reason, StopReason::StopString, "stop string {stop:?}");
+    assert_eq!(
+        stats.stop_reason,
+        StopReason::StopString,
+        "stop string {stop:?}"
+    );
     assert_eq!(text, expected);
 }
 
@@ -155,14 +198,32 @@ fn sampling_is_reproducible_from_its_seed() {
     let r = reference("v2");
     let sampled = |seed| {
         let mut req = request(chat_prompt(&r.chat), 12);
-        req.sampling = SamplingParams { temperature: 0.9, top_k: 40, top_p: 0.95, seed };
+        req.sampling = SamplingParams {
+            temperature: 0.9,
+            top_k: 40,
+            top_p: 0.95,
+            seed,
+        };
         run(&engine, req).1.tokens
     };
     assert_eq!(sampled(42), sampled(42));
-    assert_ne!(sampled(42), sampled(43), "different seeds should differ on a random model");
+    assert_ne!(
+        sampled(42),
+        sampled(43),
+        "different seeds should differ on a random model"
+    );
     let mut top1 = request(chat_prompt(&r.chat), 12);
-    top1.sampling = SamplingParams { temperature: 0.9, top_k: 1, top_p: 1.0, seed: 9 };
-    assert_eq!(run(&engine, top1).1.tokens, r.chat.output_ids[..12], "top-k 1 is greedy");
+    top1.sampling = SamplingParams {
+        temperature: 0.9,
+        top_k: 1,
+        top_p: 1.0,
+        seed: 9,
+    };
+    assert_eq!(
+        run(&engine, top1).1.tokens,
+        r.chat.output_ids[..12],
+        "top-k 1 is greedy"
+    );
 }
 
 #[test]
@@ -189,7 +250,10 @@ fn long_running(engine: &Engine, key: Option<&str>) -> engine::Generation {
 fn wait_until(what: &str, condition: impl Fn() -> bool) {
     let started = Instant::now();
     while !condition() {
-        assert!(started.elapsed() < Duration::from_secs(30), "timed out waiting for {what}");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "timed out waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(1));
     }
 }
@@ -215,7 +279,9 @@ fn dropping_the_generation_cancels_it() {
     let generation = long_running(&engine, None);
     drop(generation);
     let steps_at_drop = engine.counters().decode_steps;
-    wait_until("the dropped request to finish", || engine.counters().finished == 1);
+    wait_until("the dropped request to finish", || {
+        engine.counters().finished == 1
+    });
     assert!(engine.counters().decode_steps <= steps_at_drop + 1);
 }
 
@@ -243,7 +309,10 @@ fn a_newer_request_with_the_same_key_supersedes_the_older() {
     let other = engine.submit(other);
     let mut third = request(fim_prompt(&r.fim), 4);
     third.supersedes = Some("file:///c.py".into());
-    assert_eq!(engine.submit(third).wait().unwrap().1.stop_reason, StopReason::MaxTokens);
+    assert_eq!(
+        engine.submit(third).wait().unwrap().1.stop_reason,
+        StopReason::MaxTokens
+    );
     assert_eq!(other.wait().unwrap().1.stop_reason, StopReason::MaxTokens);
 }
 
@@ -255,7 +324,13 @@ fn threads_of_this_process() -> usize {
 
 fn resident_bytes() -> usize {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
-    statm.split_whitespace().nth(1).unwrap().parse::<usize>().unwrap() * 4096
+    statm
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<usize>()
+        .unwrap()
+        * 4096
 }
 
 #[test]
@@ -286,7 +361,11 @@ fn a_thousand_submit_then_drop_cycles_leave_nothing_behind() {
     let after = engine.counters();
     assert_eq!(after.queued, 0);
     assert_eq!(threads_of_this_process(), threads, "no thread left behind");
-    assert!(after.cache_bytes <= cache_bytes, "cache grew from {cache_bytes} to {} bytes", after.cache_bytes);
+    assert!(
+        after.cache_bytes <= cache_bytes,
+        "cache grew from {cache_bytes} to {} bytes",
+        after.cache_bytes
+    );
     let grown = resident_bytes().saturating_sub(memory);
     assert!(grown < 16 << 20, "resident memory grew by {grown} bytes");
 }
@@ -307,13 +386,30 @@ fn a_missing_or_foreign_tokenizer_is_refused_with_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("v2");
     copy_model(&fixture("v2"), &model, &["tokenizer.json"]);
-    let message = Engine::load(&model, &LoadOptions::default()).err().unwrap().to_string();
-    assert!(message.contains("no tokenizer.json in") && message.contains("copy the model's tokenizer.json"), "{message}");
+    let message = Engine::load(&model, &LoadOptions::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.contains("no tokenizer.json in")
+            && message.contains("copy the model's tokenizer.json"),
+        "{message}"
+    );
 
     // lite's tokenizer has 320 entries; v2's embedding has 288 rows.
-    std::fs::copy(fixture("lite").join("tokenizer.json"), model.join("tokenizer.json")).unwrap();
-    let message = Engine::load(&model, &LoadOptions::default()).err().unwrap().to_string();
-    assert!(message.contains("token id 319 does not fit the model's vocabulary of 288"), "{message}");
+    std::fs::copy(
+        fixture("lite").join("tokenizer.json"),
+        model.join("tokenizer.json"),
+    )
+    .unwrap();
+    let message = Engine::load(&model, &LoadOptions::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.contains("token id 319 does not fit the model's vocabulary of 288"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -321,9 +417,16 @@ fn prompts_of_ids_run_without_a_tokenizer() {
     let model = engine::load_checkpoint(&fixture("lite"), &LoadOptions::default()).unwrap();
     let engine = Engine::start(model, None);
     let r = reference("lite");
-    let (text, stats) = run(&engine, Request::new(PromptInput::Tokens(r.fim.prompt_ids.clone()), 16));
+    let (text, stats) = run(
+        &engine,
+        Request::new(PromptInput::Tokens(r.fim.prompt_ids.clone()), 16),
+    );
     assert_eq!(text, "", "no tokenizer, no text");
     assert_eq!(stats.tokens, r.fim.output_ids);
-    let refused = engine.submit(request(fim_prompt(&r.fim), 4)).wait().err().unwrap();
+    let refused = engine
+        .submit(request(fim_prompt(&r.fim), 4))
+        .wait()
+        .err()
+        .unwrap();
     assert!(refused.to_string().contains("no tokenizer"));
 }
