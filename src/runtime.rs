@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use engine::{DType, Device, LoadOptions, Model, load_checkpoint};
+use engine::{DType, Device, Engine, LoadOptions, Model, SamplingParams, load_checkpoint};
 
 pub const MODEL_ENV: &str = "DEEPSEEK_LSP_MODEL";
 
@@ -82,11 +82,59 @@ impl RuntimeArgs {
         self.model
             .clone()
             .or_else(|| std::env::var_os(MODEL_ENV).map(PathBuf::from))
-            .ok_or_else(|| format!("no model given: pass --model DIR or set {MODEL_ENV}"))
+            .ok_or_else(|| {
+                format!(
+                    "no model given: pass --model DIR (a Hugging Face DeepSeek-V2 directory) or set {MODEL_ENV}; \
+                     this build has no built-in model yet"
+                )
+            })
     }
 
     pub fn load_model(&self) -> Result<Model, String> {
         let dir = self.model_dir()?;
         load_checkpoint(&dir, &self.load_options()?).map_err(|e| e.to_string())
+    }
+}
+
+impl RuntimeArgs {
+    /// The model and its tokenizer, resident on a worker thread.
+    pub fn load_engine(&self) -> Result<Engine, String> {
+        let dir = self.model_dir()?;
+        Engine::load(&dir, &self.load_options()?).map_err(|e| e.to_string())
+    }
+}
+
+/// How the next token is chosen.
+#[derive(Args, Debug, Clone)]
+pub struct SamplingArgs {
+    /// 0 is greedy (the default); higher is more varied.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Sample among the k most likely tokens only (0: all).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    /// Sample among the most likely tokens whose probability adds up to p.
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    /// Seed of the sampler: the same seed and prompt give the same text.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Stop before this text (repeatable).
+    #[arg(long = "stop", value_name = "TEXT")]
+    pub stop: Vec<String>,
+}
+
+impl SamplingArgs {
+    pub fn params(&self) -> Result<SamplingParams, String> {
+        let params = SamplingParams {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            seed: self.seed,
+        };
+        params
+            .validate()
+            .map_err(|e| format!("--{}", e.replacen('_', "-", 1)))?;
+        Ok(params)
     }
 }

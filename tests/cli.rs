@@ -150,7 +150,7 @@ fn usage_and_setup_errors_exit_2_with_one_line() {
     let lite = lite.to_str().unwrap();
     assert_usage_error(
         &run(&["logits", "--ids", "1,2"]),
-        "no model given: pass --model DIR or set DEEPSEEK_LSP_MODEL",
+        "no model given: pass --model DIR",
     );
     assert_usage_error(
         &run(&["logits", "--model", lite, "--ids", "1,x"]),
@@ -252,4 +252,193 @@ fn bench_prints_figures_as_json() {
         );
     }
     assert!(report["prefill"]["tokens_per_second"].as_f64().unwrap() > 0.0);
+}
+
+/// The FIM case of a fixture's generation.json: the prefix, suffix and transformers' output.
+fn fim_reference(name: &str) -> (String, String, String) {
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture(name).join("generation.json")).unwrap(),
+    )
+    .unwrap();
+    let fim = &json["fim"];
+    let text = |key: &str| fim[key].as_str().unwrap().to_string();
+    (text("prefix"), text("suffix"), text("output_text"))
+}
+
+/// Writes `prefix + suffix` to a file and returns it with the cursor between them.
+fn source_with_cursor(dir: &Path, prefix: &str, suffix: &str) -> (PathBuf, usize, usize) {
+    let path = dir.join("example.py");
+    std::fs::write(&path, format!("{prefix}{suffix}")).unwrap();
+    let line = prefix.matches('\n').count();
+    let column = prefix.len() - prefix.rfind('\n').map_or(0, |i| i + 1);
+    (path, line, column)
+}
+
+#[test]
+fn complete_prints_the_fill_in_the_middle_completion() {
+    let (prefix, suffix, expected) = fim_reference("lite");
+    let dir = tempfile::tempdir().unwrap();
+    let (file, line, col) = source_with_cursor(dir.path(), &prefix, &suffix);
+    let model = fixture("lite");
+    let (line, col) = (line.to_string(), col.to_string());
+    let common = [
+        "complete",
+        file.to_str().unwrap(),
+        "--line",
+        &line,
+        "--col",
+        &col,
+        "--max-tokens",
+        "16",
+    ];
+
+    let output = binary()
+        .args(common)
+        .args(["--model", model.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        String::from_utf8(output.stdout).unwrap(),
+        format!("{expected}\n")
+    );
+
+    let output = binary()
+        .args(common)
+        .arg("--json")
+        .env("DEEPSEEK_LSP_MODEL", &model)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(json["text"], expected.as_str());
+    assert_eq!(json["stats"]["generated_tokens"], 16);
+    assert_eq!(json["stats"]["stop_reason"], "max_tokens");
+    for key in [
+        "prompt_tokens",
+        "time_to_first_token_ms",
+        "prefill_ms",
+        "decode_tokens_per_second",
+    ] {
+        assert!(json["stats"][key].as_f64().unwrap() > 0.0, "stats.{key}");
+    }
+}
+
+#[test]
+fn explain_streams_the_engines_answer_for_the_chosen_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("lib.rs");
+    std::fs::write(
+        &file,
+        "use std::fmt;\n\nfn add(a: i32, b: i32) -> i32 {\n    a + b\n}\n",
+    )
+    .unwrap();
+    let model = fixture("v2");
+    let output = run(&[
+        "explain",
+        file.to_str().unwrap(),
+        "--lines",
+        "3-5",
+        "--max-tokens",
+        "12",
+        "--model",
+        model.to_str().unwrap(),
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    // The same prompt through the library gives the same text.
+    let engine = engine::Engine::load(&model, &engine::LoadOptions::default()).unwrap();
+    let code = "fn add(a: i32, b: i32) -> i32 {\n    a + b\n}\n";
+    let prompt = server::explain::explain_prompt(file.to_str().unwrap(), 3, 5, code);
+    let (expected, stats) = engine
+        .submit(engine::Request::new(
+            engine::PromptInput::Prompt(prompt),
+            12,
+        ))
+        .wait()
+        .unwrap();
+    assert_eq!(stats.generated_tokens, 12);
+    assert_eq!(
+        String::from_utf8(output.stdout).unwrap(),
+        format!("{expected}\n")
+    );
+}
+
+#[test]
+fn completion_and_explain_input_errors_exit_2_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let lite = fixture("lite");
+    let lite = lite.to_str().unwrap();
+    let file = dir.path().join("a.py");
+    std::fs::write(&file, "x = 1\ny = 2\n").unwrap();
+    let file = file.to_str().unwrap();
+    let empty = dir.path().join("empty.py");
+    std::fs::write(&empty, "").unwrap();
+    let binary_file = dir.path().join("blob.bin");
+    std::fs::write(&binary_file, [0x66, 0xFF, 0x00]).unwrap();
+
+    let complete = |path: &str, line: &str, col: &str, model: &str| {
+        run(&[
+            "complete", path, "--line", line, "--col", col, "--model", model,
+        ])
+    };
+    assert_usage_error(
+        &complete(empty.to_str().unwrap(), "0", "0", lite),
+        "is empty: there is no code around the cursor",
+    );
+    assert_usage_error(
+        &complete(file, "3", "0", lite),
+        "line 3 is past the end: the text has 3 lines (lines count from 0)",
+    );
+    assert_usage_error(
+        &complete(file, "1", "9", lite),
+        "column 9 is past the end of line 1, which is 5 bytes long",
+    );
+    assert_usage_error(
+        &complete(binary_file.to_str().unwrap(), "0", "0", lite),
+        "is not UTF-8 text",
+    );
+    assert_usage_error(
+        &complete("/no/such/file.py", "0", "0", lite),
+        "cannot read /no/such/file.py",
+    );
+    let branches = fixture("branches");
+    assert_usage_error(
+        &complete(file, "0", "0", branches.to_str().unwrap()),
+        "no tokenizer.json in",
+    );
+    assert_usage_error(
+        &run(&[
+            "complete",
+            file,
+            "--line",
+            "0",
+            "--col",
+            "0",
+            "--model",
+            lite,
+            "--temperature=-1",
+        ]),
+        "--temperature must be 0 or more",
+    );
+    assert_usage_error(
+        &run(&["explain", file, "--lines", "2-1", "--model", lite]),
+        "--lines `2-1` not understood",
+    );
+    assert_usage_error(
+        &run(&["explain", file, "--lines", "1-9", "--model", lite]),
+        "has 2 lines (lines count from 1 here)",
+    );
 }

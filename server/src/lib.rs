@@ -1,1 +1,7 @@
-//! The language server (future issues). Architecture invariant: knows nothing of tensors.
+//! The language server and workspace intelligence: documents, positions, prompts.
+//!
+//! Architecture invariant: knows nothing of tensors; it hands the engine prompts and reads text.
+
+pub mod completion;
+pub mod explain;
+pub mod position;
