@@ -38,6 +38,8 @@ pub struct BenchArgs {
 enum BenchKind {
     Decode,
     Prefill,
+    /// Through the resident engine: time to first token and decode speed, cold then warm.
+    Generate,
     All,
 }
 
@@ -70,9 +72,10 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
         _ => engine::bench::prefill(&model, args.prompt, args.repeats).map(|t| ("prefill", t)),
     };
     let kinds: &[BenchKind] = match args.what {
-        BenchKind::All => &[BenchKind::Prefill, BenchKind::Decode],
+        BenchKind::All => &[BenchKind::Prefill, BenchKind::Decode, BenchKind::Generate],
         BenchKind::Decode => &[BenchKind::Decode],
         BenchKind::Prefill => &[BenchKind::Prefill],
+        BenchKind::Generate => &[BenchKind::Generate],
     };
     let mut report = json!({
         "model": name,
@@ -86,9 +89,15 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
         "kv_bytes_per_token": model.kv_bytes_per_token(),
         "load_seconds": load_seconds,
     });
-    for &kind in kinds {
+    for &kind in kinds.iter().filter(|&&k| k != BenchKind::Generate) {
         let (key, figures) = measure(kind).map_err(|e| e.to_string())?;
-        report[key] = serde_json::to_value(figures).expect("figures serialise");
+        report[key] = to_json(figures);
+    }
+    // Last: the engine takes the model over.
+    if kinds.contains(&BenchKind::Generate) {
+        let figures = engine::bench::generation(model, args.prompt, args.tokens)
+            .map_err(|e| e.to_string())?;
+        report["generate"] = to_json(figures);
     }
     println!(
         "{}",
@@ -117,4 +126,8 @@ fn load(args: &BenchArgs) -> Result<(Model, String), String> {
             Ok((args.runtime.load_model()?, dir.display().to_string()))
         }
     }
+}
+
+fn to_json(figures: impl serde::Serialize) -> serde_json::Value {
+    serde_json::to_value(figures).expect("figures serialise")
 }

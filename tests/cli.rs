@@ -252,6 +252,16 @@ fn bench_prints_figures_as_json() {
         );
     }
     assert!(report["prefill"]["tokens_per_second"].as_f64().unwrap() > 0.0);
+    let generate = &report["generate"];
+    assert_eq!(generate["cold"]["prompt_tokens"], 8);
+    assert_eq!(generate["cold"]["cached_tokens"], 0);
+    assert_eq!(generate["cold"]["generated_tokens"], 4);
+    assert_eq!(
+        generate["warm"]["prompt_tokens"], 9,
+        "one more token, like a keystroke"
+    );
+    assert_eq!(generate["warm"]["cached_tokens"], 8);
+    assert!(generate["warm"]["time_to_first_token_ms"].as_f64().unwrap() > 0.0);
 }
 
 /// The FIM case of a fixture's generation.json: the prefix, suffix and transformers' output.

@@ -6,7 +6,9 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::error::Result;
+use crate::generation::{GenerationStats, PromptInput, Request};
 use crate::model::{Logits, Model};
+use crate::worker::Engine;
 
 /// What one benchmark run measured.
 #[derive(Debug, Clone, Serialize)]
@@ -72,4 +74,35 @@ pub fn decode(model: &Model, prompt_len: usize, tokens: usize) -> Result<Through
     throughput.weight_gb_per_second =
         Some(model.weight_bytes_per_token() as f64 * throughput.tokens_per_second / 1e9);
     Ok(throughput)
+}
+
+/// Time to first token and decode speed through the resident engine, cold and then warm.
+#[derive(Debug, Clone, Serialize)]
+pub struct GenerationFigures {
+    /// A `prompt_len` prompt on an empty cache, then `tokens` generated.
+    pub cold: GenerationStats,
+    /// The same prompt with one more token at the end (a keystroke): the prefix comes from cache.
+    pub warm: GenerationStats,
+    /// cold time to first token / warm time to first token.
+    pub time_to_first_token_ratio: f64,
+}
+
+/// Runs two requests through an [`Engine`] that owns `model` (no tokenizer: prompts are ids).
+pub fn generation(model: Model, prompt_len: usize, tokens: usize) -> Result<GenerationFigures> {
+    let mut ids = prompt_ids(&model, prompt_len.max(1));
+    let engine = Engine::start(model, None);
+    let run = |ids: Vec<u32>| {
+        engine
+            .submit(Request::new(PromptInput::Tokens(ids), tokens))
+            .wait()
+            .map(|(_, s)| s)
+    };
+    let cold = run(ids.clone())?;
+    ids.push(ids[0]);
+    let warm = run(ids)?;
+    Ok(GenerationFigures {
+        time_to_first_token_ratio: cold.time_to_first_token_ms / warm.time_to_first_token_ms,
+        cold,
+        warm,
+    })
 }

@@ -430,3 +430,63 @@ fn prompts_of_ids_run_without_a_tokenizer() {
         .unwrap();
     assert!(refused.to_string().contains("no tokenizer"));
 }
+
+/// Collects what the engine logs, to count warnings.
+#[derive(Clone, Default)]
+struct LogBuffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_tokenizer_without_fim_tokens_completes_from_the_prefix_and_says_so_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("lite");
+    copy_model(&fixture("lite"), &model, &["tokenizer.json"]);
+    // Rename the FIM tokens: same ids, strings the engine does not know.
+    let tokenizer = std::fs::read_to_string(fixture("lite").join("tokenizer.json")).unwrap();
+    let renamed = tokenizer
+        .replace("fim▁hole", "gap")
+        .replace("fim▁begin", "open")
+        .replace("fim▁end", "close");
+    std::fs::write(model.join("tokenizer.json"), renamed).unwrap();
+
+    let logs = LogBuffer::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    tracing::subscriber::with_default(subscriber, || {
+        let engine = Engine::load(&model, &LoadOptions::default()).unwrap();
+        assert_eq!(engine.tokenizer().unwrap().special_ids().fim, None);
+        let r = reference("lite");
+        let prompt = engine.completion_prompt(&[], &r.fim.prefix, &r.fim.suffix);
+        assert_eq!(prompt, Prompt::prefix_only(&[], &r.fim.prefix));
+        for _ in 0..3 {
+            engine.completion_prompt(&[], "x", "y");
+        }
+        let (_, stats) = run(&engine, request(prompt, 4));
+        assert_eq!(stats.generated_tokens, 4);
+        // BOS + the prefix alone.
+        let prefix_ids = engine
+            .tokenizer()
+            .unwrap()
+            .encode_text(&r.fim.prefix)
+            .unwrap();
+        assert_eq!(stats.prompt_tokens, 1 + prefix_ids.len());
+    });
+    let logged = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert_eq!(
+        logged.matches("has no FIM tokens").count(),
+        1,
+        "logged: {logged}"
+    );
+}

@@ -1,0 +1,4 @@
+def add(a, b):
+    
+
+print(add(1, 2))
