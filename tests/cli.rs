@@ -54,12 +54,17 @@ fn ids_arg(ids: &[u32]) -> String {
     ids.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
 }
 
-fn parse_logits(output: &Output) -> Vec<Vec<f32>> {
+/// Fails the test with the command's stderr unless it exited 0.
+fn assert_succeeded(output: &Output) {
     assert!(
         output.status.success(),
         "failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+fn parse_logits(output: &Output) -> Vec<Vec<f32>> {
+    assert_succeeded(output);
     let value: serde_json::Value =
         serde_json::from_slice(&output.stdout).expect("stdout is one JSON object");
     let object = value.as_object().unwrap();
@@ -234,11 +239,7 @@ fn bench_prints_figures_as_json() {
         "--threads",
         "1",
     ]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_succeeded(&output);
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(report["threads"], 1);
     assert_eq!(report["kv_bytes_per_token"], (32 + 8) * 3 * 4);
@@ -307,11 +308,7 @@ fn complete_prints_the_fill_in_the_middle_completion() {
         .args(["--model", model.to_str().unwrap()])
         .output()
         .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_succeeded(&output);
     assert_eq!(
         String::from_utf8(output.stdout).unwrap(),
         format!("{expected}\n")
@@ -323,11 +320,7 @@ fn complete_prints_the_fill_in_the_middle_completion() {
         .env("DEEPSEEK_LSP_MODEL", &model)
         .output()
         .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_succeeded(&output);
     let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(json["text"], expected.as_str());
     assert_eq!(json["stats"]["generated_tokens"], 16);
@@ -362,11 +355,7 @@ fn explain_streams_the_engines_answer_for_the_chosen_lines() {
         "--model",
         model.to_str().unwrap(),
     ]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_succeeded(&output);
 
     // The same prompt through the library gives the same text.
     let engine = engine::Engine::load(&model, &engine::LoadOptions::default()).unwrap();
