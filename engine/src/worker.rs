@@ -65,6 +65,8 @@ struct QueueState {
     pending: VecDeque<Job>,
     /// The newest request of each key, so the next one can supersede it.
     latest_by_key: HashMap<String, Arc<Control>>,
+    /// The request the worker is running, so shutting down can stop it.
+    running: Option<Arc<Control>>,
     shutting_down: bool,
 }
 
@@ -178,6 +180,9 @@ impl Drop for Engine {
             for job in &state.pending {
                 job.control.cancel();
             }
+            if let Some(running) = &state.running {
+                running.cancel();
+            }
         }
         self.queue.wake.notify_all();
         if let Some(worker) = self.worker.take() {
@@ -212,7 +217,19 @@ impl Worker {
         while let Some(job) = next_job(queue) {
             let key = job.request.supersedes.clone();
             let control = job.control.clone();
-            let result = self.run(&job);
+            // A bug that panics inside one request must not take the engine down with it.
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run(&job)))
+                .unwrap_or_else(|panic| {
+                    self.cache.truncate(0);
+                    self.cached_ids.clear();
+                    let message = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    tracing::error!("a request failed with an internal error: {message}");
+                    Err(EngineError::Internal(message))
+                });
             // Count before reporting, so a caller that saw `Finished` sees the counters settled.
             self.counters.finished.fetch_add(1, Ordering::Relaxed);
             let _ = job.events.send(GenerationEvent::Finished(result));
@@ -423,8 +440,10 @@ fn next_job(queue: &Queue) -> Option<Job> {
     let mut state = queue.state.lock().unwrap_or_else(|e| e.into_inner());
     loop {
         if let Some(job) = state.pending.pop_front() {
+            state.running = Some(job.control.clone());
             return Some(job);
         }
+        state.running = None;
         if state.shutting_down {
             return None;
         }

@@ -490,3 +490,25 @@ fn a_tokenizer_without_fim_tokens_completes_from_the_prefix_and_says_so_once() {
         "logged: {logged}"
     );
 }
+
+#[test]
+fn dropping_the_engine_stops_the_running_request() {
+    let engine = engine("lite");
+    let mut generation = long_running(&engine, None);
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        drop(engine);
+        done.send(()).unwrap();
+    });
+    finished
+        .recv_timeout(Duration::from_secs(30))
+        .expect("dropping the engine returns promptly");
+    let stats = loop {
+        match generation.blocking_next() {
+            Some(GenerationEvent::Finished(result)) => break result.unwrap(),
+            Some(GenerationEvent::Text(_)) => {}
+            None => panic!("the request must be answered"),
+        }
+    };
+    assert_eq!(stats.stop_reason, StopReason::Cancelled);
+}
