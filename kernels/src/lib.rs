@@ -4,4 +4,6 @@
 //! slices and sizes and returns numbers.
 
 pub mod matvec;
+pub mod paged_attention;
 pub mod routing;
+pub mod simd;

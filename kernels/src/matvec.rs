@@ -8,6 +8,8 @@
 
 use rayon::prelude::*;
 
+use crate::simd::dot;
+
 /// Rows one task takes at least; small enough to balance two to sixteen threads over the
 /// narrowest projection, large enough that scheduling costs nothing next to the streaming.
 const MIN_ROWS_PER_TASK: usize = 16;
@@ -45,7 +47,7 @@ fn band_times_x(band: &[f32], cols: usize, x: &[f32], out: &mut [f32]) {
         }
     }
     for (row, y) in band.chunks_exact(cols).zip(out) {
-        *y = dot_portable(row, x);
+        *y = dot(row, x);
     }
 }
 
@@ -82,78 +84,7 @@ unsafe fn band_times_x_avx2_fma(band: &[f32], cols: usize, x: &[f32], out: &mut 
         r += 4;
     }
     for (i, y) in out.iter_mut().enumerate().skip(r) {
-        // SAFETY: same features as this function.
-        *y = unsafe { dot_avx2_fma(&band[i * cols..(i + 1) * cols], x) };
-    }
-}
-
-/// Dot product of two equal-length slices, with AVX2+FMA where the CPU has them.
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    debug_assert_eq!(a.len(), b.len());
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU supports the features the function is compiled for.
-            return unsafe { dot_avx2_fma(a, b) };
-        }
-    }
-    dot_portable(a, b)
-}
-
-/// Eight independent partial sums, which compilers vectorise on any target.
-fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
-    let mut sums = [0f32; 8];
-    let (a_blocks, a_tail) = a.split_at(a.len() - a.len() % 8);
-    let (b_blocks, b_tail) = b.split_at(a_blocks.len());
-    for (a8, b8) in a_blocks.chunks_exact(8).zip(b_blocks.chunks_exact(8)) {
-        for k in 0..8 {
-            sums[k] += a8[k] * b8[k];
-        }
-    }
-    let tail: f32 = a_tail.iter().zip(b_tail).map(|(x, y)| x * y).sum();
-    sums.iter().sum::<f32>() + tail
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dot_avx2_fma(a: &[f32], b: &[f32]) -> f32 {
-    use std::arch::x86_64::*;
-    let n = a.len().min(b.len());
-    let (pa, pb) = (a.as_ptr(), b.as_ptr());
-    // Four accumulators hide the FMA latency; 32 floats per iteration.
-    let mut acc = [_mm256_setzero_ps(); 4];
-    let mut i = 0;
-    // SAFETY (all loads): i + 32 <= n, or i + 8 <= n below, so every load is in bounds.
-    unsafe {
-        while i + 32 <= n {
-            for (k, sum) in acc.iter_mut().enumerate() {
-                let offset = i + 8 * k;
-                *sum = _mm256_fmadd_ps(
-                    _mm256_loadu_ps(pa.add(offset)),
-                    _mm256_loadu_ps(pb.add(offset)),
-                    *sum,
-                );
-            }
-            i += 32;
-        }
-        while i + 8 <= n {
-            acc[0] = _mm256_fmadd_ps(
-                _mm256_loadu_ps(pa.add(i)),
-                _mm256_loadu_ps(pb.add(i)),
-                acc[0],
-            );
-            i += 8;
-        }
-        let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-        let mut lanes = [0f32; 8];
-        _mm256_storeu_ps(lanes.as_mut_ptr(), sum);
-        let mut total: f32 = lanes.iter().sum();
-        while i < n {
-            total += *pa.add(i) * *pb.add(i);
-            i += 1;
-        }
-        total
+        *y = dot(&band[i * cols..(i + 1) * cols], x);
     }
 }
 
@@ -191,17 +122,6 @@ mod tests {
                     "{rows}x{cols}: {ours} vs {exact}"
                 );
             }
-        }
-    }
-
-    #[test]
-    fn the_portable_and_simd_dots_agree() {
-        for n in [0, 1, 8, 9, 32, 33, 100, 2048] {
-            let (a, b) = (values(n, 3), values(n, 5));
-            assert!(
-                (dot(&a, &b) - dot_portable(&a, &b)).abs() <= 1e-4,
-                "n = {n}"
-            );
         }
     }
 }
