@@ -60,6 +60,9 @@ pub enum EngineError {
     #[error("{0}")]
     Unsupported(String),
 
+    #[error("{0}")]
+    CacheFull(String),
+
     #[error("internal error (please report it): {0}")]
     Internal(String),
 

@@ -63,8 +63,10 @@ pub enum StopReason {
 #[derive(Debug, Clone, Serialize)]
 pub struct GenerationStats {
     pub prompt_tokens: usize,
-    /// Prompt tokens whose latents were reused from the previous request.
+    /// Prompt tokens whose latents came from the prefix cache.
     pub cached_tokens: usize,
+    /// Prompt tokens computed by this request.
+    pub computed_tokens: usize,
     pub generated_tokens: usize,
     /// Waiting in the queue before work started.
     pub queue_ms: f64,
@@ -76,6 +78,10 @@ pub struct GenerationStats {
     /// Tokens after the first, per second of decoding.
     pub decode_tokens_per_second: f64,
     pub stop_reason: StopReason,
+    /// Pages of the KV cache pool in use when the request ended.
+    pub cache_pages_in_use: usize,
+    /// Cache pages evicted to make room for this request.
+    pub cache_evictions: usize,
     /// The generated ids (the end-of-sequence token excluded).
     #[serde(skip)]
     pub tokens: Vec<u32>,

@@ -1,48 +1,44 @@
 //! The KV cache of one sequence, holding only MLA's latent: per token and layer, the normalised
-//! `c_kv` (kv_lora_rank values) and the roped `k_pe` (qk_rope_head_dim values).
+//! `c_kv` (kv_lora_rank values) and the roped `k_pe` (qk_rope_head_dim values), in pages.
 //!
 //! Invariants:
-//! - rows `0..len` of every layer's buffers hold the latents of positions `0..len`;
-//! - every layer has the same length and capacity; rows past `len` are garbage;
-//! - nothing else is stored: the cache costs exactly `kv_bytes_per_token` per token of capacity.
+//! - page `i` holds positions `i * page_tokens .. (i + 1) * page_tokens`; `pages.len()` is
+//!   `ceil(len / page_tokens)` except while a step has reserved room ahead;
+//! - rows `0..len` hold the latents of positions `0..len`; rows past `len` are garbage;
+//! - pages may be shared with other sequences or a prefix tree; a shared page is never written:
+//!   `reserve` copies the partly filled tail page if it is shared (copy on write), and every page
+//!   a step writes is private;
+//! - nothing else is stored: the cache costs `kv_bytes_per_token` per token of its pages.
 
-use candle_core::{DType, Device, Tensor};
+use std::sync::Arc;
 
-use crate::config::ModelConfig;
 use crate::error::Result;
+use crate::page_pool::{Page, PageLayout, PagePool};
 
 pub struct LatentCache {
-    /// Empty until the first token arrives, then one entry per layer.
-    layers: Vec<LayerLatents>,
-    num_layers: usize,
+    pool: Arc<PagePool>,
+    pages: Vec<Arc<Page>>,
     len: usize,
-    capacity: usize,
-    kv_lora_rank: usize,
-    rope_dim: usize,
-    dtype: DType,
-    device: Device,
-}
-
-struct LayerLatents {
-    /// [capacity, kv_lora_rank]
-    c_kv: Tensor,
-    /// [capacity, qk_rope_head_dim]
-    k_pe: Tensor,
 }
 
 impl LatentCache {
-    /// An empty cache for `config`; memory is taken as tokens arrive.
-    pub fn new(config: &ModelConfig, dtype: DType, device: &Device) -> Self {
+    /// An empty cache drawing pages from `pool`.
+    pub fn new(pool: Arc<PagePool>) -> Self {
         Self {
-            layers: Vec::new(),
-            num_layers: config.num_hidden_layers,
+            pool,
+            pages: Vec::new(),
             len: 0,
-            capacity: 0,
-            kv_lora_rank: config.kv_lora_rank,
-            rope_dim: config.qk_rope_head_dim,
-            dtype,
-            device: device.clone(),
         }
+    }
+
+    /// A cache whose first `len` positions are these (possibly shared) pages.
+    pub(crate) fn from_pages(pool: Arc<PagePool>, pages: Vec<Arc<Page>>, len: usize) -> Self {
+        debug_assert_eq!(pages.len(), len.div_ceil(pool.layout().page_tokens));
+        Self { pool, pages, len }
+    }
+
+    pub fn layout(&self) -> &PageLayout {
+        self.pool.layout()
     }
 
     /// Tokens cached so far (the position the next token will take).
@@ -54,14 +50,20 @@ impl LatentCache {
         self.len == 0
     }
 
-    /// Forgets every token from position `len` on.
-    pub fn truncate(&mut self, len: usize) {
-        self.len = self.len.min(len);
+    pub fn pages(&self) -> &[Arc<Page>] {
+        &self.pages
     }
 
-    /// Bytes per cached token: (kv_lora_rank + qk_rope_head_dim) x layers x element size.
+    /// Forgets every token from position `len` on (dropping its whole pages).
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+        self.pages
+            .truncate(self.len.div_ceil(self.layout().page_tokens));
+    }
+
+    /// Bytes per cached token: (kv_lora_rank + qk_rope_head_dim) x layers x 4.
     pub fn bytes_per_token(&self) -> usize {
-        (self.kv_lora_rank + self.rope_dim) * self.num_layers * self.dtype.size_in_bytes()
+        self.layout().bytes_per_token()
     }
 
     /// Bytes holding live tokens.
@@ -69,64 +71,86 @@ impl LatentCache {
         self.len * self.bytes_per_token()
     }
 
-    /// Bytes actually allocated, counted from the tensors themselves.
+    /// Bytes of the pages this cache references, counted from the buffers themselves.
     pub fn allocated_bytes(&self) -> usize {
-        self.layers
+        self.pages
             .iter()
-            .map(|l| (l.c_kv.elem_count() + l.k_pe.elem_count()) * self.dtype.size_in_bytes())
+            .map(|p| std::mem::size_of_val(p.data()))
             .sum()
     }
 
-    /// Makes room for `additional` tokens past `len`, doubling capacity at least, so a
-    /// token-by-token decode copies the cache O(log n) times.
+    /// Pages that `reserve(additional)` would take from the pool.
+    pub fn pages_needed(&self, additional: usize) -> usize {
+        let page_tokens = self.layout().page_tokens;
+        let fresh = (self.len + additional)
+            .div_ceil(page_tokens)
+            .saturating_sub(self.pages.len());
+        let copy = usize::from(self.tail_is_shared_and_partial());
+        fresh + copy
+    }
+
+    fn tail_is_shared_and_partial(&self) -> bool {
+        !self.len.is_multiple_of(self.layout().page_tokens)
+            && self
+                .pages
+                .last()
+                .is_some_and(|tail| Arc::strong_count(tail) > 1)
+    }
+
+    /// Makes every page that positions `len..len + additional` fall in present and private.
     pub(crate) fn reserve(&mut self, additional: usize) -> Result<()> {
-        let needed = self.len + additional;
-        if needed <= self.capacity {
-            return Ok(());
+        if self.tail_is_shared_and_partial() {
+            let tail = self.pages.last_mut().expect("partial tail exists");
+            *tail = Arc::new(tail.duplicate()?);
         }
-        let capacity = needed.max(self.capacity * 2);
-        let mut grown = Vec::with_capacity(self.num_layers);
-        for index in 0..self.num_layers {
-            let c_kv = Tensor::zeros((capacity, self.kv_lora_rank), self.dtype, &self.device)?;
-            let k_pe = Tensor::zeros((capacity, self.rope_dim), self.dtype, &self.device)?;
-            if self.len > 0 {
-                let (old_c_kv, old_k_pe) = self.view(index, self.len)?;
-                c_kv.slice_set(&old_c_kv.contiguous()?, 0, 0)?;
-                k_pe.slice_set(&old_k_pe.contiguous()?, 0, 0)?;
-            }
-            grown.push(LayerLatents { c_kv, k_pe });
+        let needed = (self.len + additional).div_ceil(self.layout().page_tokens);
+        while self.pages.len() < needed {
+            self.pages.push(Arc::new(self.pool.allocate()?));
         }
-        self.layers = grown;
-        self.capacity = capacity;
         Ok(())
     }
 
-    /// Writes one layer's latents for positions `start..start + rows` (after `reserve`).
-    pub(crate) fn write(
-        &self,
-        layer: usize,
-        start: usize,
-        c_kv: &Tensor,
-        k_pe: &Tensor,
-    ) -> Result<()> {
-        let buffers = &self.layers[layer];
-        buffers.c_kv.slice_set(&c_kv.contiguous()?, 0, start)?;
-        buffers.k_pe.slice_set(&k_pe.contiguous()?, 0, start)?;
-        Ok(())
+    /// Writes one layer's rows (`[c_kv | k_pe]` per token) for positions `start..`, after `reserve`.
+    pub(crate) fn write(&mut self, layer: usize, start: usize, rows: &[f32]) {
+        let layout = *self.layout();
+        let row = layout.row();
+        for (i, values) in rows.chunks_exact(row).enumerate() {
+            let position = start + i;
+            let page = Arc::get_mut(&mut self.pages[position / layout.page_tokens])
+                .expect("reserve made every written page private");
+            let offset = layout.layer_offset(layer) + (position % layout.page_tokens) * row;
+            page.data_mut()[offset..offset + row].copy_from_slice(values);
+        }
     }
 
-    /// Views of one layer's first `len` latents: ([len, kv_lora_rank], [len, rope_dim]).
-    pub(crate) fn view(&self, layer: usize, len: usize) -> Result<(Tensor, Tensor)> {
-        let buffers = &self.layers[layer];
-        Ok((
-            buffers.c_kv.narrow(0, 0, len)?,
-            buffers.k_pe.narrow(0, 0, len)?,
-        ))
+    /// One layer of every page: the page table the attention kernel reads.
+    pub(crate) fn layer_pages(&self, layer: usize) -> Vec<&[f32]> {
+        self.pages.iter().map(|p| p.layer(layer)).collect()
     }
 
-    /// Commits tokens written by a completed forward pass.
+    /// One layer's first `len` rows copied out contiguously: ([len x kv_lora], [len x rope]).
+    pub(crate) fn gather(&self, layer: usize, len: usize) -> (Vec<f32>, Vec<f32>) {
+        let layout = *self.layout();
+        let (kv_lora, row) = (layout.kv_lora, layout.row());
+        let mut c_kv = Vec::with_capacity(len * kv_lora);
+        let mut k_pe = Vec::with_capacity(len * layout.rope);
+        for position in 0..len {
+            let page = self.pages[position / layout.page_tokens].layer(layer);
+            let values = &page[(position % layout.page_tokens) * row..][..row];
+            c_kv.extend_from_slice(&values[..kv_lora]);
+            k_pe.extend_from_slice(&values[kv_lora..]);
+        }
+        (c_kv, k_pe)
+    }
+
+    /// Commits tokens written by a completed step.
     pub(crate) fn set_len(&mut self, len: usize) {
-        debug_assert!(len <= self.capacity);
+        debug_assert!(len <= self.pages.len() * self.layout().page_tokens);
         self.len = len;
+    }
+
+    /// Hands the pages over (to the prefix tree).
+    pub(crate) fn into_pages(self) -> Vec<Arc<Page>> {
+        self.pages
     }
 }

@@ -11,12 +11,14 @@
 //!   latent itself (cheap for few new tokens over a long cache: the decode case).
 
 use candle_core::{D, DType, Device, Tensor};
+use kernels::paged_attention::{LatentPages, LatentQueries};
 use kernels::routing::{GroupLimit, select_experts};
 
 use crate::config::{ModelConfig, MoeConfig, Routing};
 use crate::error::{EngineError, Result};
 use crate::latent_cache::LatentCache;
 use crate::linear::Linear;
+use crate::page_pool::{DEFAULT_PAGE_TOKENS, PageLayout, PagePool};
 use crate::rope::Rope;
 use crate::weights::WeightSource;
 
@@ -134,12 +136,18 @@ impl Model {
 
     /// An empty latent cache for this model.
     pub fn new_cache(&self) -> LatentCache {
-        LatentCache::new(&self.config, self.dtype, &self.device)
+        LatentCache::new(PagePool::new(self.page_layout(DEFAULT_PAGE_TOKENS), None))
+    }
+
+    /// How this model's latents are laid out in pages of `page_tokens` tokens.
+    pub fn page_layout(&self, page_tokens: usize) -> PageLayout {
+        PageLayout::for_model(&self.config, page_tokens)
     }
 
     /// Bytes the latent cache takes per token.
+    /// The cache keeps f32 latents on the CPU whatever the compute dtype.
     pub fn kv_bytes_per_token(&self) -> usize {
-        self.config.kv_bytes_per_token(self.dtype.size_in_bytes())
+        self.config.kv_bytes_per_token(std::mem::size_of::<f32>())
     }
 
     /// Runs `tokens` at positions `cache.len()..`, appends their latents to `cache`, and
@@ -433,7 +441,7 @@ impl DecoderLayer {
         &self,
         x: &Tensor,
         index: usize,
-        cache: &LatentCache,
+        cache: &mut LatentCache,
         step: &Step,
     ) -> Result<Tensor> {
         let attended =
@@ -596,7 +604,7 @@ impl Mla {
         &self,
         x: &Tensor,
         layer: usize,
-        cache: &LatentCache,
+        cache: &mut LatentCache,
         step: &Step,
     ) -> Result<Tensor> {
         let (h, t) = (self.heads, step.len);
@@ -615,31 +623,26 @@ impl Mla {
         let c_kv = self.kv_a_norm.forward(&kv_a.narrow(1, 0, self.kv_lora)?)?;
         let k_pe = kv_a.narrow(1, self.kv_lora, self.rope)?.unsqueeze(0)?;
         let k_pe = Rope::apply(&k_pe, &step.cos, &step.sin)?.squeeze(0)?;
-        cache.write(layer, step.start, &c_kv, &k_pe)?;
+        // The cache stores one f32 row [c_kv | k_pe] per token.
+        let rows = Tensor::cat(&[&c_kv, &k_pe], 1)?
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        cache.write(layer, step.start, &rows);
         let total = step.start + t;
-        let (c_kv_all, k_pe_all) = cache.view(layer, total)?;
 
-        // Scores from the rope part are shared by both forms: [H*T, R] x [R, S].
-        let rope_scores = q_pe
-            .reshape((h * t, self.rope))?
-            .matmul(&k_pe_all.t()?)?
-            .reshape((h, t, total))?;
-        let out = if self.absorbed_is_cheaper(t, total, step.form) {
+        let out = if x.device().is_cpu() && self.absorbed_is_cheaper(t, total, step.form) {
             // q_latent[h] = q_nope[h] W_UK[h]: [H, T, N] x [H, N, L] -> [H, T, L]
             let q_latent = q_nope.matmul(&self.w_uk)?;
-            let latent_scores = q_latent
-                .reshape((h * t, self.kv_lora))?
-                .matmul(&c_kv_all.t()?)?
-                .reshape((h, t, total))?;
-            let probs = self.softmax(&(latent_scores + rope_scores)?, step)?;
-            // Attend over the latent, then lift to V with W_UV: [H, T, S] x [S, L] -> [H, T, L] -> [H, T, V]
-            let latent_out =
-                probs
-                    .reshape((h * t, total))?
-                    .matmul(&c_kv_all)?
-                    .reshape((h, t, self.kv_lora))?;
-            latent_out.matmul(&self.w_uv_t)?
+            // Attend over the latent pages, then lift to V with W_UV: [H, T, L] x [H, L, V]
+            self.paged_attention(&q_latent, &q_pe, layer, cache, step)?
+                .matmul(&self.w_uv_t)?
         } else {
+            let (c_kv_all, k_pe_all) = cache.gather(layer, total);
+            let c_kv_all = Tensor::from_vec(c_kv_all, (total, self.kv_lora), x.device())?
+                .to_dtype(x.dtype())?;
+            let k_pe_all =
+                Tensor::from_vec(k_pe_all, (total, self.rope), x.device())?.to_dtype(x.dtype())?;
             // [S, H*(N+V)] -> [H, S, N+V]
             let kv = self
                 .kv_b
@@ -649,12 +652,62 @@ impl Mla {
             let k_nope = kv.narrow(2, 0, self.nope)?.contiguous()?;
             let v = kv.narrow(2, self.nope, self.v_dim)?.contiguous()?;
             let nope_scores = q_nope.matmul(&k_nope.transpose(1, 2)?)?;
+            // [H*T, R] x [R, S]
+            let rope_scores = q_pe
+                .reshape((h * t, self.rope))?
+                .matmul(&k_pe_all.t()?)?
+                .reshape((h, t, total))?;
             let probs = self.softmax(&(nope_scores + rope_scores)?, step)?;
             probs.matmul(&v)?
         };
         // [H, T, V] -> [T, H*V]
         let out = out.transpose(0, 1)?.reshape((t, h * self.v_dim))?;
         self.o_proj.forward(&out)
+    }
+
+    /// Absorbed attention of [H, T, L] latent queries and [H, T, R] roped queries over the cache's
+    /// pages (no copy of the cache), giving [H, T, L].
+    fn paged_attention(
+        &self,
+        q_latent: &Tensor,
+        q_pe: &Tensor,
+        layer: usize,
+        cache: &LatentCache,
+        step: &Step,
+    ) -> Result<Tensor> {
+        let (h, t, dtype) = (self.heads, step.len, q_latent.dtype());
+        let token_major = |q: &Tensor| -> Result<Vec<f32>> {
+            Ok(q.transpose(0, 1)?
+                .to_dtype(DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()?)
+        };
+        let (latent, rope) = (token_major(q_latent)?, token_major(q_pe)?);
+        let pages = cache.layer_pages(layer);
+        let mut out = vec![0f32; t * h * self.kv_lora];
+        kernels::paged_attention::absorbed_attention(
+            &LatentQueries {
+                latent: &latent,
+                rope: &rope,
+                tokens: t,
+                heads: h,
+                first_position: step.start,
+            },
+            &LatentPages {
+                pages: &pages,
+                page_tokens: cache.layout().page_tokens,
+                kv_lora: self.kv_lora,
+                rope: self.rope,
+            },
+            self.scale as f32,
+            &mut out,
+        );
+        Ok(
+            Tensor::from_vec(out, (t, h, self.kv_lora), q_latent.device())?
+                .transpose(0, 1)?
+                .contiguous()?
+                .to_dtype(dtype)?,
+        )
     }
 
     /// Scale, mask and normalise [H, T, S] scores, in f32 whatever the compute dtype.

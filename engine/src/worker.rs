@@ -1,8 +1,8 @@
 //! The resident engine: one thread owns the model and its cache and serves requests in order.
 //!
-//! `Engine::submit` returns at once. The worker takes requests first-in first-out, reuses the
-//! latent cache of the longest prompt prefix it shares with the previous request, prefills the
-//! rest in chunks, then decodes token by token. Between chunks and between decode steps it checks
+//! `Engine::submit` returns at once. The worker takes requests first-in first-out, takes the
+//! latents of the longest cached prefix of the prompt from the radix cache, prefills the rest in
+//! chunks, then decodes token by token; at the end the sequence's pages join the radix cache. Between chunks and between decode steps it checks
 //! whether the request was cancelled (its `Generation` dropped or `cancel()`ed) or superseded (a
 //! newer request with the same key arrived), and stops at once if so.
 
@@ -23,7 +23,9 @@ use crate::generation::{
 };
 use crate::latent_cache::LatentCache;
 use crate::model::{Logits, Model};
+use crate::page_pool::{DEFAULT_PAGE_TOKENS, PagePool, default_budget_bytes};
 use crate::prompt::{ContextBlock, Prompt};
+use crate::radix_cache::{CacheCounters, RadixCache};
 use crate::sampling::Sampler;
 use crate::stop::{StopScan, StopStrings};
 use crate::tokenizer::TextTokenizer;
@@ -42,8 +44,25 @@ pub struct EngineCounters {
     pub finished: usize,
     pub queued: usize,
     pub decode_steps: usize,
-    pub cached_tokens: usize,
-    pub cache_bytes: usize,
+    pub cache: CacheCounters,
+}
+
+/// How the engine keeps its prefix cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineOptions {
+    /// Bytes of latent KV pages to keep; `None`: a quarter of available memory, at most 2 GiB.
+    pub cache_budget_bytes: Option<usize>,
+    /// Tokens per cache page.
+    pub page_tokens: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self {
+            cache_budget_bytes: None,
+            page_tokens: DEFAULT_PAGE_TOKENS,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -51,8 +70,7 @@ struct Counters {
     submitted: AtomicUsize,
     finished: AtomicUsize,
     decode_steps: AtomicUsize,
-    cached_tokens: AtomicUsize,
-    cache_bytes: AtomicUsize,
+    cache: Mutex<CacheCounters>,
 }
 
 struct Queue {
@@ -80,14 +98,26 @@ struct Job {
 impl Engine {
     /// Loads a model directory (weights and tokenizer) and starts the worker.
     pub fn load(dir: &Path, options: &LoadOptions) -> Result<Self> {
+        Self::load_with(dir, options, EngineOptions::default())
+    }
+
+    pub fn load_with(dir: &Path, options: &LoadOptions, engine: EngineOptions) -> Result<Self> {
         let model = load_checkpoint(dir, options)?;
         let tokenizer = TextTokenizer::from_dir(dir, model.config().vocab_size)?;
-        Ok(Self::start(model, Some(Arc::new(tokenizer))))
+        Ok(Self::start_with(model, Some(Arc::new(tokenizer)), engine))
     }
 
     /// Starts the worker thread around a loaded model. Without a tokenizer, requests must give
     /// token ids and no text is produced (benchmarks).
     pub fn start(model: Model, tokenizer: Option<Arc<TextTokenizer>>) -> Self {
+        Self::start_with(model, tokenizer, EngineOptions::default())
+    }
+
+    pub fn start_with(
+        model: Model,
+        tokenizer: Option<Arc<TextTokenizer>>,
+        options: EngineOptions,
+    ) -> Self {
         let queue = Arc::new(Queue {
             state: Mutex::new(QueueState::default()),
             wake: Condvar::new(),
@@ -97,7 +127,7 @@ impl Engine {
             let (queue, counters, tokenizer) = (queue.clone(), counters.clone(), tokenizer.clone());
             std::thread::Builder::new()
                 .name("deepseek-engine".into())
-                .spawn(move || Worker::new(model, tokenizer, counters).serve(&queue))
+                .spawn(move || Worker::new(model, tokenizer, counters, options).serve(&queue))
                 .expect("the OS can start one thread")
         };
         Self {
@@ -167,8 +197,11 @@ impl Engine {
             finished: self.counters.finished.load(Ordering::Relaxed),
             queued,
             decode_steps: self.counters.decode_steps.load(Ordering::Relaxed),
-            cached_tokens: self.counters.cached_tokens.load(Ordering::Relaxed),
-            cache_bytes: self.counters.cache_bytes.load(Ordering::Relaxed),
+            cache: *self
+                .counters
+                .cache
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
         }
     }
 }
@@ -196,20 +229,27 @@ struct Worker {
     model: Model,
     tokenizer: Option<Arc<TextTokenizer>>,
     counters: Arc<Counters>,
-    cache: LatentCache,
-    /// The ids whose latents `cache` holds, position by position.
-    cached_ids: Vec<u32>,
+    cache: RadixCache,
 }
 
 impl Worker {
-    fn new(model: Model, tokenizer: Option<Arc<TextTokenizer>>, counters: Arc<Counters>) -> Self {
-        let cache = model.new_cache();
+    fn new(
+        model: Model,
+        tokenizer: Option<Arc<TextTokenizer>>,
+        counters: Arc<Counters>,
+        options: EngineOptions,
+    ) -> Self {
+        let layout = model.page_layout(options.page_tokens);
+        let budget = options
+            .cache_budget_bytes
+            .unwrap_or_else(|| default_budget_bytes(&layout));
+        let cache = RadixCache::new(PagePool::new(layout, Some(budget)));
+        *counters.cache.lock().unwrap_or_else(|e| e.into_inner()) = cache.counters();
         Self {
             model,
             tokenizer,
             counters,
             cache,
-            cached_ids: Vec::new(),
         }
     }
 
@@ -220,8 +260,6 @@ impl Worker {
             // A bug that panics inside one request must not take the engine down with it.
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run(&job)))
                 .unwrap_or_else(|panic| {
-                    self.cache.truncate(0);
-                    self.cached_ids.clear();
                     let message = panic
                         .downcast_ref::<&str>()
                         .map(|s| s.to_string())
@@ -231,6 +269,11 @@ impl Worker {
                     Err(EngineError::Internal(message))
                 });
             // Count before reporting, so a caller that saw `Finished` sees the counters settled.
+            *self
+                .counters
+                .cache
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = self.cache.counters();
             self.counters.finished.fetch_add(1, Ordering::Relaxed);
             let _ = job.events.send(GenerationEvent::Finished(result));
             if let Some(key) = key {
@@ -252,6 +295,7 @@ impl Worker {
         let mut stats = GenerationStats {
             prompt_tokens: 0,
             cached_tokens: 0,
+            computed_tokens: 0,
             generated_tokens: 0,
             queue_ms: millis(job.submitted, started),
             prefill_ms: 0.0,
@@ -259,6 +303,8 @@ impl Worker {
             decode_ms: 0.0,
             decode_tokens_per_second: 0.0,
             stop_reason: StopReason::Cancelled,
+            cache_pages_in_use: 0,
+            cache_evictions: 0,
             tokens: Vec::new(),
         };
         if let Some(reason) = job.control.stop_reason() {
@@ -283,13 +329,17 @@ impl Worker {
             return Err(EngineError::InvalidInput(message));
         }
         stats.prompt_tokens = prompt.len();
-        stats.stop_reason = self.generate(job, &prompt, &mut stats)?;
-        self.counters
-            .cached_tokens
-            .store(self.cache.len(), Ordering::Relaxed);
-        self.counters
-            .cache_bytes
-            .store(self.cache.allocated_bytes(), Ordering::Relaxed);
+        let evictions_before = self.cache.counters().evictions;
+        // The sequence starts from the longest cached prefix (at least one token must run to
+        // give logits) and joins the cache at the end, however the request ends.
+        let mut sequence = self.cache.match_prefix(&prompt, prompt.len() - 1);
+        let mut tokens = prompt.clone();
+        let outcome = self.generate(job, &prompt, &mut sequence, &mut tokens, &mut stats);
+        self.cache.insert(&tokens, sequence);
+        let counters = self.cache.counters();
+        stats.cache_pages_in_use = counters.pages_in_use;
+        stats.cache_evictions = counters.evictions - evictions_before;
+        stats.stop_reason = outcome?;
         if stats.generated_tokens > 1 {
             stats.decode_tokens_per_second =
                 (stats.generated_tokens - 1) as f64 / (stats.decode_ms / 1e3);
@@ -298,28 +348,28 @@ impl Worker {
     }
 
     /// Prefill then decode; returns why generation stopped.
+    /// Prefills the prompt past what `sequence` already holds, then decodes; `tokens` tracks the
+    /// ids whose latents `sequence` holds (a prefix of it may be stale past `sequence.len()`).
     fn generate(
         &mut self,
         job: &Job,
         prompt: &[u32],
+        sequence: &mut LatentCache,
+        tokens: &mut Vec<u32>,
         stats: &mut GenerationStats,
     ) -> Result<StopReason> {
         let request = &job.request;
-
-        // Reuse the latents of the longest shared prefix; at least one token must run to get logits.
-        let shared = common_prefix(&self.cached_ids, prompt).min(prompt.len() - 1);
-        self.cache.truncate(shared);
-        self.cached_ids.truncate(shared);
-        stats.cached_tokens = shared;
+        let cached = sequence.len();
+        stats.cached_tokens = cached;
+        stats.computed_tokens = prompt.len() - cached;
         let prefill_started = Instant::now();
-        let outcome =
-            self.model
-                .forward_until(&prompt[shared..], &mut self.cache, Logits::Last, &|| {
-                    interruption(job).is_some()
-                });
-        // Whatever chunks ran are in the cache; keep `cached_ids` in step with it.
-        let cached = self.cache.len().max(shared);
-        self.cached_ids.extend_from_slice(&prompt[shared..cached]);
+        self.cache
+            .make_room(sequence.pages_needed(prompt.len() - cached))?;
+        let outcome = self
+            .model
+            .forward_until(&prompt[cached..], sequence, Logits::Last, &|| {
+                interruption(job).is_some()
+            });
         stats.prefill_ms = millis(prefill_started, Instant::now());
         let Some(mut logits) = outcome? else {
             return Ok(interruption(job).unwrap_or(StopReason::Cancelled));
@@ -359,8 +409,9 @@ impl Worker {
             {
                 break StopReason::Deadline;
             }
-            logits = self.model.forward(&[next], &mut self.cache, Logits::Last)?;
-            self.cached_ids.push(next);
+            self.cache.make_room(sequence.pages_needed(1))?;
+            logits = self.model.forward(&[next], sequence, Logits::Last)?;
+            tokens.push(next);
             self.counters.decode_steps.fetch_add(1, Ordering::Relaxed);
         };
         stats.decode_ms = first_token_at.map_or(0.0, |first| millis(first, Instant::now()));
@@ -449,10 +500,6 @@ fn next_job(queue: &Queue) -> Option<Job> {
         }
         state = queue.wake.wait(state).unwrap_or_else(|e| e.into_inner());
     }
-}
-
-fn common_prefix(a: &[u32], b: &[u32]) -> usize {
-    a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
 fn millis(from: Instant, to: Instant) -> f64 {

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use engine::{
-    Engine, GenerationEvent, GenerationStats, LoadOptions, Prompt, PromptInput, Request,
-    SamplingParams, StopReason,
+    Engine, EngineOptions, GenerationEvent, GenerationStats, LoadOptions, Prompt, PromptInput,
+    Request, SamplingParams, StopReason,
 };
 use serde::Deserialize;
 
@@ -335,7 +335,12 @@ fn resident_bytes() -> usize {
 
 #[test]
 fn a_thousand_submit_then_drop_cycles_leave_nothing_behind() {
-    let engine = engine("lite");
+    // A small cache: 64 pages of 8 tokens.
+    let options = EngineOptions {
+        cache_budget_bytes: Some(64 * 8 * 480),
+        page_tokens: 8,
+    };
+    let engine = Engine::load_with(&fixture("lite"), &LoadOptions::default(), options).unwrap();
     let r = reference("lite");
     // Warm up: the cache and the thread pools reach their working size.
     for _ in 0..20 {
@@ -344,7 +349,6 @@ fn a_thousand_submit_then_drop_cycles_leave_nothing_behind() {
     wait_until("the warm-up to finish", || engine.counters().finished == 20);
     let threads = threads_of_this_process();
     let memory = resident_bytes();
-    let cache_bytes = engine.counters().cache_bytes;
 
     for i in 0..1000 {
         let mut req = request(fim_prompt(&r.fim), 64);
@@ -361,10 +365,14 @@ fn a_thousand_submit_then_drop_cycles_leave_nothing_behind() {
     let after = engine.counters();
     assert_eq!(after.queued, 0);
     assert_eq!(threads_of_this_process(), threads, "no thread left behind");
+    let cache = after.cache;
+    assert_eq!(
+        cache.pages_in_use, cache.tree_pages,
+        "idle: every page belongs to the prefix tree"
+    );
     assert!(
-        after.cache_bytes <= cache_bytes,
-        "cache grew from {cache_bytes} to {} bytes",
-        after.cache_bytes
+        cache.pages_in_use <= cache.budget_pages.unwrap(),
+        "{cache:?}"
     );
     let grown = resident_bytes().saturating_sub(memory);
     assert!(grown < 16 << 20, "resident memory grew by {grown} bytes");

@@ -203,21 +203,24 @@ fn the_cache_holds_only_the_latent() {
         );
 
         let t = g.input_ids.len();
-        let (_, cache) = run_in_chunks(&g.model, &g.input_ids, &[t]);
-        assert_eq!(cache.used_bytes(), t * per_token, "{name}: used bytes");
-        // One prefill of t tokens allocates exactly t tokens of latents, nothing else.
-        assert_eq!(
-            cache.allocated_bytes(),
-            t * per_token,
-            "{name}: allocated bytes"
-        );
-
-        // Decoding grows capacity geometrically, still only latents.
-        let (_, cache) = run_in_chunks(&g.model, &g.input_ids, &vec![1; t]);
-        assert_eq!(cache.used_bytes(), t * per_token);
-        assert_eq!(cache.allocated_bytes() % per_token, 0);
-        assert!(cache.allocated_bytes() < 2 * t * per_token);
+        let page_tokens = cache_page_tokens(&g.model);
+        let pages = t.div_ceil(page_tokens);
+        // Prefill and token-by-token decode both hold exactly the pages t tokens need, nothing else.
+        for chunks in [vec![t], vec![1; t]] {
+            let (_, cache) = run_in_chunks(&g.model, &g.input_ids, &chunks);
+            assert_eq!(cache.used_bytes(), t * per_token, "{name}: used bytes");
+            assert_eq!(cache.pages().len(), pages);
+            assert_eq!(
+                cache.allocated_bytes(),
+                pages * page_tokens * per_token,
+                "{name}: allocated bytes"
+            );
+        }
     }
+}
+
+fn cache_page_tokens(model: &Model) -> usize {
+    model.new_cache().layout().page_tokens
 }
 
 #[test]
@@ -245,7 +248,8 @@ fn f16_compute_stays_close_to_f32() {
         dtype: Some(DType::F16),
     };
     let model = load_checkpoint(&dir, &options).unwrap();
-    assert_eq!(model.kv_bytes_per_token(), (32 + 8) * 3 * 2);
+    // The cache keeps f32 latents whatever the compute dtype.
+    assert_eq!(model.kv_bytes_per_token(), (32 + 8) * 3 * 4);
     let g = golden("lite");
     let (ours, _) = run_in_chunks(&model, &g.input_ids, &[g.input_ids.len()]);
     let (error, _) = max_error(&ours, &g.logits);
