@@ -108,7 +108,7 @@ impl PagePool {
         {
             return Err(EngineError::CacheFull(format!(
                 "all {budget} pages ({} MiB) of the KV cache are in use; raise the cache budget",
-                budget * self.layout.page_bytes() >> 20
+                (budget * self.layout.page_bytes()) >> 20
             )));
         }
         state.live += 1;

@@ -148,7 +148,7 @@ impl RadixCache {
             return Err(EngineError::CacheFull(format!(
                 "this request needs {pages} pages of KV cache but the budget is {budget} ({} MiB); \
                  raise the cache budget or shorten the prompt",
-                budget * self.pool.layout().page_bytes() >> 20
+                (budget * self.pool.layout().page_bytes()) >> 20
             )));
         }
         while self.pool.free_pages().unwrap_or(usize::MAX) < pages {
