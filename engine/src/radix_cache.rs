@@ -269,3 +269,234 @@ impl RadixCache {
 fn common_prefix(a: &[u32], b: &[u32]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
+
+#[cfg(test)]
+mod tests {
+    //! Random workloads against a naive model. Pages hold, for each position, a fingerprint of
+    //! the whole prefix up to it, so a page reachable under the wrong prefix, overwritten while
+    //! shared, or evicted while in use shows up as a wrong fingerprint.
+
+    use super::*;
+    use crate::page_pool::PageLayout;
+
+    const PAGE: usize = 4;
+
+    fn layout() -> PageLayout {
+        PageLayout {
+            page_tokens: PAGE,
+            layers: 2,
+            kv_lora: 2,
+            rope: 1,
+        }
+    }
+
+    /// The value a position's row holds in layer `layer`, element `k`: a hash of the prefix.
+    fn fingerprint(prefix: &[u32], layer: usize, k: usize) -> f32 {
+        let hash = prefix.iter().fold(1469598103934665603u64, |h, &t| {
+            (h ^ t as u64).wrapping_mul(1099511628211)
+        });
+        ((hash ^ (layer * 31 + k) as u64) % 1_000_003) as f32
+    }
+
+    /// What a forward pass would do: checks the cached rows, then computes the rest.
+    fn compute(cache: &mut RadixCache, tokens: &[u32]) -> Result<LatentCache> {
+        let mut sequence = cache.match_prefix(tokens, tokens.len());
+        verify(&sequence, tokens);
+        let start = sequence.len();
+        cache.make_room(sequence.pages_needed(tokens.len() - start))?;
+        sequence.reserve(tokens.len() - start)?;
+        for layer in 0..layout().layers {
+            let rows: Vec<f32> = (start..tokens.len())
+                .flat_map(|p| (0..layout().row()).map(move |k| (p, k)))
+                .map(|(p, k)| fingerprint(&tokens[..=p], layer, k))
+                .collect();
+            sequence.write(layer, start, &rows);
+        }
+        sequence.set_len(tokens.len());
+        Ok(sequence)
+    }
+
+    fn verify(sequence: &LatentCache, tokens: &[u32]) {
+        for layer in 0..layout().layers {
+            let pages = sequence.layer_pages(layer);
+            for p in 0..sequence.len() {
+                for k in 0..layout().row() {
+                    let value = pages[p / PAGE][(p % PAGE) * layout().row() + k];
+                    assert_eq!(
+                        value,
+                        fingerprint(&tokens[..=p], layer, k),
+                        "position {p} of {tokens:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Walks the tree checking the stated invariants.
+    fn check_tree(cache: &RadixCache) {
+        fn walk(cache: &RadixCache, id: NodeId, prefix: &mut Vec<u32>) {
+            let node = cache.node(id);
+            let mut seen: Vec<&Vec<u32>> = Vec::new();
+            for &child in &node.children {
+                let c = cache.node(child);
+                assert_eq!(c.parent, id);
+                assert!(!c.tokens.is_empty() && c.tokens.len() <= PAGE);
+                assert!(
+                    c.tokens.len() == PAGE || c.children.is_empty(),
+                    "a partial page is a leaf"
+                );
+                assert!(!seen.contains(&&c.tokens), "siblings differ");
+                seen.push(&c.tokens);
+                let start = prefix.len();
+                prefix.extend(&c.tokens);
+                let page = c.page.as_ref().unwrap();
+                for layer in 0..layout().layers {
+                    for i in 0..c.tokens.len() {
+                        for k in 0..layout().row() {
+                            let value = page.layer(layer)[i * layout().row() + k];
+                            assert_eq!(value, fingerprint(&prefix[..=start + i], layer, k));
+                        }
+                    }
+                }
+                walk(cache, child, prefix);
+                prefix.truncate(start);
+            }
+        }
+        walk(cache, ROOT, &mut Vec::new());
+    }
+
+    struct Rng(u64);
+    impl Rng {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 % n as u64) as usize
+        }
+    }
+
+    /// A new request: usually an earlier one cut somewhere and continued differently.
+    fn next_tokens(rng: &mut Rng, history: &[Vec<u32>]) -> Vec<u32> {
+        let mut tokens = match history.len() {
+            0 => Vec::new(),
+            n => {
+                let base = &history[rng.below(n)];
+                base[..rng.below(base.len() + 1)].to_vec()
+            }
+        };
+        for _ in 0..1 + rng.below(12) {
+            tokens.push(rng.below(3) as u32);
+        }
+        tokens.truncate(40);
+        tokens
+    }
+
+    fn naive_longest_match(history: &[Vec<u32>], tokens: &[u32]) -> usize {
+        history
+            .iter()
+            .map(|h| common_prefix(h, tokens))
+            .max()
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn without_eviction_matches_are_exactly_the_longest_inserted_prefix() {
+        for seed in 1..=20 {
+            let mut rng = Rng(seed);
+            let mut cache = RadixCache::new(PagePool::new(layout(), None));
+            let mut history: Vec<Vec<u32>> = Vec::new();
+            for _ in 0..200 {
+                let tokens = next_tokens(&mut rng, &history);
+                let expected = naive_longest_match(&history, &tokens);
+                let sequence = cache.match_prefix(&tokens, tokens.len());
+                assert_eq!(sequence.len(), expected, "seed {seed}: {tokens:?}");
+                drop(sequence);
+                let sequence = compute(&mut cache, &tokens).unwrap();
+                cache.insert(&tokens, sequence);
+                history.push(tokens);
+                check_tree(&cache);
+                assert_eq!(
+                    cache.pool.live_pages(),
+                    cache.counters().tree_pages,
+                    "idle pages all in the tree"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn under_a_small_budget_pages_in_use_survive_and_the_budget_holds() {
+        let budget_pages = 40;
+        for seed in 1..=20 {
+            let mut rng = Rng(seed * 7919);
+            let pool = PagePool::new(layout(), Some(budget_pages * layout().page_bytes()));
+            let mut cache = RadixCache::new(pool);
+            let mut history: Vec<Vec<u32>> = Vec::new();
+            // Up to two sequences stay in flight while others run.
+            let mut in_flight: Vec<(Vec<u32>, LatentCache)> = Vec::new();
+            for step in 0..400 {
+                if in_flight.len() == 2 || (!in_flight.is_empty() && rng.below(3) == 0) {
+                    let (tokens, sequence) = in_flight.remove(rng.below(in_flight.len()));
+                    verify(&sequence, &tokens);
+                    cache.insert(&tokens, sequence);
+                }
+                let tokens = next_tokens(&mut rng, &history);
+                let bound = naive_longest_match(&history, &tokens);
+                assert!(
+                    cache.match_prefix(&tokens, tokens.len()).len() <= bound,
+                    "never more than was inserted"
+                );
+                let sequence = compute(&mut cache, &tokens).unwrap_or_else(|e| {
+                    panic!("seed {seed} step {step}: two sequences fit the budget: {e}")
+                });
+                assert!(cache.pool.live_pages() <= budget_pages, "budget exceeded");
+                for (held_tokens, held) in &in_flight {
+                    verify(held, held_tokens);
+                }
+                history.push(tokens.clone());
+                if rng.below(2) == 0 {
+                    in_flight.push((tokens, sequence));
+                } else {
+                    cache.insert(&tokens, sequence);
+                }
+                check_tree(&cache);
+            }
+            assert!(
+                cache.counters().evictions > 0,
+                "seed {seed}: the workload must exceed the budget"
+            );
+        }
+    }
+
+    #[test]
+    fn a_request_larger_than_the_budget_is_refused_clearly() {
+        let mut cache = RadixCache::new(PagePool::new(layout(), Some(3 * layout().page_bytes())));
+        let tokens: Vec<u32> = (0..20).collect();
+        let error = compute(&mut cache, &tokens).err().unwrap().to_string();
+        assert!(
+            error.contains("needs 5 pages of KV cache but the budget is 3"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_match_ending_inside_a_page_shares_it_and_writing_copies_it() {
+        let mut cache = RadixCache::new(PagePool::new(layout(), None));
+        let first = vec![1, 2, 3, 4, 5, 6, 7];
+        let sequence = compute(&mut cache, &first).unwrap();
+        cache.insert(&first, sequence);
+        // Shares the full page [1,2,3,4] and 2 tokens of the partial page [5,6,7].
+        let second = vec![1, 2, 3, 4, 5, 6, 9, 9];
+        let shared = cache.match_prefix(&second, second.len());
+        assert_eq!(shared.len(), 6);
+        drop(shared);
+        let sequence = compute(&mut cache, &second).unwrap();
+        verify(&sequence, &second);
+        cache.insert(&second, sequence);
+        check_tree(&cache);
+        // The first sequence's pages are intact.
+        let again = cache.match_prefix(&first, first.len());
+        assert_eq!(again.len(), 7);
+        verify(&again, &first);
+    }
+}

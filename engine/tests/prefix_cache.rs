@@ -1,0 +1,186 @@
+//! Logits computed on top of the radix cache equal transformers' cold logits, wherever the cached
+//! prefix ends relative to page boundaries, after eviction, and with sequences sharing pages.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use candle_core::{Device, Tensor};
+use engine::page_pool::PagePool;
+use engine::radix_cache::RadixCache;
+use engine::{LatentCache, LoadOptions, Logits, Model, load_checkpoint};
+
+const TOLERANCE: f32 = 1e-4;
+const PAGE: usize = 8;
+
+struct Golden {
+    model: Model,
+    ids: Vec<u32>,
+    logits: Vec<Vec<f32>>,
+}
+
+fn golden(name: &str) -> Golden {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
+    let model = load_checkpoint(&dir, &LoadOptions::default()).unwrap();
+    let reference: HashMap<String, Tensor> =
+        candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu).unwrap();
+    let ids = reference["input_ids"]
+        .to_vec1::<i64>()
+        .unwrap()
+        .into_iter()
+        .map(|x| x as u32)
+        .collect();
+    Golden {
+        model,
+        ids,
+        logits: reference["logits"].to_vec2::<f32>().unwrap(),
+    }
+}
+
+fn cache(model: &Model, budget_pages: Option<usize>) -> RadixCache {
+    let layout = model.page_layout(PAGE);
+    RadixCache::new(PagePool::new(
+        layout,
+        budget_pages.map(|p| p * layout.page_bytes()),
+    ))
+}
+
+/// Runs `tokens[sequence.len()..]` on `sequence`, making room first, and returns those rows.
+fn run_rest(
+    model: &Model,
+    cache: &mut RadixCache,
+    sequence: &mut LatentCache,
+    tokens: &[u32],
+) -> Vec<Vec<f32>> {
+    let rest = &tokens[sequence.len()..];
+    cache.make_room(sequence.pages_needed(rest.len())).unwrap();
+    model
+        .forward(rest, sequence, Logits::All)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap()
+}
+
+/// Computes `tokens` cold and leaves them in the cache.
+fn prime(model: &Model, cache: &mut RadixCache, tokens: &[u32]) {
+    let mut sequence = cache.match_prefix(tokens, tokens.len().saturating_sub(1));
+    run_rest(model, cache, &mut sequence, tokens);
+    cache.insert(tokens, sequence);
+}
+
+fn assert_rows(what: &str, ours: &[Vec<f32>], reference: &[Vec<f32>]) {
+    assert_eq!(ours.len(), reference.len(), "{what}: rows");
+    for (position, (a, b)) in ours.iter().zip(reference).enumerate() {
+        let error = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            error <= TOLERANCE,
+            "{what}: row {position} off by {error:e}"
+        );
+    }
+}
+
+#[test]
+fn a_hit_at_every_page_boundary_case_gives_the_cold_logits() {
+    for name in ["lite", "v2"] {
+        let g = golden(name);
+        let t = g.ids.len();
+        // 0: nothing shared; 3: inside the first page; 8: exactly one page; 16: several pages;
+        // 35: several pages and part of the next; t - 1: all but the last token.
+        for hit in [0, 3, PAGE, 2 * PAGE, 35, t - 1] {
+            // What is cached diverges from the query right after `hit` tokens, so the page
+            // holding position `hit` is shared and has other tokens' latents past it.
+            let mut cached: Vec<u32> = g.ids[..hit].to_vec();
+            cached.extend(
+                [7, 7, 7, 7, 7]
+                    .iter()
+                    .map(|x| (g.ids.get(hit).copied().unwrap_or(0) + x) % 200 + 1),
+            );
+            let mut cache = cache(&g.model, None);
+            prime(&g.model, &mut cache, &cached);
+            let mut sequence = cache.match_prefix(&g.ids, t - 1);
+            assert_eq!(sequence.len(), hit, "{name}: matched length");
+            let rows = run_rest(&g.model, &mut cache, &mut sequence, &g.ids);
+            assert_rows(&format!("{name}, hit {hit}"), &rows, &g.logits[hit..]);
+            // The cached branch is untouched by the query's copy-on-write.
+            let again = cache.match_prefix(&cached, cached.len());
+            assert_eq!(again.len(), cached.len());
+        }
+    }
+}
+
+#[test]
+fn after_eviction_the_prefix_is_recomputed_correctly() {
+    let g = golden("lite");
+    let t = g.ids.len();
+    let mut cache = cache(&g.model, Some(8));
+    prime(&g.model, &mut cache, &g.ids[..30]);
+    // Unrelated prompts push the first one out of an 8-page budget.
+    for k in 0..4u32 {
+        let other: Vec<u32> = (0..20).map(|i| (i * 13 + k * 29 + 5) % 300).collect();
+        prime(&g.model, &mut cache, &other);
+    }
+    let counters = cache.counters();
+    assert!(
+        counters.evictions > 0 && counters.pages_in_use <= 8,
+        "{counters:?}"
+    );
+    let mut sequence = cache.match_prefix(&g.ids, t - 1);
+    let hit = sequence.len();
+    assert!(hit < 30, "some of the first prompt was evicted (hit {hit})");
+    let rows = run_rest(&g.model, &mut cache, &mut sequence, &g.ids);
+    assert_rows(
+        &format!("re-filled after eviction (hit {hit})"),
+        &rows,
+        &g.logits[hit..],
+    );
+}
+
+#[test]
+fn two_sequences_sharing_a_prefix_run_interleaved() {
+    let g = golden("v2");
+    let t = g.ids.len();
+    let mut cache = cache(&g.model, Some(64));
+    prime(&g.model, &mut cache, &g.ids[..20]);
+    let mut a = cache.match_prefix(&g.ids, t);
+    let mut b = cache.match_prefix(&g.ids, t);
+    assert_eq!((a.len(), b.len()), (20, 20));
+    let mut rows_a = Vec::new();
+    let mut rows_b = Vec::new();
+    // `a` moves in chunks of 5, `b` token by token, alternating; both write past the shared
+    // partial page (position 16..20 of page 2), so each must copy it.
+    while b.len() < t {
+        if a.len() < t {
+            let end = (a.len() + 5).min(t);
+            cache.make_room(a.pages_needed(end - a.len())).unwrap();
+            rows_a.extend(
+                g.model
+                    .forward(&g.ids[a.len()..end], &mut a, Logits::All)
+                    .unwrap()
+                    .to_vec2::<f32>()
+                    .unwrap(),
+            );
+        }
+        cache.make_room(b.pages_needed(1)).unwrap();
+        rows_b.extend(
+            g.model
+                .forward(&g.ids[b.len()..b.len() + 1], &mut b, Logits::All)
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap(),
+        );
+    }
+    assert_rows("sequence a", &rows_a, &g.logits[20..]);
+    assert_rows("sequence b", &rows_b, &g.logits[20..]);
+    cache.insert(&g.ids, a);
+    cache.insert(&g.ids, b);
+    assert_eq!(
+        cache.counters().pages_in_use,
+        cache.counters().tree_pages,
+        "no page leaked"
+    );
+}
