@@ -21,6 +21,12 @@ pub struct BenchArgs {
     /// Tokens to decode.
     #[arg(long, default_value_t = 32)]
     tokens: usize,
+    /// Context tokens for `keystroke`.
+    #[arg(long, default_value_t = 2048)]
+    context: usize,
+    /// Edits for `keystroke`, each followed by a completion of --tokens tokens.
+    #[arg(long, default_value_t = 8)]
+    edits: usize,
     /// Prefill runs; the fastest is reported.
     #[arg(long, default_value_t = 3)]
     repeats: usize,
@@ -40,6 +46,8 @@ enum BenchKind {
     Prefill,
     /// Through the resident engine: time to first token and decode speed, cold then warm.
     Generate,
+    /// Editing near the end of a --context-token prompt: cold vs warm time to first token.
+    Keystroke,
     All,
 }
 
@@ -76,6 +84,7 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
         BenchKind::Decode => &[BenchKind::Decode],
         BenchKind::Prefill => &[BenchKind::Prefill],
         BenchKind::Generate => &[BenchKind::Generate],
+        BenchKind::Keystroke => &[BenchKind::Keystroke],
     };
     let mut report = json!({
         "model": name,
@@ -89,7 +98,8 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
         "kv_bytes_per_token": model.kv_bytes_per_token(),
         "load_seconds": load_seconds,
     });
-    for &kind in kinds.iter().filter(|&&k| k != BenchKind::Generate) {
+    let engine_kinds = [BenchKind::Generate, BenchKind::Keystroke];
+    for &kind in kinds.iter().filter(|k| !engine_kinds.contains(k)) {
         let (key, figures) = measure(kind).map_err(|e| e.to_string())?;
         report[key] = to_json(figures);
     }
@@ -98,6 +108,13 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
         let figures = engine::bench::generation(model, args.prompt, args.tokens)
             .map_err(|e| e.to_string())?;
         report["generate"] = to_json(figures);
+    } else if kinds.contains(&BenchKind::Keystroke) {
+        if args.context < 8 || args.edits == 0 {
+            return Err("--context must be at least 8 and --edits at least 1".into());
+        }
+        let figures = engine::bench::keystroke(model, args.context, args.edits, args.tokens)
+            .map_err(|e| e.to_string())?;
+        report["keystroke"] = to_json(figures);
     }
     println!(
         "{}",

@@ -106,3 +106,84 @@ pub fn generation(model: Model, prompt_len: usize, tokens: usize) -> Result<Gene
         warm,
     })
 }
+
+/// What `keystroke` measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct KeystrokeFigures {
+    pub context_tokens: usize,
+    pub edits: usize,
+    /// Tokens each edit rewrites just before the cursor (a line).
+    pub edit_tokens: usize,
+    /// Tokens after the cursor, as a fill-in-the-middle prompt carries them.
+    pub suffix_tokens: usize,
+    pub cold_time_to_first_token_ms: f64,
+    pub warm_time_to_first_token_ms_median: f64,
+    pub warm_time_to_first_token_ms_p90: f64,
+    /// Median warm time to first token / cold time to first token.
+    pub warm_over_cold: f64,
+    /// Mean share of each warm prompt served from the prefix cache.
+    pub reused_fraction: f64,
+    pub warm_tokens_computed_median: f64,
+}
+
+/// Simulates editing near the end of a long file: a `context`-token prompt runs cold, then each of
+/// `edits` rewrites the `edit_tokens` before the cursor (a one-line edit), leaving the last
+/// `suffix_tokens` after the cursor as they were, and asks for `tokens` new tokens.
+pub fn keystroke(
+    model: Model,
+    context: usize,
+    edits: usize,
+    tokens: usize,
+) -> Result<KeystrokeFigures> {
+    let edit_tokens = 12.min(context / 4).max(1);
+    let suffix_tokens = 32.min(context / 4);
+    let cursor = context - suffix_tokens;
+    let vocab = model.config().vocab_size as u32;
+    let base = prompt_ids(&model, context);
+    let engine = Engine::start(model, None);
+    let run = |prompt: Vec<u32>| {
+        engine
+            .submit(Request::new(PromptInput::Tokens(prompt), tokens))
+            .wait()
+            .map(|(_, s)| s)
+    };
+
+    let cold = run(base.clone())?;
+    let mut warm = Vec::with_capacity(edits);
+    for edit in 0..edits {
+        let mut prompt = base[..cursor - edit_tokens].to_vec();
+        prompt.extend((0..edit_tokens as u32).map(|i| (i * 31 + edit as u32 * 977 + 11) % vocab));
+        prompt.extend_from_slice(&base[cursor..]);
+        warm.push(run(prompt)?);
+    }
+    let mut ttft: Vec<f64> = warm.iter().map(|s| s.time_to_first_token_ms).collect();
+    ttft.sort_by(f64::total_cmp);
+    let mut computed: Vec<f64> = warm.iter().map(|s| s.computed_tokens as f64).collect();
+    computed.sort_by(f64::total_cmp);
+    let median = percentile(&ttft, 0.5);
+    Ok(KeystrokeFigures {
+        context_tokens: context,
+        edits,
+        edit_tokens,
+        suffix_tokens,
+        cold_time_to_first_token_ms: cold.time_to_first_token_ms,
+        warm_time_to_first_token_ms_median: median,
+        warm_time_to_first_token_ms_p90: percentile(&ttft, 0.9),
+        warm_over_cold: median / cold.time_to_first_token_ms,
+        reused_fraction: warm
+            .iter()
+            .map(|s| s.cached_tokens as f64 / s.prompt_tokens as f64)
+            .sum::<f64>()
+            / warm.len().max(1) as f64,
+        warm_tokens_computed_median: percentile(&computed, 0.5),
+    })
+}
+
+/// The value at quantile `q` of sorted values (nearest rank).
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}

@@ -7,13 +7,15 @@
 //!
 //!   s_j = scale * (q_latent . c_j + q_rope . k_j),   out = sum_j softmax(s)_j * c_j
 //!
-//! `out` stays in the latent space; the caller applies W_UV. Work is split over query tokens;
-//! when there are fewer tokens than threads (a decode step), each token's keys are split into
-//! page ranges whose partial softmax sums are merged with log-sum-exp.
+//! `out` stays in the latent space; the caller applies W_UV. Work is split over blocks of query
+//! tokens; each block walks the pages with three small matrix products per page (latent scores,
+//! rope scores, weighted sum of latents) and an online softmax. When there are fewer tokens than
+//! threads (a decode step), each token's keys are split into page ranges whose partial softmax
+//! sums are merged with log-sum-exp.
 
 use rayon::prelude::*;
 
-use crate::simd::{axpy, dot, scale};
+use crate::simd::{axpy, scale};
 
 /// The cached keys of one layer, as a page table.
 pub struct LatentPages<'a> {
@@ -48,14 +50,6 @@ struct Partial {
 }
 
 impl Partial {
-    fn empty(heads: usize, kv_lora: usize) -> Self {
-        Self {
-            max: vec![f32::NEG_INFINITY; heads],
-            sum: vec![0.0; heads],
-            acc: vec![0.0; heads * kv_lora],
-        }
-    }
-
     /// Folds `other` (over disjoint keys) into `self`.
     fn merge(&mut self, other: &Partial, kv_lora: usize) {
         for h in 0..self.max.len() {
@@ -102,37 +96,44 @@ pub fn absorbed_attention(
         );
     }
 
-    // Pages each query token can see, split into ranges when tokens are fewer than threads.
+    // Tasks: blocks of query tokens; when tokens are fewer than threads, page ranges per token.
     let threads = rayon::current_num_threads().max(1);
+    let block = tokens.div_ceil(2 * threads).clamp(1, MAX_BLOCK_TOKENS);
     let splits = if tokens >= threads {
         1
     } else {
         (2 * threads).div_ceil(tokens)
     };
-    let tasks: Vec<(usize, usize, usize)> = (0..tokens)
-        .flat_map(|token| {
-            let pages = (queries.first_position + token + 1).div_ceil(keys.page_tokens);
-            let per_split = pages.div_ceil(splits).max(1);
-            (0..pages)
-                .step_by(per_split)
-                .map(move |first| (token, first, (first + per_split).min(pages)))
-        })
-        .collect();
-    let partials: Vec<(usize, Partial)> = tasks
+    let mut tasks: Vec<Task> = Vec::new();
+    for first_token in (0..tokens).step_by(block) {
+        let count = block.min(tokens - first_token);
+        let pages = (queries.first_position + first_token + count).div_ceil(keys.page_tokens);
+        let per_split = pages.div_ceil(splits).max(1);
+        for first_page in (0..pages).step_by(per_split) {
+            tasks.push(Task {
+                first_token,
+                tokens: count,
+                pages: first_page..(first_page + per_split).min(pages),
+            });
+        }
+    }
+    let partials: Vec<(usize, Vec<Partial>)> = tasks
         .into_par_iter()
-        .map(|(token, first_page, end_page)| {
+        .map(|task| {
             (
-                token,
-                attend(queries, keys, softmax_scale, token, first_page..end_page),
+                task.first_token,
+                attend(queries, keys, softmax_scale, &task),
             )
         })
         .collect();
 
     let mut merged: Vec<Option<Partial>> = (0..tokens).map(|_| None).collect();
-    for (token, partial) in partials {
-        match &mut merged[token] {
-            Some(total) => total.merge(&partial, kv_lora),
-            slot @ None => *slot = Some(partial),
+    for (first_token, block_partials) in partials {
+        for (offset, partial) in block_partials.into_iter().enumerate() {
+            match &mut merged[first_token + offset] {
+                Some(total) => total.merge(&partial, kv_lora),
+                slot @ None => *slot = Some(partial),
+            }
         }
     }
     for (token, partial) in merged.into_iter().enumerate() {
@@ -145,51 +146,150 @@ pub fn absorbed_attention(
     }
 }
 
-/// One query token, all heads, over the keys in `pages` it may see.
+/// Query tokens per task at most: enough rows (tokens x heads) for efficient matrix products.
+const MAX_BLOCK_TOKENS: usize = 16;
+
+struct Task {
+    first_token: usize,
+    tokens: usize,
+    pages: std::ops::Range<usize>,
+}
+
+/// A block of query tokens, all heads, over the keys in `task.pages` each may see; one partial
+/// per token.
 fn attend(
     queries: &LatentQueries,
     keys: &LatentPages,
     softmax_scale: f32,
-    token: usize,
-    pages: std::ops::Range<usize>,
-) -> Partial {
-    let (heads, kv_lora, rope) = (queries.heads, keys.kv_lora, keys.rope);
+    task: &Task,
+) -> Vec<Partial> {
+    let (heads, kv_lora, rope, page_tokens) =
+        (queries.heads, keys.kv_lora, keys.rope, keys.page_tokens);
     let row_len = kv_lora + rope;
-    let visible = queries.first_position + token + 1;
-    let q_latent = &queries.latent[token * heads * kv_lora..][..heads * kv_lora];
-    let q_rope = &queries.rope[token * heads * rope..][..heads * rope];
-    let mut partial = Partial::empty(heads, kv_lora);
-    let mut scores = vec![0f32; keys.page_tokens];
-    for page in pages {
-        let first_key = page * keys.page_tokens;
-        let count = keys.page_tokens.min(visible - first_key);
-        let rows = &keys.pages[page][..count * row_len];
-        for h in 0..heads {
-            let (ql, qr) = (
-                &q_latent[h * kv_lora..][..kv_lora],
-                &q_rope[h * rope..][..rope],
+    let rows = task.tokens * heads;
+    let q_latent = &queries.latent[task.first_token * heads * kv_lora..][..rows * kv_lora];
+    let q_rope = &queries.rope[task.first_token * heads * rope..][..rows * rope];
+    // Per row (token-major, heads inner): running max and sum, and the weighted latent sum.
+    let mut max = vec![f32::NEG_INFINITY; rows];
+    let mut sum = vec![0f32; rows];
+    let mut acc = vec![0f32; rows * kv_lora];
+    let mut scores = vec![0f32; rows * page_tokens];
+    let last_visible = queries.first_position + task.first_token + task.tokens; // exclusive, last token
+    for page in task.pages.clone() {
+        let first_key = page * page_tokens;
+        let count = page_tokens.min(last_visible - first_key);
+        let keys_ptr = keys.pages[page].as_ptr();
+        // SAFETY: every operand lies inside its slice: `rows` rows of `kv_lora`/`rope` queries,
+        // `count <= page_tokens` rows of `row_len` floats in the page, `rows x page_tokens` scores.
+        unsafe {
+            // scores = q_latent . c^T
+            gemm::gemm(
+                rows,
+                count,
+                kv_lora,
+                scores.as_mut_ptr(),
+                1,
+                page_tokens as isize,
+                false,
+                q_latent.as_ptr(),
+                1,
+                kv_lora as isize,
+                keys_ptr,
+                row_len as isize,
+                1,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
             );
+            // scores += q_rope . k_pe^T
+            gemm::gemm(
+                rows,
+                count,
+                rope,
+                scores.as_mut_ptr(),
+                1,
+                page_tokens as isize,
+                true,
+                q_rope.as_ptr(),
+                1,
+                rope as isize,
+                keys_ptr.add(kv_lora),
+                row_len as isize,
+                1,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+        // Online softmax per row over the keys its token may see; masked keys weigh 0.
+        for r in 0..rows {
+            let position = queries.first_position + task.first_token + r / heads;
+            let visible = (position + 1).saturating_sub(first_key).min(count);
+            let row_scores = &mut scores[r * page_tokens..][..count];
+            if visible == 0 {
+                row_scores.fill(0.0);
+                continue;
+            }
             let mut page_max = f32::NEG_INFINITY;
-            for (score, row) in scores.iter_mut().zip(rows.chunks_exact(row_len)) {
-                *score = softmax_scale * (dot(ql, &row[..kv_lora]) + dot(qr, &row[kv_lora..]));
-                page_max = page_max.max(*score);
+            for s in &mut row_scores[..visible] {
+                *s *= softmax_scale;
+                page_max = page_max.max(*s);
             }
-            let max = partial.max[h].max(page_max);
-            let acc = &mut partial.acc[h * kv_lora..(h + 1) * kv_lora];
-            if partial.max[h] != max {
-                let rescale = (partial.max[h] - max).exp();
-                scale(rescale, acc);
-                partial.sum[h] *= rescale;
-                partial.max[h] = max;
+            let new_max = max[r].max(page_max);
+            if max[r] != new_max {
+                let rescale = (max[r] - new_max).exp();
+                scale(rescale, &mut acc[r * kv_lora..][..kv_lora]);
+                sum[r] *= rescale;
+                max[r] = new_max;
             }
-            for (score, row) in scores.iter().zip(rows.chunks_exact(row_len)) {
-                let weight = (score - max).exp();
-                partial.sum[h] += weight;
-                axpy(weight, &row[..kv_lora], acc);
+            for s in &mut row_scores[..visible] {
+                *s = (*s - new_max).exp();
+                sum[r] += *s;
             }
+            row_scores[visible..].fill(0.0);
+        }
+        // SAFETY: as above; `acc` holds `rows x kv_lora`.
+        unsafe {
+            // acc += weights . c
+            gemm::gemm(
+                rows,
+                kv_lora,
+                count,
+                acc.as_mut_ptr(),
+                1,
+                kv_lora as isize,
+                true,
+                scores.as_ptr(),
+                1,
+                page_tokens as isize,
+                keys_ptr,
+                1,
+                row_len as isize,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
         }
     }
-    partial
+    (0..task.tokens)
+        .map(|t| {
+            let rows = t * heads..(t + 1) * heads;
+            Partial {
+                max: max[rows.clone()].to_vec(),
+                sum: sum[rows.clone()].to_vec(),
+                acc: acc[rows.start * kv_lora..rows.end * kv_lora].to_vec(),
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
