@@ -105,15 +105,26 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
     }
     // Last: the engine takes the model over.
     if kinds.contains(&BenchKind::Generate) {
-        let figures = engine::bench::generation(model, args.prompt, args.tokens)
-            .map_err(|e| e.to_string())?;
+        let figures = engine::bench::generation(
+            model,
+            args.runtime.engine_options(),
+            args.prompt,
+            args.tokens,
+        )
+        .map_err(|e| e.to_string())?;
         report["generate"] = to_json(figures);
     } else if kinds.contains(&BenchKind::Keystroke) {
         if args.context < 8 || args.edits == 0 {
             return Err("--context must be at least 8 and --edits at least 1".into());
         }
-        let figures = engine::bench::keystroke(model, args.context, args.edits, args.tokens)
-            .map_err(|e| e.to_string())?;
+        let figures = engine::bench::keystroke(
+            model,
+            args.runtime.engine_options(),
+            args.context,
+            args.edits,
+            args.tokens,
+        )
+        .map_err(|e| e.to_string())?;
         report["keystroke"] = to_json(figures);
     }
     println!(

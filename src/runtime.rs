@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use engine::{DType, Device, Engine, LoadOptions, Model, SamplingParams, load_checkpoint};
+use engine::{
+    DType, Device, Engine, EngineOptions, LoadOptions, Model, SamplingParams, load_checkpoint,
+};
 
 pub const MODEL_ENV: &str = "DEEPSEEK_LSP_MODEL";
 
@@ -22,6 +24,30 @@ pub struct RuntimeArgs {
     /// Worker threads for the CPU kernels. Default: every core.
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Memory for the prefix cache of latent KV pages, for example 512M or 2G.
+    /// Default: a quarter of the available memory, at most 2G.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub cache_budget: Option<usize>,
+}
+
+/// "512M", "2G", "64k" or plain bytes.
+fn parse_size(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size such as 512M or 2G"))?;
+    let scale = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1u64,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        other => return Err(format!("unknown size unit `{other}`: use K, M or G")),
+    };
+    Ok((number * scale as f64) as usize)
 }
 
 impl RuntimeArgs {
@@ -100,7 +126,15 @@ impl RuntimeArgs {
     /// The model and its tokenizer, resident on a worker thread.
     pub fn load_engine(&self) -> Result<Engine, String> {
         let dir = self.model_dir()?;
-        Engine::load(&dir, &self.load_options()?).map_err(|e| e.to_string())
+        Engine::load_with(&dir, &self.load_options()?, self.engine_options())
+            .map_err(|e| e.to_string())
+    }
+
+    pub fn engine_options(&self) -> EngineOptions {
+        EngineOptions {
+            cache_budget_bytes: self.cache_budget,
+            ..EngineOptions::default()
+        }
     }
 }
 

@@ -441,3 +441,55 @@ fn completion_and_explain_input_errors_exit_2_with_one_line() {
         "has 2 lines (lines count from 1 here)",
     );
 }
+
+#[test]
+fn a_cache_budget_too_small_for_the_request_says_so() {
+    let (prefix, suffix, _) = fim_reference("lite");
+    let dir = tempfile::tempdir().unwrap();
+    let (file, line, col) = source_with_cursor(dir.path(), &prefix, &suffix);
+    let model = fixture("lite");
+    let (line, col) = (line.to_string(), col.to_string());
+    // One 32-token page: the 26-token prompt fits, 16 more tokens do not.
+    let output = run(&[
+        "complete",
+        file.to_str().unwrap(),
+        "--line",
+        &line,
+        "--col",
+        &col,
+        "--max-tokens",
+        "16",
+        "--model",
+        model.to_str().unwrap(),
+        "--cache-budget",
+        "1K",
+    ]);
+    assert_usage_error(&output, "raise the cache budget");
+    let output = run(&[
+        "complete",
+        file.to_str().unwrap(),
+        "--line",
+        &line,
+        "--col",
+        &col,
+        "--max-tokens",
+        "4",
+        "--model",
+        model.to_str().unwrap(),
+        "--cache-budget",
+        "1K",
+    ]);
+    assert_succeeded(&output);
+    let output = run(&[
+        "complete",
+        file.to_str().unwrap(),
+        "--line",
+        "0",
+        "--col",
+        "0",
+        "--cache-budget",
+        "12X",
+    ]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("unknown size unit `x`"));
+}

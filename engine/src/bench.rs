@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::error::Result;
 use crate::generation::{GenerationStats, PromptInput, Request};
 use crate::model::{Logits, Model};
-use crate::worker::Engine;
+use crate::worker::{Engine, EngineOptions};
 
 /// What one benchmark run measured.
 #[derive(Debug, Clone, Serialize)]
@@ -88,9 +88,14 @@ pub struct GenerationFigures {
 }
 
 /// Runs two requests through an [`Engine`] that owns `model` (no tokenizer: prompts are ids).
-pub fn generation(model: Model, prompt_len: usize, tokens: usize) -> Result<GenerationFigures> {
+pub fn generation(
+    model: Model,
+    options: EngineOptions,
+    prompt_len: usize,
+    tokens: usize,
+) -> Result<GenerationFigures> {
     let mut ids = prompt_ids(&model, prompt_len.max(1));
-    let engine = Engine::start(model, None);
+    let engine = Engine::start_with(model, None, options);
     let run = |ids: Vec<u32>| {
         engine
             .submit(Request::new(PromptInput::Tokens(ids), tokens))
@@ -131,6 +136,7 @@ pub struct KeystrokeFigures {
 /// `suffix_tokens` after the cursor as they were, and asks for `tokens` new tokens.
 pub fn keystroke(
     model: Model,
+    options: EngineOptions,
     context: usize,
     edits: usize,
     tokens: usize,
@@ -140,7 +146,7 @@ pub fn keystroke(
     let cursor = context - suffix_tokens;
     let vocab = model.config().vocab_size as u32;
     let base = prompt_ids(&model, context);
-    let engine = Engine::start(model, None);
+    let engine = Engine::start_with(model, None, options);
     let run = |prompt: Vec<u32>| {
         engine
             .submit(Request::new(PromptInput::Tokens(prompt), tokens))

@@ -154,7 +154,9 @@ impl RadixCache {
         while self.pool.free_pages().unwrap_or(usize::MAX) < pages {
             let Some(victim) = self.least_recently_used_evictable_leaf() else {
                 return Err(EngineError::CacheFull(format!(
-                    "the KV cache budget of {budget} pages is held by running requests"
+                    "the KV cache is full: all {budget} pages ({} MiB) are held by running requests; \
+                     raise the cache budget",
+                    (budget * self.pool.layout().page_bytes()) >> 20
                 )));
             };
             self.remove_leaf(victim);
