@@ -3,5 +3,8 @@
 //! Architecture invariant: knows nothing of tensors; it hands the engine prompts and reads text.
 
 pub mod completion;
+pub mod documents;
 pub mod explain;
 pub mod position;
+pub mod settings;
+pub mod syntax;
