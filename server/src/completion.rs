@@ -1,8 +1,21 @@
-//! A completion at a cursor: the text around it becomes a fill-in-the-middle request.
+//! A completion at a cursor: the window of text around it and the fill-in-the-middle request.
+//!
+//! The window before the cursor starts at a line chosen to stay put while the user types: its
+//! start moves in steps of `ANCHOR_LINES` lines, so consecutive prompts share their beginning and
+//! the engine's prefix cache serves it.
+
+use std::hash::{Hash, Hasher};
 
 use engine::{Engine, PromptInput, Request, SamplingParams};
+use ropey::Rope;
 
 use crate::position::{PositionError, byte_offset};
+use crate::postprocess::Surroundings;
+
+/// The window's first line is a multiple of this, so it changes rarely as the cursor moves.
+const ANCHOR_LINES: usize = 64;
+/// Characters per token assumed when turning a token budget into a text budget.
+const CHARS_PER_TOKEN: usize = 3;
 
 /// What the caller wants from one completion.
 #[derive(Debug, Clone)]
@@ -12,8 +25,80 @@ pub struct CompletionOptions {
     pub stop: Vec<String>,
 }
 
+/// The text around a cursor, cut to the budgets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompletionWindow {
+    /// From the window's first line to the cursor.
+    pub prefix: String,
+    /// From the cursor to the end of the suffix window.
+    pub suffix: String,
+    /// The cursor line, before and after the cursor (without its line break).
+    pub line_before: String,
+    pub line_after: String,
+    /// The last non-blank line before the cursor line.
+    pub previous_line: String,
+}
+
+impl CompletionWindow {
+    /// Cuts the window at byte `cursor` of `text`: about `context_tokens` tokens before it and
+    /// `suffix_lines` lines after the cursor line.
+    pub fn around(text: &Rope, cursor: usize, context_tokens: usize, suffix_lines: usize) -> Self {
+        let cursor_line = text.byte_to_line(cursor);
+        let budget = context_tokens * CHARS_PER_TOKEN;
+        let mut first_line = text.byte_to_line(cursor.saturating_sub(budget));
+        if cursor > budget {
+            // Snap forward to an anchor so the start holds still while the cursor moves.
+            first_line = first_line.div_ceil(ANCHOR_LINES) * ANCHOR_LINES;
+        }
+        let first_line = first_line.min(cursor_line);
+        let start = text.line_to_byte(first_line);
+        let last_line = (cursor_line + 1 + suffix_lines).min(text.len_lines());
+        let end = if last_line >= text.len_lines() {
+            text.len_bytes()
+        } else {
+            text.line_to_byte(last_line)
+        };
+        let line_start = text.line_to_byte(cursor_line);
+        let line = text.line(cursor_line).to_string();
+        let line = line.trim_end_matches(['\n', '\r']);
+        let split = (cursor - line_start).min(line.len());
+        let previous_line = (first_line..cursor_line)
+            .rev()
+            .map(|i| text.line(i).to_string())
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or_default();
+        Self {
+            prefix: text.byte_slice(start..cursor).to_string(),
+            suffix: text.byte_slice(cursor..end).to_string(),
+            line_before: line[..split].to_string(),
+            line_after: line[split..].to_string(),
+            previous_line: previous_line.trim_end_matches(['\n', '\r']).to_string(),
+        }
+    }
+
+    /// What the cleanup of a suggestion needs to know.
+    pub fn surroundings(&self) -> Surroundings<'_> {
+        let following = self.suffix.split_once('\n').map_or("", |(_, rest)| rest);
+        Surroundings {
+            line_before: &self.line_before,
+            line_after: &self.line_after,
+            following,
+            previous_line: &self.previous_line,
+        }
+    }
+
+    /// A fingerprint of everything but the cursor line's text before the cursor: equal while
+    /// the user only types at the cursor.
+    pub fn context_hash(&self) -> u64 {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        self.prefix[..self.prefix.len() - self.line_before.len()].hash(&mut hasher);
+        self.suffix.hash(&mut hasher);
+        hasher.finish()
+    }
+}
+
 /// The request completing `text` at (`line`, `column`): the text before the cursor is the
-/// prefix, the text after it the suffix.
+/// prefix, the text after it the suffix (the command line's whole-file form).
 pub fn completion_request(
     engine: &Engine,
     text: &str,
@@ -22,9 +107,86 @@ pub fn completion_request(
     options: &CompletionOptions,
 ) -> Result<Request, PositionError> {
     let cursor = byte_offset(text, line, column)?;
-    let prompt = engine.completion_prompt(&[], &text[..cursor], &text[cursor..]);
+    Ok(fill_in_middle_request(
+        engine,
+        &text[..cursor],
+        &text[cursor..],
+        options,
+    ))
+}
+
+/// A fill-in-the-middle request for the text before and after a cursor.
+pub fn fill_in_middle_request(
+    engine: &Engine,
+    prefix: &str,
+    suffix: &str,
+    options: &CompletionOptions,
+) -> Request {
+    let prompt = engine.completion_prompt(&[], prefix, suffix);
     let mut request = Request::new(PromptInput::Prompt(prompt), options.max_new_tokens);
     request.sampling = options.sampling;
     request.stop = options.stop.clone();
-    Ok(request)
+    request
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn numbered(lines: usize) -> Rope {
+        Rope::from_str(
+            &(0..lines)
+                .map(|i| format!("line {i}\n"))
+                .collect::<String>(),
+        )
+    }
+
+    #[test]
+    fn the_window_holds_the_cursor_line_split_at_the_cursor() {
+        let text = Rope::from_str("a\n  let x = f(1);\nb\nc\n");
+        let cursor = "a\n  let x = ".len();
+        let w = CompletionWindow::around(&text, cursor, 100, 1);
+        assert_eq!(w.prefix, "a\n  let x = ");
+        assert_eq!(w.suffix, "f(1);\nb\n");
+        assert_eq!(
+            (w.line_before.as_str(), w.line_after.as_str()),
+            ("  let x = ", "f(1);")
+        );
+        assert_eq!(w.previous_line, "a");
+    }
+
+    #[test]
+    fn the_window_start_holds_still_while_the_cursor_moves_nearby() {
+        let text = numbered(10_000);
+        let at = |line: usize| text.line_to_byte(line) + 3;
+        let start_of = |w: &CompletionWindow| w.prefix.lines().next().unwrap().to_string();
+        let a = CompletionWindow::around(&text, at(5000), 1000, 10);
+        let b = CompletionWindow::around(&text, at(5010), 1000, 10);
+        assert_eq!(start_of(&a), start_of(&b));
+        assert!(
+            a.prefix.len() <= 1000 * CHARS_PER_TOKEN,
+            "within the budget"
+        );
+        assert!(
+            a.prefix.len() > 1000 * CHARS_PER_TOKEN - ANCHOR_LINES * 12,
+            "and not much below it"
+        );
+        assert_eq!(
+            a.suffix.lines().count(),
+            11,
+            "the rest of the cursor line and 10 more"
+        );
+    }
+
+    #[test]
+    fn typing_at_the_cursor_keeps_the_context_hash() {
+        let before = Rope::from_str("fn a() {\n    let x = \n}\n");
+        let after = Rope::from_str("fn a() {\n    let x = co\n}\n");
+        let w1 = CompletionWindow::around(&before, "fn a() {\n    let x = ".len(), 100, 5);
+        let w2 = CompletionWindow::around(&after, "fn a() {\n    let x = co".len(), 100, 5);
+        assert_eq!(w1.context_hash(), w2.context_hash());
+        let elsewhere = Rope::from_str("fn b() {\n    let x = co\n}\n");
+        let w3 = CompletionWindow::around(&elsewhere, "fn b() {\n    let x = co".len(), 100, 5);
+        assert_ne!(w2.context_hash(), w3.context_hash());
+    }
 }

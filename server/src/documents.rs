@@ -35,7 +35,11 @@ pub struct Change {
 pub enum DocumentError {
     NotOpen,
     /// The position lies outside the document; clamping would edit the wrong text.
-    OutOfRange { line: u32, character: u32, lines: usize },
+    OutOfRange {
+        line: u32,
+        character: u32,
+        lines: usize,
+    },
     /// A range whose end comes before its start.
     Inverted,
 }
@@ -44,8 +48,15 @@ impl std::fmt::Display for DocumentError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::NotOpen => write!(f, "the document is not open"),
-            Self::OutOfRange { line, character, lines } => {
-                write!(f, "position {line}:{character} is outside the document ({lines} lines)")
+            Self::OutOfRange {
+                line,
+                character,
+                lines,
+            } => {
+                write!(
+                    f,
+                    "position {line}:{character} is outside the document ({lines} lines)"
+                )
             }
             Self::Inverted => write!(f, "the range ends before it starts"),
         }
@@ -61,7 +72,11 @@ pub struct Document {
 
 impl Document {
     /// The byte offset of a protocol position.
-    pub fn offset(&self, position: LinePosition, encoding: PositionEncoding) -> Result<usize, DocumentError> {
+    pub fn offset(
+        &self,
+        position: LinePosition,
+        encoding: PositionEncoding,
+    ) -> Result<usize, DocumentError> {
         byte_offset(&self.text, position, encoding)
     }
 
@@ -73,7 +88,11 @@ impl Document {
 
 /// Byte offset of `position` in `text`. The character may point at the line's end (before its
 /// newline) but not past it; line `len_lines()` is not a line.
-pub fn byte_offset(text: &Rope, position: LinePosition, encoding: PositionEncoding) -> Result<usize, DocumentError> {
+pub fn byte_offset(
+    text: &Rope,
+    position: LinePosition,
+    encoding: PositionEncoding,
+) -> Result<usize, DocumentError> {
     let out_of_range = || DocumentError::OutOfRange {
         line: position.line,
         character: position.character,
@@ -119,7 +138,10 @@ pub fn position_of(text: &Rope, offset: usize, encoding: PositionEncoding) -> Li
         PositionEncoding::Utf8 => in_line,
         PositionEncoding::Utf16 => line.char_to_utf16_cu(line.byte_to_char(in_line)),
     };
-    LinePosition { line: line_index as u32, character: character as u32 }
+    LinePosition {
+        line: line_index as u32,
+        character: character as u32,
+    }
 }
 
 fn trailing_break_chars(line: &ropey::RopeSlice) -> usize {
@@ -150,8 +172,18 @@ struct Slot {
 
 impl DocumentStore {
     pub fn open(&self, uri: &str, text: &str, version: i32, language_id: &str) {
-        let document = Document { text: Rope::from_str(text), version, language_id: language_id.to_string() };
-        self.documents.insert(uri.to_string(), Slot { document, waiting: BTreeMap::new() });
+        let document = Document {
+            text: Rope::from_str(text),
+            version,
+            language_id: language_id.to_string(),
+        };
+        self.documents.insert(
+            uri.to_string(),
+            Slot {
+                document,
+                waiting: BTreeMap::new(),
+            },
+        );
     }
 
     pub fn close(&self, uri: &str) {
@@ -206,7 +238,11 @@ impl DocumentStore {
     }
 }
 
-fn apply(text: &mut Rope, change: &Change, encoding: PositionEncoding) -> Result<(), DocumentError> {
+fn apply(
+    text: &mut Rope,
+    change: &Change,
+    encoding: PositionEncoding,
+) -> Result<(), DocumentError> {
     match change.range {
         None => *text = Rope::from_str(&change.text),
         Some((start, end)) => {
@@ -232,30 +268,54 @@ mod tests {
     }
 
     fn edit(start: (u32, u32), end: (u32, u32), text: &str) -> Change {
-        Change { range: Some((pos(start.0, start.1), pos(end.0, end.1))), text: text.to_string() }
+        Change {
+            range: Some((pos(start.0, start.1), pos(end.0, end.1))),
+            text: text.to_string(),
+        }
     }
 
     #[test]
     fn utf16_positions_count_surrogate_pairs_as_two_units() {
         // "a😀b": 😀 is 4 UTF-8 bytes and 2 UTF-16 units.
         let text = Rope::from_str("a😀b\nx");
-        assert_eq!(byte_offset(&text, pos(0, 3), PositionEncoding::Utf16), Ok(5), "after the emoji");
+        assert_eq!(
+            byte_offset(&text, pos(0, 3), PositionEncoding::Utf16),
+            Ok(5),
+            "after the emoji"
+        );
         assert_eq!(byte_offset(&text, pos(0, 5), PositionEncoding::Utf8), Ok(5));
         assert_eq!(position_of(&text, 5, PositionEncoding::Utf16), pos(0, 3));
         assert_eq!(position_of(&text, 5, PositionEncoding::Utf8), pos(0, 5));
-        assert_eq!(byte_offset(&text, pos(0, 4), PositionEncoding::Utf16), Ok(6), "end of line 0");
+        assert_eq!(
+            byte_offset(&text, pos(0, 4), PositionEncoding::Utf16),
+            Ok(6),
+            "end of line 0"
+        );
         assert!(byte_offset(&text, pos(0, 5), PositionEncoding::Utf16).is_err());
-        assert_eq!(byte_offset(&text, pos(1, 1), PositionEncoding::Utf16), Ok(8));
+        assert_eq!(
+            byte_offset(&text, pos(1, 1), PositionEncoding::Utf16),
+            Ok(8)
+        );
     }
 
     #[test]
     fn positions_past_the_end_are_errors_not_clamps() {
         let text = Rope::from_str("ab\r\ncd");
-        assert_eq!(byte_offset(&text, pos(0, 2), PositionEncoding::Utf16), Ok(2), "before the CRLF");
-        assert!(byte_offset(&text, pos(0, 3), PositionEncoding::Utf16).is_err(), "inside the CRLF");
+        assert_eq!(
+            byte_offset(&text, pos(0, 2), PositionEncoding::Utf16),
+            Ok(2),
+            "before the CRLF"
+        );
+        assert!(
+            byte_offset(&text, pos(0, 3), PositionEncoding::Utf16).is_err(),
+            "inside the CRLF"
+        );
         assert!(byte_offset(&text, pos(2, 0), PositionEncoding::Utf16).is_err());
         let empty = Rope::from_str("");
-        assert_eq!(byte_offset(&empty, pos(0, 0), PositionEncoding::Utf8), Ok(0));
+        assert_eq!(
+            byte_offset(&empty, pos(0, 0), PositionEncoding::Utf8),
+            Ok(0)
+        );
     }
 
     #[test]
@@ -263,11 +323,38 @@ mod tests {
         let store = DocumentStore::default();
         store.open("file:///a", "fn 𝔣() {}\n", 1, "rust");
         // Replace 𝔣 (2 UTF-16 units at 3..5) with "main".
-        store.change("file:///a", 2, vec![edit((0, 3), (0, 5), "main")], PositionEncoding::Utf16).unwrap();
-        assert_eq!(store.get("file:///a").unwrap().text.to_string(), "fn main() {}\n");
-        store.change("file:///a", 3, vec![edit((1, 0), (1, 0), "// ünï\n")], PositionEncoding::Utf16).unwrap();
-        store.change("file:///a", 4, vec![edit((1, 3), (1, 5), "u")], PositionEncoding::Utf16).unwrap();
-        assert_eq!(store.get("file:///a").unwrap().text.to_string(), "fn main() {}\n// uï\n");
+        store
+            .change(
+                "file:///a",
+                2,
+                vec![edit((0, 3), (0, 5), "main")],
+                PositionEncoding::Utf16,
+            )
+            .unwrap();
+        assert_eq!(
+            store.get("file:///a").unwrap().text.to_string(),
+            "fn main() {}\n"
+        );
+        store
+            .change(
+                "file:///a",
+                3,
+                vec![edit((1, 0), (1, 0), "// ünï\n")],
+                PositionEncoding::Utf16,
+            )
+            .unwrap();
+        store
+            .change(
+                "file:///a",
+                4,
+                vec![edit((1, 3), (1, 5), "u")],
+                PositionEncoding::Utf16,
+            )
+            .unwrap();
+        assert_eq!(
+            store.get("file:///a").unwrap().text.to_string(),
+            "fn main() {}\n// uï\n"
+        );
     }
 
     #[test]
@@ -275,14 +362,30 @@ mod tests {
         let store = DocumentStore::default();
         store.open("file:///a", "", 0, "text");
         let append = |at: u32, s: &str| vec![edit((0, at), (0, at), s)];
-        store.change("file:///a", 3, append(2, "c"), PositionEncoding::Utf8).unwrap();
-        store.change("file:///a", 2, append(1, "b"), PositionEncoding::Utf8).unwrap();
-        assert_eq!(store.get("file:///a").unwrap().text.to_string(), "", "version 1 is still missing");
-        store.change("file:///a", 1, append(0, "a"), PositionEncoding::Utf8).unwrap();
+        store
+            .change("file:///a", 3, append(2, "c"), PositionEncoding::Utf8)
+            .unwrap();
+        store
+            .change("file:///a", 2, append(1, "b"), PositionEncoding::Utf8)
+            .unwrap();
+        assert_eq!(
+            store.get("file:///a").unwrap().text.to_string(),
+            "",
+            "version 1 is still missing"
+        );
+        store
+            .change("file:///a", 1, append(0, "a"), PositionEncoding::Utf8)
+            .unwrap();
         let doc = store.get("file:///a").unwrap();
         assert_eq!((doc.text.to_string().as_str(), doc.version), ("abc", 3));
-        store.change("file:///a", 2, append(0, "x"), PositionEncoding::Utf8).unwrap();
-        assert_eq!(store.get("file:///a").unwrap().text.to_string(), "abc", "stale versions are ignored");
+        store
+            .change("file:///a", 2, append(0, "x"), PositionEncoding::Utf8)
+            .unwrap();
+        assert_eq!(
+            store.get("file:///a").unwrap().text.to_string(),
+            "abc",
+            "stale versions are ignored"
+        );
     }
 
     #[test]
@@ -290,8 +393,15 @@ mod tests {
         let store = DocumentStore::default();
         store.open("file:///a", "abc", 1, "text");
         let bad = vec![edit((0, 1), (0, 2), "X"), edit((5, 0), (5, 1), "Y")];
-        assert!(store.change("file:///a", 2, bad, PositionEncoding::Utf8).is_err());
+        assert!(
+            store
+                .change("file:///a", 2, bad, PositionEncoding::Utf8)
+                .is_err()
+        );
         assert_eq!(store.get("file:///a").unwrap().text.to_string(), "abc");
-        assert_eq!(store.change("file:///nope", 1, vec![], PositionEncoding::Utf8), Err(DocumentError::NotOpen));
+        assert_eq!(
+            store.change("file:///nope", 1, vec![], PositionEncoding::Utf8),
+            Err(DocumentError::NotOpen)
+        );
     }
 }

@@ -6,5 +6,7 @@ pub mod completion;
 pub mod documents;
 pub mod explain;
 pub mod position;
+pub mod postprocess;
 pub mod settings;
+pub mod suggestions;
 pub mod syntax;

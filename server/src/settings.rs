@@ -93,7 +93,9 @@ impl Settings {
                 _ => map,
             },
             other => {
-                warnings.push(format!("settings must be an object, got {other}; keeping the current settings"));
+                warnings.push(format!(
+                    "settings must be an object, got {other}; keeping the current settings"
+                ));
                 return warnings;
             }
         };
@@ -106,56 +108,104 @@ impl Settings {
     }
 
     fn set(&mut self, key: &str, value: &Value) -> Result<(), String> {
-        let bad = |expected: &str| format!("setting `{key}`: expected {expected}, got {value}; keeping the previous value");
+        let bad = |expected: &str| {
+            format!("setting `{key}`: expected {expected}, got {value}; keeping the previous value")
+        };
         match key {
             "model" => self.model = optional_path(value).ok_or_else(|| bad("a directory path"))?,
-            "chatModel" => self.chat_model = optional_path(value).ok_or_else(|| bad("a directory path"))?,
+            "chatModel" => {
+                self.chat_model = optional_path(value).ok_or_else(|| bad("a directory path"))?
+            }
             "device" => {
-                let device = value.as_str().ok_or_else(|| bad("\"cpu\", \"cuda\" or \"cuda:N\""))?;
-                let valid = device == "cpu" || device == "cuda" || device.strip_prefix("cuda:").is_some_and(|n| n.parse::<usize>().is_ok());
+                let device = value
+                    .as_str()
+                    .ok_or_else(|| bad("\"cpu\", \"cuda\" or \"cuda:N\""))?;
+                let valid = device == "cpu"
+                    || device == "cuda"
+                    || device
+                        .strip_prefix("cuda:")
+                        .is_some_and(|n| n.parse::<usize>().is_ok());
                 if !valid {
                     return Err(bad("\"cpu\", \"cuda\" or \"cuda:N\""));
                 }
                 self.device = device.to_string();
             }
-            "threads" => self.threads = optional_count(value, 1).ok_or_else(|| bad("a positive integer or null"))?,
-            "maxTokens" => self.max_tokens = count(value, 0).ok_or_else(|| bad("a non-negative integer"))?,
-            "chatMaxTokens" => self.chat_max_tokens = count(value, 1).ok_or_else(|| bad("a positive integer"))?,
+            "threads" => {
+                self.threads =
+                    optional_count(value, 1).ok_or_else(|| bad("a positive integer or null"))?
+            }
+            "maxTokens" => {
+                self.max_tokens = count(value, 0).ok_or_else(|| bad("a non-negative integer"))?
+            }
+            "chatMaxTokens" => {
+                self.chat_max_tokens = count(value, 1).ok_or_else(|| bad("a positive integer"))?
+            }
             "temperature" => {
                 self.temperature = value
                     .as_f64()
                     .filter(|t| (0.0..=5.0).contains(t))
-                    .ok_or_else(|| bad("a number from 0 to 5"))? as f32
+                    .ok_or_else(|| bad("a number from 0 to 5"))?
+                    as f32
             }
-            "contextBudget" => self.context_budget = count(value, 16).ok_or_else(|| bad("an integer of at least 16"))?,
-            "suffixWindow" => self.suffix_window = count(value, 0).ok_or_else(|| bad("a non-negative integer"))?,
-            "debounceMs" => self.debounce_ms = count(value, 0).ok_or_else(|| bad("a non-negative integer"))? as u64,
-            "singleLine" => self.single_line = value.as_bool().ok_or_else(|| bad("true or false"))?,
+            "contextBudget" => {
+                self.context_budget =
+                    count(value, 16).ok_or_else(|| bad("an integer of at least 16"))?
+            }
+            "suffixWindow" => {
+                self.suffix_window = count(value, 0).ok_or_else(|| bad("a non-negative integer"))?
+            }
+            "debounceMs" => {
+                self.debounce_ms =
+                    count(value, 0).ok_or_else(|| bad("a non-negative integer"))? as u64
+            }
+            "singleLine" => {
+                self.single_line = value.as_bool().ok_or_else(|| bad("true or false"))?
+            }
             "languages" => {
-                let map = value.as_object().ok_or_else(|| bad("an object such as {\"markdown\": false}"))?;
+                let map = value
+                    .as_object()
+                    .ok_or_else(|| bad("an object such as {\"markdown\": false}"))?;
                 let mut languages = BTreeMap::new();
                 for (language, enabled) in map {
-                    languages.insert(language.clone(), enabled.as_bool().ok_or_else(|| bad("true or false per language"))?);
+                    languages.insert(
+                        language.clone(),
+                        enabled
+                            .as_bool()
+                            .ok_or_else(|| bad("true or false per language"))?,
+                    );
                 }
                 self.languages = languages;
             }
             "cacheBudget" => {
                 self.cache_budget = match value {
                     Value::Null => None,
-                    Value::Number(n) => Some(n.as_u64().ok_or_else(|| bad("bytes or a size such as \"512M\""))? as usize),
-                    Value::String(s) => Some(parse_size(s).map_err(|_| bad("a size such as \"512M\" or \"2G\""))?),
+                    Value::Number(n) => Some(
+                        n.as_u64()
+                            .ok_or_else(|| bad("bytes or a size such as \"512M\""))?
+                            as usize,
+                    ),
+                    Value::String(s) => {
+                        Some(parse_size(s).map_err(|_| bad("a size such as \"512M\" or \"2G\""))?)
+                    }
                     _ => return Err(bad("a size such as \"512M\" or \"2G\"")),
                 }
             }
             "logLevel" => {
-                let level = value.as_str().ok_or_else(|| bad("error, warn, info, debug or trace"))?;
+                let level = value
+                    .as_str()
+                    .ok_or_else(|| bad("error, warn, info, debug or trace"))?;
                 if !["error", "warn", "info", "debug", "trace"].contains(&level) {
                     return Err(bad("error, warn, info, debug or trace"));
                 }
                 self.log_level = level.to_string();
             }
             "logFile" => self.log_file = optional_path(value).ok_or_else(|| bad("a file path"))?,
-            _ => return Err(format!("unknown setting `{key}` ignored; known settings: {}", KEYS.join(", "))),
+            _ => {
+                return Err(format!(
+                    "unknown setting `{key}` ignored; known settings: {}",
+                    KEYS.join(", ")
+                ));
+            }
         }
         Ok(())
     }
@@ -192,9 +242,13 @@ fn optional_count(value: &Value, min: u64) -> Option<Option<usize>> {
 /// "512M", "2G", "64k" or plain bytes.
 pub fn parse_size(text: &str) -> Result<usize, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let number: f64 = number.parse().map_err(|_| format!("`{text}` is not a size such as 512M or 2G"))?;
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size such as 512M or 2G"))?;
     let scale = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1u64,
         "k" | "kb" | "kib" => 1 << 10,
@@ -221,16 +275,31 @@ mod tests {
         assert!(settings.single_line);
         assert!(!settings.enabled_for("markdown") && settings.enabled_for("rust"));
         assert_eq!(settings.cache_budget, Some(512 << 20));
-        assert_eq!(settings.temperature, 0.0, "a bad value keeps the previous one");
+        assert_eq!(
+            settings.temperature, 0.0,
+            "a bad value keeps the previous one"
+        );
         assert_eq!(warnings.len(), 2, "{warnings:?}");
-        assert!(warnings.iter().any(|w| w.contains("`temperature`") && w.contains("keeping the previous value")));
-        assert!(warnings.iter().any(|w| w.starts_with("unknown setting `maxTokenz`")));
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("`temperature`") && w.contains("keeping the previous value"))
+        );
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.starts_with("unknown setting `maxTokenz`"))
+        );
     }
 
     #[test]
     fn a_deepseek_section_wrapper_is_accepted() {
         let mut settings = Settings::default();
-        assert!(settings.update(&json!({"deepseek": {"debounceMs": 0}})).is_empty());
+        assert!(
+            settings
+                .update(&json!({"deepseek": {"debounceMs": 0}}))
+                .is_empty()
+        );
         assert_eq!(settings.debounce_ms, 0);
         assert!(settings.update(&Value::Null).is_empty());
         assert_eq!(settings.update(&json!([1])).len(), 1);

@@ -48,16 +48,30 @@ fn parse_window(text: &Rope, around_line: usize, language_id: &str) -> Option<Wi
     let first_line = around_line.saturating_sub(WINDOW_BEFORE);
     let end_line = (around_line + WINDOW_AFTER + 1).min(text.len_lines());
     let start = text.line_to_byte(first_line);
-    let end = if end_line >= text.len_lines() { text.len_bytes() } else { text.line_to_byte(end_line) };
+    let end = if end_line >= text.len_lines() {
+        text.len_bytes()
+    } else {
+        text.line_to_byte(end_line)
+    };
     let window = text.byte_slice(start..end).to_string();
     let mut parser = Parser::new();
     parser.set_language(&language).ok()?;
     let tree = parser.parse(&window, None)?;
-    Some(Window { tree, text: window, first_line, start })
+    Some(Window {
+        tree,
+        text: window,
+        first_line,
+        start,
+    })
 }
 
 /// Decides how much to suggest at byte `cursor`.
-pub fn completion_mode(text: &Rope, cursor: usize, language_id: &str, single_line_only: bool) -> Mode {
+pub fn completion_mode(
+    text: &Rope,
+    cursor: usize,
+    language_id: &str,
+    single_line_only: bool,
+) -> Mode {
     let line_index = text.byte_to_line(cursor);
     let line_start = text.line_to_byte(line_index);
     let line = text.line(line_index).to_string();
@@ -68,7 +82,9 @@ pub fn completion_mode(text: &Rope, cursor: usize, language_id: &str, single_lin
     let blank_line = before.trim().is_empty();
     // The line that may open a block: this one when the cursor ends it, else the last non-blank.
     let opener = if blank_line {
-        (0..line_index).rev().find(|&i| !text.line(i).to_string().trim().is_empty())
+        (0..line_index)
+            .rev()
+            .find(|&i| !text.line(i).to_string().trim().is_empty())
     } else {
         Some(line_index)
     };
@@ -78,11 +94,17 @@ pub fn completion_mode(text: &Rope, cursor: usize, language_id: &str, single_lin
     let opener_text = text.line(opener).to_string();
     let opener_indent = indent_width(&opener_text);
     if line_opens_block(&opener_text) || opens_block_by_syntax(text, opener, language_id) {
-        let min_indent = if blank_line { indent_width(before).max(opener_indent + 1) } else { opener_indent + 1 };
+        let min_indent = if blank_line {
+            indent_width(before).max(opener_indent + 1)
+        } else {
+            opener_indent + 1
+        };
         return Mode::MultiLine { min_indent };
     }
     if blank_line {
-        Mode::MultiLine { min_indent: indent_width(before).min(opener_indent) }
+        Mode::MultiLine {
+            min_indent: indent_width(before).min(opener_indent),
+        }
     } else {
         Mode::SingleLine
     }
@@ -107,7 +129,9 @@ fn strip_line_comment(line: &str) -> &str {
             Some(q) if c == q => in_string = None,
             Some(_) => {}
             None if c == '"' || c == '\'' || c == '`' => in_string = Some(c),
-            None if c == '/' && bytes.get(i + 1).is_some_and(|&(_, n)| n == '/') => return &line[..at],
+            None if c == '/' && bytes.get(i + 1).is_some_and(|&(_, n)| n == '/') => {
+                return &line[..at];
+            }
             None if c == '#' && (at == 0 || line[..at].ends_with(' ')) => return &line[..at],
             None => {}
         }
@@ -118,14 +142,23 @@ fn strip_line_comment(line: &str) -> &str {
 /// Whether a syntax node other than the file itself starts on `line` and goes on past it,
 /// containing the line's last character: the line opened it.
 fn opens_block_by_syntax(text: &Rope, line: usize, language_id: &str) -> bool {
-    let Some(window) = parse_window(text, line, language_id) else { return false };
+    let Some(window) = parse_window(text, line, language_id) else {
+        return false;
+    };
     let local_line = line - window.first_line;
-    let Some(line_text) = window.text.split_inclusive('\n').nth(local_line) else { return false };
+    let Some(line_text) = window.text.split_inclusive('\n').nth(local_line) else {
+        return false;
+    };
     let trimmed = line_text.trim_end();
     if trimmed.is_empty() {
         return false;
     }
-    let line_start: usize = window.text.split_inclusive('\n').take(local_line).map(str::len).sum();
+    let line_start: usize = window
+        .text
+        .split_inclusive('\n')
+        .take(local_line)
+        .map(str::len)
+        .sum();
     let last = line_start + trimmed.len() - 1;
     let root = window.tree.root_node();
     let mut node = root.descendant_for_byte_range(last, last + 1);
@@ -133,7 +166,10 @@ fn opens_block_by_syntax(text: &Rope, line: usize, language_id: &str) -> bool {
         if n.id() == root.id() {
             break;
         }
-        if !n.is_error() && n.start_position().row == local_line && n.end_position().row > local_line {
+        if !n.is_error()
+            && n.start_position().row == local_line
+            && n.end_position().row > local_line
+        {
             return true;
         }
         node = n.parent();
@@ -160,12 +196,18 @@ pub fn enclosing_function(text: &Rope, offset: usize, language_id: &str) -> Opti
 fn is_function_like(kind: &str) -> bool {
     kind.contains("function") && !kind.contains("call") && !kind.contains("type")
         || kind.contains("method") && !kind.contains("call") && !kind.contains("invocation")
-        || matches!(kind, "arrow_function" | "impl_item" | "class_definition" | "class_declaration")
+        || matches!(
+            kind,
+            "arrow_function" | "impl_item" | "class_definition" | "class_declaration"
+        )
 }
 
 /// Columns of leading whitespace (a tab counts 4).
 pub fn indent_width(line: &str) -> usize {
-    line.chars().take_while(|c| c.is_whitespace() && *c != '\n' && *c != '\r').map(|c| if c == '\t' { 4 } else { 1 }).sum()
+    line.chars()
+        .take_while(|c| c.is_whitespace() && *c != '\n' && *c != '\r')
+        .map(|c| if c == '\t' { 4 } else { 1 })
+        .sum()
 }
 
 #[cfg(test)]
@@ -186,10 +228,22 @@ mod tests {
 
     #[test]
     fn after_a_line_that_opens_a_block_is_multi_line() {
-        assert_eq!(mode("fn main() {|\n}\n", "rust"), Mode::MultiLine { min_indent: 1 });
-        assert_eq!(mode("fn main() {\n    |\n}\n", "rust"), Mode::MultiLine { min_indent: 4 });
-        assert_eq!(mode("def f(x):\n    |", "python"), Mode::MultiLine { min_indent: 4 });
-        assert_eq!(mode("if x {  // start\n|", "rust"), Mode::MultiLine { min_indent: 1 });
+        assert_eq!(
+            mode("fn main() {|\n}\n", "rust"),
+            Mode::MultiLine { min_indent: 1 }
+        );
+        assert_eq!(
+            mode("fn main() {\n    |\n}\n", "rust"),
+            Mode::MultiLine { min_indent: 4 }
+        );
+        assert_eq!(
+            mode("def f(x):\n    |", "python"),
+            Mode::MultiLine { min_indent: 4 }
+        );
+        assert_eq!(
+            mode("if x {  // start\n|", "rust"),
+            Mode::MultiLine { min_indent: 1 }
+        );
     }
 
     #[test]
@@ -198,7 +252,11 @@ mod tests {
         let text = Rope::from_str("let x = compute(a,\n    b,\n);\n");
         assert!(!line_opens_block("let x = compute(a,"));
         assert!(opens_block_by_syntax(&text, 0, "rust"));
-        assert!(!opens_block_by_syntax(&Rope::from_str("let y = 1;\n"), 0, "rust"));
+        assert!(!opens_block_by_syntax(
+            &Rope::from_str("let y = 1;\n"),
+            0,
+            "rust"
+        ));
     }
 
     #[test]
@@ -216,12 +274,24 @@ mod tests {
     #[test]
     fn enclosing_functions_are_found_in_several_languages() {
         let rust = "struct S;\nfn add(a: i32) -> i32 {\n    a + 1\n}\n";
-        let (s, e) = enclosing_function(&Rope::from_str(rust), rust.find("a + 1").unwrap(), "rust").unwrap();
+        let (s, e) =
+            enclosing_function(&Rope::from_str(rust), rust.find("a + 1").unwrap(), "rust").unwrap();
         assert_eq!(&rust[s..e], "fn add(a: i32) -> i32 {\n    a + 1\n}");
         let python = "import os\n\ndef f(x):\n    return x\n";
-        let (s, e) = enclosing_function(&Rope::from_str(python), python.find("return").unwrap(), "python").unwrap();
+        let (s, e) = enclosing_function(
+            &Rope::from_str(python),
+            python.find("return").unwrap(),
+            "python",
+        )
+        .unwrap();
         assert_eq!(&python[s..e], "def f(x):\n    return x");
-        assert_eq!(enclosing_function(&Rope::from_str(python), 2, "python"), None);
-        assert_eq!(enclosing_function(&Rope::from_str("x"), 0, "plaintext"), None);
+        assert_eq!(
+            enclosing_function(&Rope::from_str(python), 2, "python"),
+            None
+        );
+        assert_eq!(
+            enclosing_function(&Rope::from_str("x"), 0, "plaintext"),
+            None
+        );
     }
 }
