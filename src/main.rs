@@ -6,6 +6,7 @@ mod complete;
 mod explain;
 mod logits;
 mod runtime;
+mod serve;
 mod source;
 
 use std::process::ExitCode;
@@ -14,14 +15,21 @@ use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(name = "deepseek-lsp", version, about = "A local DeepSeek-V2 code model for your editor", long_about = None)]
-#[command(arg_required_else_help = true)]
 struct Cli {
+    /// Without a command: serve LSP over stdio.
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    /// Accepted for editors that pass it; stdio is the only transport.
+    #[arg(long, hide = true, global = true)]
+    stdio: bool,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serve the Language Server Protocol over stdin/stdout (what editors start; the default).
+    ///
+    /// Example: deepseek-lsp serve --model ~/models/DeepSeek-Coder-V2-Lite-Base
+    Serve(serve::ServeArgs),
     /// Complete the code at a cursor in a file (fill-in-the-middle) and print the completion.
     ///
     /// Example: deepseek-lsp complete src/main.rs --line 10 --col 4 --model ./DeepSeek-Coder-V2-Lite-Base
@@ -42,8 +50,12 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
-    let result = match cli.command {
+    server::logging::init("warn");
+    let command = cli
+        .command
+        .unwrap_or_else(|| Command::Serve(serve::ServeArgs::default()));
+    let result = match command {
+        Command::Serve(args) => serve::run(args),
         Command::Complete(args) => complete::run(args),
         Command::Explain(args) => explain::run(args),
         Command::Logits(args) => logits::run(args),
@@ -56,16 +68,4 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
-}
-
-/// Logs go to stderr (stdout carries results, and later the LSP stream). Default: warnings;
-/// `DEEPSEEK_LSP_LOG=debug` (any tracing filter) for more.
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("DEEPSEEK_LSP_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
 }

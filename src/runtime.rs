@@ -10,7 +10,7 @@ use engine::{
 
 pub const MODEL_ENV: &str = "DEEPSEEK_LSP_MODEL";
 
-#[derive(Args, Debug, Clone)]
+#[derive(Args, Debug, Clone, Default)]
 pub struct RuntimeArgs {
     /// Model directory (config.json + *.safetensors). Default: $DEEPSEEK_LSP_MODEL.
     #[arg(long, value_name = "DIR")]
@@ -26,28 +26,8 @@ pub struct RuntimeArgs {
     pub threads: Option<usize>,
     /// Memory for the prefix cache of latent KV pages, for example 512M or 2G.
     /// Default: a quarter of the available memory, at most 2G.
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    #[arg(long, value_name = "SIZE", value_parser = server::settings::parse_size)]
     pub cache_budget: Option<usize>,
-}
-
-/// "512M", "2G", "64k" or plain bytes.
-fn parse_size(text: &str) -> Result<usize, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: f64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a size such as 512M or 2G"))?;
-    let scale = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1u64,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        other => return Err(format!("unknown size unit `{other}`: use K, M or G")),
-    };
-    Ok((number * scale as f64) as usize)
 }
 
 impl RuntimeArgs {

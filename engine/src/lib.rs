@@ -22,6 +22,15 @@ pub mod tokenizer;
 pub mod weights;
 mod worker;
 
+/// Sets the number of CPU worker threads, if no computation has started yet; returns whether
+/// it took effect.
+pub fn set_cpu_threads(threads: usize) -> bool {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads.max(1))
+        .build_global()
+        .is_ok()
+}
+
 /// Re-exported so callers can name devices and dtypes without depending on candle.
 pub use candle_core::{DType, Device};
 pub use checkpoint::{LoadOptions, load_checkpoint};

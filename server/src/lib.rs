@@ -5,6 +5,8 @@
 pub mod completion;
 pub mod documents;
 pub mod explain;
+pub mod logging;
+pub mod lsp;
 pub mod position;
 pub mod postprocess;
 pub mod settings;
