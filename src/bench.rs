@@ -24,6 +24,12 @@ pub struct BenchArgs {
     /// Context tokens for `keystroke`.
     #[arg(long, default_value_t = 2048)]
     context: usize,
+    /// Lines of the file for `lsp`.
+    #[arg(long, default_value_t = 10_000)]
+    lines: usize,
+    /// Requests for `lsp`.
+    #[arg(long, default_value_t = 200)]
+    requests: usize,
     /// Edits for `keystroke`, each followed by a completion of --tokens tokens.
     #[arg(long, default_value_t = 8)]
     edits: usize,
@@ -48,6 +54,8 @@ enum BenchKind {
     Generate,
     /// Editing near the end of a --context-token prompt: cold vs warm time to first token.
     Keystroke,
+    /// The language server's own latency per request on a --lines-line file, model excluded.
+    Lsp,
     All,
 }
 
@@ -60,6 +68,17 @@ enum Form {
 
 pub fn run(args: BenchArgs) -> Result<(), String> {
     let threads = args.runtime.apply_threads()?;
+    if args.what == BenchKind::Lsp {
+        if args.lines < 2 || args.requests == 0 {
+            return Err("--lines must be at least 2 and --requests at least 1".into());
+        }
+        let figures = crate::bench_lsp::run(args.lines / 2, args.requests)?;
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&figures).expect("figures serialise")
+        );
+        return Ok(());
+    }
     if args.prompt == 0 || args.tokens == 0 {
         return Err("--prompt and --tokens must be at least 1".into());
     }
@@ -85,6 +104,7 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
         BenchKind::Prefill => &[BenchKind::Prefill],
         BenchKind::Generate => &[BenchKind::Generate],
         BenchKind::Keystroke => &[BenchKind::Keystroke],
+        BenchKind::Lsp => &[],
     };
     let mut report = json!({
         "model": name,

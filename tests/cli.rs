@@ -493,3 +493,16 @@ fn a_cache_budget_too_small_for_the_request_says_so() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("unknown size unit `x`"));
 }
+
+#[test]
+fn bench_lsp_times_the_server_without_a_model() {
+    let output = run(&["bench", "lsp", "--lines", "400", "--requests", "5"]);
+    assert_succeeded(&output);
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["lines"], 400);
+    for key in ["inline_completion_ms", "completion_ms"] {
+        assert_eq!(report[key]["samples"], 5);
+        assert!(report[key]["p50"].as_f64().unwrap() > 0.0);
+        assert!(report[key]["p99"].as_f64().unwrap() >= report[key]["p50"].as_f64().unwrap());
+    }
+}

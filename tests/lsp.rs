@@ -337,8 +337,24 @@ fn incremental_edits_with_multi_byte_and_astral_characters() {
 #[test]
 fn inline_completion_and_completion_reply_on_a_fixture_model() {
     let mut client = Client::start(&[]);
-    client.initialize(&["utf-16"], model_options(json!({})), json!({}));
+    let log_file =
+        std::env::temp_dir().join(format!("deepseek-lsp-test-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&log_file);
+    let options = json!({"logFile": log_file.to_str().unwrap(), "logLevel": "info"});
+    client.initialize(&["utf-16"], model_options(options), json!({}));
     assert_eq!(client.wait_for_model()["model"], "ready");
+    // Loading reported progress from begin to end.
+    let load = |kind: &str| {
+        let kind = kind.to_string();
+        move |m: &Value| {
+            m["method"] == "$/progress"
+                && m["params"]["token"] == "deepseek/load/completion"
+                && m["params"]["value"]["kind"] == kind
+        }
+    };
+    client.wait_for("load progress begin", load("begin"));
+    let end = client.wait_for("load progress end", load("end"));
+    assert_eq!(end["params"]["value"]["message"], "ready");
     client.open(URI, "python", SOURCE);
 
     let reply = client.request("textDocument/inlineCompletion", inline_params(URI, 1, 4));
