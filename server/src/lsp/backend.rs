@@ -206,19 +206,19 @@ impl Backend {
         {
             return Err(Error::request_cancelled());
         }
-        if settings.max_tokens == 0 {
-            return Ok(None);
-        }
-        let ModelState::Ready(engine) = self.models.completion() else {
-            return Ok(None);
-        };
-
         let mode = completion_mode(
             &document.text,
             cursor,
             &document.language_id,
             settings.single_line,
         );
+        // maxTokens 0 stops here: everything but the model has run (how `bench lsp` measures).
+        if settings.max_tokens == 0 {
+            return Ok(None);
+        }
+        let ModelState::Ready(engine) = self.models.completion() else {
+            return Ok(None);
+        };
         let options = FimOptions {
             max_new_tokens: settings.max_tokens,
             sampling: SamplingParams {
