@@ -12,3 +12,4 @@ pub mod postprocess;
 pub mod settings;
 pub mod suggestions;
 pub mod syntax;
+pub mod workspace;

@@ -193,7 +193,7 @@ pub fn enclosing_function(text: &Rope, offset: usize, language_id: &str) -> Opti
     None
 }
 
-fn is_function_like(kind: &str) -> bool {
+pub(crate) fn is_function_like(kind: &str) -> bool {
     kind.contains("function") && !kind.contains("call") && !kind.contains("type")
         || kind.contains("method") && !kind.contains("call") && !kind.contains("invocation")
         || matches!(

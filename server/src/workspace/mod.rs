@@ -1,0 +1,5 @@
+//! Workspace intelligence: which files there are, what they define and import, and the context a
+//! prompt gets from them. No tensors here; token counts come through a trait.
+
+pub mod languages;
+pub mod symbols;
