@@ -126,6 +126,37 @@ impl TextTokenizer {
         Ok(encoding.get_ids().to_vec())
     }
 
+    /// Tokens in `text` encoded on its own (as one prompt part).
+    pub fn count_text(&self, text: &str) -> Result<usize> {
+        Ok(self.encode_text(text)?.len())
+    }
+
+    /// Whether line breaks are split off before any merge (DeepSeek's pre-tokenizer does this
+    /// first): then no token spans two lines, and a text's count is the sum of its lines'.
+    /// Decided by pre-tokenizing probes where merging tokenizers join breaks with spaces.
+    pub fn isolates_line_breaks(&self) -> bool {
+        use tokenizers::tokenizer::{
+            OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer,
+        };
+        let Some(pre_tokenizer) = self.inner.get_pre_tokenizer() else {
+            return false;
+        };
+        const PROBES: &[&str] = &["x  \n\n  y", "a\n b", "}\r\n\t z", "\n\n\n", " \n", "q\n"];
+        PROBES.iter().all(|probe| {
+            let mut split = PreTokenizedString::from(*probe);
+            if pre_tokenizer.pre_tokenize(&mut split).is_err() {
+                return false;
+            }
+            split
+                .get_splits(OffsetReferential::Original, OffsetType::Byte)
+                .iter()
+                .all(|(_, (start, end), _)| {
+                    let piece = &probe[*start..*end];
+                    !piece.contains(['\n', '\r']) || piece.len() == 1
+                })
+        })
+    }
+
     /// Encodes a prompt: BOS (when the tokenizer has one), then each part in order. Parts are
     /// encoded separately so that a part's tokens never depend on the parts after it: what
     /// precedes the cursor tokenizes the same on every keystroke, which keeps prefix caches valid.

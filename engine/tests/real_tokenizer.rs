@@ -178,3 +178,22 @@ fn incremental_detokenization_round_trips_every_script() {
         "some tokens must end inside a character for this test to mean anything"
     );
 }
+
+#[test]
+fn line_breaks_are_isolated_so_counts_add_up_by_line() {
+    let t = coder_v2_tokenizer();
+    assert!(t.isolates_line_breaks());
+    let code = include_str!("../src/tokenizer.rs");
+    let by_lines: usize = code
+        .split_inclusive('\n')
+        .map(|line| t.count_text(line).unwrap())
+        .sum();
+    assert_eq!(t.count_text(code).unwrap(), by_lines);
+    // The fixtures' GPT-2-style pre-tokenizer joins runs of spaces and breaks: not additive.
+    let fixture = engine::TextTokenizer::from_dir(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/lite"),
+        usize::MAX,
+    )
+    .unwrap();
+    assert!(!fixture.isolates_line_breaks());
+}

@@ -173,6 +173,12 @@ pub struct Compiled {
     pub imports: Query,
 }
 
+impl std::fmt::Debug for Compiled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Compiled({})", self.spec.name)
+    }
+}
+
 /// Compiled once, on first use. A query that does not compile against its grammar is a bug in
 /// the table, caught by the tests; such a row is left out rather than taking the server down.
 static COMPILED: LazyLock<Vec<Option<Compiled>>> = LazyLock::new(|| {
