@@ -4,10 +4,12 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use clap::Args;
-use server::completion::{CompletionOptions, completion_request};
+use engine::{PromptInput, Request};
+use server::completion::CompletionOptions;
 
 use crate::runtime::{RuntimeArgs, SamplingArgs};
 use crate::source::read_source;
+use crate::workspace_context::WorkspaceArgs;
 
 #[derive(Args, Debug)]
 pub struct CompleteArgs {
@@ -25,6 +27,8 @@ pub struct CompleteArgs {
     /// Print one JSON object: {"text": ..., "stats": {...}}.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    workspace: WorkspaceArgs,
     #[command(flatten)]
     sampling: SamplingArgs,
     #[command(flatten)]
@@ -45,18 +49,29 @@ pub fn run(args: CompleteArgs) -> Result<(), String> {
         sampling: args.sampling.params()?,
         stop: args.sampling.stop.clone(),
     };
+    args.workspace.validate()?;
     // Check the cursor before the (slow) model load.
-    server::position::byte_offset(&text, args.line, args.col)
+    let offset = server::position::byte_offset(&text, args.line, args.col)
         .map_err(|e| format!("{}: {e}", args.file.display()))?;
     let engine = args.runtime.load_engine()?;
-    let request = completion_request(&engine, &text, args.line, args.col, &options)
-        .map_err(|e| format!("{}: {e}", args.file.display()))?;
+    let tokenizer = engine
+        .tokenizer()
+        .cloned()
+        .ok_or("the model has no tokenizer.json; completions need one")?;
+    let context = args.workspace.build(&args.file, &text, offset, tokenizer);
+    let prompt =
+        engine.completion_prompt(&context.prompt_blocks(), &context.prefix, &context.suffix);
+    let mut request = Request::new(PromptInput::Prompt(prompt), options.max_new_tokens);
+    request.sampling = options.sampling;
+    request.stop = options.stop.clone();
     let (completion, stats) = engine.submit(request).wait().map_err(|e| e.to_string())?;
     let mut out = std::io::stdout().lock();
     let written = if args.json {
         let json = serde_json::to_string(&JsonOutput {
             text: &completion,
             stats: &stats,
+            context: &context.blocks,
+            prompt_tokens: context.prompt_tokens,
         })
         .expect("plain data serialises");
         writeln!(out, "{json}")
@@ -70,4 +85,6 @@ pub fn run(args: CompleteArgs) -> Result<(), String> {
 struct JsonOutput<'a> {
     text: &'a str,
     stats: &'a engine::GenerationStats,
+    context: &'a [server::workspace::context::Block],
+    prompt_tokens: usize,
 }

@@ -4,11 +4,13 @@
 mod bench;
 mod bench_lsp;
 mod complete;
+mod context;
 mod explain;
 mod logits;
 mod runtime;
 mod serve;
 mod source;
+mod workspace_context;
 
 use std::process::ExitCode;
 
@@ -35,6 +37,11 @@ enum Command {
     ///
     /// Example: deepseek-lsp complete src/main.rs --line 10 --col 4 --model ./DeepSeek-Coder-V2-Lite-Base
     Complete(complete::CompleteArgs),
+    /// Print the prompt a completion at a cursor would send: workspace context blocks (and why
+    /// each is there), the file prefix and suffix, counted in the model's tokens.
+    ///
+    /// Example: deepseek-lsp context src/app.py --line 12 --col 4 --budget 8192 --json
+    Context(context::ContextArgs),
     /// Explain a range of lines of a file, streaming the answer.
     ///
     /// Example: deepseek-lsp explain src/main.rs --lines 10-24 --model ./DeepSeek-Coder-V2-Lite-Instruct
@@ -58,6 +65,7 @@ fn main() -> ExitCode {
     let result = match command {
         Command::Serve(args) => serve::run(args),
         Command::Complete(args) => complete::run(args),
+        Command::Context(args) => context::run(args),
         Command::Explain(args) => explain::run(args),
         Command::Logits(args) => logits::run(args),
         Command::Bench(args) => bench::run(args),

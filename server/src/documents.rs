@@ -9,6 +9,9 @@ use std::collections::BTreeMap;
 
 use dashmap::DashMap;
 use ropey::Rope;
+use tree_sitter::{InputEdit, Point, Tree};
+
+use crate::workspace::languages::{self, Compiled};
 
 /// How the client counts characters in a line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +71,21 @@ pub struct Document {
     pub text: Rope,
     pub version: i32,
     pub language_id: String,
+    /// The language table's row for it, when it has one.
+    pub language: Option<&'static Compiled>,
+    /// Its syntax tree, re-parsed incrementally on every change; `None` for languages without a
+    /// grammar and documents larger than `MAX_PARSED_BYTES`.
+    pub tree: Option<Tree>,
+}
+
+/// Larger documents are not parsed (a 20 MB log file is not code worth a syntax tree).
+pub const MAX_PARSED_BYTES: usize = 4 << 20;
+
+fn parse(language: Option<&'static Compiled>, text: &Rope, old: Option<&Tree>) -> Option<Tree> {
+    if text.len_bytes() > MAX_PARSED_BYTES {
+        return None;
+    }
+    crate::workspace::symbols::parse_rope(language?, text, old)
 }
 
 impl Document {
@@ -172,10 +190,16 @@ struct Slot {
 
 impl DocumentStore {
     pub fn open(&self, uri: &str, text: &str, version: i32, language_id: &str) {
+        let language = languages::for_lsp_id(language_id)
+            .or_else(|| languages::for_path(std::path::Path::new(uri)));
+        let text = Rope::from_str(text);
+        let tree = parse(language, &text, None);
         let document = Document {
-            text: Rope::from_str(text),
+            text,
             version,
             language_id: language_id.to_string(),
+            language,
+            tree,
         };
         self.documents.insert(
             uri.to_string(),
@@ -216,9 +240,18 @@ impl DocumentStore {
             // A version whose edits do not apply is skipped whole, so later ones can proceed.
             slot.document.version = next;
             let mut text = slot.document.text.clone();
+            let mut tree = slot.document.tree.take();
             for change in changes {
-                apply(&mut text, &change, encoding)?;
+                match apply(&mut text, &change, encoding)? {
+                    Some(edit) => {
+                        if let Some(tree) = tree.as_mut() {
+                            tree.edit(&edit);
+                        }
+                    }
+                    None => tree = None,
+                }
             }
+            slot.document.tree = parse(slot.document.language, &text, tree.as_ref());
             slot.document.text = text;
         }
         Ok(())
@@ -238,25 +271,49 @@ impl DocumentStore {
     }
 }
 
+/// Applies one change; returns the edit for the syntax tree, `None` when the whole text was
+/// replaced.
 fn apply(
     text: &mut Rope,
     change: &Change,
     encoding: PositionEncoding,
-) -> Result<(), DocumentError> {
+) -> Result<Option<InputEdit>, DocumentError> {
     match change.range {
-        None => *text = Rope::from_str(&change.text),
+        None => {
+            *text = Rope::from_str(&change.text);
+            Ok(None)
+        }
         Some((start, end)) => {
             let start = byte_offset(text, start, encoding)?;
             let end = byte_offset(text, end, encoding)?;
             if end < start {
                 return Err(DocumentError::Inverted);
             }
-            let (start, end) = (text.byte_to_char(start), text.byte_to_char(end));
-            text.remove(start..end);
-            text.insert(start, &change.text);
+            let start_position = point(text, start);
+            let old_end_position = point(text, end);
+            let (start_char, end_char) = (text.byte_to_char(start), text.byte_to_char(end));
+            text.remove(start_char..end_char);
+            text.insert(start_char, &change.text);
+            let new_end = start + change.text.len();
+            Ok(Some(InputEdit {
+                start_byte: start,
+                old_end_byte: end,
+                new_end_byte: new_end,
+                start_position,
+                old_end_position,
+                new_end_position: point(text, new_end),
+            }))
         }
     }
-    Ok(())
+}
+
+/// Tree-sitter's position of a byte: row and byte column.
+fn point(text: &Rope, offset: usize) -> Point {
+    let row = text.byte_to_line(offset);
+    Point {
+        row,
+        column: offset - text.line_to_byte(row),
+    }
 }
 
 #[cfg(test)]
@@ -402,6 +459,45 @@ mod tests {
         assert_eq!(
             store.change("file:///nope", 1, vec![], PositionEncoding::Utf8),
             Err(DocumentError::NotOpen)
+        );
+    }
+
+    #[test]
+    fn incremental_reparses_equal_a_fresh_parse() {
+        let store = DocumentStore::default();
+        store.open("file:///a.rs", "fn a() {\n    let x = 1;\n}\n", 1, "rust");
+        let edits = [
+            edit((1, 12), (1, 13), "f(2, \"😀\")"),
+            edit((2, 1), (2, 1), "\nfn b(y: u8) -> u8 {\n    y\n}"),
+            edit((0, 3), (0, 4), "first"),
+        ];
+        for (i, change) in edits.into_iter().enumerate() {
+            store
+                .change(
+                    "file:///a.rs",
+                    i as i32 + 2,
+                    vec![change],
+                    PositionEncoding::Utf16,
+                )
+                .unwrap();
+            let document = store.get("file:///a.rs").unwrap();
+            let fresh = crate::workspace::symbols::parse_rope(
+                document.language.unwrap(),
+                &document.text,
+                None,
+            )
+            .unwrap();
+            let incremental = document.tree.as_ref().unwrap();
+            assert_eq!(
+                incremental.root_node().to_sexp(),
+                fresh.root_node().to_sexp()
+            );
+            assert!(!incremental.root_node().has_error(), "{}", document.text);
+        }
+        let text = store.get("file:///a.rs").unwrap().text.to_string();
+        assert_eq!(
+            text,
+            "fn first() {\n    let x = f(2, \"😀\");\n}\nfn b(y: u8) -> u8 {\n    y\n}\n"
         );
     }
 }

@@ -64,6 +64,20 @@ pub fn parse(language: &Compiled, text: &str, old: Option<&Tree>) -> Option<Tree
     parser.parse(text, old)
 }
 
+/// Parses a rope chunk by chunk, reusing `old` (already `edit`ed) when given.
+pub fn parse_rope(language: &Compiled, text: &ropey::Rope, old: Option<&Tree>) -> Option<Tree> {
+    let mut parser = Parser::new();
+    parser.set_language(&language.language).ok()?;
+    let mut read = |byte: usize, _: tree_sitter::Point| -> &[u8] {
+        if byte >= text.len_bytes() {
+            return &[];
+        }
+        let (chunk, chunk_start, _, _) = text.chunk_at_byte(byte);
+        &chunk.as_bytes()[byte - chunk_start..]
+    };
+    parser.parse_with_options(&mut read, old, None)
+}
+
 /// Everything the index keeps of one parsed file.
 pub fn extract(language: &Compiled, tree: &Tree, text: &str) -> FileSymbols {
     let mut symbols = FileSymbols {

@@ -1,0 +1,91 @@
+//! `deepseek-lsp context`: the prompt the server would send for a cursor, and why each block is
+//! in it. Needs only the model's tokenizer (to count tokens exactly), not its weights.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::Args;
+use engine::{ModelConfig, TextTokenizer};
+use serde_json::json;
+
+use crate::runtime::RuntimeArgs;
+use crate::source::read_source;
+use crate::workspace_context::WorkspaceArgs;
+
+#[derive(Args, Debug)]
+pub struct ContextArgs {
+    /// The source file holding the cursor.
+    file: PathBuf,
+    /// Cursor line, 0-based.
+    #[arg(long)]
+    line: usize,
+    /// Cursor column, a 0-based UTF-8 byte offset within the line.
+    #[arg(long)]
+    col: usize,
+    /// Print {"blocks": [{"path", "kind", "reason", "tokens"}], "prompt", "prompt_tokens"}.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    workspace: WorkspaceArgs,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
+}
+
+pub fn run(args: ContextArgs) -> Result<(), String> {
+    args.workspace.validate()?;
+    let text = read_source(&args.file)?;
+    let offset = server::position::byte_offset(&text, args.line, args.col)
+        .map_err(|e| format!("{}: {e}", args.file.display()))?;
+    let tokenizer = load_tokenizer(&args.runtime)?;
+    let built = args.workspace.build(&args.file, &text, offset, tokenizer);
+    let mut out = std::io::stdout().lock();
+    let written = if args.json {
+        let value = json!({
+            "blocks": built.blocks,
+            "prompt": built.text(),
+            "prefix_start_line": built.prefix_start_line,
+            "suffix_end_line": built.suffix_end_line,
+            "prompt_tokens": built.prompt_tokens,
+        });
+        writeln!(out, "{value}")
+    } else {
+        let mut summary = String::new();
+        for block in &built.blocks {
+            summary.push_str(&format!(
+                "# {:?} {} ({} tokens): {}\n",
+                block.kind, block.path, block.tokens, block.reason
+            ));
+        }
+        summary.push_str(&format!(
+            "# prefix from line {} ({} tokens), suffix to line {} ({} tokens), {} prompt tokens\n",
+            built.prefix_start_line,
+            built.prefix_tokens,
+            built.suffix_end_line,
+            built.suffix_tokens,
+            built.prompt_tokens
+        ));
+        writeln!(
+            out,
+            "{summary}{}<|cursor|>{}",
+            blocks_and_prefix(&built),
+            built.suffix
+        )
+    };
+    written.map_err(|e| format!("cannot write the output: {e}"))
+}
+
+fn blocks_and_prefix(built: &server::workspace::context::BuiltContext) -> String {
+    let mut text: String = built.blocks.iter().map(|b| b.text.as_str()).collect();
+    text.push_str(&built.prefix);
+    text
+}
+
+/// The tokenizer of the model directory, without loading its weights.
+pub fn load_tokenizer(runtime: &RuntimeArgs) -> Result<Arc<TextTokenizer>, String> {
+    let dir = runtime.model_dir()?;
+    let config = ModelConfig::from_file(&dir.join("config.json")).map_err(|e| e.to_string())?;
+    TextTokenizer::from_dir(&dir, config.vocab_size)
+        .map(Arc::new)
+        .map_err(|e| e.to_string())
+}
