@@ -1,63 +1,17 @@
 //! The resident engine on the golden fixtures: prompts encode as DeepSeek's tooling encodes them,
 //! greedy text equals transformers' generation, and requests stop, cancel and give way as promised.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use engine::{
-    Engine, EngineOptions, GenerationEvent, GenerationStats, LoadOptions, Prompt, PromptInput,
-    Request, SamplingParams, StopReason,
+    Engine, GenerationEvent, GenerationStats, LoadOptions, Prompt, PromptInput, Request,
+    SamplingParams, StopReason,
 };
-use serde::Deserialize;
 
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
+mod support;
 
-#[derive(Deserialize)]
-struct Case {
-    #[serde(default)]
-    prefix: String,
-    #[serde(default)]
-    suffix: String,
-    #[serde(default)]
-    system: String,
-    #[serde(default)]
-    user: String,
-    prompt_ids: Vec<u32>,
-    output_ids: Vec<u32>,
-    output_text: String,
-    ended_with_eos: bool,
-}
-
-#[derive(Deserialize)]
-struct Reference {
-    fim: Case,
-    chat: Case,
-}
-
-fn reference(name: &str) -> Reference {
-    serde_json::from_str(&std::fs::read_to_string(fixture(name).join("generation.json")).unwrap())
-        .unwrap()
-}
-
-fn engine(name: &str) -> Engine {
-    Engine::load(&fixture(name), &LoadOptions::default()).unwrap_or_else(|e| panic!("{name}: {e}"))
-}
-
-fn fim_prompt(case: &Case) -> Prompt {
-    Prompt::fill_in_middle(&[], &case.prefix, &case.suffix)
-}
-
-fn chat_prompt(case: &Case) -> Prompt {
-    Prompt::chat(Some(&case.system), &case.user)
-}
-
-fn request(prompt: Prompt, max_new_tokens: usize) -> Request {
-    Request::new(PromptInput::Prompt(prompt), max_new_tokens)
-}
+use support::*;
 
 /// Runs to the end, checking that the streamed deltas are non-empty and add up to the result.
 fn run(engine: &Engine, request: Request) -> (String, GenerationStats) {
@@ -238,25 +192,6 @@ fn a_passed_deadline_stops_after_the_first_token() {
 }
 
 /// Submits a generation that would run for a long time and waits until it has produced text.
-fn long_running(engine: &Engine, key: Option<&str>) -> engine::Generation {
-    let r = reference("lite");
-    let mut req = request(fim_prompt(&r.fim), 1_000_000);
-    req.supersedes = key.map(str::to_string);
-    let mut generation = engine.submit(req);
-    while !matches!(generation.blocking_next(), Some(GenerationEvent::Text(_))) {}
-    generation
-}
-
-fn wait_until(what: &str, condition: impl Fn() -> bool) {
-    let started = Instant::now();
-    while !condition() {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
 
 #[test]
 fn cancel_stops_within_one_decode_step() {
@@ -314,68 +249,6 @@ fn a_newer_request_with_the_same_key_supersedes_the_older() {
         StopReason::MaxTokens
     );
     assert_eq!(other.wait().unwrap().1.stop_reason, StopReason::MaxTokens);
-}
-
-fn threads_of_this_process() -> usize {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find(|l| l.starts_with("Threads:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
-fn resident_bytes() -> usize {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
-    statm
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse::<usize>()
-        .unwrap()
-        * 4096
-}
-
-#[test]
-fn a_thousand_submit_then_drop_cycles_leave_nothing_behind() {
-    // A small cache: 64 pages of 8 tokens.
-    let options = EngineOptions {
-        cache_budget_bytes: Some(64 * 8 * 480),
-        page_tokens: 8,
-    };
-    let engine = Engine::load_with(&fixture("lite"), &LoadOptions::default(), options).unwrap();
-    let r = reference("lite");
-    // Warm up: the cache and the thread pools reach their working size.
-    for _ in 0..20 {
-        drop(long_running(&engine, Some("doc")));
-    }
-    wait_until("the warm-up to finish", || engine.counters().finished == 20);
-    let threads = threads_of_this_process();
-    let memory = resident_bytes();
-
-    for i in 0..1000 {
-        let mut req = request(fim_prompt(&r.fim), 64);
-        req.supersedes = Some(format!("doc{}", i % 7));
-        drop(engine.submit(req));
-        if i % 50 == 0 {
-            drop(long_running(&engine, Some("doc")));
-        }
-    }
-    wait_until("every request to finish", || {
-        let c = engine.counters();
-        c.finished == c.submitted
-    });
-    let after = engine.counters();
-    assert_eq!(after.queued, 0);
-    assert_eq!(threads_of_this_process(), threads, "no thread left behind");
-    let cache = after.cache;
-    assert_eq!(
-        cache.pages_in_use, cache.tree_pages,
-        "idle: every page belongs to the prefix tree"
-    );
-    assert!(
-        cache.pages_in_use <= cache.budget_pages.unwrap(),
-        "{cache:?}"
-    );
-    let grown = resident_bytes().saturating_sub(memory);
-    assert!(grown < 16 << 20, "resident memory grew by {grown} bytes");
 }
 
 fn copy_model(from: &Path, to: &Path, skip: &[&str]) {

@@ -1,0 +1,78 @@
+//! Shared by the engine's integration tests: the golden fixtures and their generation
+//! references, and helpers to drive requests.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use engine::{Engine, GenerationEvent, LoadOptions, Prompt, PromptInput, Request};
+use serde::Deserialize;
+
+pub fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+#[derive(Deserialize)]
+pub struct Case {
+    #[serde(default)]
+    pub prefix: String,
+    #[serde(default)]
+    pub suffix: String,
+    #[serde(default)]
+    pub system: String,
+    #[serde(default)]
+    pub user: String,
+    pub prompt_ids: Vec<u32>,
+    pub output_ids: Vec<u32>,
+    pub output_text: String,
+    pub ended_with_eos: bool,
+}
+
+#[derive(Deserialize)]
+pub struct Reference {
+    pub fim: Case,
+    pub chat: Case,
+}
+
+pub fn reference(name: &str) -> Reference {
+    serde_json::from_str(&std::fs::read_to_string(fixture(name).join("generation.json")).unwrap())
+        .unwrap()
+}
+
+pub fn engine(name: &str) -> Engine {
+    Engine::load(&fixture(name), &LoadOptions::default()).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+pub fn fim_prompt(case: &Case) -> Prompt {
+    Prompt::fill_in_middle(&[], &case.prefix, &case.suffix)
+}
+
+pub fn chat_prompt(case: &Case) -> Prompt {
+    Prompt::chat(Some(&case.system), &case.user)
+}
+
+pub fn request(prompt: Prompt, max_new_tokens: usize) -> Request {
+    Request::new(PromptInput::Prompt(prompt), max_new_tokens)
+}
+
+pub fn long_running(engine: &Engine, key: Option<&str>) -> engine::Generation {
+    let r = reference("lite");
+    let mut req = request(fim_prompt(&r.fim), 1_000_000);
+    req.supersedes = key.map(str::to_string);
+    let mut generation = engine.submit(req);
+    while !matches!(generation.blocking_next(), Some(GenerationEvent::Text(_))) {}
+    generation
+}
+
+pub fn wait_until(what: &str, condition: impl Fn() -> bool) {
+    let started = Instant::now();
+    while !condition() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
