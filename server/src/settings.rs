@@ -20,7 +20,8 @@ pub struct Settings {
     /// Most tokens an explanation or code action may generate.
     pub chat_max_tokens: usize,
     pub temperature: f32,
-    /// Tokens of context before the cursor (approximated as 3 characters a token).
+    /// Tokens a completion prompt may take in all: workspace context, the file around the
+    /// cursor and the special tokens, counted with the model's tokenizer.
     pub context_budget: usize,
     /// Lines after the cursor given to fill-in-the-middle.
     pub suffix_window: usize,
@@ -33,6 +34,10 @@ pub struct Settings {
     pub cache_budget: Option<usize>,
     pub log_level: String,
     pub log_file: Option<PathBuf>,
+    /// Index the workspace folders for cross-file context.
+    pub workspace_index: bool,
+    /// Files larger than this many bytes are not indexed.
+    pub max_file_size: usize,
 }
 
 impl Default for Settings {
@@ -53,6 +58,8 @@ impl Default for Settings {
             cache_budget: None,
             log_level: "warn".into(),
             log_file: None,
+            workspace_index: true,
+            max_file_size: 1 << 20,
         }
     }
 }
@@ -74,6 +81,8 @@ pub const KEYS: &[&str] = &[
     "cacheBudget",
     "logLevel",
     "logFile",
+    "workspaceIndex",
+    "maxFileSize",
 ];
 
 impl Settings {
@@ -157,6 +166,22 @@ impl Settings {
             "debounceMs" => {
                 self.debounce_ms =
                     count(value, 0).ok_or_else(|| bad("a non-negative integer"))? as u64
+            }
+            "workspaceIndex" => {
+                self.workspace_index = value.as_bool().ok_or_else(|| bad("true or false"))?
+            }
+            "maxFileSize" => {
+                self.max_file_size = match value {
+                    Value::Number(n) => n
+                        .as_u64()
+                        .filter(|n| *n > 0)
+                        .ok_or_else(|| bad("bytes or a size such as \"1M\""))?
+                        as usize,
+                    Value::String(s) => {
+                        parse_size(s).map_err(|_| bad("a size such as \"512K\" or \"2M\""))?
+                    }
+                    _ => return Err(bad("a size such as \"512K\" or \"2M\"")),
+                }
             }
             "singleLine" => {
                 self.single_line = value.as_bool().ok_or_else(|| bad("true or false"))?

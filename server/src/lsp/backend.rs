@@ -15,9 +15,8 @@ use tower_lsp_server::{Client, LanguageServer};
 
 use super::actions;
 use super::model_host::{ModelHost, ModelState};
-use crate::completion::{
-    CompletionOptions as FimOptions, CompletionWindow, fill_in_middle_request,
-};
+use super::workspace_host::{WorkspaceHost, file_path};
+use crate::completion::{CompletionOptions as FimOptions, CompletionWindow};
 use crate::documents::{
     Change, Document, DocumentError, DocumentStore, LinePosition, PositionEncoding,
 };
@@ -32,11 +31,12 @@ pub struct ClientFlags {
     pub work_done_progress: bool,
     pub configuration_pull: bool,
     pub code_action_resolve: bool,
+    pub watch_files: bool,
 }
 
 pub struct Backend {
     pub(super) client: Client,
-    pub(super) documents: DocumentStore,
+    pub(super) documents: Arc<DocumentStore>,
     utf8: AtomicBool,
     pub(super) settings: RwLock<Settings>,
     pub(super) models: Arc<ModelHost>,
@@ -45,6 +45,7 @@ pub struct Backend {
     latest: DashMap<String, u64>,
     sequence: AtomicU64,
     pub(super) flags: RwLock<ClientFlags>,
+    pub(super) workspace: Arc<WorkspaceHost>,
 }
 
 /// Characters of a completion label at most.
@@ -63,7 +64,7 @@ impl Backend {
         });
         Self {
             client,
-            documents: DocumentStore::default(),
+            documents: Arc::new(DocumentStore::default()),
             utf8: AtomicBool::new(false),
             settings: RwLock::new(settings),
             models: Arc::new(ModelHost::new(model)),
@@ -71,6 +72,7 @@ impl Backend {
             latest: DashMap::new(),
             sequence: AtomicU64::new(0),
             flags: RwLock::new(ClientFlags::default()),
+            workspace: Arc::new(WorkspaceHost::default()),
         }
     }
 
@@ -114,6 +116,57 @@ impl Backend {
         }
         self.models
             .apply(&settings, &self.client, self.flags().work_done_progress);
+    }
+
+    /// The workspace context for a cursor, built off the async threads.
+    async fn build_context(
+        &self,
+        tokenizer: Arc<engine::TextTokenizer>,
+        uri: &str,
+        document: Document,
+        cursor: usize,
+        settings: Settings,
+    ) -> Result<crate::workspace::context::BuiltContext> {
+        let workspace = self.workspace.clone();
+        let documents = self.documents.clone();
+        let uri = uri.to_string();
+        tokio::task::spawn_blocking(move || {
+            workspace.build(&tokenizer, &documents, &uri, &document, cursor, &settings)
+        })
+        .await
+        .map_err(|e| {
+            tracing::error!("building the prompt failed: {e}");
+            Error::internal_error()
+        })
+    }
+
+    /// Asks the client to report changes to source files of the table's languages.
+    async fn watch_source_files(&self) {
+        let extensions: Vec<&str> = crate::workspace::languages::LANGUAGES
+            .iter()
+            .flat_map(|l| l.extensions.iter().copied())
+            .collect();
+        let watchers = vec![
+            FileSystemWatcher {
+                glob_pattern: GlobPattern::Pattern(format!("**/*.{{{}}}", extensions.join(","))),
+                kind: None,
+            },
+            FileSystemWatcher {
+                glob_pattern: GlobPattern::Pattern(
+                    "**/{.gitignore,.ignore,.deepseekignore}".into(),
+                ),
+                kind: None,
+            },
+        ];
+        let options = DidChangeWatchedFilesRegistrationOptions { watchers };
+        let registration = Registration {
+            id: "deepseek/watch".into(),
+            method: "workspace/didChangeWatchedFiles".into(),
+            register_options: serde_json::to_value(options).ok(),
+        };
+        if let Err(e) = self.client.register_capability(vec![registration]).await {
+            tracing::warn!("the client refused to watch files: {e}");
+        }
     }
 
     async fn pull_configuration(&self) {
@@ -227,7 +280,16 @@ impl Backend {
             },
             stop: Vec::new(),
         };
-        let mut request = fill_in_middle_request(&engine, &window.prefix, &window.suffix, &options);
+        let Some(tokenizer) = engine.tokenizer().cloned() else {
+            return Ok(None);
+        };
+        let built = self
+            .build_context(tokenizer, &key, document.clone(), cursor, settings.clone())
+            .await?;
+        let prompt = engine.completion_prompt(&built.prompt_blocks(), &built.prefix, &built.suffix);
+        let mut request =
+            engine::Request::new(engine::PromptInput::Prompt(prompt), options.max_new_tokens);
+        request.sampling = options.sampling;
         request.supersedes = Some(key.clone());
         let mut generation = engine.submit(request);
         let mut filter = StreamFilter::new(mode);
@@ -298,6 +360,27 @@ pub(super) fn line_position(position: Position) -> LinePosition {
     }
 }
 
+/// The local folders of the workspace: its folders, else the root URI.
+#[allow(deprecated)] // rootUri: older clients send only it
+fn workspace_roots(params: &InitializeParams) -> Vec<PathBuf> {
+    let folders = match &params.workspace_folders_initialize_params.workspace_folders {
+        Some(WorkspaceFolders::WorkspaceFolderList(folders)) => folders
+            .iter()
+            .filter_map(|f| file_path(f.uri.as_ref()))
+            .collect(),
+        _ => Vec::new(),
+    };
+    if !folders.is_empty() {
+        return folders;
+    }
+    params
+        .root_uri
+        .as_ref()
+        .and_then(|uri| file_path(uri.as_ref()))
+        .into_iter()
+        .collect()
+}
+
 fn language_id(kind: &LanguageKind) -> String {
     String::from(kind.clone())
 }
@@ -332,6 +415,20 @@ impl LanguageServer for Backend {
                 .and_then(|c| c.resolve_support.as_ref())
                 .is_some_and(|r| r.properties.iter().any(|p| p == "edit"));
         }
+        {
+            let watch_files = params
+                .capabilities
+                .workspace
+                .as_ref()
+                .and_then(|w| w.did_change_watched_files.as_ref())
+                .and_then(|d| d.dynamic_registration)
+                .unwrap_or(false);
+            self.flags
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .watch_files = watch_files;
+        }
+        self.workspace.set_roots(workspace_roots(&params));
         if let Some(options) = &params.initialization_options {
             let warnings = self
                 .settings
@@ -354,6 +451,7 @@ impl LanguageServer for Backend {
             text_document_sync: Some(TextDocumentSync::Options(TextDocumentSyncOptions {
                 open_close: Some(true),
                 change: Some(TextDocumentSyncKind::Incremental),
+                save: Some(Save::Bool(true)),
                 ..Default::default()
             })),
             inline_completion_provider: Some(InlineCompletionProvider::Bool(true)),
@@ -387,6 +485,11 @@ impl LanguageServer for Backend {
         apply_logging(&settings).await;
         self.models
             .apply(&settings, &self.client, self.flags().work_done_progress);
+        self.workspace
+            .start_indexing(&self.client, self.flags().work_done_progress, &settings);
+        if self.flags().watch_files {
+            self.watch_source_files().await;
+        }
     }
 
     async fn shutdown(&self) -> Result<()> {
@@ -425,14 +528,18 @@ impl LanguageServer for Backend {
                     }
                 }
             })
-            .collect();
+            .collect::<Vec<Change>>();
+        let edited_line = changes
+            .first()
+            .and_then(|c| c.range)
+            .map_or(0, |(start, _)| start.line as usize);
         match self.documents.change(
             uri.as_ref(),
             params.text_document.version,
             changes,
             self.encoding(),
         ) {
-            Ok(()) => {}
+            Ok(()) => self.workspace.note_change(uri.as_ref(), edited_line),
             Err(DocumentError::NotOpen) => {
                 tracing::warn!(
                     "didChange for {}, which was never opened: ignored",
@@ -443,9 +550,24 @@ impl LanguageServer for Backend {
         }
     }
 
+    async fn did_save(&self, params: DidSaveTextDocumentParams) {
+        let event = FileEvent {
+            uri: params.text_document.uri,
+            kind: FileChangeType::Changed,
+        };
+        let workspace = self.workspace.clone();
+        let _ = tokio::task::spawn_blocking(move || workspace.files_changed(&[event])).await;
+    }
+
+    async fn did_change_watched_files(&self, params: DidChangeWatchedFilesParams) {
+        let workspace = self.workspace.clone();
+        let _ = tokio::task::spawn_blocking(move || workspace.files_changed(&params.changes)).await;
+    }
+
     async fn did_close(&self, params: DidCloseTextDocumentParams) {
         let uri = params.text_document.uri;
         self.documents.close(uri.as_ref());
+        self.workspace.forget_document(uri.as_ref());
         self.recent
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -546,6 +668,8 @@ pub struct Status {
     pub model: &'static str,
     pub model_error: Option<String>,
     pub documents: usize,
+    /// Files in the workspace index (0 until the first indexing finishes).
+    pub indexed_files: usize,
     pub engine: Option<engine::EngineCounters>,
 }
 
@@ -561,7 +685,49 @@ impl Backend {
             model,
             model_error,
             documents: self.documents.len(),
+            indexed_files: self.workspace.indexed_files(),
             engine,
+        })
+    }
+}
+
+/// `deepseek/context`: the prompt a completion at a position would send, and why each block is
+/// in it (the server's view of `deepseek-lsp context`).
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContextReply {
+    pub blocks: Vec<crate::workspace::context::Block>,
+    pub prompt: String,
+    pub prefix_start_line: usize,
+    pub suffix_end_line: usize,
+    pub prompt_tokens: usize,
+}
+
+impl Backend {
+    pub async fn context(&self, params: TextDocumentPositionParams) -> Result<ContextReply> {
+        let uri = params.text_document.uri;
+        let document = self.document(&uri)?;
+        let cursor = self.offset(&document, params.position)?;
+        let ModelState::Ready(engine) = self.models.completion() else {
+            return Err(Error {
+                code: ErrorCode::ServerError(-32002),
+                message: "the model is not loaded yet: prompts are counted with its tokenizer"
+                    .into(),
+                data: None,
+            });
+        };
+        let Some(tokenizer) = engine.tokenizer().cloned() else {
+            return Err(invalid_params("the model has no tokenizer".into()));
+        };
+        let built = self
+            .build_context(tokenizer, uri.as_ref(), document, cursor, self.settings())
+            .await?;
+        Ok(ContextReply {
+            prompt: built.text(),
+            blocks: built.blocks,
+            prefix_start_line: built.prefix_start_line,
+            suffix_end_line: built.suffix_end_line,
+            prompt_tokens: built.prompt_tokens,
         })
     }
 }

@@ -4,6 +4,7 @@ mod actions;
 mod backend;
 mod model_host;
 mod transport;
+mod workspace_host;
 
 use std::path::PathBuf;
 
@@ -34,6 +35,7 @@ pub async fn serve_stdio(options: ServeOptions) {
     })
     .custom_method("deepseek/explain", Backend::explain)
     .custom_method("deepseek/status", Backend::status)
+    .custom_method("deepseek/context", Backend::context)
     .finish();
     let (input, output) = transport::guard(tokio::io::stdin(), tokio::io::stdout());
     Server::new(input, output, socket)
