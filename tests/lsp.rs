@@ -178,12 +178,23 @@ impl Client {
     }
 
     fn initialize(&mut self, encodings: &[&str], options: Value, capabilities: Value) -> Value {
+        self.initialize_with(encodings, options, capabilities, json!({}))
+    }
+
+    /// Initialize with more parameters (workspace folders, root URI).
+    fn initialize_with(
+        &mut self,
+        encodings: &[&str],
+        options: Value,
+        capabilities: Value,
+        extra: Value,
+    ) -> Value {
         let mut caps = json!({"general": {"positionEncodings": encodings}, "window": {"workDoneProgress": true}});
         merge(&mut caps, capabilities);
-        let reply = self.request(
-            "initialize",
-            json!({"processId": null, "capabilities": caps, "initializationOptions": options}),
-        );
+        let mut params =
+            json!({"processId": null, "capabilities": caps, "initializationOptions": options});
+        merge(&mut params, extra);
+        let reply = self.request("initialize", params);
         self.notify("initialized", json!({}));
         reply
     }
@@ -777,5 +788,139 @@ fn bad_input_never_kills_the_server() {
         client.request("deepseek/status", Value::Null)["result"]["documents"],
         2
     );
+    client.shutdown();
+}
+
+fn file_uri(path: &std::path::Path) -> String {
+    format!("file://{}", path.display())
+}
+
+#[test]
+fn completions_take_context_from_the_indexed_workspace() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().canonicalize().unwrap();
+    let write = |path: &str, text: &str| {
+        let full = root.join(path);
+        std::fs::create_dir_all(full.parent().unwrap()).unwrap();
+        std::fs::write(full, text).unwrap();
+    };
+    write(
+        "shop/pricing.py",
+        "def net_price(gross: float, vat_rate: float) -> float:\n    return gross / (1 + vat_rate)\n",
+    );
+    write(".gitignore", "build/\n");
+    write(
+        "build/pricing_copy.py",
+        "def ignored_net_price(gross: float) -> float:\n    return gross\n",
+    );
+    let app =
+        "from .pricing import net_price\n\n\ndef checkout(cart):\n    total = sum(cart)\n    \n";
+    write("shop/app.py", app);
+
+    let mut client = Client::start(&[]);
+    client.initialize_with(
+        &["utf-16"],
+        model_options(json!({})),
+        json!({"workspace": {"didChangeWatchedFiles": {"dynamicRegistration": true}}}),
+        json!({"workspaceFolders": [{"uri": file_uri(&root), "name": "shop"}]}),
+    );
+    client.wait_for_model();
+    // Indexing reports progress and ends with its figures; the watcher is registered.
+    let end = client.wait_for("the end of indexing", |m| {
+        m["method"] == "$/progress"
+            && m["params"]["token"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("deepseek/index"))
+            && m["params"]["value"]["kind"] == "end"
+    });
+    assert!(
+        end["params"]["value"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("2 files"),
+        "{end}"
+    );
+    client.wait_for("the file watcher registration", |m| {
+        m["method"] == "client/registerCapability"
+            && m["params"]["registrations"][0]["method"] == "workspace/didChangeWatchedFiles"
+    });
+    let status = client.request("deepseek/status", Value::Null);
+    assert_eq!(status["result"]["indexedFiles"], 2);
+
+    let app_uri = file_uri(&root.join("shop/app.py"));
+    client.open(&app_uri, "python", app);
+    let context = client.request(
+        "deepseek/context",
+        json!({"textDocument": {"uri": app_uri}, "position": position(5, 4)}),
+    )["result"]
+        .clone();
+    let prompt = context["prompt"].as_str().unwrap();
+    assert!(
+        prompt
+            .contains("# shop/pricing.py\ndef net_price(gross: float, vat_rate: float) -> float:"),
+        "{prompt}"
+    );
+    assert!(
+        !prompt.contains("ignored_net_price"),
+        "ignored files stay out"
+    );
+    assert_eq!(context["blocks"][0]["kind"], "import");
+    assert_eq!(context["blocks"][0]["reason"], "imported: net_price");
+    assert!(context["promptTokens"].as_u64().unwrap() <= 4096);
+
+    // A change on disk, reported by the watcher, reaches the next prompt.
+    write(
+        "shop/pricing.py",
+        "def net_price(gross: float, vat_rate: float, rounding: int = 2) -> float:\n    return round(gross / (1 + vat_rate), rounding)\n",
+    );
+    client.notify(
+        "workspace/didChangeWatchedFiles",
+        json!({"changes": [{"uri": file_uri(&root.join("shop/pricing.py")), "type": 2}]}),
+    );
+    let context = client.request(
+        "deepseek/context",
+        json!({"textDocument": {"uri": app_uri}, "position": position(5, 4)}),
+    )["result"]
+        .clone();
+    assert!(
+        context["prompt"]
+            .as_str()
+            .unwrap()
+            .contains("rounding: int = 2) -> float:"),
+        "{context}"
+    );
+
+    // Unsaved edits in another open file come along as recent context.
+    let pricing_uri = file_uri(&root.join("shop/pricing.py"));
+    let pricing = std::fs::read_to_string(root.join("shop/pricing.py")).unwrap();
+    client.open(&pricing_uri, "python", &pricing);
+    client.notify(
+        "textDocument/didChange",
+        json!({"textDocument": {"uri": pricing_uri, "version": 2}, "contentChanges": [{"range": {"start": position(2, 0), "end": position(2, 0)}, "text": "\n\ndef gross_price(net: float) -> float:\n    return net * 1.2\n"}]}),
+    );
+    let context = client.request(
+        "deepseek/context",
+        json!({"textDocument": {"uri": app_uri}, "position": position(5, 4)}),
+    )["result"]
+        .clone();
+    let kinds: Vec<&str> = context["blocks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["kind"].as_str().unwrap())
+        .collect();
+    assert!(kinds.contains(&"recent"), "{context}");
+    assert!(
+        context["prompt"]
+            .as_str()
+            .unwrap()
+            .contains("def gross_price(net: float) -> float:")
+    );
+    // And a completion runs through the same prompt.
+    let reply = client.request(
+        "textDocument/inlineCompletion",
+        inline_params(&app_uri, 5, 4),
+    );
+    assert!(reply.get("result").is_some(), "{reply}");
     client.shutdown();
 }

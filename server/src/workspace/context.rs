@@ -149,8 +149,12 @@ struct Head {
     blocks: Vec<Block>,
     prefix_start_line: usize,
     suffix_end_line: usize,
-    /// Tokens the cursor line may grow to before the head must be chosen again.
-    cursor_line_reserve: usize,
+    /// Whether the prefix starts with the file's path header (dropped only for tiny budgets).
+    header: bool,
+    /// For budgets too small for whole lines: the prefix starts at this byte of the cursor
+    /// line, and the suffix ends at this byte of it.
+    prefix_from: Option<usize>,
+    suffix_to: Option<usize>,
 }
 
 /// Builds contexts; remembers counts and head choices across calls.
@@ -212,9 +216,8 @@ impl ContextBuilder {
             .iter()
             .find(|(k, _)| *k == key)
             .map(|(_, head)| head.clone());
-        if let Some(head) = remembered
-            && cursor_line_tokens <= head.cursor_line_reserve
-        {
+        // Typing on the line keeps the head while the prompt still fits.
+        if let Some(head) = remembered {
             let built = assemble(&counts, cursor, &layout, &head);
             if built.prompt_tokens <= budget.tokens {
                 return built;
@@ -322,19 +325,26 @@ fn comment_of(cursor: &Cursor) -> &'static str {
     cursor.language.map_or("//", |l| l.spec.line_comment)
 }
 
-/// The prefix text: the path header and the lines from `start` to the cursor.
-fn prefix_text(cursor: &Cursor, layout: &Layout, start: usize) -> String {
+/// The prefix text: the path header and the lines from the head's start to the cursor.
+fn prefix_text(cursor: &Cursor, layout: &Layout, head: &Head) -> String {
     let mut prefix = String::new();
-    if let Some(relative) = cursor.relative {
+    if head.header
+        && let Some(relative) = cursor.relative
+    {
         prefix.push_str(&format!("{} {relative}\n", comment_of(cursor)));
     }
-    prefix.push_str(&cursor.text[layout.line_starts[start]..cursor.offset]);
+    let start = head
+        .prefix_from
+        .unwrap_or(layout.line_starts[head.prefix_start_line]);
+    prefix.push_str(&cursor.text[start.min(cursor.offset)..cursor.offset]);
     prefix
 }
 
 fn assemble(counts: &CountCache, cursor: &Cursor, layout: &Layout, head: &Head) -> BuiltContext {
-    let prefix = prefix_text(cursor, layout, head.prefix_start_line);
-    let suffix_end = layout.line_starts[head.suffix_end_line.min(layout.line_count())];
+    let prefix = prefix_text(cursor, layout, head);
+    let suffix_end = head
+        .suffix_to
+        .unwrap_or(layout.line_starts[head.suffix_end_line.min(layout.line_count())]);
     let suffix = cursor.text[cursor.offset..suffix_end.max(cursor.offset)].to_string();
     let prefix_tokens = counts.text(&prefix);
     let suffix_tokens = counts.text(&suffix);
@@ -361,8 +371,8 @@ fn choose_head(
     cursor_line_tokens: usize,
 ) -> Head {
     let cursor_line = layout.cursor_line;
-    // The cursor line may grow by a margin before this choice is made again.
-    let cursor_line_reserve = (cursor_line_tokens + 32).div_ceil(32) * 32;
+    // Room for the cursor line to grow while this choice is reused (a share of small budgets).
+    let cursor_line_reserve = cursor_line_tokens + (budget.tokens / 8).min(GROWTH_ROOM);
     let header_tokens = cursor
         .relative
         .map_or(0, |r| counts.text(&format!("{} {r}\n", comment_of(cursor))));
@@ -422,26 +432,38 @@ fn choose_head(
         blocks,
         prefix_start_line,
         suffix_end_line,
-        cursor_line_reserve,
+        header: true,
+        prefix_from: None,
+        suffix_to: None,
     };
     // Exact check: counts of whole parts may differ from sums of lines for tokenizers that
-    // merge across line breaks, and the cursor line needs its room to grow. Give back blocks,
-    // then prefix lines, then suffix lines.
-    let growth_room = cursor_line_reserve.saturating_sub(cursor_line_tokens);
+    // merge across line breaks. First keep the growth room by giving back blocks, then prefix
+    // lines; then, for tiny budgets, fit strictly: suffix lines, the header, and the cursor
+    // line's own text from its ends.
+    let growth_room = cursor_line_reserve - cursor_line_tokens;
     loop {
-        let built = assemble(counts, cursor, layout, &head);
-        if built.prompt_tokens + growth_room <= budget.tokens {
+        let total = assemble(counts, cursor, layout, &head).prompt_tokens;
+        if total + growth_room <= budget.tokens {
             break;
         }
         if head.blocks.pop().is_some() {
             continue;
         }
         if head.prefix_start_line < cursor_line {
-            head.prefix_start_line = (head.prefix_start_line + 1)
-                .next_multiple_of(ANCHOR_LINES)
-                .min(cursor_line);
-        } else if head.suffix_end_line > cursor_line + 1 {
+            head.prefix_start_line = anchor_after(head.prefix_start_line, cursor_line);
+            continue;
+        }
+        if total <= budget.tokens {
+            break;
+        }
+        if head.suffix_end_line > cursor_line + 1 {
             head.suffix_end_line -= 1;
+        } else if head.header && cursor.relative.is_some() {
+            head.header = false;
+        } else if let Some(end) = shorter_suffix(cursor, layout, &head) {
+            head.suffix_to = Some(end);
+        } else if let Some(start) = shorter_prefix(cursor, layout, &head) {
+            head.prefix_from = Some(start);
         } else {
             break;
         }
@@ -449,7 +471,52 @@ fn choose_head(
     head
 }
 
-/// The earliest anchored line from which the lines up to the cursor cost at most `budget`.
+/// Tokens of growth room kept for the cursor line.
+const GROWTH_ROOM: usize = 64;
+
+/// The next line after `line` a prefix may start at: an anchor, or the cursor line.
+fn anchor_after(line: usize, cursor_line: usize) -> usize {
+    let anchor = (line + 1).next_multiple_of(ANCHOR_LINES);
+    if anchor < cursor_line {
+        anchor
+    } else {
+        line + 1
+    }
+}
+
+/// The suffix cut a few characters shorter within the cursor line.
+fn shorter_suffix(cursor: &Cursor, layout: &Layout, head: &Head) -> Option<usize> {
+    let end = head
+        .suffix_to
+        .unwrap_or(layout.cursor_line_end())
+        .min(cursor.text.len());
+    (end > cursor.offset)
+        .then(|| floor_char_boundary(cursor.text, end.saturating_sub(8).max(cursor.offset)))
+}
+
+/// The prefix started a few characters later within the cursor line.
+fn shorter_prefix(cursor: &Cursor, layout: &Layout, head: &Head) -> Option<usize> {
+    let start = head.prefix_from.unwrap_or(layout.cursor_line_start());
+    (start < cursor.offset).then(|| ceil_char_boundary(cursor.text, (start + 8).min(cursor.offset)))
+}
+
+fn floor_char_boundary(text: &str, mut index: usize) -> usize {
+    while !text.is_char_boundary(index) {
+        index -= 1;
+    }
+    index
+}
+
+fn ceil_char_boundary(text: &str, mut index: usize) -> usize {
+    while !text.is_char_boundary(index) {
+        index += 1;
+    }
+    index
+}
+
+/// The earliest line from which the lines up to the cursor cost at most `budget`: an anchor
+/// (a multiple of `ANCHOR_LINES`) when one fits, so the start holds still as lines are added;
+/// in a file too short for that, the exact line.
 fn start_within(line_costs: &[usize], budget: usize) -> usize {
     let mut start = line_costs.len();
     let mut total = 0;
@@ -457,10 +524,11 @@ fn start_within(line_costs: &[usize], budget: usize) -> usize {
         total += line_costs[start - 1];
         start -= 1;
     }
-    if start == 0 {
-        0
+    let anchored = start.next_multiple_of(ANCHOR_LINES);
+    if start == 0 || anchored >= line_costs.len() {
+        start
     } else {
-        start.next_multiple_of(ANCHOR_LINES).min(line_costs.len())
+        anchored
     }
 }
 
@@ -700,7 +768,7 @@ fn outline_snippet(
 ) -> Option<Snippet> {
     let mut text = String::new();
     let mut lines = 0;
-    let mut covered = usize::MAX..0;
+    let mut covered: Option<Range<usize>> = None;
     let mut enclosing: Vec<Range<usize>> = Vec::new();
     for definition in definitions {
         enclosing.retain(|r| r.end > definition.bytes.start);
@@ -715,14 +783,16 @@ fn outline_snippet(
             text.push('\n');
             lines += 1;
         }
-        covered.start = covered.start.min(definition.lines.start);
-        covered.end = covered.end.max(definition.lines.end);
+        covered = Some(match covered {
+            Some(c) => c.start.min(definition.lines.start)..c.end.max(definition.lines.end),
+            None => definition.lines.clone(),
+        });
     }
     (!text.is_empty()).then(|| Snippet {
         kind,
         path: path.to_string(),
         comment,
-        lines: covered,
+        lines: covered.unwrap_or(0..0),
         text,
         reason: reason.to_string(),
         score,
@@ -773,7 +843,13 @@ fn select(counts: &CountCache, mut snippets: Vec<Snippet>, budget: usize) -> Vec
     let mut chosen: Vec<Snippet> = Vec::new();
     let mut used = 0;
     let mut headers: HashSet<(BlockKind, String)> = HashSet::new();
-    for snippet in snippets {
+    for mut snippet in snippets {
+        if snippet.kind == BlockKind::Recent {
+            match uncovered_part(&snippet, &chosen) {
+                Some(part) => snippet = part,
+                None => continue,
+            }
+        }
         let duplicate = chosen.iter().any(|c| {
             c.path == snippet.path
                 && (c.text == snippet.text
@@ -831,6 +907,39 @@ fn select(counts: &CountCache, mut snippets: Vec<Snippet>, budget: usize) -> Vec
         blocks.pop();
     }
     blocks
+}
+
+/// A recent chunk without the lines other chosen snippets of its file already show: its
+/// longest run of uncovered lines, `None` when nothing is left.
+fn uncovered_part(snippet: &Snippet, chosen: &[Snippet]) -> Option<Snippet> {
+    let covered = |line: usize| {
+        chosen.iter().any(|c| {
+            c.path == snippet.path && c.kind != BlockKind::Module && c.lines.contains(&line)
+        })
+    };
+    let lines: Vec<&str> = snippet.text.split_inclusive('\n').collect();
+    let mut best = 0..0;
+    let mut run_start = None;
+    for i in 0..=lines.len() {
+        let line = snippet.lines.start + i;
+        let open = i < lines.len() && !covered(line);
+        match (open, run_start) {
+            (true, None) => run_start = Some(i),
+            (false, Some(start)) => {
+                if i - start > best.len() {
+                    best = start..i;
+                }
+                run_start = None;
+            }
+            _ => {}
+        }
+    }
+    let text: String = lines[best.clone()].concat();
+    (!text.trim().is_empty()).then(|| Snippet {
+        lines: snippet.lines.start + best.start..snippet.lines.start + best.end,
+        text,
+        ..snippet.clone()
+    })
 }
 
 fn header(comment: &str, path: &str) -> String {

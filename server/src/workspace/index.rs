@@ -122,7 +122,7 @@ impl WorkspaceIndex {
                             let Some(file) = found.get(i) else { break };
                             out.push((i, prepare(file.language, &file.path, options)));
                             let finished = done.fetch_add(1, Ordering::Relaxed) + 1;
-                            if finished % 64 == 0 || finished == total {
+                            if finished.is_multiple_of(64) || finished == total {
                                 progress(finished, total);
                             }
                         }
@@ -243,27 +243,36 @@ impl WorkspaceIndex {
         if let Some(resolved) = self.resolve_relative(from, module) {
             return resolved;
         }
-        let with_extension = module.contains('/')
-            && Path::new(module)
+        // C and C++ include paths, and path-like specs with a source extension, are paths.
+        let known_extension = |p: &str| {
+            Path::new(p)
                 .extension()
                 .and_then(|e| e.to_str())
                 .is_some_and(|e| {
                     languages::LANGUAGES
                         .iter()
                         .any(|l| l.extensions.contains(&e))
-                });
-        if with_extension || module.ends_with(".h") {
+                })
+        };
+        let from_c_family = languages::for_path(Path::new(from))
+            .is_some_and(|l| matches!(l.spec.name, "c" | "cpp"));
+        if from_c_family || module.contains('/') && known_extension(module) {
             return self.by_suffix(module, true);
         }
         let segments: Vec<&str> = module
-            .split(|c| matches!(c, ':' | '.' | '/' | '\\'))
+            .split([':', '.', '/', '\\'])
             .filter(|s| !s.is_empty() && !matches!(*s, "crate" | "self" | "super" | "*"))
             .collect();
+        // Longest first: a leading part (`crate::net::http::get` -> `net/http`) or a trailing
+        // one (`example.com/me/proj/internal/util` -> `internal/util`).
         for keep in (1..=segments.len()).rev() {
-            let suffix = segments[..keep].join("/");
-            let found = self.by_suffix(&suffix, false);
-            if !found.is_empty() {
-                return self.nearest(from, found);
+            let leading = segments[..keep].join("/");
+            let trailing = segments[segments.len() - keep..].join("/");
+            for suffix in [leading, trailing] {
+                let found = self.by_suffix(&suffix, false);
+                if !found.is_empty() {
+                    return self.nearest(from, found);
+                }
             }
         }
         Vec::new()

@@ -207,16 +207,14 @@ fn body_of(node: Node) -> Option<Node> {
     }
     // Through wrappers: `export function f() {}`, `@decorator def f():`, `const f = () => {}`.
     let mut cursor = node.walk();
-    let found = node
-        .named_children(&mut cursor)
+    node.named_children(&mut cursor)
         .filter(|c| c.start_position().row <= node.start_position().row + 2)
         .find_map(|c| {
             c.child_by_field_name("body")
                 .or_else(|| c.child_by_field_name("definition").and_then(body_of))
                 .or_else(|| c.child_by_field_name("value").and_then(body_of))
                 .or_else(|| c.child_by_field_name("declaration").and_then(body_of))
-        });
-    found
+        })
 }
 
 /// Comments right above a node, with no blank line between: the doc comment of Rust, Go, Java,
