@@ -39,6 +39,18 @@ pub struct BenchArgs {
     /// Attention form: auto (cheaper per step), absorbed or expanded.
     #[arg(long, value_enum, default_value = "auto")]
     form: Form,
+    /// Workspace folder for `context`.
+    #[arg(long, value_name = "DIR")]
+    workspace: Option<std::path::PathBuf>,
+    /// Prompt budgets for `context`, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [2048, 8192, 32768])]
+    budgets: Vec<usize>,
+    /// Call sites to mask for `context` (spread over the workspace).
+    #[arg(long, default_value_t = 500)]
+    tasks: usize,
+    /// A tokenizer.json to count tokens with for `context`, instead of --model's.
+    #[arg(long, value_name = "FILE")]
+    tokenizer: Option<std::path::PathBuf>,
     /// Seed of the synthetic weights.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -56,6 +68,9 @@ enum BenchKind {
     Keystroke,
     /// The language server's own latency per request on a --lines-line file, model excluded.
     Lsp,
+    /// Context recall and prompt-build time on --workspace: masks calls of functions defined
+    /// in another file and checks the prompt shows their signature; also indexing speed.
+    Context,
     All,
 }
 
@@ -73,6 +88,31 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
             return Err("--lines must be at least 2 and --requests at least 1".into());
         }
         let figures = crate::bench_lsp::run(args.lines / 2, args.requests)?;
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&figures).expect("figures serialise")
+        );
+        return Ok(());
+    }
+    if args.what == BenchKind::Context {
+        let workspace = args
+            .workspace
+            .clone()
+            .ok_or("bench context needs --workspace DIR (a repository of real code)")?;
+        if args.budgets.iter().any(|&b| b < 32) || args.tasks == 0 {
+            return Err("--budgets must be at least 32 tokens each and --tasks at least 1".into());
+        }
+        let tokenizer = match &args.tokenizer {
+            Some(file) => crate::bench_context::tokenizer_file(file)?,
+            None => crate::context::load_tokenizer(&args.runtime)?,
+        };
+        let options = crate::bench_context::ContextBenchOptions {
+            workspace,
+            budgets: args.budgets.clone(),
+            tasks: args.tasks,
+            threads,
+        };
+        let figures = crate::bench_context::run(&options, tokenizer)?;
         println!(
             "{}",
             serde_json::to_string_pretty(&figures).expect("figures serialise")
@@ -104,7 +144,7 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
         BenchKind::Prefill => &[BenchKind::Prefill],
         BenchKind::Generate => &[BenchKind::Generate],
         BenchKind::Keystroke => &[BenchKind::Keystroke],
-        BenchKind::Lsp => &[],
+        BenchKind::Lsp | BenchKind::Context => &[],
     };
     let mut report = json!({
         "model": name,

@@ -2,6 +2,7 @@
 //! exit codes (0 success, 1 a finding the user asked about, 2 usage or setup error).
 
 mod bench;
+mod bench_context;
 mod bench_lsp;
 mod complete;
 mod context;

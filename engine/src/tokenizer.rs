@@ -50,7 +50,12 @@ impl TextTokenizer {
                 dir.display()
             )));
         }
-        let inner = Tokenizer::from_file(&path).map_err(|e| {
+        Self::from_file(&path, vocab_size)
+    }
+
+    /// Loads a tokenizer.json file.
+    pub fn from_file(path: &Path, vocab_size: usize) -> Result<Self> {
+        let inner = Tokenizer::from_file(path).map_err(|e| {
             EngineError::InvalidInput(format!("{}: not a readable tokenizer: {e}", path.display()))
         })?;
         Self::new(inner, vocab_size, &path.display().to_string())

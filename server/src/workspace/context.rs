@@ -15,12 +15,12 @@
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::ops::Range;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 use tree_sitter::Tree;
 
-use super::index::{FileId, WorkspaceIndex};
+use super::index::{FileId, IndexedFile, WorkspaceIndex};
 use super::languages::Compiled;
 use super::symbols::{self, Definition, FileSymbols};
 use super::tokens::{CountCache, TokenCounter};
@@ -405,7 +405,7 @@ fn choose_head(
     let prefix_floor = whole_prefix.min(available / 2);
     let mut prefix_start_line = start_within(&line_costs, prefix_floor);
 
-    let analysis = Analysis::of(cursor, layout);
+    let analysis = Analysis::of(index, cursor, layout);
     let candidates = index.map_or_else(Vec::new, |index| {
         candidates(index, cursor, layout, &analysis, recent)
     });
@@ -534,19 +534,28 @@ fn start_within(line_costs: &[usize], budget: usize) -> usize {
 
 /// What the current document says around the cursor, the cursor line left out.
 struct Analysis {
-    symbols: FileSymbols,
+    /// The file's entry in the index: its definitions and imports as last saved, which hold
+    /// still while the user types (and cost nothing to read).
+    indexed: Option<Arc<IndexedFile>>,
+    /// Read from the live text when the index does not have the file.
+    own: FileSymbols,
     /// Identifiers used in the enclosing scope and the lines just before the cursor, nearest
     /// first, each once.
     nearby: Vec<String>,
 }
 
 impl Analysis {
-    fn of(cursor: &Cursor, layout: &Layout) -> Self {
+    fn of(index: Option<&WorkspaceIndex>, cursor: &Cursor, layout: &Layout) -> Self {
+        let indexed = index
+            .zip(cursor.relative)
+            .and_then(|(index, relative)| index.file_by_relative(relative).cloned());
+        let mut analysis = Self {
+            indexed,
+            own: FileSymbols::default(),
+            nearby: Vec::new(),
+        };
         let Some(language) = cursor.language else {
-            return Self {
-                symbols: FileSymbols::default(),
-                nearby: Vec::new(),
-            };
+            return analysis;
         };
         let owned;
         let tree = match cursor.tree {
@@ -556,15 +565,16 @@ impl Analysis {
                     owned = tree;
                     &owned
                 }
-                None => {
-                    return Self {
-                        symbols: FileSymbols::default(),
-                        nearby: Vec::new(),
-                    };
-                }
+                None => return analysis,
             },
         };
-        let file_symbols = symbols::extract(language, tree, cursor.text);
+        if analysis.indexed.is_none() {
+            analysis.own = symbols::extract_declarations(language, tree, cursor.text);
+            analysis
+                .own
+                .definitions
+                .retain(|d| d.lines.start != layout.cursor_line);
+        }
         let cursor_line = layout.cursor_line;
         let near_start = layout.line_starts[cursor_line.saturating_sub(NEARBY_LINES)];
         let scope = symbols::enclosing_scope(tree, cursor.text, cursor_line)
@@ -575,13 +585,15 @@ impl Analysis {
         // Nearest to the cursor line first.
         used.sort_by_key(|(_, line)| line.abs_diff(cursor_line));
         let mut seen = HashSet::new();
-        let nearby = used
+        analysis.nearby = used
             .into_iter()
             .filter_map(|(name, _)| seen.insert(name.clone()).then_some(name))
             .collect();
-        let mut symbols = file_symbols;
-        symbols.definitions.retain(|d| d.lines.start != cursor_line);
-        Self { symbols, nearby }
+        analysis
+    }
+
+    fn symbols(&self) -> &FileSymbols {
+        self.indexed.as_ref().map_or(&self.own, |f| &f.symbols)
     }
 }
 
@@ -593,20 +605,24 @@ fn candidates(
     recent: &[RecentChunk],
 ) -> Vec<Snippet> {
     let relative = cursor.relative.unwrap_or("");
-    let current = cursor
-        .relative
-        .and_then(|r| index.files().find(|f| f.relative == r).map(|f| f.id));
+    let current = analysis.indexed.as_ref().map(|f| f.id);
     let mut snippets = Vec::new();
     let mut imported_files: HashSet<FileId> = HashSet::new();
     let defined_here: HashSet<&str> = analysis
-        .symbols
+        .symbols()
         .definitions
         .iter()
         .map(|d| d.name.as_str())
         .collect();
 
+    let nearby_rank: HashMap<&str, usize> = analysis
+        .nearby
+        .iter()
+        .enumerate()
+        .map(|(rank, name)| (name.as_str(), rank))
+        .collect();
     // Imports: the definitions of imported names, and the outlines of imported modules.
-    for import in &analysis.symbols.imports {
+    for import in &analysis.symbols().imports {
         let resolved = import
             .module
             .as_deref()
@@ -633,6 +649,10 @@ fn candidates(
             } else {
                 Vec::new()
             };
+            // Imported names the code near the cursor uses come first.
+            let score = nearby_rank
+                .get(name.as_str())
+                .map_or(72.0, |rank| (95.0 - *rank as f64 * 0.1).max(85.0));
             for (file, definition) in chosen {
                 named_found = true;
                 snippets.push(definition_snippet(
@@ -640,25 +660,28 @@ fn candidates(
                     file,
                     definition,
                     format!("imported: {name}"),
-                    90.0,
+                    score,
                 ));
             }
         }
         if !named_found {
-            for id in resolved.iter().take(3) {
-                if let Some(file) = index.file(*id) {
-                    let module = import.module.as_deref().unwrap_or_default();
-                    if let Some(outline) = outline_snippet(
-                        BlockKind::Module,
-                        &file.relative,
-                        file.language.spec.line_comment,
-                        &file.symbols.definitions,
-                        &format!("imported module: {module}"),
-                        50.0,
-                    ) {
-                        snippets.push(outline);
-                    }
-                }
+            // A module used by name near the cursor (`util.parse(...)`) matters more.
+            let module = import.module.as_deref().unwrap_or_default();
+            let alias = module.rsplit(['.', '/', ':']).next().unwrap_or(module);
+            let score = if nearby_rank.contains_key(alias) {
+                85.0
+            } else {
+                50.0
+            };
+            for file in resolved.iter().take(3).filter_map(|id| index.file(*id)) {
+                snippets.extend(outline_snippet(
+                    BlockKind::Module,
+                    &file.relative,
+                    file.language.spec.line_comment,
+                    &file.symbols.definitions,
+                    &format!("imported module: {module}"),
+                    score,
+                ));
             }
         }
     }
@@ -767,22 +790,15 @@ fn outline_snippet(
     score: f64,
 ) -> Option<Snippet> {
     let mut text = String::new();
-    let mut lines = 0;
     let mut covered: Option<Range<usize>> = None;
     let mut enclosing: Vec<Range<usize>> = Vec::new();
-    for definition in definitions {
+    for definition in definitions.iter().take(OUTLINE_LINES) {
         enclosing.retain(|r| r.end > definition.bytes.start);
         let depth = enclosing.len();
         enclosing.push(definition.bytes.clone());
-        for line in definition.signature.lines() {
-            if lines == OUTLINE_LINES {
-                break;
-            }
-            text.push_str(&"    ".repeat(depth));
-            text.push_str(line.trim_start());
-            text.push('\n');
-            lines += 1;
-        }
+        text.push_str(&"    ".repeat(depth));
+        text.push_str(&symbols::one_line(&definition.signature));
+        text.push('\n');
         covered = Some(match covered {
             Some(c) => c.start.min(definition.lines.start)..c.end.max(definition.lines.end),
             None => definition.lines.clone(),
@@ -807,7 +823,7 @@ fn outline_of_current(
     suffix_end_line: usize,
 ) -> Option<Snippet> {
     let hidden: Vec<Definition> = analysis
-        .symbols
+        .symbols()
         .definitions
         .iter()
         .filter(|d| d.lines.start < prefix_start_line || d.lines.start >= suffix_end_line)
@@ -819,7 +835,7 @@ fn outline_of_current(
         comment_of(cursor),
         &hidden,
         "outline of the current file outside the window",
-        85.0,
+        70.0,
     )
 }
 

@@ -49,6 +49,7 @@ pub struct WorkspaceIndex {
     options: ScanOptions,
     files: HashMap<FileId, Arc<IndexedFile>>,
     by_path: HashMap<PathBuf, FileId>,
+    by_relative: HashMap<String, FileId>,
     by_name: HashMap<String, Vec<(FileId, usize)>>,
     /// Files by the last segment of their module path (`src/net/http.rs` -> `http`; `mod.rs`,
     /// `__init__.py` and `index.ts` stand for their folder), and by their folder's name.
@@ -67,6 +68,7 @@ impl WorkspaceIndex {
             options,
             files: HashMap::new(),
             by_path: HashMap::new(),
+            by_relative: HashMap::new(),
             by_name: HashMap::new(),
             by_module_name: HashMap::new(),
             by_folder_name: HashMap::new(),
@@ -203,6 +205,11 @@ impl WorkspaceIndex {
 
     pub fn file(&self, id: FileId) -> Option<&Arc<IndexedFile>> {
         self.files.get(&id)
+    }
+
+    /// The file at a path relative to a workspace folder.
+    pub fn file_by_relative(&self, relative: &str) -> Option<&Arc<IndexedFile>> {
+        self.files.get(self.by_relative.get(relative)?)
     }
 
     pub fn file_by_path(&self, path: &Path) -> Option<&Arc<IndexedFile>> {
@@ -402,6 +409,7 @@ impl WorkspaceIndex {
         self.by_folder_name.entry(folder_name).or_default().push(id);
         self.similar.insert(id, &prepared.text);
         self.by_path.insert(path.clone(), id);
+        self.by_relative.insert(relative.clone(), id);
         self.files.insert(
             id,
             Arc::new(IndexedFile {
@@ -420,6 +428,9 @@ impl WorkspaceIndex {
         let Some(file) = self.files.remove(&id) else {
             return;
         };
+        if self.by_relative.get(&file.relative) == Some(&id) {
+            self.by_relative.remove(&file.relative);
+        }
         for definition in &file.symbols.definitions {
             if let Some(entries) = self.by_name.get_mut(&definition.name) {
                 entries.retain(|(f, _)| *f != id);

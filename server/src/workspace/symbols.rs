@@ -2,7 +2,7 @@
 //! comment and a short snippet), imports, and references. Works for every row of the language
 //! table through its queries; nothing here names a language.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::ops::Range;
 
 use streaming_iterator::StreamingIterator;
@@ -80,50 +80,94 @@ pub fn parse_rope(language: &Compiled, text: &ropey::Rope, old: Option<&Tree>) -
 
 /// Everything the index keeps of one parsed file.
 pub fn extract(language: &Compiled, tree: &Tree, text: &str) -> FileSymbols {
-    let mut symbols = FileSymbols {
-        definitions: definitions(language, tree, text),
-        imports: imports(language, tree, text),
-        references: references(language, tree, text),
-    };
-    symbols.definitions.sort_by_key(|d| d.bytes.start);
-    add_member_outlines(&mut symbols.definitions, text, language.spec.line_comment);
-    symbols
+    let (definitions, references) = tags(language, tree, text, true);
+    finish(
+        language,
+        definitions,
+        imports(language, tree, text),
+        references,
+        text,
+    )
 }
 
-fn definitions(language: &Compiled, tree: &Tree, text: &str) -> Vec<Definition> {
+/// Definitions and imports only (what a prompt needs of the current file).
+pub fn extract_declarations(language: &Compiled, tree: &Tree, text: &str) -> FileSymbols {
+    let (definitions, _) = tags(language, tree, text, false);
+    finish(
+        language,
+        definitions,
+        imports(language, tree, text),
+        Vec::new(),
+        text,
+    )
+}
+
+fn finish(
+    language: &Compiled,
+    mut definitions: Vec<Definition>,
+    imports: Vec<Import>,
+    references: Vec<Reference>,
+    text: &str,
+) -> FileSymbols {
+    definitions.sort_by_key(|d| d.bytes.start);
+    add_member_outlines(&mut definitions, text, language.spec.line_comment);
+    FileSymbols {
+        definitions,
+        imports,
+        references,
+    }
+}
+
+/// One pass of the tags query: definitions, and references when asked for.
+fn tags(
+    language: &Compiled,
+    tree: &Tree,
+    text: &str,
+    with_references: bool,
+) -> (Vec<Definition>, Vec<Reference>) {
     let query = &language.tags;
     let names = query.capture_names();
     let mut cursor = QueryCursor::new();
     let mut matches = cursor.matches(query, tree.root_node(), text.as_bytes());
-    let mut seen: HashMap<(usize, usize), ()> = HashMap::new();
-    let mut found = Vec::new();
+    let mut seen: HashSet<(usize, usize)> = HashSet::new();
+    let mut definitions = Vec::new();
+    let mut references = Vec::new();
     while let Some(m) = matches.next() {
         let mut name = None;
         let mut definition = None;
+        let mut reference = None;
         for capture in m.captures {
             let capture_name = names[capture.index as usize];
             if capture_name == "name" {
                 name = Some(capture.node);
             } else if let Some(kind) = capture_name.strip_prefix("definition.") {
                 definition = Some((capture.node, kind));
+            } else if let Some(kind) = capture_name.strip_prefix("reference.") {
+                reference = Some(kind);
             }
         }
-        let (Some(name), Some((node, kind))) = (name, definition) else {
+        let Some(name) = name else {
             continue;
         };
-        let outer = outer_declaration(node);
-        if seen
-            .insert((outer.start_byte(), outer.end_byte()), ())
-            .is_some()
-        {
-            continue;
-        }
         let Some(name_text) = text.get(name.byte_range()) else {
             continue;
         };
-        found.push(describe(outer, name_text, kind, text));
+        if let Some((node, kind)) = definition {
+            let outer = outer_declaration(node);
+            if seen.insert((outer.start_byte(), outer.end_byte())) {
+                definitions.push(describe(outer, name_text, kind, text));
+            }
+        } else if let Some(kind) = reference
+            && with_references
+        {
+            references.push(Reference {
+                name: name_text.to_string(),
+                kind: kind.to_string(),
+                line: name.start_position().row,
+            });
+        }
     }
-    found
+    (definitions, references)
 }
 
 /// Climbs from a captured node to the whole declaration a reader would quote: the C function
@@ -262,7 +306,7 @@ fn add_member_outlines(definitions: &mut [Definition], text: &str, comment: &str
             let indent = leading_indent(text, d.bytes.start);
             (
                 d.bytes.clone(),
-                format!("{indent}{}", d.signature),
+                format!("{indent}{}", one_line(&d.signature)),
                 d.lines.len(),
             )
         })
@@ -356,34 +400,6 @@ fn statement_of(node: Node) -> Node {
     current
 }
 
-fn references(language: &Compiled, tree: &Tree, text: &str) -> Vec<Reference> {
-    let query = &language.tags;
-    let names = query.capture_names();
-    let mut cursor = QueryCursor::new();
-    let mut matches = cursor.matches(query, tree.root_node(), text.as_bytes());
-    let mut found = Vec::new();
-    while let Some(m) = matches.next() {
-        let mut name = None;
-        let mut kind = None;
-        for capture in m.captures {
-            let capture_name = names[capture.index as usize];
-            if capture_name == "name" {
-                name = Some(capture.node);
-            } else if let Some(k) = capture_name.strip_prefix("reference.") {
-                kind = Some(k);
-            }
-        }
-        if let (Some(name), Some(kind)) = (name, kind) {
-            found.push(Reference {
-                name: text[name.byte_range()].to_string(),
-                kind: kind.to_string(),
-                line: name.start_position().row,
-            });
-        }
-    }
-    found
-}
-
 /// Identifiers (of every kind the grammar has: plain, type, field, property...) in a byte range,
 /// with their lines, in text order.
 pub fn identifiers_in(tree: &Tree, text: &str, range: Range<usize>) -> Vec<(String, usize)> {
@@ -420,6 +436,20 @@ pub fn enclosing_scope(tree: &Tree, text: &str, line: usize) -> Option<Range<usi
         }
         node = node.parent()?;
     }
+}
+
+/// A signature on one line: its lines joined, runs of whitespace made one space, no space
+/// after an opening or before a closing bracket (`def f(\n    a,\n) -> T:` -> `def f(a,) -> T:`).
+pub fn one_line(signature: &str) -> String {
+    let mut out = String::with_capacity(signature.len());
+    for word in signature.split_whitespace() {
+        let glue = out.ends_with(['(', '[', '{']) || word.starts_with([')', ']', '}']);
+        if !out.is_empty() && !glue {
+            out.push(' ');
+        }
+        out.push_str(word);
+    }
+    out
 }
 
 fn first_lines(text: &str, count: usize) -> String {
