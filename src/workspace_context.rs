@@ -75,17 +75,12 @@ impl WorkspaceArgs {
         let index = self
             .root_for(file)
             .map(|root| index_folder(&root, self.max_file_size));
-        let relative = index
-            .as_ref()
-            .and_then(|i| i.relative_path(file))
-            .unwrap_or_else(|| {
-                file.file_name()
-                    .map_or(String::new(), |n| n.to_string_lossy().into_owned())
-            });
+        // The file alone (--no-workspace) is sent as it is, without a path header.
+        let relative = index.as_ref().and_then(|i| i.relative_path(file));
         let cursor = Cursor {
             text,
             offset,
-            relative: Some(&relative),
+            relative: relative.as_deref(),
             language: languages::for_path(file),
             tree: None,
         };

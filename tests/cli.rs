@@ -301,6 +301,8 @@ fn complete_prints_the_fill_in_the_middle_completion() {
         &col,
         "--max-tokens",
         "16",
+        // The file alone, so the prompt is exactly transformers' prefix and suffix.
+        "--no-workspace",
     ];
 
     let output = binary()
@@ -449,7 +451,7 @@ fn a_cache_budget_too_small_for_the_request_says_so() {
     let (file, line, col) = source_with_cursor(dir.path(), &prefix, &suffix);
     let model = fixture("lite");
     let (line, col) = (line.to_string(), col.to_string());
-    // One 32-token page: the 26-token prompt fits, 16 more tokens do not.
+    // One 32-token page: the 26-token prompt (the file alone) fits, 16 more tokens do not.
     let output = run(&[
         "complete",
         file.to_str().unwrap(),
@@ -463,6 +465,7 @@ fn a_cache_budget_too_small_for_the_request_says_so() {
         model.to_str().unwrap(),
         "--cache-budget",
         "1K",
+        "--no-workspace",
     ]);
     assert_usage_error(&output, "raise the cache budget");
     let output = run(&[
@@ -478,6 +481,7 @@ fn a_cache_budget_too_small_for_the_request_says_so() {
         model.to_str().unwrap(),
         "--cache-budget",
         "1K",
+        "--no-workspace",
     ]);
     assert_succeeded(&output);
     let output = run(&[
@@ -505,4 +509,121 @@ fn bench_lsp_times_the_server_without_a_model() {
         assert!(report[key]["p50"].as_f64().unwrap() > 0.0);
         assert!(report[key]["p99"].as_f64().unwrap() >= report[key]["p50"].as_f64().unwrap());
     }
+}
+
+/// A small workspace: a module, a file importing it, and an ignored copy.
+fn shop_workspace(dir: &Path) -> PathBuf {
+    let write = |path: &str, text: &str| {
+        let full = dir.join(path);
+        std::fs::create_dir_all(full.parent().unwrap()).unwrap();
+        std::fs::write(full, text).unwrap();
+    };
+    write(
+        "shop/pricing.py",
+        "def net_price(gross: float, vat_rate: float) -> float:\n    return gross / (1 + vat_rate)\n",
+    );
+    write(".gitignore", "build/\n");
+    write(
+        "build/pricing.py",
+        "def stale_net_price(gross: float) -> float:\n    return gross\n",
+    );
+    let app =
+        "from .pricing import net_price\n\n\ndef checkout(cart):\n    total = sum(cart)\n    \n";
+    write("shop/app.py", app);
+    dir.join("shop/app.py")
+}
+
+#[test]
+fn context_shows_the_prompt_its_blocks_and_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = shop_workspace(dir.path());
+    let model = fixture("lite");
+    let args = |budget: &str| {
+        let mut command = binary();
+        command.args([
+            "context",
+            app.to_str().unwrap(),
+            "--line",
+            "5",
+            "--col",
+            "4",
+            "--workspace",
+            dir.path().to_str().unwrap(),
+            "--budget",
+            budget,
+            "--model",
+            model.to_str().unwrap(),
+        ]);
+        command
+    };
+    let output = args("2048").arg("--json").output().unwrap();
+    assert_succeeded(&output);
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let prompt = json["prompt"].as_str().unwrap();
+    assert!(
+        prompt.starts_with(
+            "# shop/pricing.py\ndef net_price(gross: float, vat_rate: float) -> float:"
+        ),
+        "{prompt}"
+    );
+    assert!(prompt.contains("# shop/app.py\nfrom .pricing import net_price"));
+    assert!(
+        !prompt.contains("stale_net_price"),
+        "ignored files stay out"
+    );
+    let block = &json["blocks"][0];
+    assert_eq!(block["path"], "shop/pricing.py");
+    assert_eq!(block["kind"], "import");
+    assert_eq!(block["reason"], "imported: net_price");
+    assert!(block["tokens"].as_u64().unwrap() > 0);
+    assert!(block.get("text").is_none());
+    assert!(json["prompt_tokens"].as_u64().unwrap() <= 2048);
+
+    // A budget too small for the import leaves it out and still fits.
+    let small: serde_json::Value =
+        serde_json::from_slice(&args("40").arg("--json").output().unwrap().stdout).unwrap();
+    assert!(small["prompt_tokens"].as_u64().unwrap() <= 40, "{small}");
+
+    // The plain form lists the blocks, then the prompt with the cursor marked.
+    let output = args("2048").output().unwrap();
+    assert_succeeded(&output);
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(text.starts_with("# Import shop/pricing.py ("), "{text}");
+    assert!(text.contains("    <|cursor|>\n"), "{text}");
+
+    assert_usage_error(&args("8").output().unwrap(), "--budget must be at least");
+}
+
+#[test]
+fn complete_reports_the_context_it_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = shop_workspace(dir.path());
+    let output = binary()
+        .args([
+            "complete",
+            app.to_str().unwrap(),
+            "--line",
+            "5",
+            "--col",
+            "4",
+            "--max-tokens",
+            "4",
+            "--json",
+            "--workspace",
+            dir.path().to_str().unwrap(),
+            "--model",
+            fixture("lite").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_succeeded(&output);
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(json["context"][0]["path"], "shop/pricing.py");
+    let prompt_tokens = json["prompt_tokens"].as_u64().unwrap();
+    assert!(prompt_tokens <= 4096);
+    assert_eq!(
+        json["stats"]["prompt_tokens"].as_u64().unwrap(),
+        prompt_tokens,
+        "the engine received exactly the counted prompt"
+    );
 }
