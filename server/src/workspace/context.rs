@@ -686,12 +686,27 @@ fn candidates(
         }
     }
 
+    // Ambiguous names are looked up in the imported files only: their definitions by name.
+    let mut imported_definitions: HashMap<&str, Vec<(&Arc<IndexedFile>, &Definition)>> =
+        HashMap::new();
+    for file in imported_files.iter().filter_map(|id| index.file(*id)) {
+        for definition in &file.symbols.definitions {
+            imported_definitions
+                .entry(definition.name.as_str())
+                .or_default()
+                .push((file, definition));
+        }
+    }
     // Identifiers used near the cursor, nearest first.
     for (rank, name) in analysis.nearby.iter().enumerate() {
         if defined_here.contains(name.as_str()) {
             continue;
         }
-        let mut definitions = index.definitions_named(name);
+        let mut definitions = if index.definition_count(name) > AMBIGUOUS + 1 {
+            imported_definitions.get(name.as_str()).cloned().unwrap_or_default()
+        } else {
+            index.definitions_named(name)
+        };
         definitions.retain(|(f, _)| Some(f.id) != current);
         if definitions.len() > AMBIGUOUS {
             definitions.retain(|(f, _)| imported_files.contains(&f.id));

@@ -12,6 +12,8 @@ const WINDOW_STEP: usize = 6;
 /// Tokens found in more windows than this fraction say nothing about similarity; they still
 /// count in the exact score, but do not nominate candidates.
 const COMMON_FRACTION: f64 = 0.05;
+/// ...and, in large workspaces, tokens in more windows than this.
+const COMMON_POSTINGS: usize = 2_000;
 /// Candidates scored exactly per query.
 const CANDIDATES: usize = 256;
 
@@ -115,7 +117,7 @@ impl SimilarIndex {
         if query_tokens.is_empty() || self.live == 0 {
             return Vec::new();
         }
-        let common = ((self.live as f64 * COMMON_FRACTION) as usize).max(8);
+        let common = ((self.live as f64 * COMMON_FRACTION) as usize).clamp(8, COMMON_POSTINGS);
         let mut hits: HashMap<u32, u32> = HashMap::new();
         for token in &query_tokens {
             let Some(posting) = self.postings.get(token) else {
