@@ -19,20 +19,9 @@ pub enum Mode {
 const WINDOW_BEFORE: usize = 400;
 const WINDOW_AFTER: usize = 100;
 
-/// The grammar for an LSP language id.
+/// The grammar for an LSP language id, from the language table.
 pub fn language_for(language_id: &str) -> Option<Language> {
-    Some(match language_id {
-        "rust" => tree_sitter_rust::LANGUAGE.into(),
-        "python" => tree_sitter_python::LANGUAGE.into(),
-        "javascript" | "javascriptreact" => tree_sitter_javascript::LANGUAGE.into(),
-        "typescript" => tree_sitter_typescript::LANGUAGE_TYPESCRIPT.into(),
-        "typescriptreact" => tree_sitter_typescript::LANGUAGE_TSX.into(),
-        "go" => tree_sitter_go::LANGUAGE.into(),
-        "java" => tree_sitter_java::LANGUAGE.into(),
-        "c" => tree_sitter_c::LANGUAGE.into(),
-        "cpp" => tree_sitter_cpp::LANGUAGE.into(),
-        _ => return None,
-    })
+    crate::workspace::languages::for_lsp_id(language_id).map(|l| l.language.clone())
 }
 
 /// A parsed window of the document: lines `first_line..` starting at byte `start`.

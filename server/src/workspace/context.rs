@@ -703,7 +703,10 @@ fn candidates(
             continue;
         }
         let mut definitions = if index.definition_count(name) > AMBIGUOUS + 1 {
-            imported_definitions.get(name.as_str()).cloned().unwrap_or_default()
+            imported_definitions
+                .get(name.as_str())
+                .cloned()
+                .unwrap_or_default()
         } else {
             index.definitions_named(name)
         };

@@ -11,7 +11,7 @@ use std::time::Instant;
 use super::languages::{self, Compiled};
 use super::scan::{self, FoundFile, ScanOptions, Skip, SkipCounts};
 use super::similar::{Match, SimilarIndex};
-use super::symbols::{self, Definition, FileSymbols};
+use super::symbols::{self, Definition, FileSymbols, Reference};
 
 pub type FileId = u32;
 
@@ -30,6 +30,18 @@ pub struct IndexedFile {
 impl IndexedFile {
     pub fn line_count(&self) -> usize {
         self.text.lines().count()
+    }
+
+    /// The references (calls, type uses...) within `radius` lines of `line`, nearest first.
+    pub fn references_near(&self, line: usize, radius: usize) -> Vec<&Reference> {
+        let mut near: Vec<&Reference> = self
+            .symbols
+            .references
+            .iter()
+            .filter(|r| r.line.abs_diff(line) <= radius)
+            .collect();
+        near.sort_by_key(|r| r.line.abs_diff(line));
+        near
     }
 }
 
@@ -324,8 +336,9 @@ impl WorkspaceIndex {
             .files
             .values()
             .filter(|f| {
-                let stem = module_path(&f.relative);
-                f.relative == path || stem == path
+                let without_extension =
+                    f.relative.rsplit_once('.').map_or(&*f.relative, |(s, _)| s);
+                f.relative == path || without_extension == path || module_path(&f.relative) == path
             })
             .map(|f| f.id)
             .collect();
@@ -558,6 +571,56 @@ fn join_relative(folder: &str, path: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn imports_resolve_to_files_and_references_are_found_near_a_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |path: &str, text: &str| {
+            let full = dir.path().join(path);
+            std::fs::create_dir_all(full.parent().unwrap()).unwrap();
+            std::fs::write(full, text).unwrap();
+        };
+        write("src/net/http.rs", "pub fn get() {}\n");
+        write("src/net/mod.rs", "pub mod http;\n");
+        write("pkg/util/strings.go", "package util\nfunc Pad() {}\n");
+        write("web/index.ts", "export function boot() {}\n");
+        write(
+            "web/app.ts",
+            "import { boot } from './index';\nboot();\n\n\nboot();\n",
+        );
+        let mut index = WorkspaceIndex::new(&[dir.path().to_path_buf()], ScanOptions::default());
+        index.index_all(1, &|_, _| {});
+        let paths = |ids: Vec<FileId>| -> Vec<String> {
+            ids.into_iter()
+                .map(|id| index.file(id).unwrap().relative.clone())
+                .collect()
+        };
+        assert_eq!(
+            paths(index.resolve_module("src/main.rs", "crate::net::http::get")),
+            ["src/net/http.rs"]
+        );
+        assert_eq!(
+            paths(index.resolve_module("src/main.rs", "crate::net")),
+            ["src/net/mod.rs"]
+        );
+        assert_eq!(
+            paths(index.resolve_module("main.go", "example.com/me/proj/pkg/util")),
+            ["pkg/util/strings.go"]
+        );
+        assert_eq!(
+            paths(index.resolve_module("web/app.ts", "./index")),
+            ["web/index.ts"]
+        );
+        assert!(
+            index
+                .resolve_module("src/main.rs", "std::collections::HashMap")
+                .is_empty()
+        );
+        let app = index.file_by_relative("web/app.ts").unwrap();
+        let near: Vec<usize> = app.references_near(1, 1).iter().map(|r| r.line).collect();
+        assert_eq!(near, [1]);
+        assert_eq!(app.references_near(3, 2).len(), 2);
+    }
 
     #[test]
     fn module_paths_stand_for_packages() {
