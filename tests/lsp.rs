@@ -439,10 +439,11 @@ fn typing_the_suggestion_serves_the_rest_without_the_model() {
 #[test]
 fn superseded_and_cancelled_requests_are_all_answered_and_stopped() {
     let mut client = Client::start(&[]);
-    // Long generations, so the first requests are still running when the next arrive.
+    // A long debounce: a replaced request is answered as soon as the newer one arrives, and the
+    // newest is still waiting when its cancellation arrives, however loaded the machine is.
     client.initialize(
         &["utf-16"],
-        model_options(json!({"maxTokens": 100000})),
+        model_options(json!({"maxTokens": 100000, "debounceMs": 3000})),
         json!({}),
     );
     client.wait_for_model();
@@ -459,8 +460,7 @@ fn superseded_and_cancelled_requests_are_all_answered_and_stopped() {
             "request {i} was superseded: {reply}"
         );
     }
-    // ...and is still generating (100,000 tokens) when it is cancelled explicitly. (Cancelling
-    // it before its handler starts would leave request 1 as the newest, rightly answered.)
+    // ...which is then cancelled explicitly.
     client.notify("$/cancelRequest", json!({"id": ids[2]}));
     let reply = client.reply(ids[2]);
     assert_eq!(

@@ -48,6 +48,9 @@ pub struct Backend {
     pub(super) workspace: Arc<WorkspaceHost>,
 }
 
+/// How often a debouncing request checks whether a newer one replaced it.
+const DEBOUNCE_CHECK: Duration = Duration::from_millis(5);
+
 /// Characters of a completion label at most.
 const LABEL_CHARS: usize = 60;
 
@@ -249,14 +252,18 @@ impl Backend {
 
         let ticket = self.sequence.fetch_add(1, Ordering::Relaxed) + 1;
         self.latest.insert(key.clone(), ticket);
-        if settings.debounce_ms > 0 {
-            tokio::time::sleep(Duration::from_millis(settings.debounce_ms)).await;
+        // The debounce ends early for a request a newer one replaced: it is answered at once.
+        let superseded = || {
+            self.latest
+                .get(&key)
+                .is_some_and(|latest| *latest != ticket)
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(settings.debounce_ms);
+        while tokio::time::Instant::now() < deadline && !superseded() {
+            let left = deadline - tokio::time::Instant::now();
+            tokio::time::sleep(left.min(DEBOUNCE_CHECK)).await;
         }
-        if self
-            .latest
-            .get(&key)
-            .is_some_and(|latest| *latest != ticket)
-        {
+        if superseded() {
             return Err(Error::request_cancelled());
         }
         let mode = completion_mode(
