@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use engine::TextTokenizer;
 use serde_json::{Value, json};
-use server::workspace::context::{Budget, ContextBuilder, Cursor};
+use server::workspace::context::{Budget, ContextBuilder, Cursor, TreeSource};
 use server::workspace::index::{IndexedFile, WorkspaceIndex};
 use server::workspace::scan::ScanOptions;
 use server::workspace::symbols;
@@ -84,7 +84,7 @@ pub fn run(options: &ContextBenchOptions, tokenizer: Arc<TextTokenizer>) -> Resu
             offset: task.offset,
             relative: Some(&task.file.relative),
             language: Some(task.file.language),
-            tree: tree.as_ref(),
+            tree: tree.as_ref().map_or(TreeSource::Parse, TreeSource::Parsed),
         };
         let budget = Budget {
             tokens: options.budgets.iter().copied().max().unwrap_or(8192),
@@ -110,7 +110,7 @@ pub fn run(options: &ContextBenchOptions, tokenizer: Arc<TextTokenizer>) -> Resu
                 offset: task.offset,
                 relative: Some(&task.file.relative),
                 language: Some(task.file.language),
-                tree: tree.as_ref(),
+                tree: tree.as_ref().map_or(TreeSource::Parse, TreeSource::Parsed),
             };
             let started = Instant::now();
             let built = builder.build(

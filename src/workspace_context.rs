@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use clap::Args;
 use engine::TextTokenizer;
-use server::workspace::context::{Budget, BuiltContext, ContextBuilder, Cursor};
+use server::workspace::context::{Budget, BuiltContext, ContextBuilder, Cursor, TreeSource};
 use server::workspace::index::WorkspaceIndex;
 use server::workspace::languages;
 use server::workspace::scan::ScanOptions;
@@ -82,7 +82,7 @@ impl WorkspaceArgs {
             offset,
             relative: relative.as_deref(),
             language: languages::for_path(file),
-            tree: None,
+            tree: TreeSource::Parse,
         };
         let builder = ContextBuilder::new(Box::new(ModelTokens::new(tokenizer)));
         builder.build(

@@ -73,9 +73,13 @@ pub struct Document {
     pub language_id: String,
     /// The language table's row for it, when it has one.
     pub language: Option<&'static Compiled>,
-    /// Its syntax tree, re-parsed incrementally on every change; `None` for languages without a
-    /// grammar and documents larger than `MAX_PARSED_BYTES`.
+    /// Its syntax tree, `None` for languages without a grammar and documents larger than
+    /// `MAX_PARSED_BYTES`. Every change edits it (`Tree::edit`, cheap); the incremental re-parse
+    /// waits until someone asks for the tree (`DocumentStore::syntax_tree`), so keystrokes never
+    /// pay for it.
     pub tree: Option<Tree>,
+    /// Whether `tree` has been re-parsed since the last change.
+    pub tree_is_current: bool,
 }
 
 /// Larger documents are not parsed (a 20 MB log file is not code worth a syntax tree).
@@ -192,14 +196,14 @@ impl DocumentStore {
     pub fn open(&self, uri: &str, text: &str, version: i32, language_id: &str) {
         let language = languages::for_lsp_id(language_id)
             .or_else(|| languages::for_path(std::path::Path::new(uri)));
-        let text = Rope::from_str(text);
-        let tree = parse(language, &text, None);
+        // Parsed on first use: opening a large file does not hold up the requests behind it.
         let document = Document {
-            text,
+            text: Rope::from_str(text),
             version,
             language_id: language_id.to_string(),
             language,
-            tree,
+            tree: None,
+            tree_is_current: false,
         };
         self.documents.insert(
             uri.to_string(),
@@ -251,10 +255,28 @@ impl DocumentStore {
                     None => tree = None,
                 }
             }
-            slot.document.tree = parse(slot.document.language, &text, tree.as_ref());
+            // A whole-text replacement loses the tree; the next request parses from scratch.
+            slot.document.tree = tree;
+            slot.document.tree_is_current = false;
             slot.document.text = text;
         }
         Ok(())
+    }
+
+    /// The syntax tree of version `version` of the document, re-parsing incrementally from the
+    /// edited old tree when changes arrived since the last call. `None` when the document has
+    /// moved on to another version (or has no tree).
+    pub fn syntax_tree(&self, uri: &str, version: i32) -> Option<Tree> {
+        let mut slot = self.documents.get_mut(uri)?;
+        let document = &mut slot.document;
+        if document.version != version {
+            return None;
+        }
+        if !document.tree_is_current {
+            document.tree = parse(document.language, &document.text, document.tree.as_ref());
+            document.tree_is_current = true;
+        }
+        document.tree.clone()
     }
 
     /// A snapshot of the document (ropes clone in O(1)).
@@ -481,13 +503,19 @@ mod tests {
                 )
                 .unwrap();
             let document = store.get("file:///a.rs").unwrap();
+            assert!(!document.tree_is_current, "changes only edit the tree");
             let fresh = crate::workspace::symbols::parse_rope(
                 document.language.unwrap(),
                 &document.text,
                 None,
             )
             .unwrap();
-            let incremental = document.tree.as_ref().unwrap();
+            let incremental = &store.syntax_tree("file:///a.rs", document.version).unwrap();
+            assert!(
+                store
+                    .syntax_tree("file:///a.rs", document.version - 1)
+                    .is_none()
+            );
             assert_eq!(
                 incremental.root_node().to_sexp(),
                 fresh.root_node().to_sexp()

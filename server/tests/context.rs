@@ -11,7 +11,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
-use server::workspace::context::{ANCHOR_LINES, Budget, BuiltContext, ContextBuilder, Cursor};
+use server::workspace::context::{
+    ANCHOR_LINES, Budget, BuiltContext, ContextBuilder, Cursor, TreeSource,
+};
 use server::workspace::index::WorkspaceIndex;
 use server::workspace::languages;
 use server::workspace::scan::ScanOptions;
@@ -198,7 +200,7 @@ fn build_at(
         offset,
         relative: relative.as_deref(),
         language: languages::for_path(file),
-        tree: None,
+        tree: TreeSource::Parse,
     };
     let budget = Budget {
         tokens,

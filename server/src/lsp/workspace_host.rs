@@ -13,7 +13,9 @@ use tower_lsp_server::gen_lsp_types::{FileChangeType, FileEvent, MessageType, Pr
 
 use crate::documents::{Document, DocumentStore};
 use crate::settings::Settings;
-use crate::workspace::context::{Budget, BuiltContext, ContextBuilder, Cursor, RecentChunk};
+use crate::workspace::context::{
+    Budget, BuiltContext, ContextBuilder, Cursor, RecentChunk, TreeSource,
+};
 use crate::workspace::index::WorkspaceIndex;
 use crate::workspace::scan::ScanOptions;
 use crate::workspace::tokens::ModelTokens;
@@ -204,12 +206,19 @@ impl WorkspaceHost {
                     .map(|n| n.to_string_lossy().into_owned())
             });
         let recent = self.recent_chunks(documents, uri, index);
+        // The store's tree is re-parsed only if the builder needs it; when the document moved on
+        // (or closed) meanwhile, the snapshot's own text is parsed.
+        let syntax_tree = || {
+            documents.syntax_tree(uri, document.version).or_else(|| {
+                crate::workspace::symbols::parse_rope(document.language?, &document.text, None)
+            })
+        };
         let context_cursor = Cursor {
             text: &text,
             offset: cursor,
             relative: relative.as_deref(),
             language: document.language,
-            tree: document.tree.as_ref(),
+            tree: TreeSource::Lazy(&syntax_tree),
         };
         builder.build(
             index,

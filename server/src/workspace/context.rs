@@ -89,8 +89,20 @@ pub struct Cursor<'a> {
     /// Its path relative to the workspace (what headers show), when it has one.
     pub relative: Option<&'a str>,
     pub language: Option<&'static Compiled>,
-    /// The document's syntax tree, when the caller keeps one current; parsed here otherwise.
-    pub tree: Option<&'a Tree>,
+    /// Where the document's syntax tree comes from; asked only when the choice of blocks must be
+    /// made again (not on every keystroke).
+    pub tree: TreeSource<'a>,
+}
+
+/// How the builder gets the current document's syntax tree.
+#[derive(Clone, Copy)]
+pub enum TreeSource<'a> {
+    /// Parse the text here.
+    Parse,
+    /// This tree, current for the text.
+    Parsed(&'a Tree),
+    /// Ask for it (a server keeps trees current lazily).
+    Lazy(&'a dyn Fn() -> Option<Tree>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -559,8 +571,15 @@ impl Analysis {
         };
         let owned;
         let tree = match cursor.tree {
-            Some(tree) => tree,
-            None => match symbols::parse(language, cursor.text, None) {
+            TreeSource::Parsed(tree) => tree,
+            TreeSource::Parse => match symbols::parse(language, cursor.text, None) {
+                Some(tree) => {
+                    owned = tree;
+                    &owned
+                }
+                None => return analysis,
+            },
+            TreeSource::Lazy(get) => match get() {
                 Some(tree) => {
                     owned = tree;
                     &owned
@@ -1018,7 +1037,7 @@ mod tests {
             offset,
             relative: Some(path),
             language: languages::for_path(Path::new(path)),
-            tree: None,
+            tree: TreeSource::Parse,
         };
         builder.build(
             Some(index),

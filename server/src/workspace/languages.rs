@@ -3,7 +3,7 @@
 //! written. Adding a language means adding a row here; nothing else names a language.
 
 use std::path::Path;
-use std::sync::LazyLock;
+use std::sync::{LazyLock, OnceLock};
 
 use tree_sitter::{Language, Query};
 
@@ -165,12 +165,37 @@ pub static LANGUAGES: &[LanguageSpec] = &[
     },
 ];
 
-/// A row with its grammar loaded and its queries compiled.
+/// A row with its grammar loaded; its queries compile on first use (compiling all of them
+/// costs hundreds of milliseconds, which opening one file should not pay).
 pub struct Compiled {
     pub spec: &'static LanguageSpec,
     pub language: Language,
-    pub tags: Query,
-    pub imports: Query,
+    queries: OnceLock<Option<(Query, Query)>>,
+}
+
+impl Compiled {
+    /// The tags query (definitions and references); `None` only if the table's query does not
+    /// compile against the grammar, a bug the tests catch (logged once).
+    pub fn tags(&self) -> Option<&Query> {
+        self.queries().map(|(tags, _)| tags)
+    }
+
+    /// The imports query.
+    pub fn imports(&self) -> Option<&Query> {
+        self.queries().map(|(_, imports)| imports)
+    }
+
+    fn queries(&self) -> Option<&(Query, Query)> {
+        self.queries
+            .get_or_init(|| match compile_queries(self.spec, &self.language) {
+                Ok(queries) => Some(queries),
+                Err(e) => {
+                    tracing::error!("the {} queries do not compile: {e}", self.spec.name);
+                    None
+                }
+            })
+            .as_ref()
+    }
 }
 
 impl std::fmt::Debug for Compiled {
@@ -179,35 +204,25 @@ impl std::fmt::Debug for Compiled {
     }
 }
 
-/// Compiled once, on first use. A query that does not compile against its grammar is a bug in
-/// the table, caught by the tests; such a row is left out rather than taking the server down.
-static COMPILED: LazyLock<Vec<Option<Compiled>>> = LazyLock::new(|| {
+static COMPILED: LazyLock<Vec<Compiled>> = LazyLock::new(|| {
     LANGUAGES
         .iter()
-        .map(|spec| match compile(spec) {
-            Ok(compiled) => Some(compiled),
-            Err(e) => {
-                tracing::error!("the {} queries do not compile: {e}", spec.name);
-                None
-            }
+        .map(|spec| Compiled {
+            spec,
+            language: (spec.grammar)(),
+            queries: OnceLock::new(),
         })
         .collect()
 });
 
-fn compile(spec: &'static LanguageSpec) -> Result<Compiled, String> {
-    let language = (spec.grammar)();
-    let tags = Query::new(&language, &spec.tags.concat()).map_err(|e| format!("tags: {e}"))?;
-    let imports = Query::new(&language, spec.imports).map_err(|e| format!("imports: {e}"))?;
-    Ok(Compiled {
-        spec,
-        language,
-        tags,
-        imports,
-    })
+fn compile_queries(spec: &LanguageSpec, language: &Language) -> Result<(Query, Query), String> {
+    let tags = Query::new(language, &spec.tags.concat()).map_err(|e| format!("tags: {e}"))?;
+    let imports = Query::new(language, spec.imports).map_err(|e| format!("imports: {e}"))?;
+    Ok((tags, imports))
 }
 
 fn compiled_at(index: usize) -> Option<&'static Compiled> {
-    COMPILED.get(index)?.as_ref()
+    COMPILED.get(index)
 }
 
 /// The language of an LSP language id.
@@ -240,7 +255,7 @@ mod tests {
     #[test]
     fn every_row_compiles_against_its_grammar() {
         for spec in LANGUAGES {
-            if let Err(e) = compile(spec) {
+            if let Err(e) = compile_queries(spec, &(spec.grammar)()) {
                 panic!("{}: {e}", spec.name);
             }
         }

@@ -125,7 +125,9 @@ fn tags(
     text: &str,
     with_references: bool,
 ) -> (Vec<Definition>, Vec<Reference>) {
-    let query = &language.tags;
+    let Some(query) = language.tags() else {
+        return (Vec::new(), Vec::new());
+    };
     let names = query.capture_names();
     let mut cursor = QueryCursor::new();
     let mut matches = cursor.matches(query, tree.root_node(), text.as_bytes());
@@ -336,7 +338,9 @@ fn add_member_outlines(definitions: &mut [Definition], text: &str, comment: &str
 }
 
 fn imports(language: &Compiled, tree: &Tree, text: &str) -> Vec<Import> {
-    let query = &language.imports;
+    let Some(query) = language.imports() else {
+        return Vec::new();
+    };
     let names = query.capture_names();
     let mut cursor = QueryCursor::new();
     let mut matches = cursor.matches(query, tree.root_node(), text.as_bytes());
