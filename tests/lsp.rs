@@ -916,6 +916,38 @@ fn completions_take_context_from_the_indexed_workspace() {
             .unwrap()
             .contains("def gross_price(net: float) -> float:")
     );
+    // A workspace folder added later is indexed too; turning the index off empties it.
+    let extra = tempfile::tempdir().unwrap();
+    std::fs::write(
+        extra.path().join("tax.py"),
+        "def vat(x):\n    return x * 0.2\n",
+    )
+    .unwrap();
+    let extra_root = extra.path().canonicalize().unwrap();
+    client.notify(
+        "workspace/didChangeWorkspaceFolders",
+        json!({"event": {"added": [{"uri": file_uri(&extra_root), "name": "tax"}], "removed": []}}),
+    );
+    let deadline = Instant::now() + TIMEOUT;
+    while client.request("deepseek/status", Value::Null)["result"]["indexedFiles"] != 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the added folder was never indexed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    client.notify(
+        "workspace/didChangeConfiguration",
+        json!({"settings": {"workspaceIndex": false}}),
+    );
+    let deadline = Instant::now() + TIMEOUT;
+    while client.request("deepseek/status", Value::Null)["result"]["indexedFiles"] != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the index stayed after workspaceIndex: false"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     // And a completion runs through the same prompt.
     let reply = client.request(
         "textDocument/inlineCompletion",

@@ -100,11 +100,17 @@ impl Backend {
 
     /// Applies a settings payload, tells the user what was wrong with it, reloads models.
     async fn update_settings(&self, value: &Value) {
-        let (warnings, settings) = {
+        let (warnings, settings, reindex) = {
             let mut settings = self.settings.write().unwrap_or_else(|e| e.into_inner());
+            let before = (settings.workspace_index, settings.max_file_size);
             let warnings = settings.update(value);
-            (warnings, settings.clone())
+            let reindex = before != (settings.workspace_index, settings.max_file_size);
+            (warnings, settings.clone(), reindex)
         };
+        if reindex && self.workspace.has_started() {
+            self.workspace
+                .start_indexing(&self.client, self.flags().work_done_progress, &settings);
+        }
         for warning in warnings {
             tracing::warn!("{warning}");
             self.client
@@ -471,6 +477,13 @@ impl LanguageServer for Backend {
                 resolve_provider: Some(true),
                 ..Default::default()
             })),
+            workspace: Some(WorkspaceOptions {
+                workspace_folders: Some(WorkspaceFoldersServerCapabilities {
+                    supported: Some(true),
+                    change_notifications: Some(ChangeNotifications::Bool(true)),
+                }),
+                ..Default::default()
+            }),
             execute_command_provider: Some(ExecuteCommandOptions {
                 commands: actions::COMMANDS.iter().map(|c| c.to_string()).collect(),
                 ..Default::default()
@@ -564,6 +577,28 @@ impl LanguageServer for Backend {
         };
         let workspace = self.workspace.clone();
         let _ = tokio::task::spawn_blocking(move || workspace.files_changed(&[event])).await;
+    }
+
+    async fn did_change_workspace_folders(&self, params: DidChangeWorkspaceFoldersParams) {
+        let removed: Vec<PathBuf> = params
+            .event
+            .removed
+            .iter()
+            .filter_map(|f| file_path(f.uri.as_ref()))
+            .collect();
+        let mut roots = self.workspace.roots();
+        roots.retain(|r| !removed.contains(r));
+        for folder in &params.event.added {
+            if let Some(path) = file_path(folder.uri.as_ref())
+                && !roots.contains(&path)
+            {
+                roots.push(path);
+            }
+        }
+        self.workspace.set_roots(roots);
+        let settings = self.settings();
+        self.workspace
+            .start_indexing(&self.client, self.flags().work_done_progress, &settings);
     }
 
     async fn did_change_watched_files(&self, params: DidChangeWatchedFilesParams) {

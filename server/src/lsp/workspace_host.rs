@@ -49,6 +49,11 @@ impl WorkspaceHost {
         self.roots.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// Whether indexing was ever asked for (settings changes re-index only after that).
+    pub fn has_started(&self) -> bool {
+        self.runs.load(Ordering::Relaxed) > 0
+    }
+
     /// Files in the index (0 before the first run finishes).
     pub fn indexed_files(&self) -> usize {
         self.index
@@ -62,11 +67,11 @@ impl WorkspaceHost {
     /// supports it. Completions meanwhile use the file alone.
     pub fn start_indexing(self: &Arc<Self>, client: &Client, progress: bool, settings: &Settings) {
         let roots = self.roots();
+        let run = self.runs.fetch_add(1, Ordering::Relaxed) + 1;
         if roots.is_empty() || !settings.workspace_index {
             *self.index.write().unwrap_or_else(|e| e.into_inner()) = None;
             return;
         }
-        let run = self.runs.fetch_add(1, Ordering::Relaxed) + 1;
         let options = ScanOptions {
             max_file_bytes: settings.max_file_size as u64,
             ..ScanOptions::default()
