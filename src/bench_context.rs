@@ -195,7 +195,9 @@ fn select_tasks(index: &WorkspaceIndex, limit: usize) -> Vec<Task> {
             let Some((defining, definition)) = definitions.first() else {
                 continue;
             };
-            let callable = matches!(definition.kind.as_str(), "function" | "method");
+            // Only callees in the caller's language family: a Python `print` is not a Java one.
+            let callable = matches!(definition.kind.as_str(), "function" | "method")
+                && file.language.same_family(defining.language);
             if defining.id == file.id || !callable || definition.signature.trim().is_empty() {
                 continue;
             }

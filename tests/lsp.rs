@@ -627,6 +627,12 @@ fn explain_streams_progress_and_returns_markdown() {
         .as_str()
         .unwrap_or_else(|| panic!("{reply}"))
         .to_string();
+    // The reply and the notifications travel separately: the end may arrive after the reply.
+    client.wait_for("the end of the explain progress", |m| {
+        m["method"] == "$/progress"
+            && m["params"]["token"] == "explain-1"
+            && m["params"]["value"]["kind"] == "end"
+    });
     let progress: Vec<Value> = client
         .log
         .iter()
@@ -713,6 +719,10 @@ fn a_model_that_fails_to_load_is_reported_once_and_completions_stay_empty() {
         let reply = client.request("textDocument/inlineCompletion", inline_params(URI, 1, 4));
         assert_eq!(reply["result"]["items"], json!([]));
     }
+    // Notifications may trail the replies: wait for the error before counting.
+    client.wait_for("the load error", |m| {
+        m["method"] == "window/showMessage" && m["params"]["type"] == 1
+    });
     let errors = client
         .log
         .iter()

@@ -655,7 +655,7 @@ fn candidates(
         let mut named_found = false;
         for name in &import.names {
             let mut definitions = index.definitions_named(name);
-            definitions.retain(|(f, _)| Some(f.id) != current);
+            definitions.retain(|(f, _)| Some(f.id) != current && same_family(cursor, f));
             let in_module: Vec<_> = definitions
                 .iter()
                 .filter(|(f, _)| resolved.contains(&f.id))
@@ -729,7 +729,7 @@ fn candidates(
         } else {
             index.definitions_named(name)
         };
-        definitions.retain(|(f, _)| Some(f.id) != current);
+        definitions.retain(|(f, _)| Some(f.id) != current && same_family(cursor, f));
         if definitions.len() > AMBIGUOUS {
             definitions.retain(|(f, _)| imported_files.contains(&f.id));
         }
@@ -797,6 +797,13 @@ fn candidates(
         });
     }
     snippets
+}
+
+/// Whether a file's definitions can serve the cursor's language (any, when it has none).
+fn same_family(cursor: &Cursor, file: &IndexedFile) -> bool {
+    cursor
+        .language
+        .is_none_or(|language| language.same_family(file.language))
 }
 
 fn definition_snippet(

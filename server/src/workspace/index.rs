@@ -276,7 +276,8 @@ impl WorkspaceIndex {
         let from_c_family = languages::for_path(Path::new(from))
             .is_some_and(|l| matches!(l.spec.name, "c" | "cpp"));
         if from_c_family || module.contains('/') && known_extension(module) {
-            return self.by_suffix(module, true);
+            let found = self.by_suffix(module, true);
+            return self.with_companions(found);
         }
         let segments: Vec<&str> = module
             .split([':', '.', '/', '\\'])
@@ -374,6 +375,31 @@ impl WorkspaceIndex {
         }
         found.sort_unstable();
         found
+    }
+
+    /// Files plus their companions: the files of the same stem in the same folder (a C or C++
+    /// header's implementation file, `x.h` with `x.c`).
+    fn with_companions(&self, found: Vec<FileId>) -> Vec<FileId> {
+        let mut all = found.clone();
+        for id in found {
+            let Some(file) = self.files.get(&id) else {
+                continue;
+            };
+            let stem = file
+                .relative
+                .rsplit_once('.')
+                .map_or(&*file.relative, |(s, _)| s);
+            let name = stem.rsplit('/').next().unwrap_or(stem);
+            for other in self.by_module_name.get(name).into_iter().flatten() {
+                let same_stem = self.files.get(other).is_some_and(|o| {
+                    o.relative.rsplit_once('.').map_or(&*o.relative, |(s, _)| s) == stem
+                });
+                if same_stem && !all.contains(other) {
+                    all.push(*other);
+                }
+            }
+        }
+        all
     }
 
     /// Of several candidates, the ones sharing the longest folder prefix with `from`.

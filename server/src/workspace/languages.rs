@@ -24,6 +24,9 @@ pub struct LanguageSpec {
     imports: &'static str,
     /// How a line comment starts, for the path header of context blocks.
     pub line_comment: &'static str,
+    /// Languages whose code calls each other's definitions share a family (C with C++,
+    /// JavaScript with TypeScript); definitions from another family are not offered as context.
+    pub family: &'static str,
 }
 
 /// References for C and C++, whose grammar crates ship definitions only.
@@ -78,6 +81,7 @@ const JAVA_IMPORTS: &str = r#"
 pub static LANGUAGES: &[LanguageSpec] = &[
     LanguageSpec {
         name: "rust",
+        family: "rust",
         lsp_ids: &["rust"],
         extensions: &["rs"],
         grammar: || tree_sitter_rust::LANGUAGE.into(),
@@ -87,6 +91,7 @@ pub static LANGUAGES: &[LanguageSpec] = &[
     },
     LanguageSpec {
         name: "python",
+        family: "python",
         lsp_ids: &["python"],
         extensions: &["py", "pyi"],
         grammar: || tree_sitter_python::LANGUAGE.into(),
@@ -96,6 +101,7 @@ pub static LANGUAGES: &[LanguageSpec] = &[
     },
     LanguageSpec {
         name: "javascript",
+        family: "js",
         lsp_ids: &["javascript", "javascriptreact"],
         extensions: &["js", "jsx", "mjs", "cjs"],
         grammar: || tree_sitter_javascript::LANGUAGE.into(),
@@ -105,6 +111,7 @@ pub static LANGUAGES: &[LanguageSpec] = &[
     },
     LanguageSpec {
         name: "typescript",
+        family: "js",
         lsp_ids: &["typescript"],
         extensions: &["ts", "mts", "cts"],
         grammar: || tree_sitter_typescript::LANGUAGE_TYPESCRIPT.into(),
@@ -117,6 +124,7 @@ pub static LANGUAGES: &[LanguageSpec] = &[
     },
     LanguageSpec {
         name: "tsx",
+        family: "js",
         lsp_ids: &["typescriptreact"],
         extensions: &["tsx"],
         grammar: || tree_sitter_typescript::LANGUAGE_TSX.into(),
@@ -129,6 +137,7 @@ pub static LANGUAGES: &[LanguageSpec] = &[
     },
     LanguageSpec {
         name: "go",
+        family: "go",
         lsp_ids: &["go"],
         extensions: &["go"],
         grammar: || tree_sitter_go::LANGUAGE.into(),
@@ -138,6 +147,7 @@ pub static LANGUAGES: &[LanguageSpec] = &[
     },
     LanguageSpec {
         name: "java",
+        family: "java",
         lsp_ids: &["java"],
         extensions: &["java"],
         grammar: || tree_sitter_java::LANGUAGE.into(),
@@ -147,6 +157,7 @@ pub static LANGUAGES: &[LanguageSpec] = &[
     },
     LanguageSpec {
         name: "c",
+        family: "c",
         lsp_ids: &["c"],
         extensions: &["c", "h"],
         grammar: || tree_sitter_c::LANGUAGE.into(),
@@ -156,6 +167,7 @@ pub static LANGUAGES: &[LanguageSpec] = &[
     },
     LanguageSpec {
         name: "cpp",
+        family: "c",
         lsp_ids: &["cpp"],
         extensions: &["cc", "cpp", "cxx", "c++", "hh", "hpp", "hxx", "h++", "ipp"],
         grammar: || tree_sitter_cpp::LANGUAGE.into(),
@@ -174,6 +186,11 @@ pub struct Compiled {
 }
 
 impl Compiled {
+    /// Whether code in this language calls definitions written in `other`.
+    pub fn same_family(&self, other: &Compiled) -> bool {
+        self.spec.family == other.spec.family
+    }
+
     /// The tags query (definitions and references); `None` only if the table's query does not
     /// compile against the grammar, a bug the tests catch (logged once).
     pub fn tags(&self) -> Option<&Query> {
