@@ -71,6 +71,9 @@ enum BenchKind {
     /// Context recall and prompt-build time on --workspace: masks calls of functions defined
     /// in another file and checks the prompt shows their signature; also indexing speed.
     Context,
+    /// Exact match of --model completing lines of --workspace (code it was not trained on),
+    /// with and without workspace context, next to a trivial baseline; --context is the budget.
+    Model,
     All,
 }
 
@@ -119,6 +122,26 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
         );
         return Ok(());
     }
+    if args.what == BenchKind::Model {
+        let workspace = args
+            .workspace
+            .clone()
+            .ok_or("bench model needs --workspace DIR (code the model was not trained on)")?;
+        let engine = args.runtime.load_engine()?;
+        let options = crate::bench_model::ModelBenchOptions {
+            workspace,
+            tasks: args.tasks,
+            budget: args.context,
+            max_tokens: args.tokens,
+            threads,
+        };
+        let figures = crate::bench_model::run(&options, &engine)?;
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&figures).expect("figures serialise")
+        );
+        return Ok(());
+    }
     if args.prompt == 0 || args.tokens == 0 {
         return Err("--prompt and --tokens must be at least 1".into());
     }
@@ -144,7 +167,7 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
         BenchKind::Prefill => &[BenchKind::Prefill],
         BenchKind::Generate => &[BenchKind::Generate],
         BenchKind::Keystroke => &[BenchKind::Keystroke],
-        BenchKind::Lsp | BenchKind::Context => &[],
+        BenchKind::Lsp | BenchKind::Context | BenchKind::Model => &[],
     };
     let mut report = json!({
         "model": name,

@@ -4,6 +4,7 @@
 mod bench;
 mod bench_context;
 mod bench_lsp;
+mod bench_model;
 mod complete;
 mod context;
 mod explain;
