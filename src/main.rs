@@ -7,6 +7,7 @@ mod bench_lsp;
 mod bench_model;
 mod complete;
 mod context;
+mod embedded;
 mod explain;
 mod logits;
 mod runtime;

@@ -83,17 +83,21 @@ impl RuntimeArgs {
         Ok(LoadOptions { device, dtype })
     }
 
-    /// The model directory from --model or the environment.
+    /// The model directory from --model, the environment, or the model built into the binary.
     pub fn model_dir(&self) -> Result<PathBuf, String> {
-        self.model
+        if let Some(dir) = self
+            .model
             .clone()
             .or_else(|| std::env::var_os(MODEL_ENV).map(PathBuf::from))
-            .ok_or_else(|| {
-                format!(
-                    "no model given: pass --model DIR (a Hugging Face DeepSeek-V2 directory) or set {MODEL_ENV}; \
-                     this build has no built-in model yet"
-                )
-            })
+        {
+            return Ok(dir);
+        }
+        crate::embedded::model_dir()?.ok_or_else(|| {
+            format!(
+                "no model given: pass --model DIR (a Hugging Face DeepSeek-V2 directory) or set {MODEL_ENV}; \
+                 this build has no built-in model"
+            )
+        })
     }
 
     pub fn load_model(&self) -> Result<Model, String> {

@@ -29,11 +29,16 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
     {
         settings.log_level = level;
     }
-    let model = args
+    // --model, the environment, else the built-in model (when this build has one).
+    let model = match args
         .runtime
         .model
         .clone()
-        .or_else(|| std::env::var_os(crate::runtime::MODEL_ENV).map(Into::into));
+        .or_else(|| std::env::var_os(crate::runtime::MODEL_ENV).map(Into::into))
+    {
+        Some(dir) => Some(dir),
+        None => crate::embedded::model_dir()?,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

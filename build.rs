@@ -1,0 +1,32 @@
+//! Embeds the default model, `models/tiny-coder/`, when its files are present: config.json,
+//! tokenizer.json and model.safetensors. Without them the binary is built without a default
+//! model and asks for `--model`.
+
+use std::path::Path;
+
+const MODEL_DIR: &str = "models/tiny-coder";
+const FILES: [&str; 3] = ["config.json", "tokenizer.json", "model.safetensors"];
+
+fn main() {
+    println!("cargo:rerun-if-changed={MODEL_DIR}");
+    for file in FILES {
+        println!("cargo:rerun-if-changed={MODEL_DIR}/{file}");
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join(MODEL_DIR);
+    let complete = FILES.iter().all(|f| root.join(f).is_file());
+    let entries: String = if complete {
+        FILES
+            .iter()
+            .map(|f| format!("    ({f:?}, include_bytes!({:?})),\n", root.join(f)))
+            .collect()
+    } else {
+        String::new()
+    };
+    let code = format!(
+        "/// The embedded default model's files (empty when the build had none).\n\
+         pub const EMBEDDED_MODEL: &[(&str, &[u8])] = &[\n{entries}];\n"
+    );
+    let out =
+        Path::new(&std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("embedded_model.rs");
+    std::fs::write(out, code).expect("OUT_DIR is writable");
+}
