@@ -408,7 +408,7 @@ fn choose_head(
     }
     available = available.saturating_sub(suffix_tokens);
 
-    // Lines before the cursor, newest first, with their costs.
+    // The cost of each line before the cursor line.
     let line_costs: Vec<usize> = (0..cursor_line)
         .map(|l| counts.line(layout.line(cursor.text, l)))
         .collect();
@@ -436,10 +436,7 @@ fn choose_head(
 
     // The prefix takes what the blocks left.
     let prefix_budget = available.saturating_sub(blocks_tokens);
-    prefix_start_line = start_within(
-        &line_costs,
-        prefix_budget.max(prefix_floor.min(prefix_budget)),
-    );
+    prefix_start_line = start_within(&line_costs, prefix_budget);
     let mut head = Head {
         blocks,
         prefix_start_line,
