@@ -1089,6 +1089,24 @@ mod tests {
     }
 
     #[test]
+    fn empty_and_unterminated_documents_build_within_the_budget() {
+        let dir = repo(&[("pkg/models.py", MODELS)]);
+        let index = index_of(dir.path());
+        let builder = ContextBuilder::new(Box::new(WordCounter));
+        for (text, offset) in [("", 0), ("x = 1", 5), ("x = 1\ny", 7), ("\n\n", 1)] {
+            for budget in [16, 64, 400] {
+                let built = build(&builder, &index, "pkg/app.py", text, offset, budget);
+                assert!(built.prompt_tokens <= budget, "{text:?} at {budget}");
+                assert!(
+                    built.prefix.ends_with(&text[..offset]) || budget < 64,
+                    "{text:?}"
+                );
+                assert_eq!(built.suffix, text[offset..]);
+            }
+        }
+    }
+
+    #[test]
     fn typing_on_the_cursor_line_keeps_everything_before_it() {
         let lines: String = (0..300)
             .map(|i| format!("    total = total + step_{i}(total)\n"))
