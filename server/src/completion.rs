@@ -1,15 +1,15 @@
-//! A completion at a cursor: the window of text around it and the fill-in-the-middle request.
+//! A completion at a cursor: the window of text around it, which keys the recent-suggestion
+//! cache and tells the cleanup what surrounds the cursor, and the options of a completion. The
+//! prompt itself comes from `workspace::context`.
 //!
-//! The window before the cursor starts at a line chosen to stay put while the user types: its
-//! start moves in steps of `ANCHOR_LINES` lines, so consecutive prompts share their beginning and
-//! the engine's prefix cache serves it.
+//! The window's start moves in steps of `ANCHOR_LINES` lines, so it holds still while the user
+//! types and the cache key stays the same.
 
 use std::hash::{Hash, Hasher};
 
-use engine::{Engine, PromptInput, Request, SamplingParams};
+use engine::SamplingParams;
 use ropey::Rope;
 
-use crate::position::{PositionError, byte_offset};
 use crate::postprocess::Surroundings;
 
 /// The window's first line is a multiple of this, so it changes rarely as the cursor moves.
@@ -95,38 +95,6 @@ impl CompletionWindow {
         self.suffix.hash(&mut hasher);
         hasher.finish()
     }
-}
-
-/// The request completing `text` at (`line`, `column`): the text before the cursor is the
-/// prefix, the text after it the suffix (the command line's whole-file form).
-pub fn completion_request(
-    engine: &Engine,
-    text: &str,
-    line: usize,
-    column: usize,
-    options: &CompletionOptions,
-) -> Result<Request, PositionError> {
-    let cursor = byte_offset(text, line, column)?;
-    Ok(fill_in_middle_request(
-        engine,
-        &text[..cursor],
-        &text[cursor..],
-        options,
-    ))
-}
-
-/// A fill-in-the-middle request for the text before and after a cursor.
-pub fn fill_in_middle_request(
-    engine: &Engine,
-    prefix: &str,
-    suffix: &str,
-    options: &CompletionOptions,
-) -> Request {
-    let prompt = engine.completion_prompt(&[], prefix, suffix);
-    let mut request = Request::new(PromptInput::Prompt(prompt), options.max_new_tokens);
-    request.sampling = options.sampling;
-    request.stop = options.stop.clone();
-    request
 }
 
 #[cfg(test)]

@@ -343,7 +343,7 @@ fn prefix_text(cursor: &Cursor, layout: &Layout, head: &Head) -> String {
     if head.header
         && let Some(relative) = cursor.relative
     {
-        prefix.push_str(&format!("{} {relative}\n", comment_of(cursor)));
+        prefix.push_str(&header(comment_of(cursor), relative));
     }
     let start = head
         .prefix_from
@@ -387,7 +387,7 @@ fn choose_head(
     let cursor_line_reserve = cursor_line_tokens + (budget.tokens / 8).min(GROWTH_ROOM);
     let header_tokens = cursor
         .relative
-        .map_or(0, |r| counts.text(&format!("{} {r}\n", comment_of(cursor))));
+        .map_or(0, |r| counts.text(&header(comment_of(cursor), r)));
     let mut available = budget
         .tokens
         .saturating_sub(counts.fixed_tokens() + cursor_line_reserve + header_tokens);
@@ -593,7 +593,7 @@ impl Analysis {
         }
         let cursor_line = layout.cursor_line;
         let near_start = layout.line_starts[cursor_line.saturating_sub(NEARBY_LINES)];
-        let scope = symbols::enclosing_scope(tree, cursor.text, cursor_line)
+        let scope = symbols::enclosing_scope(tree, cursor_line, layout.cursor_line_start())
             .unwrap_or(near_start..layout.cursor_line_end());
         let range = scope.start.min(near_start)..scope.end.max(layout.cursor_line_start());
         let mut used = symbols::identifiers_in(tree, cursor.text, range);

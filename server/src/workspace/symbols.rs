@@ -220,7 +220,7 @@ fn describe(node: Node, name: &str, kind: &str, text: &str) -> Definition {
     } else {
         doc
     };
-    let start_line = doc_start.unwrap_or(node.start_position().row);
+    let start_line = doc_start.map_or(node.start_position().row, |(row, _)| row);
     let end_line = node.end_position().row + 1;
     let indent = leading_indent(text, node.start_byte());
     let snippet = if end_line - node.start_position().row <= SHORT_BODY_LINES {
@@ -229,8 +229,8 @@ fn describe(node: Node, name: &str, kind: &str, text: &str) -> Definition {
         format!("{indent}{signature}")
     };
     let snippet = match doc_start {
-        Some(_) => {
-            let doc_text = &text[text_line_start(text, start_line)..node.start_byte()];
+        Some((_, doc_line_start)) => {
+            let doc_text = &text[doc_line_start..node.start_byte()];
             format!("{}{}", doc_text.trim_end_matches(' '), snippet.trim_start())
         }
         None => snippet,
@@ -264,8 +264,8 @@ fn body_of(node: Node) -> Option<Node> {
 }
 
 /// Comments right above a node, with no blank line between: the doc comment of Rust, Go, Java,
-/// JavaScript, C. Returns the text and the line it starts on.
-fn doc_comment(node: Node, text: &str) -> (String, Option<usize>) {
+/// JavaScript, C. Returns the text and where its first line starts (row, byte).
+fn doc_comment(node: Node, text: &str) -> (String, Option<(usize, usize)>) {
     let mut start = None;
     let mut expected_row = node.start_position().row;
     let mut sibling = node.prev_sibling();
@@ -282,7 +282,11 @@ fn doc_comment(node: Node, text: &str) -> (String, Option<usize>) {
             text[first.start_byte()..node.start_byte()]
                 .trim()
                 .to_string(),
-            Some(first.start_position().row),
+            // Tree-sitter columns count bytes: the line starts `column` bytes before.
+            Some((
+                first.start_position().row,
+                first.start_byte() - first.start_position().column,
+            )),
         ),
         None => (String::new(), None),
     }
@@ -429,11 +433,12 @@ pub fn identifiers_in(tree: &Tree, text: &str, range: Range<usize>) -> Vec<(Stri
     found
 }
 
-/// Byte range of the smallest function- or class-like node that contains `line` without
-/// starting on it.
-pub fn enclosing_scope(tree: &Tree, text: &str, line: usize) -> Option<Range<usize>> {
-    let start = text_line_start(text, line);
-    let mut node = tree.root_node().descendant_for_byte_range(start, start)?;
+/// Byte range of the smallest function- or class-like node that contains `line` (starting at
+/// byte `line_start`) without starting on it.
+pub fn enclosing_scope(tree: &Tree, line: usize, line_start: usize) -> Option<Range<usize>> {
+    let mut node = tree
+        .root_node()
+        .descendant_for_byte_range(line_start, line_start)?;
     loop {
         if crate::syntax::is_function_like(node.kind()) && node.start_position().row < line {
             return Some(node.byte_range());
@@ -458,15 +463,6 @@ pub fn one_line(signature: &str) -> String {
 
 fn first_lines(text: &str, count: usize) -> String {
     text.lines().take(count).collect::<Vec<_>>().join("\n")
-}
-
-fn text_line_start(text: &str, line: usize) -> usize {
-    if line == 0 {
-        return 0;
-    }
-    text.match_indices('\n')
-        .nth(line - 1)
-        .map_or(text.len(), |(i, _)| i + 1)
 }
 
 /// The whitespace between the start of the line and `offset`, when only whitespace is there.
@@ -623,7 +619,8 @@ mod tests {
         let text = "fn a() {}\nfn b(x: Foo) -> u8 {\n    let y = helper(x);\n    y\n}\n";
         let language = by_name("rust").unwrap();
         let tree = parse(language, text, None).unwrap();
-        let scope = enclosing_scope(&tree, text, 3).unwrap();
+        let line_3 = text.match_indices('\n').nth(2).unwrap().0 + 1;
+        let scope = enclosing_scope(&tree, 3, line_3).unwrap();
         assert!(text[scope.clone()].starts_with("fn b"));
         let names: Vec<String> = identifiers_in(&tree, text, scope)
             .into_iter()
