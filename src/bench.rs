@@ -86,56 +86,14 @@ enum Form {
 
 pub fn run(args: BenchArgs) -> Result<(), String> {
     let threads = args.runtime.apply_threads()?;
-    if args.what == BenchKind::Lsp {
-        if args.lines < 2 || args.requests == 0 {
-            return Err("--lines must be at least 2 and --requests at least 1".into());
-        }
-        let figures = crate::bench_lsp::run(args.lines / 2, args.requests)?;
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&figures).expect("figures serialise")
-        );
-        return Ok(());
-    }
-    if args.what == BenchKind::Context {
-        let workspace = args
-            .workspace
-            .clone()
-            .ok_or("bench context needs --workspace DIR (a repository of real code)")?;
-        if args.budgets.iter().any(|&b| b < 32) || args.tasks == 0 {
-            return Err("--budgets must be at least 32 tokens each and --tasks at least 1".into());
-        }
-        let tokenizer = match &args.tokenizer {
-            Some(file) => crate::bench_context::tokenizer_file(file)?,
-            None => crate::context::load_tokenizer(&args.runtime)?,
-        };
-        let options = crate::bench_context::ContextBenchOptions {
-            workspace,
-            budgets: args.budgets.clone(),
-            tasks: args.tasks,
-            threads,
-        };
-        let figures = crate::bench_context::run(&options, tokenizer)?;
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&figures).expect("figures serialise")
-        );
-        return Ok(());
-    }
-    if args.what == BenchKind::Model {
-        let workspace = args
-            .workspace
-            .clone()
-            .ok_or("bench model needs --workspace DIR (code the model was not trained on)")?;
-        let engine = args.runtime.load_engine()?;
-        let options = crate::bench_model::ModelBenchOptions {
-            workspace,
-            tasks: args.tasks,
-            budget: args.context,
-            max_tokens: args.tokens,
-            threads,
-        };
-        let figures = crate::bench_model::run(&options, &engine)?;
+    // The benches that report their own figures rather than a model's speed.
+    let figures = match args.what {
+        BenchKind::Lsp => Some(bench_lsp(&args)?),
+        BenchKind::Context => Some(bench_context(&args, threads)?),
+        BenchKind::Model => Some(bench_model(&args, threads)?),
+        _ => None,
+    };
+    if let Some(figures) = figures {
         println!(
             "{}",
             serde_json::to_string_pretty(&figures).expect("figures serialise")
@@ -215,6 +173,50 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
         serde_json::to_string_pretty(&report).expect("report serialises")
     );
     Ok(())
+}
+
+fn bench_lsp(args: &BenchArgs) -> Result<serde_json::Value, String> {
+    if args.lines < 2 || args.requests == 0 {
+        return Err("--lines must be at least 2 and --requests at least 1".into());
+    }
+    crate::bench_lsp::run(args.lines / 2, args.requests)
+}
+
+fn bench_context(args: &BenchArgs, threads: usize) -> Result<serde_json::Value, String> {
+    let workspace = args
+        .workspace
+        .clone()
+        .ok_or("bench context needs --workspace DIR (a repository of real code)")?;
+    if args.budgets.iter().any(|&b| b < 32) || args.tasks == 0 {
+        return Err("--budgets must be at least 32 tokens each and --tasks at least 1".into());
+    }
+    let tokenizer = match &args.tokenizer {
+        Some(file) => crate::bench_context::tokenizer_file(file)?,
+        None => crate::context::load_tokenizer(&args.runtime)?,
+    };
+    let options = crate::bench_context::ContextBenchOptions {
+        workspace,
+        budgets: args.budgets.clone(),
+        tasks: args.tasks,
+        threads,
+    };
+    crate::bench_context::run(&options, tokenizer)
+}
+
+fn bench_model(args: &BenchArgs, threads: usize) -> Result<serde_json::Value, String> {
+    let workspace = args
+        .workspace
+        .clone()
+        .ok_or("bench model needs --workspace DIR (code the model was not trained on)")?;
+    let engine = args.runtime.load_engine()?;
+    let options = crate::bench_model::ModelBenchOptions {
+        workspace,
+        tasks: args.tasks,
+        budget: args.context,
+        max_tokens: args.tokens,
+        threads,
+    };
+    crate::bench_model::run(&options, &engine)
 }
 
 fn load(args: &BenchArgs) -> Result<(Model, String), String> {

@@ -15,6 +15,8 @@ use serde_json::{Value, json};
 use server::workspace::context::{Budget, ContextBuilder, Cursor, TreeSource};
 use server::workspace::index::{IndexedFile, WorkspaceIndex};
 use server::workspace::scan::ScanOptions;
+
+use crate::workspace_context::index_folder;
 use server::workspace::symbols;
 use server::workspace::tokens::ModelTokens;
 
@@ -48,11 +50,11 @@ pub fn run(options: &ContextBenchOptions, tokenizer: Arc<TextTokenizer>) -> Resu
             options.workspace.display()
         ));
     }
-    let mut index = WorkspaceIndex::new(
-        std::slice::from_ref(&options.workspace),
-        ScanOptions::default(),
+    let (index, stats) = index_folder(
+        &options.workspace,
+        ScanOptions::default().max_file_bytes as usize,
+        options.threads,
     );
-    let stats = index.index_all(options.threads, &|_, _| {});
     if index.is_empty() {
         return Err(format!(
             "{}: no source files of a known language to index",
@@ -65,33 +67,39 @@ pub fn run(options: &ContextBenchOptions, tokenizer: Arc<TextTokenizer>) -> Resu
             "no call site of a function defined in exactly one other file was found".into(),
         );
     }
-    eprintln!(
-        "indexed {} files ({} lines) in {:.2} s; {} tasks",
-        stats.files,
-        stats.lines,
-        stats.seconds,
-        tasks.len()
-    );
-    let builder = ContextBuilder::new(Box::new(ModelTokens::new(tokenizer)));
-    // A first pass counts every line and snippet with the tokenizer once (what a server does on
-    // the first request in a file); the measured passes then see a warm index and warm counts.
-    let mut cold = Vec::with_capacity(tasks.len());
-    for task in &tasks {
-        let masked = mask(&task.file.text, task.offset);
-        let tree = symbols::parse(task.file.language, &masked, None);
-        let cursor = Cursor {
-            text: &masked,
+    eprintln!("{} tasks", tasks.len());
+    // Each task's masked text and its tree, made once: the server keeps each open document's
+    // tree current as it changes, so parsing is not part of building a prompt.
+    let masked: Vec<(String, Option<_>)> = tasks
+        .iter()
+        .map(|task| {
+            let text = mask(&task.file.text, task.offset);
+            let tree = symbols::parse(task.file.language, &text, None);
+            (text, tree)
+        })
+        .collect();
+    let cursor = |i: usize| {
+        let (task, (text, tree)) = (&tasks[i], &masked[i]);
+        Cursor {
+            text,
             offset: task.offset,
             relative: Some(&task.file.relative),
             language: Some(task.file.language),
             tree: tree.as_ref().map_or(TreeSource::Parse, TreeSource::Parsed),
-        };
-        let budget = Budget {
-            tokens: options.budgets.iter().copied().max().unwrap_or(8192),
-            suffix_lines: 64,
-        };
+        }
+    };
+    let budget_of = |tokens| Budget {
+        tokens,
+        suffix_lines: 64,
+    };
+    let builder = ContextBuilder::new(Box::new(ModelTokens::new(tokenizer)));
+    // A first pass counts every line and snippet with the tokenizer once (what a server does on
+    // the first request in a file); the measured passes then see a warm index and warm counts.
+    let largest = options.budgets.iter().copied().max().unwrap_or(8192);
+    let mut cold = Vec::with_capacity(tasks.len());
+    for i in 0..tasks.len() {
         let started = Instant::now();
-        builder.build(Some(&index), &cursor, budget, &[]);
+        builder.build(Some(&index), &cursor(i), budget_of(largest), &[]);
         cold.push(started.elapsed().as_secs_f64() * 1e3);
     }
     let mut per_budget = Vec::new();
@@ -101,27 +109,9 @@ pub fn run(options: &ContextBenchOptions, tokenizer: Arc<TextTokenizer>) -> Resu
         let mut times = Vec::with_capacity(tasks.len());
         let mut prompt_tokens = Vec::with_capacity(tasks.len());
         let mut misses = Vec::new();
-        for task in &tasks {
-            let masked = mask(&task.file.text, task.offset);
-            // The server keeps each open document's tree current as it changes; so does this.
-            let tree = symbols::parse(task.file.language, &masked, None);
-            let cursor = Cursor {
-                text: &masked,
-                offset: task.offset,
-                relative: Some(&task.file.relative),
-                language: Some(task.file.language),
-                tree: tree.as_ref().map_or(TreeSource::Parse, TreeSource::Parsed),
-            };
+        for (i, task) in tasks.iter().enumerate() {
             let started = Instant::now();
-            let built = builder.build(
-                Some(&index),
-                &cursor,
-                Budget {
-                    tokens: budget,
-                    suffix_lines: 64,
-                },
-                &[],
-            );
+            let built = builder.build(Some(&index), &cursor(i), budget_of(budget), &[]);
             times.push(started.elapsed().as_secs_f64() * 1e3);
             prompt_tokens.push(built.prompt_tokens as f64);
             if built.prompt_tokens > budget {

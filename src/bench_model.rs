@@ -82,11 +82,11 @@ pub fn run(options: &ModelBenchOptions, engine: &Engine) -> Result<Value, String
         .tokenizer()
         .cloned()
         .ok_or("the model has no tokenizer.json")?;
-    let mut index = WorkspaceIndex::new(
-        std::slice::from_ref(&options.workspace),
-        ScanOptions::default(),
+    let (index, _) = crate::workspace_context::index_folder(
+        &options.workspace,
+        ScanOptions::default().max_file_bytes as usize,
+        options.threads,
     );
-    index.index_all(options.threads, &|_, _| {});
     let tasks = select_tasks(&index, options.tasks);
     if tasks.is_empty() {
         return Err(format!(

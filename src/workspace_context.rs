@@ -8,7 +8,7 @@ use std::sync::Arc;
 use clap::Args;
 use engine::TextTokenizer;
 use server::workspace::context::{Budget, BuiltContext, ContextBuilder, Cursor, TreeSource};
-use server::workspace::index::WorkspaceIndex;
+use server::workspace::index::{IndexStats, WorkspaceIndex};
 use server::workspace::languages;
 use server::workspace::scan::ScanOptions;
 use server::workspace::tokens::ModelTokens;
@@ -72,9 +72,10 @@ impl WorkspaceArgs {
         offset: usize,
         tokenizer: Arc<TextTokenizer>,
     ) -> BuiltContext {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let index = self
             .root_for(file)
-            .map(|root| index_folder(&root, self.max_file_size));
+            .map(|root| index_folder(&root, self.max_file_size, threads).0);
         // The file alone (--no-workspace) is sent as it is, without a path header.
         let relative = index.as_ref().and_then(|i| i.relative_path(file));
         let cursor = Cursor {
@@ -97,14 +98,17 @@ impl WorkspaceArgs {
     }
 }
 
-/// Indexes one folder with every core, showing progress when stderr is a terminal.
-pub fn index_folder(root: &Path, max_file_size: usize) -> WorkspaceIndex {
+/// Indexes one folder on `threads` threads, showing progress when stderr is a terminal.
+pub fn index_folder(
+    root: &Path,
+    max_file_size: usize,
+    threads: usize,
+) -> (WorkspaceIndex, IndexStats) {
     let options = ScanOptions {
         max_file_bytes: max_file_size as u64,
         ..ScanOptions::default()
     };
     let mut index = WorkspaceIndex::new(&[root.to_path_buf()], options);
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let terminal = std::io::stderr().is_terminal();
     let stats = index.index_all(threads, &|done, total| {
         if terminal {
@@ -121,5 +125,5 @@ pub fn index_folder(root: &Path, max_file_size: usize) -> WorkspaceIndex {
             stats.skipped.total()
         );
     }
-    index
+    (index, stats)
 }
