@@ -192,7 +192,7 @@ fn bench_context(args: &BenchArgs, threads: usize) -> Result<serde_json::Value, 
     }
     let tokenizer = match &args.tokenizer {
         Some(file) => crate::bench_context::tokenizer_file(file)?,
-        None => crate::context::load_tokenizer(&args.runtime)?,
+        None => crate::context::load_tokenizer(&args.runtime)?.0,
     };
     let options = crate::bench_context::ContextBenchOptions {
         workspace,

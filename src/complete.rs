@@ -4,8 +4,12 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use clap::Args;
-use engine::{PromptInput, Request};
-use server::completion::CompletionOptions;
+use engine::{GenerationEvent, PromptInput, Request};
+use ropey::Rope;
+use server::completion::{CompletionOptions, CompletionWindow};
+use server::postprocess::{StreamFilter, finalize};
+use server::syntax::completion_mode;
+use server::workspace::languages;
 
 use crate::runtime::{RuntimeArgs, SamplingArgs};
 use crate::source::read_source;
@@ -24,9 +28,13 @@ pub struct CompleteArgs {
     /// Most tokens to generate.
     #[arg(long, default_value_t = 128)]
     max_tokens: usize,
-    /// Print one JSON object: {"text": ..., "stats": {...}}.
+    /// Print one JSON object: {"text": ..., "raw": ..., "stats": {...}}.
     #[arg(long)]
     json: bool,
+    /// Print the model's text as generated, without the editor's cleanup (which stops where
+    /// the line or block is done and drops what the file already has).
+    #[arg(long)]
+    raw: bool,
     #[command(flatten)]
     workspace: WorkspaceArgs,
     #[command(flatten)]
@@ -53,28 +61,72 @@ pub fn run(args: CompleteArgs) -> Result<(), String> {
     // Check the cursor before the (slow) model load.
     let offset = server::position::byte_offset(&text, args.line, args.col)
         .map_err(|e| format!("{}: {e}", args.file.display()))?;
+    let model_dir = args.runtime.model_dir()?;
     let engine = args.runtime.load_engine()?;
     let tokenizer = engine
         .tokenizer()
         .cloned()
         .ok_or("the model has no tokenizer.json; completions need one")?;
-    let context = args.workspace.build(&args.file, &text, offset, tokenizer);
+    let tokens = args
+        .workspace
+        .budget_for(engine.context_window(), options.max_new_tokens);
+    let context = args
+        .workspace
+        .build(&args.file, &text, offset, tokenizer, tokens);
     let prompt =
         engine.completion_prompt(&context.prompt_blocks(), &context.prefix, &context.suffix);
     let mut request = Request::new(PromptInput::Prompt(prompt), options.max_new_tokens);
     request.sampling = options.sampling;
     request.stop = options.stop.clone();
-    let (completion, stats) = engine.submit(request).wait().map_err(|e| e.to_string())?;
+    let rope = Rope::from_str(&text);
+    let language_id = languages::for_path(&args.file).map_or("", |l| l.spec.lsp_ids[0]);
+    // The editor's rules: one line or one block, as the syntax at the cursor says.
+    let mut filter = StreamFilter::new(completion_mode(&rope, offset, language_id, false));
+    let mut raw = String::new();
+    let mut generation = engine.submit(request);
+    let mut stats = None;
+    while let Some(event) = generation.blocking_next() {
+        match event {
+            GenerationEvent::Text(delta) => {
+                raw.push_str(&delta);
+                // Once the suggestion is complete, --raw still wants the rest.
+                if !filter.push(&delta) && !args.raw {
+                    generation.cancel();
+                }
+            }
+            GenerationEvent::Finished(result) => {
+                stats = Some(result.map_err(|e| e.to_string())?);
+                break;
+            }
+        }
+    }
+    let stats = stats.ok_or("the engine stopped without finishing the generation")?;
+    let window = CompletionWindow::around(&rope, offset, tokens, args.workspace.suffix_lines);
+    let cleaned = finalize(&filter.finish(), &window.surroundings()).map(|s| s.text);
+    let completion = if args.raw {
+        raw.clone()
+    } else {
+        cleaned.clone().unwrap_or_default()
+    };
+    if completion.is_empty() && !args.json {
+        eprintln!(
+            "the model suggested nothing worth showing here (--raw prints what it generated)"
+        );
+    }
     let mut out = std::io::stdout().lock();
     let written = if args.json {
         let json = serde_json::to_string(&JsonOutput {
             text: &completion,
+            raw: &raw,
+            model: &model_dir,
             stats: &stats,
             context: &context.blocks,
             prompt_tokens: context.prompt_tokens,
         })
         .expect("plain data serialises");
         writeln!(out, "{json}")
+    } else if completion.is_empty() {
+        Ok(())
     } else {
         writeln!(out, "{completion}")
     };
@@ -83,7 +135,12 @@ pub fn run(args: CompleteArgs) -> Result<(), String> {
 
 #[derive(serde::Serialize)]
 struct JsonOutput<'a> {
+    /// What an editor would show (the raw text with --raw).
     text: &'a str,
+    /// What the model generated.
+    raw: &'a str,
+    /// The model folder used (the cache folder the built-in model was written to, if that one).
+    model: &'a std::path::Path,
     stats: &'a engine::GenerationStats,
     context: &'a [server::workspace::context::Block],
     prompt_tokens: usize,

@@ -37,8 +37,15 @@ pub fn run(args: ContextArgs) -> Result<(), String> {
     let text = read_source(&args.file)?;
     let offset = server::position::byte_offset(&text, args.line, args.col)
         .map_err(|e| format!("{}: {e}", args.file.display()))?;
-    let tokenizer = load_tokenizer(&args.runtime)?;
-    let built = args.workspace.build(&args.file, &text, offset, tokenizer);
+    let (tokenizer, context_window) = load_tokenizer(&args.runtime)?;
+    // The budget the server would use with its default maxTokens.
+    let tokens = args.workspace.budget_for(
+        context_window,
+        server::settings::Settings::default().max_tokens,
+    );
+    let built = args
+        .workspace
+        .build(&args.file, &text, offset, tokenizer, tokens);
     let mut out = std::io::stdout().lock();
     let written = if args.json {
         let value = json!({
@@ -81,11 +88,11 @@ fn blocks_and_prefix(built: &server::workspace::context::BuiltContext) -> String
     text
 }
 
-/// The tokenizer of the model directory, without loading its weights.
-pub fn load_tokenizer(runtime: &RuntimeArgs) -> Result<Arc<TextTokenizer>, String> {
+/// The tokenizer of the model directory and the model's context window, without loading its
+/// weights.
+pub fn load_tokenizer(runtime: &RuntimeArgs) -> Result<(Arc<TextTokenizer>, usize), String> {
     let dir = runtime.model_dir()?;
     let config = ModelConfig::from_file(&dir.join("config.json")).map_err(|e| e.to_string())?;
-    TextTokenizer::from_dir(&dir, config.vocab_size)
-        .map(Arc::new)
-        .map_err(|e| e.to_string())
+    let tokenizer = TextTokenizer::from_dir(&dir, config.vocab_size).map_err(|e| e.to_string())?;
+    Ok((Arc::new(tokenizer), config.max_position_embeddings))
 }

@@ -22,9 +22,10 @@ pub struct WorkspaceArgs {
     /// Use the file alone, without workspace context.
     #[arg(long, conflicts_with = "workspace")]
     pub no_workspace: bool,
-    /// Tokens the whole prompt may take, special tokens included.
-    #[arg(long, default_value_t = 4096)]
-    pub budget: usize,
+    /// Tokens the whole prompt may take, special tokens included. Default: 4096, or less when
+    /// the model's context window (max_position_embeddings) is smaller.
+    #[arg(long)]
+    pub budget: Option<usize>,
     /// Lines after the cursor line the prompt may show.
     #[arg(long, default_value_t = 64)]
     pub suffix_lines: usize,
@@ -52,7 +53,7 @@ impl WorkspaceArgs {
     }
 
     pub fn validate(&self) -> Result<(), String> {
-        if self.budget < MIN_BUDGET {
+        if self.budget.is_some_and(|b| b < MIN_BUDGET) {
             return Err(format!("--budget must be at least {MIN_BUDGET} tokens"));
         }
         if let Some(dir) = &self.workspace
@@ -63,14 +64,22 @@ impl WorkspaceArgs {
         Ok(())
     }
 
+    /// The prompt budget: --budget, else the default that fits the model's context window.
+    pub fn budget_for(&self, context_window: usize, max_new_tokens: usize) -> usize {
+        self.budget.unwrap_or_else(|| {
+            server::completion::default_prompt_budget(context_window, max_new_tokens)
+        })
+    }
+
     /// Indexes the workspace of `file` (progress on a terminal) and builds the context for
-    /// the cursor at byte `offset` of `text`.
+    /// the cursor at byte `offset` of `text` within `tokens`.
     pub fn build(
         &self,
         file: &Path,
         text: &str,
         offset: usize,
         tokenizer: Arc<TextTokenizer>,
+        tokens: usize,
     ) -> BuiltContext {
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let index = self
@@ -90,7 +99,7 @@ impl WorkspaceArgs {
             index.as_ref(),
             &cursor,
             Budget {
-                tokens: self.budget,
+                tokens,
                 suffix_lines: self.suffix_lines,
             },
             &[],

@@ -157,10 +157,6 @@ fn usage_and_setup_errors_exit_2_with_one_line() {
     let lite = fixture("lite");
     let lite = lite.to_str().unwrap();
     assert_usage_error(
-        &run(&["logits", "--ids", "1,2"]),
-        "no model given: pass --model DIR",
-    );
-    assert_usage_error(
         &run(&["logits", "--model", lite, "--ids", "1,x"]),
         "`x` is not a token id",
     );
@@ -566,8 +562,9 @@ fn context_shows_the_prompt_its_blocks_and_why() {
 fn complete_reports_the_context_it_used() {
     let dir = tempfile::tempdir().unwrap();
     let app = shop_workspace(dir.path());
-    let output = binary()
-        .args([
+    let complete = |budget: Option<&str>| {
+        let mut command = binary();
+        command.args([
             "complete",
             app.to_str().unwrap(),
             "--line",
@@ -581,17 +578,30 @@ fn complete_reports_the_context_it_used() {
             dir.path().to_str().unwrap(),
             "--model",
             fixture("lite").to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    assert_succeeded(&output);
-    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        ]);
+        if let Some(budget) = budget {
+            command.args(["--budget", budget]);
+        }
+        let output = command.output().unwrap();
+        assert_succeeded(&output);
+        serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap()
+    };
+    let json = complete(Some("2048"));
     assert_eq!(json["context"][0]["path"], "shop/pricing.py");
     let prompt_tokens = json["prompt_tokens"].as_u64().unwrap();
-    assert!(prompt_tokens <= 4096);
+    assert!(prompt_tokens <= 2048);
     assert_eq!(
         json["stats"]["prompt_tokens"].as_u64().unwrap(),
         prompt_tokens,
         "the engine received exactly the counted prompt"
+    );
+
+    // Without --budget the prompt leaves room for the generation in the model's window
+    // (max_position_embeddings: 128 for this fixture).
+    let json = complete(None);
+    let prompt_tokens = json["stats"]["prompt_tokens"].as_u64().unwrap();
+    assert!(
+        prompt_tokens <= 128 - 4,
+        "{prompt_tokens} prompt tokens do not fit the window"
     );
 }

@@ -693,10 +693,11 @@ fn configuration_errors_are_named_and_defaults_kept() {
         json!({"settings": {"singleLine": "yes"}}),
     );
     warning(&mut client, "singleLine");
-    // Still serving.
-    assert_eq!(
-        client.request("deepseek/status", Value::Null)["result"]["model"],
-        "unconfigured"
+    // Still serving, with the built-in model (no model is configured).
+    let status = client.request("deepseek/status", Value::Null)["result"]["model"].clone();
+    assert!(
+        status == "loading" || status == "ready",
+        "the built-in model loads: {status}"
     );
     client.shutdown();
 }
@@ -818,7 +819,8 @@ fn completions_take_context_from_the_indexed_workspace() {
     let mut client = Client::start(&[]);
     client.initialize_with(
         &["utf-16"],
-        model_options(json!({})),
+        // The fixture model's window (128 positions) would cut the default budget.
+        model_options(json!({"contextBudget": 4096})),
         json!({"workspace": {"didChangeWatchedFiles": {"dynamicRegistration": true}}}),
         json!({"workspaceFolders": [{"uri": file_uri(&root), "name": "shop"}]}),
     );

@@ -34,6 +34,8 @@ pub struct Engine {
     queue: Arc<Queue>,
     counters: Arc<Counters>,
     tokenizer: Option<Arc<TextTokenizer>>,
+    /// The longest sequence the model's config says it handles (`max_position_embeddings`).
+    context_window: usize,
     worker: Option<JoinHandle<()>>,
 }
 
@@ -123,6 +125,7 @@ impl Engine {
             wake: Condvar::new(),
         });
         let counters = Arc::new(Counters::default());
+        let context_window = model.config().max_position_embeddings;
         let worker = {
             let (queue, counters, tokenizer) = (queue.clone(), counters.clone(), tokenizer.clone());
             std::thread::Builder::new()
@@ -134,8 +137,15 @@ impl Engine {
             queue,
             counters,
             tokenizer,
+            context_window,
             worker: Some(worker),
         }
+    }
+
+    /// The most tokens a prompt and its generation should take together: the model's
+    /// `max_position_embeddings` (a tiny model trained on short sequences says so there).
+    pub fn context_window(&self) -> usize {
+        self.context_window
     }
 
     pub fn tokenizer(&self) -> Option<&Arc<TextTokenizer>> {

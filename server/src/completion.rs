@@ -17,6 +17,20 @@ const ANCHOR_LINES: usize = 64;
 /// Characters per token assumed when turning a token budget into a text budget.
 const CHARS_PER_TOKEN: usize = 3;
 
+/// Tokens a completion prompt takes when nobody said otherwise.
+pub const DEFAULT_PROMPT_BUDGET: usize = 4096;
+
+/// The default prompt budget for a model whose config allows `context_window` positions and a
+/// generation of `max_new_tokens`: a model trained on short sequences (the embedded one saw
+/// 1,024 tokens) writes noise past them, so the prompt leaves the generation room inside the
+/// window, keeping at least a quarter of the window for the prompt.
+pub fn default_prompt_budget(context_window: usize, max_new_tokens: usize) -> usize {
+    let room = context_window
+        .saturating_sub(max_new_tokens)
+        .max(context_window / 4);
+    DEFAULT_PROMPT_BUDGET.min(room).max(16)
+}
+
 /// What the caller wants from one completion.
 #[derive(Debug, Clone)]
 pub struct CompletionOptions {
@@ -100,6 +114,20 @@ impl CompletionWindow {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_prompt_budget_leaves_room_in_the_window() {
+        // A long-context model keeps the default.
+        assert_eq!(default_prompt_budget(163_840, 64), DEFAULT_PROMPT_BUDGET);
+        // The embedded model saw 1,024 positions: prompt and generation share them.
+        assert_eq!(default_prompt_budget(1024, 64), 960);
+        // A generation longer than the window still leaves the prompt a quarter of it.
+        assert_eq!(default_prompt_budget(1024, 5000), 256);
+        let mut settings = crate::settings::Settings::default();
+        assert_eq!(settings.prompt_budget(1024), 960);
+        settings.context_budget = Some(3000);
+        assert_eq!(settings.prompt_budget(1024), 3000, "an explicit budget is kept");
+    }
 
     fn numbered(lines: usize) -> Rope {
         Rope::from_str(

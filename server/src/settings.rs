@@ -21,8 +21,9 @@ pub struct Settings {
     pub chat_max_tokens: usize,
     pub temperature: f32,
     /// Tokens a completion prompt may take in all: workspace context, the file around the
-    /// cursor and the special tokens, counted with the model's tokenizer.
-    pub context_budget: usize,
+    /// cursor and the special tokens, counted with the model's tokenizer. `None`: the default,
+    /// cut to fit the model's context window (see [`Settings::prompt_budget`]).
+    pub context_budget: Option<usize>,
     /// Lines after the cursor given to fill-in-the-middle.
     pub suffix_window: usize,
     pub debounce_ms: u64,
@@ -50,7 +51,7 @@ impl Default for Settings {
             max_tokens: 64,
             chat_max_tokens: 512,
             temperature: 0.0,
-            context_budget: 4096,
+            context_budget: None,
             suffix_window: 64,
             debounce_ms: 20,
             single_line: false,
@@ -86,6 +87,14 @@ pub const KEYS: &[&str] = &[
 ];
 
 impl Settings {
+    /// The prompt budget for a model with `context_window` positions: `contextBudget` when the
+    /// user set it, else the default cut to leave room for `maxTokens` in the window.
+    pub fn prompt_budget(&self, context_window: usize) -> usize {
+        self.context_budget.unwrap_or_else(|| {
+            crate::completion::default_prompt_budget(context_window, self.max_tokens)
+        })
+    }
+
     /// Whether completions are on for `language_id`.
     pub fn enabled_for(&self, language_id: &str) -> bool {
         self.languages.get(language_id).copied().unwrap_or(true)
@@ -158,7 +167,7 @@ impl Settings {
             }
             "contextBudget" => {
                 self.context_budget =
-                    count(value, 16).ok_or_else(|| bad("an integer of at least 16"))?
+                    Some(count(value, 16).ok_or_else(|| bad("an integer of at least 16"))?)
             }
             "suffixWindow" => {
                 self.suffix_window = count(value, 0).ok_or_else(|| bad("a non-negative integer"))?

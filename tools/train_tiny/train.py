@@ -46,7 +46,8 @@ def config(vocab_size, bos, eos):
         norm_topk_prob=False,
         first_k_dense_replace=1,
         moe_layer_freq=1,
-        max_position_embeddings=16384,
+        # The longest sequence it was trained on: the server keeps prompts within it.
+        max_position_embeddings=SEQ,
         rope_theta=10000.0,
         rms_norm_eps=1e-6,
         # Tied: the f16 weights must fit the 32 MB the binary embeds (untied: 34.4 MB).

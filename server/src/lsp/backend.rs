@@ -24,6 +24,7 @@ use crate::postprocess::{StreamFilter, Suggestion, finalize, label};
 use crate::settings::Settings;
 use crate::suggestions::RecentSuggestions;
 use crate::syntax::completion_mode;
+use crate::workspace::context::Budget;
 
 /// What the client can do, read once at initialize.
 #[derive(Debug, Default, Clone, Copy)]
@@ -135,12 +136,17 @@ impl Backend {
         document: Document,
         cursor: usize,
         settings: Settings,
+        context_window: usize,
     ) -> Result<crate::workspace::context::BuiltContext> {
         let workspace = self.workspace.clone();
         let documents = self.documents.clone();
         let uri = uri.to_string();
         tokio::task::spawn_blocking(move || {
-            workspace.build(&tokenizer, &documents, &uri, &document, cursor, &settings)
+            let budget = Budget {
+                tokens: settings.prompt_budget(context_window),
+                suffix_lines: settings.suffix_window,
+            };
+            workspace.build(&tokenizer, &documents, &uri, &document, cursor, budget)
         })
         .await
         .map_err(|e| {
@@ -232,7 +238,9 @@ impl Backend {
         let window = CompletionWindow::around(
             &document.text,
             cursor,
-            settings.context_budget,
+            settings
+                .context_budget
+                .unwrap_or(crate::completion::DEFAULT_PROMPT_BUDGET),
             settings.suffix_window,
         );
         let context = window.context_hash();
@@ -297,7 +305,14 @@ impl Backend {
             return Ok(None);
         };
         let built = self
-            .build_context(tokenizer, &key, document.clone(), cursor, settings.clone())
+            .build_context(
+                tokenizer,
+                &key,
+                document.clone(),
+                cursor,
+                settings.clone(),
+                engine.context_window(),
+            )
             .await?;
         let prompt = engine.completion_prompt(&built.prompt_blocks(), &built.prefix, &built.suffix);
         let mut request =
@@ -762,7 +777,14 @@ impl Backend {
             return Err(invalid_params("the model has no tokenizer".into()));
         };
         let built = self
-            .build_context(tokenizer, uri.as_ref(), document, cursor, self.settings())
+            .build_context(
+                tokenizer,
+                uri.as_ref(),
+                document,
+                cursor,
+                self.settings(),
+                engine.context_window(),
+            )
             .await?;
         Ok(ContextReply {
             prompt: built.text(),

@@ -194,7 +194,7 @@ impl WorkspaceHost {
         uri: &str,
         document: &Document,
         cursor: usize,
-        settings: &Settings,
+        budget: Budget,
     ) -> BuiltContext {
         self.refresh_dirty(documents, uri);
         let builder = self.builder_for(tokenizer);
@@ -225,15 +225,7 @@ impl WorkspaceHost {
             language: document.language,
             tree: TreeSource::Lazy(&syntax_tree),
         };
-        builder.build(
-            index,
-            &context_cursor,
-            Budget {
-                tokens: settings.context_budget,
-                suffix_lines: settings.suffix_window,
-            },
-            &recent,
-        )
+        builder.build(index, &context_cursor, budget, &recent)
     }
 
     fn builder_for(&self, tokenizer: &Arc<TextTokenizer>) -> Arc<ContextBuilder> {
