@@ -86,6 +86,7 @@ pub fn run(options: &ContextBenchOptions, tokenizer: Arc<TextTokenizer>) -> Resu
             relative: Some(&task.file.relative),
             language: Some(task.file.language),
             tree: tree.as_ref().map_or(TreeSource::Parse, TreeSource::Parsed),
+            heal_indentation: true,
         }
     };
     let budget_of = |tokens| Budget {

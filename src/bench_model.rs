@@ -16,6 +16,7 @@ use std::time::Instant;
 
 use engine::{Engine, PromptInput, Request, SamplingParams};
 use serde_json::{Value, json};
+use server::indent_healing::IndentHealing;
 use server::workspace::context::{Budget, ContextBuilder, Cursor, TreeSource};
 use server::workspace::index::{IndexedFile, WorkspaceIndex};
 use server::workspace::scan::ScanOptions;
@@ -109,6 +110,7 @@ pub fn run(options: &ModelBenchOptions, engine: &Engine) -> Result<Value, String
             relative: Some(&task.file.relative),
             language: Some(task.file.language),
             tree: TreeSource::Parse,
+            heal_indentation: true,
         };
         let truth = task.truth();
         let with = complete(
@@ -152,6 +154,8 @@ fn complete(
     kind: Kind,
     max_tokens: usize,
 ) -> Result<String, String> {
+    // As the editor does: after bare indentation the model writes the line's indentation itself.
+    let mut healing = IndentHealing::new(&built.cut_indentation);
     let prompt = match kind {
         Kind::NextLine => engine::Prompt::prefix_only(&built.prompt_blocks(), &built.prefix),
         Kind::LineMiddle => {
@@ -162,7 +166,7 @@ fn complete(
     request.sampling = SamplingParams::greedy();
     request.stop = vec!["\n".to_string()];
     let (text, _) = engine.submit(request).wait().map_err(|e| e.to_string())?;
-    Ok(text)
+    Ok(healing.push(&text))
 }
 
 /// Lines worth completing (some text beyond indentation, not a comment), spread evenly over the

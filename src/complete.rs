@@ -7,6 +7,7 @@ use clap::Args;
 use engine::{GenerationEvent, PromptInput, Request};
 use ropey::Rope;
 use server::completion::{CompletionOptions, CompletionWindow};
+use server::indent_healing::IndentHealing;
 use server::postprocess::{StreamFilter, finalize};
 use server::syntax::completion_mode;
 use server::workspace::languages;
@@ -31,8 +32,9 @@ pub struct CompleteArgs {
     /// Print one JSON object: {"text": ..., "raw": ..., "stats": {...}}.
     #[arg(long)]
     json: bool,
-    /// Print the model's text as generated, without the editor's cleanup (which stops where
-    /// the line or block is done and drops what the file already has).
+    /// The plain fill-in-the-middle prompt and the model's text as generated, without the
+    /// editor's touches (the prompt ending at the line start after bare indentation, the
+    /// cleanup that stops where the line or block is done and drops what the file has).
     #[arg(long)]
     raw: bool,
     #[command(flatten)]
@@ -72,13 +74,15 @@ pub fn run(args: CompleteArgs) -> Result<(), String> {
         .budget_for(engine.context_window(), options.max_new_tokens);
     let context = args
         .workspace
-        .build(&args.file, &text, offset, tokenizer, tokens);
+        .build(&args.file, &text, offset, tokenizer, tokens, !args.raw);
+    let rope = Rope::from_str(&text);
+    let window = CompletionWindow::around(&rope, offset, tokens, args.workspace.suffix_lines);
+    let mut healing = IndentHealing::new(&context.cut_indentation);
     let prompt =
         engine.completion_prompt(&context.prompt_blocks(), &context.prefix, &context.suffix);
     let mut request = Request::new(PromptInput::Prompt(prompt), options.max_new_tokens);
     request.sampling = options.sampling;
     request.stop = options.stop.clone();
-    let rope = Rope::from_str(&text);
     let language_id = languages::for_path(&args.file).map_or("", |l| l.spec.lsp_ids[0]);
     // The editor's rules: one line or one block, as the syntax at the cursor says.
     let mut filter = StreamFilter::new(completion_mode(&rope, offset, language_id, false));
@@ -90,7 +94,7 @@ pub fn run(args: CompleteArgs) -> Result<(), String> {
             GenerationEvent::Text(delta) => {
                 raw.push_str(&delta);
                 // Once the suggestion is complete, --raw still wants the rest.
-                if !filter.push(&delta) && !args.raw {
+                if !filter.push(&healing.push(&delta)) && !args.raw {
                     generation.cancel();
                 }
             }
@@ -101,7 +105,6 @@ pub fn run(args: CompleteArgs) -> Result<(), String> {
         }
     }
     let stats = stats.ok_or("the engine stopped without finishing the generation")?;
-    let window = CompletionWindow::around(&rope, offset, tokens, args.workspace.suffix_lines);
     let cleaned = finalize(&filter.finish(), &window.surroundings()).map(|s| s.text);
     let completion = if args.raw {
         raw.clone()

@@ -45,7 +45,7 @@ pub fn run(args: ContextArgs) -> Result<(), String> {
     );
     let built = args
         .workspace
-        .build(&args.file, &text, offset, tokenizer, tokens);
+        .build(&args.file, &text, offset, tokenizer, tokens, true);
     let mut out = std::io::stdout().lock();
     let written = if args.json {
         let value = json!({
@@ -54,6 +54,7 @@ pub fn run(args: ContextArgs) -> Result<(), String> {
             "prefix_start_line": built.prefix_start_line,
             "suffix_end_line": built.suffix_end_line,
             "prompt_tokens": built.prompt_tokens,
+            "cut_indentation": built.cut_indentation,
         });
         writeln!(out, "{value}")
     } else {
@@ -72,6 +73,13 @@ pub fn run(args: ContextArgs) -> Result<(), String> {
             built.suffix_tokens,
             built.prompt_tokens
         ));
+        if !built.cut_indentation.is_empty() {
+            summary.push_str(&format!(
+                "# the prompt stops at the cursor line's start: the model writes its {} \
+                 characters of indentation itself\n",
+                built.cut_indentation.len()
+            ));
+        }
         writeln!(
             out,
             "{summary}{}<|cursor|>{}",

@@ -72,7 +72,8 @@ impl WorkspaceArgs {
     }
 
     /// Indexes the workspace of `file` (progress on a terminal) and builds the context for
-    /// the cursor at byte `offset` of `text` within `tokens`.
+    /// the cursor at byte `offset` of `text` within `tokens` (the prefix healing the cursor
+    /// line's indentation when asked, as the language server does).
     pub fn build(
         &self,
         file: &Path,
@@ -80,6 +81,7 @@ impl WorkspaceArgs {
         offset: usize,
         tokenizer: Arc<TextTokenizer>,
         tokens: usize,
+        heal_indentation: bool,
     ) -> BuiltContext {
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let index = self
@@ -93,6 +95,7 @@ impl WorkspaceArgs {
             relative: relative.as_deref(),
             language: languages::for_path(file),
             tree: TreeSource::Parse,
+            heal_indentation,
         };
         let builder = ContextBuilder::new(Box::new(ModelTokens::new(tokenizer)));
         builder.build(

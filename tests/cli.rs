@@ -300,8 +300,10 @@ fn complete_prints_the_fill_in_the_middle_completion() {
         &col,
         "--max-tokens",
         "16",
-        // The file alone, so the prompt is exactly transformers' prefix and suffix.
+        // The file alone and no touches, so the prompt is exactly transformers' prefix and
+        // suffix and the text exactly what it generated.
         "--no-workspace",
+        "--raw",
     ];
 
     let output = binary()
@@ -553,7 +555,12 @@ fn context_shows_the_prompt_its_blocks_and_why() {
     assert_succeeded(&output);
     let text = String::from_utf8(output.stdout).unwrap();
     assert!(text.starts_with("# Import shop/pricing.py ("), "{text}");
-    assert!(text.contains("    <|cursor|>\n"), "{text}");
+    // The cursor follows bare indentation: the prompt stops at the line start.
+    assert!(
+        text.contains("    total = sum(cart)\n<|cursor|>\n"),
+        "{text}"
+    );
+    assert!(text.contains("the model writes its 4 characters of indentation itself"));
 
     assert_usage_error(&args("8").output().unwrap(), "--budget must be at least");
 }

@@ -126,7 +126,11 @@ mod tests {
         let mut settings = crate::settings::Settings::default();
         assert_eq!(settings.prompt_budget(1024), 960);
         settings.context_budget = Some(3000);
-        assert_eq!(settings.prompt_budget(1024), 3000, "an explicit budget is kept");
+        assert_eq!(
+            settings.prompt_budget(1024),
+            3000,
+            "an explicit budget is kept"
+        );
     }
 
     fn numbered(lines: usize) -> Rope {

@@ -5,6 +5,7 @@
 pub mod completion;
 pub mod documents;
 pub mod explain;
+pub mod indent_healing;
 pub mod logging;
 pub mod lsp;
 pub mod position;

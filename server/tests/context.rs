@@ -201,6 +201,7 @@ fn build_at(
         relative: relative.as_deref(),
         language: languages::for_path(file),
         tree: TreeSource::Parse,
+        heal_indentation: true,
     };
     let budget = Budget {
         tokens,
@@ -220,7 +221,8 @@ fn exact_tokens(built: &BuiltContext) -> usize {
 /// Everything in the prompt before the cursor's line: the blocks and the prefix up to that line.
 fn before_cursor_line(built: &BuiltContext, text: &str, offset: usize) -> String {
     let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
-    let typed_on_line = offset - line_start;
+    // The prefix holds what was typed on the line, less the indentation it leaves to the model.
+    let typed_on_line = offset - line_start - built.cut_indentation.len();
     let mut before: String = built.blocks.iter().map(|b| b.text.as_str()).collect();
     assert!(
         built.prefix.len() >= typed_on_line,

@@ -20,6 +20,7 @@ use crate::completion::{CompletionOptions as FimOptions, CompletionWindow};
 use crate::documents::{
     Change, Document, DocumentError, DocumentStore, LinePosition, PositionEncoding,
 };
+use crate::indent_healing::IndentHealing;
 use crate::postprocess::{StreamFilter, Suggestion, finalize, label};
 use crate::settings::Settings;
 use crate::suggestions::RecentSuggestions;
@@ -314,6 +315,7 @@ impl Backend {
                 engine.context_window(),
             )
             .await?;
+        let mut healing = IndentHealing::new(&built.cut_indentation);
         let prompt = engine.completion_prompt(&built.prompt_blocks(), &built.prefix, &built.suffix);
         let mut request =
             engine::Request::new(engine::PromptInput::Prompt(prompt), options.max_new_tokens);
@@ -324,7 +326,7 @@ impl Backend {
         while let Some(event) = generation.next().await {
             match event {
                 GenerationEvent::Text(delta) => {
-                    if !filter.push(&delta) {
+                    if !filter.push(&healing.push(&delta)) {
                         break;
                     }
                 }

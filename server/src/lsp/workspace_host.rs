@@ -224,6 +224,7 @@ impl WorkspaceHost {
             relative: relative.as_deref(),
             language: document.language,
             tree: TreeSource::Lazy(&syntax_tree),
+            heal_indentation: true,
         };
         builder.build(index, &context_cursor, budget, &recent)
     }

@@ -92,6 +92,9 @@ pub struct Cursor<'a> {
     /// Where the document's syntax tree comes from; asked only when the choice of blocks must be
     /// made again (not on every keystroke).
     pub tree: TreeSource<'a>,
+    /// When the cursor line holds only indentation before the cursor, end the prefix at the
+    /// line's start and let the model write the indentation (see `indent_healing`).
+    pub heal_indentation: bool,
 }
 
 /// How the builder gets the current document's syntax tree.
@@ -127,6 +130,9 @@ pub struct BuiltContext {
     pub suffix_tokens: usize,
     /// All of it: blocks, prefix, suffix and the format's special tokens.
     pub prompt_tokens: usize,
+    /// The indentation before the cursor that the prefix leaves out (empty unless healing):
+    /// the model writes its own, and this much comes off its first line.
+    pub cut_indentation: String,
 }
 
 impl BuiltContext {
@@ -352,8 +358,23 @@ fn prefix_text(cursor: &Cursor, layout: &Layout, head: &Head) -> String {
     prefix
 }
 
+/// The indentation the prefix leaves out for the model to write: the cursor line's text before
+/// the cursor when it is only spaces and tabs (and healing is on).
+fn cut_indentation<'a>(cursor: &Cursor<'a>, layout: &Layout) -> &'a str {
+    let before = &cursor.text[layout.cursor_line_start().min(cursor.offset)..cursor.offset];
+    if cursor.heal_indentation && before.chars().all(|c| c == ' ' || c == '\t') {
+        before
+    } else {
+        ""
+    }
+}
+
 fn assemble(counts: &CountCache, cursor: &Cursor, layout: &Layout, head: &Head) -> BuiltContext {
-    let prefix = prefix_text(cursor, layout, head);
+    let mut prefix = prefix_text(cursor, layout, head);
+    let cut = Some(cut_indentation(cursor, layout))
+        .filter(|cut| prefix.ends_with(cut))
+        .unwrap_or_default();
+    prefix.truncate(prefix.len() - cut.len());
     let suffix_end = head
         .suffix_to
         .unwrap_or(layout.line_starts[head.suffix_end_line.min(layout.line_count())]);
@@ -370,6 +391,7 @@ fn assemble(counts: &CountCache, cursor: &Cursor, layout: &Layout, head: &Head) 
         prefix_tokens,
         suffix_tokens,
         prompt_tokens: counts.fixed_tokens() + blocks_tokens + prefix_tokens + suffix_tokens,
+        cut_indentation: cut.to_string(),
     }
 }
 
@@ -1042,6 +1064,7 @@ mod tests {
             relative: Some(path),
             language: languages::for_path(Path::new(path)),
             tree: TreeSource::Parse,
+            heal_indentation: true,
         };
         builder.build(
             Some(index),
