@@ -1,5 +1,6 @@
 -- Headless check of the plugin with the real server: ghost text appears and Tab accepts it
--- (mode "inline"), or a completion item appears and accepting it inserts it (mode "items").
+-- (mode "inline"), a completion item appears and accepting it inserts it (mode "items"),
+-- :DeepseekExplain's float shows the streamed answer (mode "explain"), :checkhealth (mode "health").
 -- Run by tests/neovim.rs:
 --   nvim --headless -u NONE -i NONE --cmd "set rtp^=editors/neovim" -c "luafile editors/neovim/tests/suggestions.lua"
 -- with DEEPSEEK_LSP_BIN, DEEPSEEK_TEST_MODEL (optional), DEEPSEEK_TEST_FILE, DEEPSEEK_TEST_LINE (1-based), DEEPSEEK_TEST_MODE and
@@ -89,6 +90,27 @@ local function run()
   end, 60000), "the model did not get ready: " .. tostring(result.model))
   result.inline_api = vim.lsp.inline_completion ~= nil
   result.before = buffer_text()
+
+  if result.mode == "explain" then
+    local markdown
+    deepseek.explain(1, 2, function(text) markdown = text end)
+    check(wait_until(function() return markdown ~= nil end, 60000), "the explanation did not finish")
+    result.markdown = markdown
+    -- The float shows the whole answer.
+    for _, win in ipairs(vim.api.nvim_list_wins()) do
+      if vim.api.nvim_win_get_config(win).relative ~= "" then
+        result.float = table.concat(vim.api.nvim_buf_get_lines(vim.api.nvim_win_get_buf(win), 0, -1, false), "\n")
+      end
+    end
+    result.ok = true
+    return
+  end
+  if result.mode == "health" then
+    vim.cmd("checkhealth deepseek")
+    result.health = table.concat(vim.api.nvim_buf_get_lines(0, 0, -1, false), "\n")
+    result.ok = true
+    return
+  end
 
   -- The end of the test line, in insert mode: where a user who just pressed Enter would be.
   vim.api.nvim_win_set_cursor(0, { tonumber(env.DEEPSEEK_TEST_LINE), 0 })

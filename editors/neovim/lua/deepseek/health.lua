@@ -29,9 +29,10 @@ function M.check()
     health.ok(path .. " (" .. vim.trim(out.stdout or "version unknown") .. ")")
   end
 
-  local client = deepseek.client()
+  -- :checkhealth shows its report in a buffer of its own: any running deepseek client will do.
+  local client = vim.lsp.get_clients({ name = deepseek.name })[1]
   if not client then
-    health.info("no deepseek client in the current buffer (open a file of a configured filetype)")
+    health.info("deepseek-lsp is not running (open a file of a configured filetype)")
     return
   end
   local reply = client:request_sync("deepseek/status", vim.NIL, 2000, 0)
