@@ -10,6 +10,13 @@ use engine::{
 
 pub const MODEL_ENV: &str = "DEEPSEEK_LSP_MODEL";
 
+/// The model folder `DEEPSEEK_LSP_MODEL` names; set but empty counts as unset.
+pub fn model_from_env() -> Option<PathBuf> {
+    std::env::var_os(MODEL_ENV)
+        .filter(|value| !value.is_empty())
+        .map(PathBuf::from)
+}
+
 #[derive(Args, Debug, Clone, Default)]
 pub struct RuntimeArgs {
     /// Model directory (config.json + *.safetensors). Default: $DEEPSEEK_LSP_MODEL.
@@ -85,11 +92,7 @@ impl RuntimeArgs {
 
     /// The model directory from --model, the environment, or the model built into the binary.
     pub fn model_dir(&self) -> Result<PathBuf, String> {
-        if let Some(dir) = self
-            .model
-            .clone()
-            .or_else(|| std::env::var_os(MODEL_ENV).map(PathBuf::from))
-        {
+        if let Some(dir) = self.model.clone().or_else(model_from_env) {
             return Ok(dir);
         }
         crate::embedded::model_dir()?.ok_or_else(|| {

@@ -34,7 +34,7 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         .runtime
         .model
         .clone()
-        .or_else(|| std::env::var_os(crate::runtime::MODEL_ENV).map(Into::into))
+        .or_else(crate::runtime::model_from_env)
     {
         Some(dir) => Some(dir),
         None => crate::embedded::model_dir()?,
