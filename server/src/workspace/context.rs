@@ -93,7 +93,8 @@ pub struct Cursor<'a> {
     /// made again (not on every keystroke).
     pub tree: TreeSource<'a>,
     /// When the cursor line holds only indentation before the cursor, end the prefix at the
-    /// line's start and let the model write the indentation (see `indent_healing`).
+    /// line's start and let the model write the indentation (see `indent_healing`); when the
+    /// line is blank after the cursor too, the suffix starts at the next line.
     pub heal_indentation: bool,
 }
 
@@ -378,7 +379,16 @@ fn assemble(counts: &CountCache, cursor: &Cursor, layout: &Layout, head: &Head) 
     let suffix_end = head
         .suffix_to
         .unwrap_or(layout.line_starts[head.suffix_end_line.min(layout.line_count())]);
-    let suffix = cursor.text[cursor.offset..suffix_end.max(cursor.offset)].to_string();
+    // A blank cursor line being healed is left out of the suffix too: the model then fills
+    // whole lines between prefix and suffix, the shape fill-in-the-middle training gives most.
+    let rest_of_line = &cursor.text[cursor.offset..layout.cursor_line_end().max(cursor.offset)];
+    let suffix_start = if !cut.is_empty() && rest_of_line.trim().is_empty() {
+        layout.cursor_line_end().max(cursor.offset)
+    } else {
+        cursor.offset
+    };
+    let suffix_end = suffix_end.max(suffix_start);
+    let suffix = cursor.text[suffix_start..suffix_end].to_string();
     let prefix_tokens = counts.text(&prefix);
     let suffix_tokens = counts.text(&suffix);
     let blocks_tokens: usize = head.blocks.iter().map(|b| b.tokens).sum();
@@ -1078,6 +1088,28 @@ mod tests {
     }
 
     const MODELS: &str = "class User:\n    def __init__(self, name: str):\n        self.name = name\n\n\ndef load_user(path: str) -> User:\n    \"\"\"Reads a user from a file.\"\"\"\n    return User(open(path).read())\n";
+
+    #[test]
+    fn bare_indentation_before_the_cursor_is_left_to_the_model() {
+        let text = "def f(a):\n    \n    return a\n";
+        let dir = repo(&[("m.py", text)]);
+        let index = index_of(dir.path());
+        let builder = ContextBuilder::new(Box::new(WordCounter));
+        // A blank line: the prefix stops at its start and the suffix starts at the next line.
+        let blank = build(&builder, &index, "m.py", text, 14, 400);
+        assert_eq!(blank.cut_indentation, "    ");
+        assert!(blank.prefix.ends_with("def f(a):\n"), "{:?}", blank.prefix);
+        assert_eq!(blank.suffix, "    return a\n");
+        // Text after the cursor stays in the suffix.
+        let before_return = build(&builder, &index, "m.py", text, 19, 400);
+        assert_eq!(before_return.cut_indentation, "    ");
+        assert!(before_return.prefix.ends_with("    \n"));
+        assert_eq!(before_return.suffix, "return a\n");
+        // Mid-line: nothing is cut.
+        let mid = build(&builder, &index, "m.py", text, 21, 400);
+        assert_eq!(mid.cut_indentation, "");
+        assert!(mid.prefix.ends_with("    re"));
+    }
 
     #[test]
     fn imported_definitions_come_first_and_the_budget_holds() {
