@@ -10,6 +10,7 @@ mod context;
 mod embedded;
 mod explain;
 mod logits;
+mod review;
 mod runtime;
 mod serve;
 mod source;
@@ -53,6 +54,11 @@ enum Command {
     ///
     /// Example: deepseek-lsp logits --model ./DeepSeek-Coder-V2-Lite-Base --ids 100000,2864,1108 --prefix 2
     Logits(logits::LogitsArgs),
+    /// Review the change between two revisions and write findings for CI (SARIF, reviewdog,
+    /// GitLab, GitHub annotations, Markdown, JSON). Exit 1 when a finding reaches --fail-on.
+    ///
+    /// Example: deepseek-lsp review --base origin/main --format sarif --output review.sarif
+    Review(review::ReviewArgs),
     /// Measure prefill and decode speed; prints JSON figures.
     ///
     /// Example: deepseek-lsp bench decode --synthetic lite:4
@@ -72,6 +78,11 @@ fn main() -> ExitCode {
         Command::Explain(args) => explain::run(args),
         Command::Logits(args) => logits::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Review(args) => match review::run(args) {
+            Ok(true) => return ExitCode::from(1),
+            Ok(false) => Ok(()),
+            Err(message) => Err(message),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

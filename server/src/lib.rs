@@ -10,6 +10,7 @@ pub mod logging;
 pub mod lsp;
 pub mod position;
 pub mod postprocess;
+pub mod review;
 pub mod settings;
 pub mod suggestions;
 pub mod syntax;

@@ -1,0 +1,370 @@
+//! `deepseek-lsp review`: a code review of `git diff base...head` for CI, written as SARIF,
+//! rdjsonl, GitLab Code Quality, GitHub annotations, Markdown or JSON.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use clap::{Args, ValueEnum};
+use engine::{Engine, PromptInput, Request, SamplingParams};
+use ropey::Rope;
+use server::review::diff::{FileDiff, parse_diff};
+use server::review::findings::{Finding, Severity, parse_answer};
+use server::review::report::Report;
+use server::review::{HunkPrompt, numbered, review_prompt, shown_lines};
+use server::workspace::context::{BlockKind, Budget, ContextBuilder, Cursor, TreeSource};
+use server::workspace::index::WorkspaceIndex;
+use server::workspace::languages;
+use server::workspace::tokens::ModelTokens;
+
+use crate::runtime::RuntimeArgs;
+
+#[derive(Args, Debug)]
+pub struct ReviewArgs {
+    /// The revision the change starts from; the diff is `BASE...HEAD` (from their merge base).
+    #[arg(long, default_value = "HEAD~1")]
+    base: String,
+    /// The revision with the change.
+    #[arg(long, default_value = "HEAD")]
+    head: String,
+    /// The git repository (any folder inside it). Default: the current folder.
+    #[arg(long, value_name = "DIR")]
+    workspace: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "markdown")]
+    format: Format,
+    /// Write the report here instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    output: Option<PathBuf>,
+    /// Exit 1 when a finding is at least this severe.
+    #[arg(long, value_enum, default_value = "never")]
+    fail_on: FailOn,
+    /// Most findings reported (the most severe first).
+    #[arg(long, default_value_t = 50)]
+    max_findings: usize,
+    /// Most tokens of an answer about one hunk.
+    #[arg(long, default_value_t = 256)]
+    max_tokens: usize,
+    /// Tokens of definitions from elsewhere in the repository shown with each hunk.
+    #[arg(long, default_value_t = 1024)]
+    context_tokens: usize,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Format {
+    Sarif,
+    Rdjsonl,
+    Gitlab,
+    Github,
+    Markdown,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum FailOn {
+    Never,
+    Note,
+    Warning,
+    Error,
+}
+
+impl FailOn {
+    fn reached_by(self, severity: Severity) -> bool {
+        match self {
+            Self::Never => false,
+            Self::Note => true,
+            Self::Warning => severity >= Severity::Warning,
+            Self::Error => severity == Severity::Error,
+        }
+    }
+}
+
+/// One hunk ready for the model.
+struct Job {
+    file: usize,
+    lines: std::ops::RangeInclusive<usize>,
+    prompt: engine::Prompt,
+}
+
+/// Runs the review; `Ok(true)` when a finding reached `--fail-on` (exit 1).
+pub fn run(args: ReviewArgs) -> Result<bool, String> {
+    args.runtime.apply_threads()?;
+    let started = Instant::now();
+    let folder = args.workspace.clone().unwrap_or_else(|| PathBuf::from("."));
+    let root = PathBuf::from(
+        git(&folder, &["rev-parse", "--show-toplevel"])
+            .map_err(|e| format!("{}: not inside a git repository ({e})", folder.display()))?,
+    );
+    for revision in [&args.base, &args.head] {
+        git(
+            &root,
+            &[
+                "rev-parse",
+                "--verify",
+                "--quiet",
+                &format!("{revision}^{{commit}}"),
+            ],
+        )
+        .map_err(|_| format!("`{revision}` is not a revision of {}", root.display()))?;
+    }
+    let range = format!("{}...{}", args.base, args.head);
+    let diff = git(
+        &root,
+        &[
+            "diff",
+            "--no-color",
+            "--no-ext-diff",
+            "--find-renames",
+            "-U0",
+            &range,
+            "--",
+        ],
+    )?;
+    let files = parse_diff(&diff).map_err(|e| format!("cannot read `git diff {range}`: {e}"))?;
+    let texts: Vec<Option<String>> = files
+        .iter()
+        .map(|f| git(&root, &["show", &format!("{}:{}", args.head, f.path)]).ok())
+        .collect();
+
+    let engine = args.runtime.load_engine()?;
+    let tokenizer = engine
+        .tokenizer()
+        .cloned()
+        .ok_or("the model has no tokenizer.json; a review needs one")?;
+    let builder = ContextBuilder::new(Box::new(ModelTokens::new(tokenizer)));
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (index, _) = crate::workspace_context::index_folder(
+        &root,
+        server::workspace::scan::ScanOptions::default().max_file_bytes as usize,
+        threads,
+    );
+    let jobs = prepare(&files, &texts, &index, &builder, args.context_tokens);
+    let progress = Progress::new(jobs.len());
+    let mut findings = Vec::new();
+    let mut report = Report::default();
+    for (done, (job, answer)) in jobs
+        .iter()
+        .zip(answers(&engine, &jobs, args.max_tokens))
+        .enumerate()
+    {
+        let answer = answer?;
+        let parsed = parse_answer(&answer, &files[job.file], &job.lines);
+        for (reason, count) in parsed.dropped {
+            *report.dropped.entry(reason).or_default() += count;
+        }
+        findings.extend(parsed.findings);
+        progress.step(done + 1, &files[job.file].path);
+    }
+    // The most severe first, then in diff order; at most --max-findings.
+    findings.sort_by_key(|f: &Finding| std::cmp::Reverse(f.severity));
+    let cut = findings.len().saturating_sub(args.max_findings);
+    findings.truncate(args.max_findings);
+    let snippet_of = |f: &Finding| -> Vec<String> {
+        let index = files.iter().position(|file| file.path == f.path);
+        let text = index.and_then(|i| texts[i].as_deref()).unwrap_or("");
+        text.lines()
+            .skip(f.start_line - 1)
+            .take(f.end_line + 1 - f.start_line)
+            .map(str::to_string)
+            .collect()
+    };
+    let dropped = std::mem::take(&mut report.dropped);
+    report = Report::new(findings, snippet_of);
+    report.dropped = dropped;
+    report.tool_version = env!("CARGO_PKG_VERSION").to_string();
+    report.base = args.base.clone();
+    report.head = args.head.clone();
+    report.hunks = jobs.len();
+    report.seconds = started.elapsed().as_secs_f64();
+    let rendered = report
+        .render(args.format.name())
+        .expect("every Format has a renderer");
+    match &args.output {
+        Some(path) => std::fs::write(path, rendered)
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?,
+        None => std::io::stdout()
+            .write_all(rendered.as_bytes())
+            .map_err(|e| format!("cannot write the report: {e}"))?,
+    }
+    let count = |s| {
+        report
+            .findings
+            .iter()
+            .filter(|f| f.finding.severity == s)
+            .count()
+    };
+    eprintln!(
+        "review {range}: {} hunk(s) in {} file(s), {} finding(s) ({} error, {} warning, {} note){}, {} answer line(s) dropped, {:.1} s",
+        jobs.len(),
+        files.len(),
+        report.findings.len(),
+        count(Severity::Error),
+        count(Severity::Warning),
+        count(Severity::Note),
+        if cut > 0 {
+            format!(", {cut} more cut by --max-findings")
+        } else {
+            String::new()
+        },
+        report.dropped_total(),
+        report.seconds,
+    );
+    Ok(report
+        .findings
+        .iter()
+        .any(|f| args.fail_on.reached_by(f.finding.severity)))
+}
+
+impl Format {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Sarif => "sarif",
+            Self::Rdjsonl => "rdjsonl",
+            Self::Gitlab => "gitlab",
+            Self::Github => "github",
+            Self::Markdown => "markdown",
+            Self::Json => "json",
+        }
+    }
+}
+
+/// A prompt per hunk: its enclosing function (or a window) numbered, what it removed, and the
+/// definitions the context builder finds for it in the repository.
+fn prepare(
+    files: &[FileDiff],
+    texts: &[Option<String>],
+    index: &WorkspaceIndex,
+    builder: &ContextBuilder,
+    context_tokens: usize,
+) -> Vec<Job> {
+    let mut jobs = Vec::new();
+    for (file_index, (file, text)) in files.iter().zip(texts).enumerate() {
+        // A file git cannot show as UTF-8 text at HEAD is not reviewed.
+        let Some(text) = text else { continue };
+        let rope = Rope::from_str(text);
+        let language = languages::for_path(Path::new(&file.path));
+        let language_id = language.map_or("", |l| l.spec.lsp_ids[0]);
+        for hunk in &file.hunks {
+            let Some(lines) = hunk.span() else { continue };
+            let line_count = rope.len_lines();
+            let first_line_start =
+                rope.line_to_byte((lines.start() - 1).min(line_count.saturating_sub(1)));
+            let function = server::syntax::enclosing_function(&rope, first_line_start, language_id)
+                .map(|(start, end)| {
+                    rope.byte_to_line(start) + 1
+                        ..=rope.byte_to_line(end.saturating_sub(1).max(start)) + 1
+                });
+            let shown = shown_lines(&lines, function, line_count);
+            let code = numbered(text, &shown, &hunk.added);
+            let cursor = Cursor {
+                text,
+                offset: first_line_start,
+                relative: Some(&file.path),
+                language,
+                tree: TreeSource::Parse,
+                heal_indentation: false,
+            };
+            let built = builder.build(
+                Some(index),
+                &cursor,
+                Budget {
+                    tokens: context_tokens,
+                    suffix_lines: 0,
+                },
+                &[],
+            );
+            let definitions: Vec<String> = built
+                .blocks
+                .iter()
+                .filter(|b| matches!(b.kind, BlockKind::Import | BlockKind::Definition))
+                .map(|b| b.text.clone())
+                .collect();
+            let prompt = review_prompt(&HunkPrompt {
+                path: &file.path,
+                code: &code,
+                removed: &hunk.removed,
+                definitions: &definitions,
+            });
+            jobs.push(Job {
+                file: file_index,
+                lines,
+                prompt,
+            });
+        }
+    }
+    jobs
+}
+
+/// The model's answer for each job, in order. All are queued at once: the engine runs them one
+/// after another, each reusing the cached prefix the instructions share.
+fn answers<'a>(
+    engine: &'a Engine,
+    jobs: &'a [Job],
+    max_tokens: usize,
+) -> impl Iterator<Item = Result<String, String>> + 'a {
+    let generations: Vec<_> = jobs
+        .iter()
+        .map(|job| {
+            let mut request = Request::new(PromptInput::Prompt(job.prompt.clone()), max_tokens);
+            request.sampling = SamplingParams::greedy();
+            engine.submit(request)
+        })
+        .collect();
+    generations.into_iter().map(|generation| {
+        generation
+            .wait()
+            .map(|(text, _)| text)
+            .map_err(|e| e.to_string())
+    })
+}
+
+/// A bar on a terminal, plain lines in CI logs.
+struct Progress {
+    total: usize,
+    terminal: bool,
+}
+
+impl Progress {
+    fn new(total: usize) -> Self {
+        Self {
+            total,
+            terminal: std::io::stderr().is_terminal(),
+        }
+    }
+
+    fn step(&self, done: usize, path: &str) {
+        if self.terminal {
+            let width = 30;
+            let filled = done * width / self.total.max(1);
+            eprint!(
+                "\r[{}{}] {done}/{} hunks",
+                "#".repeat(filled),
+                "-".repeat(width - filled),
+                self.total
+            );
+            if done == self.total {
+                eprintln!();
+            }
+            let _ = std::io::stderr().flush();
+        } else {
+            eprintln!("review: hunk {done}/{} ({path})", self.total);
+        }
+    }
+}
+
+/// Runs git in `dir`; its stdout, or its stderr as the error.
+fn git(dir: &Path, args: &[&str]) -> Result<String, String> {
+    let output = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run git: {e}"))?;
+    if !output.status.success() {
+        return Err(String::from_utf8_lossy(&output.stderr).trim().to_string());
+    }
+    String::from_utf8(output.stdout).map_err(|_| "git printed something that is not UTF-8".into())
+}
