@@ -165,6 +165,9 @@ fn complete(
     let mut request = Request::new(PromptInput::Prompt(prompt), max_tokens);
     request.sampling = SamplingParams::greedy();
     request.stop = vec!["\n".to_string()];
+    if let Some(tokenizer) = engine.tokenizer() {
+        request.suppress_first = healing.suppressed_first_tokens(tokenizer);
+    }
     let (text, _) = engine.submit(request).wait().map_err(|e| e.to_string())?;
     Ok(healing.push(&text))
 }

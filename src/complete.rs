@@ -10,6 +10,7 @@ use server::completion::{CompletionOptions, CompletionWindow};
 use server::indent_healing::IndentHealing;
 use server::postprocess::{StreamFilter, finalize};
 use server::syntax::completion_mode;
+use server::syntax_trim::trim_to_syntax;
 use server::workspace::languages;
 
 use crate::runtime::{RuntimeArgs, SamplingArgs};
@@ -72,9 +73,14 @@ pub fn run(args: CompleteArgs) -> Result<(), String> {
     let tokens = args
         .workspace
         .budget_for(engine.context_window(), options.max_new_tokens);
-    let context = args
-        .workspace
-        .build(&args.file, &text, offset, tokenizer, tokens, !args.raw);
+    let context = args.workspace.build(
+        &args.file,
+        &text,
+        offset,
+        tokenizer.clone(),
+        tokens,
+        !args.raw,
+    );
     let rope = Rope::from_str(&text);
     let window = CompletionWindow::around(&rope, offset, tokens, args.workspace.suffix_lines);
     let mut healing = IndentHealing::new(&context.cut_indentation);
@@ -83,6 +89,7 @@ pub fn run(args: CompleteArgs) -> Result<(), String> {
     let mut request = Request::new(PromptInput::Prompt(prompt), options.max_new_tokens);
     request.sampling = options.sampling;
     request.stop = options.stop.clone();
+    request.suppress_first = healing.suppressed_first_tokens(&tokenizer);
     let language_id = languages::for_path(&args.file).map_or("", |l| l.spec.lsp_ids[0]);
     // The editor's rules: one line or one block, as the syntax at the cursor says.
     let mut filter = StreamFilter::new(completion_mode(&rope, offset, language_id, false));
@@ -105,7 +112,8 @@ pub fn run(args: CompleteArgs) -> Result<(), String> {
         }
     }
     let stats = stats.ok_or("the engine stopped without finishing the generation")?;
-    let cleaned = finalize(&filter.finish(), &window.surroundings()).map(|s| s.text);
+    let cleaned = finalize(&filter.finish(), &window.surroundings())
+        .map(|s| trim_to_syntax(&rope, offset, language_id, &s.text));
     let completion = if args.raw {
         raw.clone()
     } else {

@@ -966,10 +966,11 @@ fn completions_take_context_from_the_indexed_workspace() {
 #[test]
 fn helix_typing_pattern_gets_an_answer_per_request_in_the_shape_helix_renders() {
     let mut client = Client::start(&[]);
-    // The built-in model, as a Helix user without configuration has it; one-line suggestions.
+    // The fixture model: its suggestions are noise, but there are some in every reply, so
+    // every shape check below runs. One-line suggestions, as the Helix guide sets.
     client.initialize(
         &["utf-8", "utf-32", "utf-16"],
-        json!({"singleLine": true, "maxTokens": 24}),
+        model_options(json!({"singleLine": true, "maxTokens": 24})),
         json!({"textDocument": {"completion": {"completionItem": {"snippetSupport": true}}}}),
     );
     client.wait_for_model();
@@ -1055,5 +1056,6 @@ fn helix_typing_pattern_gets_an_answer_per_request_in_the_shape_helix_renders() 
         }
     }
     println!("{} requests, {shown} items shown", requests.len());
+    assert!(shown >= requests.len() / 2, "items to check: {shown}");
     client.shutdown();
 }

@@ -31,6 +31,9 @@ pub struct Request {
     /// A key such as a document URI: a newer request with the same key ends this one
     /// with `StopReason::Superseded`.
     pub supersedes: Option<String>,
+    /// Token ids the first generated token may not be (transformers' `begin_suppress_tokens`):
+    /// for example line breaks where a suggestion must start on the cursor's line.
+    pub suppress_first: Vec<u32>,
 }
 
 impl Request {
@@ -43,6 +46,7 @@ impl Request {
             stop: Vec::new(),
             deadline: None,
             supersedes: None,
+            suppress_first: Vec::new(),
         }
     }
 }

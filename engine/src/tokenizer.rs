@@ -38,6 +38,8 @@ pub struct TextTokenizer {
     /// Ids of added special tokens: they never appear in decoded text.
     is_special: Vec<bool>,
     warned_no_fim: AtomicBool,
+    /// Ids whose text starts with a line break (computed on first use).
+    line_breaks: std::sync::OnceLock<Vec<u32>>,
 }
 
 impl TextTokenizer {
@@ -101,6 +103,7 @@ impl TextTokenizer {
             token_bytes,
             is_special,
             warned_no_fim: AtomicBool::new(false),
+            line_breaks: std::sync::OnceLock::new(),
         })
     }
 
@@ -159,6 +162,20 @@ impl TextTokenizer {
                     let piece = &probe[*start..*end];
                     !piece.contains(['\n', '\r']) || piece.len() == 1
                 })
+        })
+    }
+
+    /// The ids whose text starts with a line break: what a suggestion that must begin on the
+    /// cursor's line may not start with.
+    pub fn line_break_tokens(&self) -> &[u32] {
+        self.line_breaks.get_or_init(|| {
+            (0..self.is_special.len() as u32)
+                .filter(|&id| !self.is_special(id))
+                .filter(|&id| {
+                    self.decode(&[id])
+                        .is_ok_and(|text| text.starts_with(['\n', '\r']))
+                })
+                .collect()
         })
     }
 

@@ -393,7 +393,15 @@ impl Worker {
             .map(|t| TextStream::new(t, &request.stop));
         let mut first_token_at = None;
         let reason = loop {
-            let next = sampler.sample(&logits.squeeze(0)?.to_vec1::<f32>()?);
+            let mut row = logits.squeeze(0)?.to_vec1::<f32>()?;
+            if stats.generated_tokens == 0 {
+                for &id in &request.suppress_first {
+                    if let Some(logit) = row.get_mut(id as usize) {
+                        *logit = f32::NEG_INFINITY;
+                    }
+                }
+            }
+            let next = sampler.sample(&row);
             let now = Instant::now();
             let first = *first_token_at.get_or_insert(now);
             stats.time_to_first_token_ms = millis(job.submitted, first);

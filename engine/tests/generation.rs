@@ -312,6 +312,30 @@ fn prompts_of_ids_run_without_a_tokenizer() {
     assert!(refused.to_string().contains("no tokenizer"));
 }
 
+#[test]
+fn suppressed_first_tokens_are_never_chosen_first() {
+    let model = engine::load_checkpoint(&fixture("lite"), &LoadOptions::default()).unwrap();
+    let engine = Engine::start(model, None);
+    let r = reference("lite");
+    let greedy = &r.fim.output_ids;
+    let mut request = Request::new(PromptInput::Tokens(r.fim.prompt_ids.clone()), 16);
+    request.suppress_first = vec![greedy[0]];
+    let (_, stats) = run(&engine, request);
+    assert_ne!(
+        stats.tokens[0], greedy[0],
+        "the greedy first token is suppressed"
+    );
+    // With every id but one suppressed, that one is the first token.
+    let mut all_first = Request::new(PromptInput::Tokens(r.fim.prompt_ids.clone()), 1);
+    all_first.suppress_first = (0..320).filter(|&id| id != 7).collect();
+    let (_, one) = run(&engine, all_first);
+    assert_eq!(
+        one.tokens,
+        vec![7],
+        "everything else suppressed leaves id 7"
+    );
+}
+
 /// Collects what the engine logs, to count warnings.
 #[derive(Clone, Default)]
 struct LogBuffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);

@@ -22,6 +22,16 @@ impl IndentHealing {
         }
     }
 
+    /// Tokens the suggestion may not start with: line breaks when healing (the model is to
+    /// write the cursor's line, and a blank first line is never worth showing there).
+    pub fn suppressed_first_tokens(&self, tokenizer: &engine::TextTokenizer) -> Vec<u32> {
+        if self.pending.is_some() {
+            tokenizer.line_break_tokens().to_vec()
+        } else {
+            Vec::new()
+        }
+    }
+
     /// Takes a streamed delta and returns what to pass on: nothing until the first line's
     /// indentation is known, then that line without the typed indentation.
     pub fn push(&mut self, delta: &str) -> String {

@@ -14,4 +14,5 @@ pub mod review;
 pub mod settings;
 pub mod suggestions;
 pub mod syntax;
+pub mod syntax_trim;
 pub mod workspace;

@@ -25,6 +25,7 @@ use crate::postprocess::{StreamFilter, Suggestion, finalize, label, word_before}
 use crate::settings::Settings;
 use crate::suggestions::RecentSuggestions;
 use crate::syntax::completion_mode;
+use crate::syntax_trim::trim_to_syntax;
 use crate::workspace::context::Budget;
 
 /// What the client can do, read once at initialize.
@@ -307,7 +308,7 @@ impl Backend {
         };
         let built = self
             .build_context(
-                tokenizer,
+                tokenizer.clone(),
                 &key,
                 document.clone(),
                 cursor,
@@ -321,6 +322,7 @@ impl Backend {
             engine::Request::new(engine::PromptInput::Prompt(prompt), options.max_new_tokens);
         request.sampling = options.sampling;
         request.supersedes = Some(key.clone());
+        request.suppress_first = healing.suppressed_first_tokens(&tokenizer);
         let mut generation = engine.submit(request);
         let mut filter = StreamFilter::new(mode);
         while let Some(event) = generation.next().await {
@@ -344,9 +346,15 @@ impl Backend {
         }
         // Dropping the generation stops the engine if the filter ended the suggestion early.
         drop(generation);
-        let Some(suggestion) = finalize(&filter.finish(), &window.surroundings()) else {
+        let Some(mut suggestion) = finalize(&filter.finish(), &window.surroundings()) else {
             return Ok(None);
         };
+        suggestion.text = trim_to_syntax(
+            &document.text,
+            cursor,
+            &document.language_id,
+            &suggestion.text,
+        );
         self.recent
             .lock()
             .unwrap_or_else(|e| e.into_inner())
