@@ -64,6 +64,11 @@ struct Score {
     with_context: usize,
     without_context: usize,
     baseline: usize,
+    /// Sums of edit similarity (1 - Levenshtein distance / the longer length), a graded
+    /// measure beside exact match.
+    similarity_with_context: f64,
+    similarity_without_context: f64,
+    similarity_baseline: f64,
 }
 
 impl Score {
@@ -74,6 +79,9 @@ impl Score {
             "exact_match_with_context": rate(self.with_context),
             "exact_match_without_context": rate(self.without_context),
             "exact_match_baseline": rate(self.baseline),
+            "edit_similarity_with_context": self.similarity_with_context / self.tasks.max(1) as f64,
+            "edit_similarity_without_context": self.similarity_without_context / self.tasks.max(1) as f64,
+            "edit_similarity_baseline": self.similarity_baseline / self.tasks.max(1) as f64,
         })
     }
 }
@@ -126,6 +134,7 @@ pub fn run(options: &ModelBenchOptions, engine: &Engine) -> Result<Value, String
             options.max_tokens,
         )?;
         let guess = baseline(task);
+
         let score = match task.kind {
             Kind::NextLine => &mut next_line,
             Kind::LineMiddle => &mut line_middle,
@@ -134,6 +143,9 @@ pub fn run(options: &ModelBenchOptions, engine: &Engine) -> Result<Value, String
         score.with_context += usize::from(with.trim_end() == truth);
         score.without_context += usize::from(without.trim_end() == truth);
         score.baseline += usize::from(guess.trim_end() == truth);
+        score.similarity_with_context += edit_similarity(with.trim_end(), truth);
+        score.similarity_without_context += edit_similarity(without.trim_end(), truth);
+        score.similarity_baseline += edit_similarity(guess.trim_end(), truth);
         if (i + 1) % 50 == 0 {
             eprintln!("{}/{} tasks", i + 1, tasks.len());
         }
@@ -250,6 +262,26 @@ fn baseline(task: &Task) -> String {
     }
 }
 
+/// 1 - (Levenshtein distance in characters) / (the longer length); 1 for two empty strings.
+fn edit_similarity(a: &str, b: &str) -> f64 {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let longer = a.len().max(b.len());
+    if longer == 0 {
+        return 1.0;
+    }
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.iter().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitution = diagonal + usize::from(ca != cb);
+            diagonal = row[j + 1];
+            row[j + 1] = substitution.min(row[j] + 1).min(row[j + 1] + 1);
+        }
+    }
+    1.0 - row[b.len()] as f64 / longer as f64
+}
+
 fn words(line: &str) -> HashSet<&str> {
     line.split(|c: char| !(c.is_alphanumeric() || c == '_'))
         .filter(|w| !w.is_empty())
@@ -288,6 +320,18 @@ mod tests {
             cursor,
             line_end: end,
         }
+    }
+
+    #[test]
+    fn edit_similarity_counts_character_edits() {
+        assert_eq!(edit_similarity("", ""), 1.0);
+        assert_eq!(edit_similarity("abc", "abc"), 1.0);
+        assert_eq!(edit_similarity("abc", ""), 0.0);
+        assert!((edit_similarity("kitten", "sitting") - (1.0 - 3.0 / 7.0)).abs() < 1e-12);
+        assert!(
+            (edit_similarity("é", "e") - 0.0).abs() < 1e-12,
+            "characters, not bytes"
+        );
     }
 
     #[test]

@@ -40,6 +40,9 @@ pub fn trim_to_syntax(text: &Rope, cursor: usize, language_id: &str, suggestion:
     };
     let before = text.byte_slice(start..cursor).to_string();
     let after = text.byte_slice(cursor..end).to_string();
+    // tree-sitter-python accepts a block with no statement (`def f():` and nothing under it),
+    // which Python does not: such a block counts as an error.
+    let python = language_id == "python";
     let mut best = (usize::MAX, 0);
     let mut prefix_len = 0;
     for (count, line) in lines.iter().enumerate() {
@@ -48,7 +51,7 @@ pub fn trim_to_syntax(text: &Rope, cursor: usize, language_id: &str, suggestion:
         let Some(tree) = parser.parse(format!("{before}{candidate}{after}"), None) else {
             return suggestion.to_string();
         };
-        let errors = error_nodes(tree.root_node());
+        let errors = error_nodes(tree.root_node(), python);
         // Fewer errors win; as few with more lines win too.
         if errors <= best.0 {
             best = (errors, count + 1);
@@ -60,16 +63,22 @@ pub fn trim_to_syntax(text: &Rope, cursor: usize, language_id: &str, suggestion:
         .to_string()
 }
 
-/// ERROR and MISSING nodes under `node` (an ERROR subtree counts once).
-fn error_nodes(node: Node) -> usize {
+/// ERROR and MISSING nodes under `node` (an ERROR subtree counts once), and empty blocks
+/// when `empty_blocks_are_errors`.
+fn error_nodes(node: Node, empty_blocks_are_errors: bool) -> usize {
     if node.is_error() || node.is_missing() {
         return 1;
     }
-    if !node.has_error() {
+    if empty_blocks_are_errors && node.kind() == "block" && node.named_child_count() == 0 {
+        return 1;
+    }
+    if !node.has_error() && !empty_blocks_are_errors {
         return 0;
     }
     let mut cursor = node.walk();
-    node.children(&mut cursor).map(error_nodes).sum()
+    node.children(&mut cursor)
+        .map(|child| error_nodes(child, empty_blocks_are_errors))
+        .sum()
 }
 
 #[cfg(test)]
@@ -84,6 +93,12 @@ mod tests {
         let suggestion = "total = sum(xs)\n    return total\n    print(total,";
         assert_eq!(
             trim_to_syntax(&text, cursor, "python", suggestion),
+            "total = sum(xs)\n    return total"
+        );
+        // A definition left without a body is cut too.
+        let dangling = "total = sum(xs)\n    return total\n\n    def g():";
+        assert_eq!(
+            trim_to_syntax(&text, cursor, "python", dangling),
             "total = sum(xs)\n    return total"
         );
         // All of it parses: all of it stays.
