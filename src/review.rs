@@ -94,10 +94,9 @@ pub fn run(args: ReviewArgs) -> Result<bool, String> {
     args.runtime.apply_threads()?;
     let started = Instant::now();
     let folder = args.workspace.clone().unwrap_or_else(|| PathBuf::from("."));
-    let root = PathBuf::from(
-        git(&folder, &["rev-parse", "--show-toplevel"])
-            .map_err(|e| format!("{}: not inside a git repository ({e})", folder.display()))?,
-    );
+    let toplevel = git(&folder, &["rev-parse", "--show-toplevel"])
+        .map_err(|e| format!("{}: not inside a git repository ({e})", folder.display()))?;
+    let root = PathBuf::from(toplevel.trim_end_matches(['\n', '\r']));
     for revision in [&args.base, &args.head] {
         git(
             &root,
