@@ -1,7 +1,7 @@
 //! `deepseek-lsp bench`: prefill and decode throughput of a model, as one JSON object on stdout.
 
 use clap::{Args, ValueEnum};
-use engine::{AttentionForm, Model};
+use engine::{AttentionForm, Engine, Model};
 use serde_json::json;
 
 use crate::runtime::RuntimeArgs;
@@ -74,6 +74,10 @@ enum BenchKind {
     /// Exact match of --model completing lines of --workspace (code it was not trained on),
     /// with and without workspace context, next to a trivial baseline; --context is the budget.
     Model,
+    /// Hunks per minute of `review` on --workspace's last commit (HEAD~1...HEAD), with --model
+    /// (default: the built-in one) or --synthetic (text through --tokenizer, default the
+    /// built-in model's); --tokens is the answer length.
+    Review,
     All,
 }
 
@@ -91,6 +95,7 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
         BenchKind::Lsp => Some(bench_lsp(&args)?),
         BenchKind::Context => Some(bench_context(&args, threads)?),
         BenchKind::Model => Some(bench_model(&args, threads)?),
+        BenchKind::Review => Some(bench_review(&args)?),
         _ => None,
     };
     if let Some(figures) = figures {
@@ -125,7 +130,7 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
         BenchKind::Prefill => &[BenchKind::Prefill],
         BenchKind::Generate => &[BenchKind::Generate],
         BenchKind::Keystroke => &[BenchKind::Keystroke],
-        BenchKind::Lsp | BenchKind::Context | BenchKind::Model => &[],
+        BenchKind::Lsp | BenchKind::Context | BenchKind::Model | BenchKind::Review => &[],
     };
     let mut report = json!({
         "model": name,
@@ -217,6 +222,50 @@ fn bench_model(args: &BenchArgs, threads: usize) -> Result<serde_json::Value, St
         threads,
     };
     crate::bench_model::run(&options, &engine)
+}
+
+fn bench_review(args: &BenchArgs) -> Result<serde_json::Value, String> {
+    let folder = args
+        .workspace
+        .clone()
+        .ok_or("bench review needs --workspace DIR (a git repository with at least two commits)")?;
+    let change = crate::review::read_change(&folder, "HEAD~1", "HEAD")?;
+    let (engine, name) = match &args.synthetic {
+        Some(_) => {
+            let (model, name) = load(args)?;
+            let tokenizer_file = match &args.tokenizer {
+                Some(file) => file.clone(),
+                None => crate::embedded::model_dir()?
+                    .ok_or("this build has no built-in model: give --tokenizer FILE")?
+                    .join("tokenizer.json"),
+            };
+            let tokenizer =
+                engine::TextTokenizer::from_file(&tokenizer_file, model.config().vocab_size)
+                    .map_err(|e| e.to_string())?;
+            (
+                Engine::start(model, Some(std::sync::Arc::new(tokenizer))),
+                name,
+            )
+        }
+        None => (
+            args.runtime.load_engine()?,
+            args.runtime.model_dir()?.display().to_string(),
+        ),
+    };
+    let started = std::time::Instant::now();
+    let reviewed = crate::review::review_change(&change, &engine, 1024, args.tokens)?;
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(serde_json::json!({
+        "model": name,
+        "range": change.range,
+        "hunks": reviewed.hunks,
+        "seconds": seconds,
+        "hunks_per_minute": reviewed.hunks as f64 * 60.0 / seconds.max(1e-9),
+        "prompt_tokens": reviewed.prompt_tokens,
+        "generated_tokens": reviewed.generated_tokens,
+        "findings": reviewed.findings.len(),
+        "dropped": reviewed.dropped.values().sum::<usize>(),
+    }))
 }
 
 fn load(args: &BenchArgs) -> Result<(Model, String), String> {

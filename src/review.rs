@@ -89,15 +89,22 @@ struct Job {
     prompt: engine::Prompt,
 }
 
-/// Runs the review; `Ok(true)` when a finding reached `--fail-on` (exit 1).
-pub fn run(args: ReviewArgs) -> Result<bool, String> {
-    args.runtime.apply_threads()?;
-    let started = Instant::now();
-    let folder = args.workspace.clone().unwrap_or_else(|| PathBuf::from("."));
-    let toplevel = git(&folder, &["rev-parse", "--show-toplevel"])
+/// A change as the review sees it: the repository, the diff's files and their text at head.
+pub struct Change {
+    pub root: PathBuf,
+    pub range: String,
+    pub files: Vec<FileDiff>,
+    /// Each file's text at head (`None`: not shown as UTF-8 text, not reviewed).
+    pub texts: Vec<Option<String>>,
+}
+
+/// Reads `base...head` of the repository holding `folder`; exit-2 errors for a folder outside a
+/// repository, an unknown revision or an unreadable diff.
+pub fn read_change(folder: &Path, base: &str, head: &str) -> Result<Change, String> {
+    let toplevel = git(folder, &["rev-parse", "--show-toplevel"])
         .map_err(|e| format!("{}: not inside a git repository ({e})", folder.display()))?;
     let root = PathBuf::from(toplevel.trim_end_matches(['\n', '\r']));
-    for revision in [&args.base, &args.head] {
+    for revision in [base, head] {
         git(
             &root,
             &[
@@ -109,7 +116,7 @@ pub fn run(args: ReviewArgs) -> Result<bool, String> {
         )
         .map_err(|_| format!("`{revision}` is not a revision of {}", root.display()))?;
     }
-    let range = format!("{}...{}", args.base, args.head);
+    let range = format!("{base}...{head}");
     let diff = git(
         &root,
         &[
@@ -123,12 +130,34 @@ pub fn run(args: ReviewArgs) -> Result<bool, String> {
         ],
     )?;
     let files = parse_diff(&diff).map_err(|e| format!("cannot read `git diff {range}`: {e}"))?;
-    let texts: Vec<Option<String>> = files
+    let texts = files
         .iter()
-        .map(|f| git(&root, &["show", &format!("{}:{}", args.head, f.path)]).ok())
+        .map(|f| git(&root, &["show", &format!("{head}:{}", f.path)]).ok())
         .collect();
+    Ok(Change {
+        root,
+        range,
+        files,
+        texts,
+    })
+}
 
-    let engine = args.runtime.load_engine()?;
+/// What the model said about a change.
+pub struct Reviewed {
+    pub hunks: usize,
+    pub findings: Vec<Finding>,
+    pub dropped: std::collections::BTreeMap<server::review::findings::Dropped, usize>,
+    pub prompt_tokens: usize,
+    pub generated_tokens: usize,
+}
+
+/// Asks `engine` about every hunk of `change` (progress on stderr) and validates the answers.
+pub fn review_change(
+    change: &Change,
+    engine: &Engine,
+    context_tokens: usize,
+    max_tokens: usize,
+) -> Result<Reviewed, String> {
     let tokenizer = engine
         .tokenizer()
         .cloned()
@@ -136,47 +165,75 @@ pub fn run(args: ReviewArgs) -> Result<bool, String> {
     let builder = ContextBuilder::new(Box::new(ModelTokens::new(tokenizer)));
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let (index, _) = crate::workspace_context::index_folder(
-        &root,
+        &change.root,
         server::workspace::scan::ScanOptions::default().max_file_bytes as usize,
         threads,
     );
-    let jobs = prepare(&files, &texts, &index, &builder, args.context_tokens);
+    let jobs = prepare(
+        &change.files,
+        &change.texts,
+        &index,
+        &builder,
+        context_tokens,
+    );
     let progress = Progress::new(jobs.len());
-    let mut findings = Vec::new();
-    let mut report = Report::default();
+    let mut reviewed = Reviewed {
+        hunks: jobs.len(),
+        findings: Vec::new(),
+        dropped: Default::default(),
+        prompt_tokens: 0,
+        generated_tokens: 0,
+    };
     for (done, (job, answer)) in jobs
         .iter()
-        .zip(answers(&engine, &jobs, args.max_tokens))
+        .zip(answers(engine, &jobs, max_tokens))
         .enumerate()
     {
-        let answer = answer?;
-        let parsed = parse_answer(&answer, &files[job.file], &job.lines);
+        let (answer, stats) = answer?;
+        reviewed.prompt_tokens += stats.prompt_tokens;
+        reviewed.generated_tokens += stats.generated_tokens;
+        let parsed = parse_answer(&answer, &change.files[job.file], &job.lines);
         for (reason, count) in parsed.dropped {
-            *report.dropped.entry(reason).or_default() += count;
+            *reviewed.dropped.entry(reason).or_default() += count;
         }
-        findings.extend(parsed.findings);
-        progress.step(done + 1, &files[job.file].path);
+        reviewed.findings.extend(parsed.findings);
+        progress.step(done + 1, &change.files[job.file].path);
     }
+    Ok(reviewed)
+}
+
+/// Runs the review; `Ok(true)` when a finding reached `--fail-on` (exit 1).
+pub fn run(args: ReviewArgs) -> Result<bool, String> {
+    args.runtime.apply_threads()?;
+    let started = Instant::now();
+    let folder = args.workspace.clone().unwrap_or_else(|| PathBuf::from("."));
+    let change = read_change(&folder, &args.base, &args.head)?;
+    let engine = args.runtime.load_engine()?;
+    let Reviewed {
+        hunks,
+        mut findings,
+        dropped,
+        ..
+    } = review_change(&change, &engine, args.context_tokens, args.max_tokens)?;
     // The most severe first, then in diff order; at most --max-findings.
     findings.sort_by_key(|f: &Finding| std::cmp::Reverse(f.severity));
     let cut = findings.len().saturating_sub(args.max_findings);
     findings.truncate(args.max_findings);
     let snippet_of = |f: &Finding| -> Vec<String> {
-        let index = files.iter().position(|file| file.path == f.path);
-        let text = index.and_then(|i| texts[i].as_deref()).unwrap_or("");
+        let index = change.files.iter().position(|file| file.path == f.path);
+        let text = index.and_then(|i| change.texts[i].as_deref()).unwrap_or("");
         text.lines()
             .skip(f.start_line - 1)
             .take(f.end_line + 1 - f.start_line)
             .map(str::to_string)
             .collect()
     };
-    let dropped = std::mem::take(&mut report.dropped);
-    report = Report::new(findings, snippet_of);
+    let mut report = Report::new(findings, snippet_of);
     report.dropped = dropped;
     report.tool_version = env!("CARGO_PKG_VERSION").to_string();
     report.base = args.base.clone();
     report.head = args.head.clone();
-    report.hunks = jobs.len();
+    report.hunks = hunks;
     report.seconds = started.elapsed().as_secs_f64();
     let rendered = report
         .render(args.format.name())
@@ -196,9 +253,9 @@ pub fn run(args: ReviewArgs) -> Result<bool, String> {
             .count()
     };
     eprintln!(
-        "review {range}: {} hunk(s) in {} file(s), {} finding(s) ({} error, {} warning, {} note){}, {} answer line(s) dropped, {:.1} s",
-        jobs.len(),
-        files.len(),
+        "review {}: {hunks} hunk(s) in {} file(s), {} finding(s) ({} error, {} warning, {} note){}, {} answer line(s) dropped, {:.1} s",
+        change.range,
+        change.files.len(),
         report.findings.len(),
         count(Severity::Error),
         count(Severity::Warning),
@@ -303,7 +360,7 @@ fn answers<'a>(
     engine: &'a Engine,
     jobs: &'a [Job],
     max_tokens: usize,
-) -> impl Iterator<Item = Result<String, String>> + 'a {
+) -> impl Iterator<Item = Result<(String, engine::GenerationStats), String>> + 'a {
     let generations: Vec<_> = jobs
         .iter()
         .map(|job| {
@@ -312,12 +369,9 @@ fn answers<'a>(
             engine.submit(request)
         })
         .collect();
-    generations.into_iter().map(|generation| {
-        generation
-            .wait()
-            .map(|(text, _)| text)
-            .map_err(|e| e.to_string())
-    })
+    generations
+        .into_iter()
+        .map(|generation| generation.wait().map_err(|e| e.to_string()))
 }
 
 /// A bar on a terminal, plain lines in CI logs.
