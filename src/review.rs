@@ -12,7 +12,7 @@ use ropey::Rope;
 use server::review::diff::{FileDiff, parse_diff};
 use server::review::findings::{Finding, Severity, parse_answer};
 use server::review::report::Report;
-use server::review::{HunkPrompt, numbered, review_prompt, shown_lines};
+use server::review::{HunkPrompt, narrowed, numbered, review_prompt, shown_lines};
 use server::workspace::context::{BlockKind, Budget, ContextBuilder, Cursor, TreeSource};
 use server::workspace::index::WorkspaceIndex;
 use server::workspace::languages;
@@ -162,20 +162,20 @@ pub fn review_change(
         .tokenizer()
         .cloned()
         .ok_or("the model has no tokenizer.json; a review needs one")?;
-    let builder = ContextBuilder::new(Box::new(ModelTokens::new(tokenizer)));
+    let builder = ContextBuilder::new(Box::new(ModelTokens::new(tokenizer.clone())));
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let (index, _) = crate::workspace_context::index_folder(
         &change.root,
         server::workspace::scan::ScanOptions::default().max_file_bytes as usize,
         threads,
     );
-    let jobs = prepare(
-        &change.files,
-        &change.texts,
-        &index,
-        &builder,
+    let limits = PromptLimits {
         context_tokens,
-    );
+        // Prompt and answer share the model's window.
+        prompt_tokens: engine.context_window().saturating_sub(max_tokens).max(1),
+        tokenizer: &tokenizer,
+    };
+    let jobs = prepare(&change.files, &change.texts, &index, &builder, &limits);
     let progress = Progress::new(jobs.len());
     let mut reviewed = Reviewed {
         hunks: jobs.len(),
@@ -289,12 +289,22 @@ impl Format {
 
 /// A prompt per hunk: its enclosing function (or a window) numbered, what it removed, and the
 /// definitions the context builder finds for it in the repository.
+/// How large a hunk's prompt may be.
+struct PromptLimits<'a> {
+    /// Tokens of definitions from elsewhere.
+    context_tokens: usize,
+    /// Tokens of the whole prompt: definitions go first, then code around the hunk, until it
+    /// fits (a hunk larger than this alone is sent whole).
+    prompt_tokens: usize,
+    tokenizer: &'a engine::TextTokenizer,
+}
+
 fn prepare(
     files: &[FileDiff],
     texts: &[Option<String>],
     index: &WorkspaceIndex,
     builder: &ContextBuilder,
-    context_tokens: usize,
+    limits: &PromptLimits,
 ) -> Vec<Job> {
     let mut jobs = Vec::new();
     for (file_index, (file, text)) in files.iter().zip(texts).enumerate() {
@@ -327,23 +337,43 @@ fn prepare(
                 Some(index),
                 &cursor,
                 Budget {
-                    tokens: context_tokens,
+                    tokens: limits.context_tokens,
                     suffix_lines: 0,
                 },
                 &[],
             );
-            let definitions: Vec<String> = built
+            let mut definitions: Vec<String> = built
                 .blocks
                 .iter()
                 .filter(|b| matches!(b.kind, BlockKind::Import | BlockKind::Definition))
                 .map(|b| b.text.clone())
                 .collect();
-            let prompt = review_prompt(&HunkPrompt {
-                path: &file.path,
-                code: &code,
-                removed: &hunk.removed,
-                definitions: &definitions,
-            });
+            let mut shown = shown;
+            let mut code = code;
+            let prompt = loop {
+                let prompt = review_prompt(&HunkPrompt {
+                    path: &file.path,
+                    code: &code,
+                    removed: &hunk.removed,
+                    definitions: &definitions,
+                });
+                let tokens = limits
+                    .tokenizer
+                    .encode_prompt(&prompt)
+                    .map_or(0, |ids| ids.len());
+                if tokens <= limits.prompt_tokens {
+                    break prompt;
+                }
+                if definitions.pop().is_some() {
+                    continue;
+                }
+                let narrower = narrowed(&shown, &lines);
+                if narrower == shown {
+                    break prompt;
+                }
+                shown = narrower;
+                code = numbered(text, &shown, &hunk.added);
+            };
             jobs.push(Job {
                 file: file_index,
                 lines,

@@ -59,6 +59,16 @@ pub fn shown_lines(
     first..=last
 }
 
+/// `shown` brought halfway closer to `hunk` on both sides (equal to `shown` once it is the hunk).
+pub fn narrowed(
+    shown: &RangeInclusive<usize>,
+    hunk: &RangeInclusive<usize>,
+) -> RangeInclusive<usize> {
+    let before = hunk.start().saturating_sub(*shown.start());
+    let after = shown.end().saturating_sub(*hunk.end());
+    (shown.start() + before.div_ceil(2))..=(shown.end() - after.div_ceil(2))
+}
+
 /// `text`'s lines `shown` numbered like `  12 + code` (`+` on added lines).
 pub fn numbered(text: &str, shown: &RangeInclusive<usize>, added: &[usize]) -> String {
     let width = shown.end().to_string().len();
@@ -128,6 +138,13 @@ mod tests {
         let cut = shown_lines(&(500..=501), Some(1..=1000), 1000);
         assert!(cut.contains(&500) && cut.contains(&501));
         assert!(cut.end() + 1 - cut.start() <= MAX_SHOWN_LINES);
+    }
+
+    #[test]
+    fn narrowing_closes_in_on_the_hunk() {
+        assert_eq!(narrowed(&(1..=40), &(10..=12)), 6..=26);
+        assert_eq!(narrowed(&(9..=13), &(10..=12)), 10..=12);
+        assert_eq!(narrowed(&(10..=12), &(10..=12)), 10..=12);
     }
 
     #[test]
