@@ -247,13 +247,21 @@ fn bench_review(args: &BenchArgs) -> Result<serde_json::Value, String> {
                 name,
             )
         }
-        None => (
-            args.runtime.load_engine()?,
-            args.runtime.model_dir()?.display().to_string(),
-        ),
+        None => {
+            let dir = args.runtime.model_dir()?;
+            (
+                args.runtime.load_engine_from(&dir)?,
+                dir.display().to_string(),
+            )
+        }
     };
     let started = std::time::Instant::now();
-    let reviewed = crate::review::review_change(&change, &engine, 1024, args.tokens)?;
+    let reviewed = crate::review::review_change(
+        &change,
+        &engine,
+        crate::review::DEFAULT_CONTEXT_TOKENS,
+        args.tokens,
+    )?;
     let seconds = started.elapsed().as_secs_f64();
     Ok(serde_json::json!({
         "model": name,
@@ -285,7 +293,10 @@ fn load(args: &BenchArgs) -> Result<(Model, String), String> {
         }
         None => {
             let dir = args.runtime.model_dir()?;
-            Ok((args.runtime.load_model()?, dir.display().to_string()))
+            Ok((
+                args.runtime.load_model_from(&dir)?,
+                dir.display().to_string(),
+            ))
         }
     }
 }

@@ -58,30 +58,44 @@ impl Task {
     }
 }
 
+/// How one source of guesses did: exact matches and the sum of edit similarities
+/// (1 - Levenshtein distance / the longer length, a graded measure beside exact match).
+#[derive(Default)]
+struct Tally {
+    exact: usize,
+    similarity: f64,
+}
+
+impl Tally {
+    /// Counts `guess` against `truth` (trailing spaces aside).
+    fn add(&mut self, guess: &str, truth: &str) {
+        let guess = guess.trim_end();
+        self.exact += usize::from(guess == truth);
+        self.similarity += edit_similarity(guess, truth);
+    }
+}
+
 #[derive(Default)]
 struct Score {
     tasks: usize,
-    with_context: usize,
-    without_context: usize,
-    baseline: usize,
-    /// Sums of edit similarity (1 - Levenshtein distance / the longer length), a graded
-    /// measure beside exact match.
-    similarity_with_context: f64,
-    similarity_without_context: f64,
-    similarity_baseline: f64,
+    with_context: Tally,
+    without_context: Tally,
+    baseline: Tally,
 }
 
 impl Score {
     fn json(&self) -> Value {
-        let rate = |n: usize| n as f64 / self.tasks.max(1) as f64;
+        let tasks = self.tasks.max(1) as f64;
+        let exact = |t: &Tally| t.exact as f64 / tasks;
+        let similarity = |t: &Tally| t.similarity / tasks;
         json!({
             "tasks": self.tasks,
-            "exact_match_with_context": rate(self.with_context),
-            "exact_match_without_context": rate(self.without_context),
-            "exact_match_baseline": rate(self.baseline),
-            "edit_similarity_with_context": self.similarity_with_context / self.tasks.max(1) as f64,
-            "edit_similarity_without_context": self.similarity_without_context / self.tasks.max(1) as f64,
-            "edit_similarity_baseline": self.similarity_baseline / self.tasks.max(1) as f64,
+            "exact_match_with_context": exact(&self.with_context),
+            "exact_match_without_context": exact(&self.without_context),
+            "exact_match_baseline": exact(&self.baseline),
+            "edit_similarity_with_context": similarity(&self.with_context),
+            "edit_similarity_without_context": similarity(&self.without_context),
+            "edit_similarity_baseline": similarity(&self.baseline),
         })
     }
 }
@@ -140,12 +154,9 @@ pub fn run(options: &ModelBenchOptions, engine: &Engine) -> Result<Value, String
             Kind::LineMiddle => &mut line_middle,
         };
         score.tasks += 1;
-        score.with_context += usize::from(with.trim_end() == truth);
-        score.without_context += usize::from(without.trim_end() == truth);
-        score.baseline += usize::from(guess.trim_end() == truth);
-        score.similarity_with_context += edit_similarity(with.trim_end(), truth);
-        score.similarity_without_context += edit_similarity(without.trim_end(), truth);
-        score.similarity_baseline += edit_similarity(guess.trim_end(), truth);
+        score.with_context.add(&with, truth);
+        score.without_context.add(&without, truth);
+        score.baseline.add(&guess, truth);
         if (i + 1) % 50 == 0 {
             eprintln!("{}/{} tasks", i + 1, tasks.len());
         }

@@ -7,10 +7,8 @@ use clap::Args;
 use engine::{GenerationEvent, PromptInput, Request};
 use ropey::Rope;
 use server::completion::{CompletionOptions, CompletionWindow};
-use server::indent_healing::IndentHealing;
-use server::postprocess::{StreamFilter, finalize};
+use server::postprocess::Shaper;
 use server::syntax::completion_mode;
-use server::syntax_trim::trim_to_syntax;
 use server::workspace::languages;
 
 use crate::runtime::{RuntimeArgs, SamplingArgs};
@@ -65,7 +63,7 @@ pub fn run(args: CompleteArgs) -> Result<(), String> {
     let offset = server::position::byte_offset(&text, args.line, args.col)
         .map_err(|e| format!("{}: {e}", args.file.display()))?;
     let model_dir = args.runtime.model_dir()?;
-    let engine = args.runtime.load_engine()?;
+    let engine = args.runtime.load_engine_from(&model_dir)?;
     let tokenizer = engine
         .tokenizer()
         .cloned()
@@ -83,16 +81,16 @@ pub fn run(args: CompleteArgs) -> Result<(), String> {
     );
     let rope = Rope::from_str(&text);
     let window = CompletionWindow::around(&rope, offset, tokens, args.workspace.suffix_lines);
-    let mut healing = IndentHealing::new(&context.cut_indentation);
+    let language_id = languages::for_path(&args.file).map_or("", |l| l.spec.lsp_ids[0]);
+    // The editor's rules: one line or one block, as the syntax at the cursor says.
+    let mode = completion_mode(&rope, offset, language_id, false);
+    let mut shaper = Shaper::new(&context.cut_indentation, mode);
     let prompt =
         engine.completion_prompt(&context.prompt_blocks(), &context.prefix, &context.suffix);
     let mut request = Request::new(PromptInput::Prompt(prompt), options.max_new_tokens);
     request.sampling = options.sampling;
     request.stop = options.stop.clone();
-    request.suppress_first = healing.suppressed_first_tokens(&tokenizer);
-    let language_id = languages::for_path(&args.file).map_or("", |l| l.spec.lsp_ids[0]);
-    // The editor's rules: one line or one block, as the syntax at the cursor says.
-    let mut filter = StreamFilter::new(completion_mode(&rope, offset, language_id, false));
+    request.suppress_first = shaper.suppressed_first_tokens(&tokenizer);
     let mut raw = String::new();
     let mut generation = engine.submit(request);
     let mut stats = None;
@@ -101,7 +99,7 @@ pub fn run(args: CompleteArgs) -> Result<(), String> {
             GenerationEvent::Text(delta) => {
                 raw.push_str(&delta);
                 // Once the suggestion is complete, --raw still wants the rest.
-                if !filter.push(&healing.push(&delta)) && !args.raw {
+                if !shaper.push(&delta) && !args.raw {
                     generation.cancel();
                 }
             }
@@ -112,12 +110,13 @@ pub fn run(args: CompleteArgs) -> Result<(), String> {
         }
     }
     let stats = stats.ok_or("the engine stopped without finishing the generation")?;
-    let cleaned = finalize(&filter.finish(), &window.surroundings())
-        .map(|s| trim_to_syntax(&rope, offset, language_id, &s.text));
     let completion = if args.raw {
         raw.clone()
     } else {
-        cleaned.clone().unwrap_or_default()
+        shaper
+            .finish(&window.surroundings(), &rope, offset, language_id)
+            .map(|s| s.text)
+            .unwrap_or_default()
     };
     if completion.is_empty() && !args.json {
         eprintln!(

@@ -11,7 +11,7 @@ use engine::{Engine, PromptInput, Request, SamplingParams};
 use ropey::Rope;
 use server::review::diff::{FileDiff, parse_diff};
 use server::review::findings::{Finding, Severity, parse_answer};
-use server::review::report::Report;
+use server::review::report::{FORMATS, Report};
 use server::review::{HunkPrompt, narrowed, numbered, review_prompt, shown_lines};
 use server::workspace::context::{BlockKind, Budget, ContextBuilder, Cursor, TreeSource};
 use server::workspace::index::WorkspaceIndex;
@@ -19,6 +19,9 @@ use server::workspace::languages;
 use server::workspace::tokens::ModelTokens;
 
 use crate::runtime::RuntimeArgs;
+
+/// Tokens of definitions from elsewhere shown with a hunk, unless --context-tokens says.
+pub const DEFAULT_CONTEXT_TOKENS: usize = 1024;
 
 #[derive(Args, Debug)]
 pub struct ReviewArgs {
@@ -31,9 +34,9 @@ pub struct ReviewArgs {
     /// The git repository (any folder inside it). Default: the current folder.
     #[arg(long, value_name = "DIR")]
     workspace: Option<PathBuf>,
-    /// Output format.
-    #[arg(long, value_enum, default_value = "markdown")]
-    format: Format,
+    /// Output format: sarif, rdjsonl, gitlab, github, markdown or json.
+    #[arg(long, default_value = "markdown", value_parser = clap::builder::PossibleValuesParser::new(FORMATS))]
+    format: String,
     /// Write the report here instead of stdout.
     #[arg(long, value_name = "FILE")]
     output: Option<PathBuf>,
@@ -47,20 +50,10 @@ pub struct ReviewArgs {
     #[arg(long, default_value_t = 256)]
     max_tokens: usize,
     /// Tokens of definitions from elsewhere in the repository shown with each hunk.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = DEFAULT_CONTEXT_TOKENS)]
     context_tokens: usize,
     #[command(flatten)]
     runtime: RuntimeArgs,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum Format {
-    Sarif,
-    Rdjsonl,
-    Gitlab,
-    Github,
-    Markdown,
-    Json,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -236,8 +229,8 @@ pub fn run(args: ReviewArgs) -> Result<bool, String> {
     report.hunks = hunks;
     report.seconds = started.elapsed().as_secs_f64();
     let rendered = report
-        .render(args.format.name())
-        .expect("every Format has a renderer");
+        .render(&args.format)
+        .expect("clap accepts only the formats there are");
     match &args.output {
         Some(path) => std::fs::write(path, rendered)
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?,
@@ -274,21 +267,6 @@ pub fn run(args: ReviewArgs) -> Result<bool, String> {
         .any(|f| args.fail_on.reached_by(f.finding.severity)))
 }
 
-impl Format {
-    fn name(self) -> &'static str {
-        match self {
-            Self::Sarif => "sarif",
-            Self::Rdjsonl => "rdjsonl",
-            Self::Gitlab => "gitlab",
-            Self::Github => "github",
-            Self::Markdown => "markdown",
-            Self::Json => "json",
-        }
-    }
-}
-
-/// A prompt per hunk: its enclosing function (or a window) numbered, what it removed, and the
-/// definitions the context builder finds for it in the repository.
 /// How large a hunk's prompt may be.
 struct PromptLimits<'a> {
     /// Tokens of definitions from elsewhere.
@@ -299,6 +277,8 @@ struct PromptLimits<'a> {
     tokenizer: &'a engine::TextTokenizer,
 }
 
+/// A prompt per hunk: its enclosing function (or a window) numbered, what it removed, and the
+/// definitions the context builder finds for it in the repository, within `limits`.
 fn prepare(
     files: &[FileDiff],
     texts: &[Option<String>],
@@ -323,8 +303,8 @@ fn prepare(
                     rope.byte_to_line(start) + 1
                         ..=rope.byte_to_line(end.saturating_sub(1).max(start)) + 1
                 });
-            let shown = shown_lines(&lines, function, line_count);
-            let code = numbered(text, &shown, &hunk.added);
+            let mut shown = shown_lines(&lines, function, line_count);
+            let mut code = numbered(text, &shown, &hunk.added);
             let cursor = Cursor {
                 text,
                 offset: first_line_start,
@@ -348,8 +328,6 @@ fn prepare(
                 .filter(|b| matches!(b.kind, BlockKind::Import | BlockKind::Definition))
                 .map(|b| b.text.clone())
                 .collect();
-            let mut shown = shown;
-            let mut code = code;
             let prompt = loop {
                 let prompt = review_prompt(&HunkPrompt {
                     path: &file.path,

@@ -90,12 +90,18 @@ impl RuntimeArgs {
         Ok(LoadOptions { device, dtype })
     }
 
-    /// The model directory from --model, the environment, or the model built into the binary.
-    pub fn model_dir(&self) -> Result<PathBuf, String> {
-        if let Some(dir) = self.model.clone().or_else(model_from_env) {
-            return Ok(dir);
+    /// The model directory from --model, the environment, or the model built into the binary
+    /// (written to the cache on first use); `None` when none is named and the build has none.
+    pub fn model_dir_if_any(&self) -> Result<Option<PathBuf>, String> {
+        match self.model.clone().or_else(model_from_env) {
+            Some(dir) => Ok(Some(dir)),
+            None => crate::embedded::model_dir(),
         }
-        crate::embedded::model_dir()?.ok_or_else(|| {
+    }
+
+    /// Like `model_dir_if_any`, with an error saying how to name one when there is none.
+    pub fn model_dir(&self) -> Result<PathBuf, String> {
+        self.model_dir_if_any()?.ok_or_else(|| {
             format!(
                 "no model given: pass --model DIR (a Hugging Face DeepSeek-V2 directory) or set {MODEL_ENV}; \
                  this build has no built-in model"
@@ -104,16 +110,24 @@ impl RuntimeArgs {
     }
 
     pub fn load_model(&self) -> Result<Model, String> {
-        let dir = self.model_dir()?;
-        load_checkpoint(&dir, &self.load_options()?).map_err(|e| e.to_string())
+        self.load_model_from(&self.model_dir()?)
+    }
+
+    /// The model in `dir` (a `model_dir` the caller also reports).
+    pub fn load_model_from(&self, dir: &std::path::Path) -> Result<Model, String> {
+        load_checkpoint(dir, &self.load_options()?).map_err(|e| e.to_string())
     }
 }
 
 impl RuntimeArgs {
     /// The model and its tokenizer, resident on a worker thread.
     pub fn load_engine(&self) -> Result<Engine, String> {
-        let dir = self.model_dir()?;
-        Engine::load_with(&dir, &self.load_options()?, self.engine_options())
+        self.load_engine_from(&self.model_dir()?)
+    }
+
+    /// The engine for the model in `dir` (a `model_dir` the caller also reports).
+    pub fn load_engine_from(&self, dir: &std::path::Path) -> Result<Engine, String> {
+        Engine::load_with(dir, &self.load_options()?, self.engine_options())
             .map_err(|e| e.to_string())
     }
 

@@ -30,15 +30,7 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         settings.log_level = level;
     }
     // --model, the environment, else the built-in model (when this build has one).
-    let model = match args
-        .runtime
-        .model
-        .clone()
-        .or_else(crate::runtime::model_from_env)
-    {
-        Some(dir) => Some(dir),
-        None => crate::embedded::model_dir()?,
-    };
+    let model = args.runtime.model_dir_if_any()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

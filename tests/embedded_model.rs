@@ -115,20 +115,20 @@ fn complete_without_a_model_uses_the_built_in_one_and_writes_parseable_python() 
 #[test]
 fn the_built_in_model_serves_logits_and_is_written_once() {
     let cache = tempfile::tempdir().unwrap();
+    let config: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny-coder/config.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let vocab = config["vocab_size"].as_u64().unwrap() as usize;
     for _ in 0..2 {
         let output = without_model(cache.path())
             .args(["logits", "--ids", "0,100,200"])
             .output()
             .unwrap();
         let text = succeeded(output);
-        let config: Value = serde_json::from_str(
-            &std::fs::read_to_string(
-                Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny-coder/config.json"),
-            )
-            .unwrap(),
-        )
-        .unwrap();
-        let vocab = config["vocab_size"].as_u64().unwrap() as usize;
         let reply: Value = serde_json::from_str(&text).unwrap();
         let rows = reply["logits"].as_array().unwrap();
         assert_eq!(rows.len(), 3, "a row per id");

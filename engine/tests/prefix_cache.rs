@@ -8,6 +8,9 @@ use candle_core::{Device, Tensor};
 use engine::page_pool::PagePool;
 use engine::radix_cache::RadixCache;
 use engine::{LatentCache, LoadOptions, Logits, Model, load_checkpoint};
+use support::max_abs_error;
+
+mod support;
 
 const TOLERANCE: f32 = 1e-4;
 const PAGE: usize = 8;
@@ -72,11 +75,7 @@ fn prime(model: &Model, cache: &mut RadixCache, tokens: &[u32]) {
 fn assert_rows(what: &str, ours: &[Vec<f32>], reference: &[Vec<f32>]) {
     assert_eq!(ours.len(), reference.len(), "{what}: rows");
     for (position, (a, b)) in ours.iter().zip(reference).enumerate() {
-        let error = a
-            .iter()
-            .zip(b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0f32, f32::max);
+        let error = max_abs_error(a, b);
         assert!(
             error <= TOLERANCE,
             "{what}: row {position} off by {error:e}"

@@ -8,6 +8,9 @@ use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
 use engine::{LoadOptions, Logits, Model, Prompt, TextTokenizer, load_checkpoint};
+use support::{greedy_continuation, max_abs_error};
+
+mod support;
 
 /// The bar for the trained checkpoint in f32.
 const TOLERANCE: f32 = 1e-3;
@@ -71,12 +74,7 @@ fn assert_rows_close(what: &str, ours: &[Vec<f32>], reference: &[Vec<f32>]) -> f
     assert_eq!(ours.len(), reference.len(), "{what}: rows");
     let mut worst = 0f32;
     for (row, (a, b)) in ours.iter().zip(reference).enumerate() {
-        assert_eq!(a.len(), b.len(), "{what}: vocabulary size");
-        let error = a
-            .iter()
-            .zip(b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0f32, f32::max);
+        let error = max_abs_error(a, b);
         assert!(
             error <= TOLERANCE,
             "{what}, kept row {row}: max abs error {error:e} exceeds {TOLERANCE:e}"
@@ -135,21 +133,7 @@ fn our_fill_in_the_middle_prompt_and_greedy_continuation_match() {
         r.greedy_ids[..r.prompt_len],
         "the FIM prompt's ids differ from the Python tokenizer's"
     );
-    let mut cache = model.new_cache();
-    let mut sequence = ids.clone();
-    let mut input = ids;
-    while sequence.len() < r.greedy_ids.len() {
-        let logits = model.forward(&input, &mut cache, Logits::Last).unwrap();
-        let next = logits
-            .squeeze(0)
-            .unwrap()
-            .argmax(0)
-            .unwrap()
-            .to_scalar::<u32>()
-            .unwrap();
-        sequence.push(next);
-        input = vec![next];
-    }
+    let sequence = greedy_continuation(&model, &ids, r.greedy_ids.len());
     assert_eq!(
         sequence, r.greedy_ids,
         "greedy continuation differs from transformers"

@@ -59,8 +59,9 @@ impl IndentHealing {
 mod tests {
     use super::*;
 
-    fn healed(line_before: &str, deltas: &[&str]) -> String {
-        let mut healing = IndentHealing::new(line_before);
+    /// What `deltas` become for a prompt that left out `cut`.
+    fn healed(cut: &str, deltas: &[&str]) -> String {
+        let mut healing = IndentHealing::new(cut);
         deltas.iter().map(|d| healing.push(d)).collect()
     }
 

@@ -1,7 +1,53 @@
 //! Turning a model's stream into a suggestion worth showing: stop where the suggestion is done,
-//! then trim what the document already has and drop what is not worth a glance.
+//! then trim what the document already has and drop what is not worth a glance. `Shaper` runs
+//! the whole path, the same for the language server and the command line.
 
+use ropey::Rope;
+
+use crate::indent_healing::IndentHealing;
 use crate::syntax::{Mode, indent_width};
+use crate::syntax_trim::trim_to_syntax;
+
+/// From a model's stream to the suggestion an editor shows: indentation healing, the stream
+/// filter, the cleanup, then the cut where the syntax goes wrong.
+pub struct Shaper {
+    healing: IndentHealing,
+    filter: StreamFilter,
+}
+
+impl Shaper {
+    /// For a prompt that left out `cut_indentation` (`BuiltContext::cut_indentation`), in `mode`.
+    pub fn new(cut_indentation: &str, mode: Mode) -> Self {
+        Self {
+            healing: IndentHealing::new(cut_indentation),
+            filter: StreamFilter::new(mode),
+        }
+    }
+
+    /// Tokens the generation may not start with (see `IndentHealing`).
+    pub fn suppressed_first_tokens(&self, tokenizer: &engine::TextTokenizer) -> Vec<u32> {
+        self.healing.suppressed_first_tokens(tokenizer)
+    }
+
+    /// Feeds a streamed delta; returns false once the suggestion is complete (stop generating).
+    pub fn push(&mut self, delta: &str) -> bool {
+        self.filter.push(&self.healing.push(delta))
+    }
+
+    /// The suggestion for the cursor at byte `cursor` of `text`, or `None` when nothing is worth
+    /// showing.
+    pub fn finish(
+        self,
+        around: &Surroundings,
+        text: &Rope,
+        cursor: usize,
+        language_id: &str,
+    ) -> Option<Suggestion> {
+        let mut suggestion = finalize(&self.filter.finish(), around)?;
+        suggestion.text = trim_to_syntax(text, cursor, language_id, &suggestion.text);
+        Some(suggestion)
+    }
+}
 
 /// Watches streamed text and says when the suggestion is complete.
 pub struct StreamFilter {

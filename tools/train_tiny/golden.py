@@ -19,11 +19,15 @@ in sorted order), so the fixture does not depend on the training run's data. The
 import argparse
 import json
 import pathlib
+import sys
 
 import torch
 from safetensors.torch import save_file
 from tokenizers import Tokenizer
 from transformers import DeepseekV2ForCausalLM
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+from make_golden import greedy_generate  # noqa: E402  (tools/, beside this folder)
 
 PACKAGES = ["python-json", "rust-regex-syntax", "python-email"]
 TOKENS = 128
@@ -88,21 +92,9 @@ def main():
     prompt = (
         [special[BOS], special[FIM_BEGIN]] + encode(prefix) + [special[FIM_HOLE]] + encode(suffix) + [special[FIM_END]]
     )
-    prompt_ids = torch.tensor([prompt], dtype=torch.int64)
-    with torch.no_grad():
-        generated = model.generate(
-            prompt_ids,
-            max_new_tokens=GREEDY_TOKENS,
-            min_new_tokens=GREEDY_TOKENS,
-            do_sample=False,
-            pad_token_id=0,
-            eos_token_id=None,
-        )
-        step_logits = model(input_ids=generated).logits[0, len(prompt) - 1 : -1]
-    top2 = step_logits.topk(2, dim=-1).values
-    margin = (top2[:, 0] - top2[:, 1]).min().item()
-    if margin < 1e-3:
-        raise SystemExit(f"greedy margin {margin:.2e} is too small for a stable fixture; pick another sample")
+    generated, margin = greedy_generate(
+        model, torch.tensor([prompt], dtype=torch.int64), GREEDY_TOKENS, "the FIM greedy continuation"
+    )
 
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,9 +1,10 @@
 // What the extension sends the server as settings. No `vscode` import, so the tests can build
 // exactly what the extension sends.
 
-/** The server's configuration keys (README, "deepseek-lsp serve"), section `deepseek`. */
+/** The configuration section, in VSCode and in the server's `workspace/configuration`. */
 export const SECTION = 'deepseek';
 
+/** The server's configuration keys (README, "deepseek-lsp serve"). */
 export const SERVER_SETTING_KEYS = [
   'model',
   'chatModel',
@@ -23,8 +24,6 @@ export const SERVER_SETTING_KEYS = [
   'logLevel',
   'logFile',
 ] as const;
-
-export type ServerSettingKey = (typeof SERVER_SETTING_KEYS)[number];
 
 /** The scopes of one setting, as `WorkspaceConfiguration.inspect` reports them. */
 export interface SettingScopes {

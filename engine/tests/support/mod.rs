@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use engine::{Engine, GenerationEvent, LoadOptions, Prompt, PromptInput, Request};
+use engine::{Engine, GenerationEvent, LoadOptions, Logits, Model, Prompt, PromptInput, Request};
 use serde::Deserialize;
 
 pub fn fixture(name: &str) -> PathBuf {
@@ -75,4 +75,38 @@ pub fn wait_until(what: &str, condition: impl Fn() -> bool) {
         );
         std::thread::sleep(Duration::from_millis(1));
     }
+}
+
+/// The largest |a - b| over two rows of logits; NaN when either holds a NaN (so a tolerance
+/// check fails instead of skipping it, as `f32::max` would).
+pub fn max_abs_error(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "vocabulary size");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(
+            0.0,
+            |worst, e| if e.is_nan() || e > worst { e } else { worst },
+        )
+}
+
+/// `prompt` followed by `model`'s greedy choices (argmax of each step's logits, decoded on one
+/// cache) until the sequence holds `total` ids.
+pub fn greedy_continuation(model: &Model, prompt: &[u32], total: usize) -> Vec<u32> {
+    let mut cache = model.new_cache();
+    let mut sequence = prompt.to_vec();
+    let mut input = sequence.clone();
+    while sequence.len() < total {
+        let logits = model.forward(&input, &mut cache, Logits::Last).unwrap();
+        let next = logits
+            .squeeze(0)
+            .unwrap()
+            .argmax(0)
+            .unwrap()
+            .to_scalar::<u32>()
+            .unwrap();
+        sequence.push(next);
+        input = vec![next];
+    }
+    sequence
 }

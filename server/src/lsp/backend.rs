@@ -20,12 +20,10 @@ use crate::completion::{CompletionOptions as FimOptions, CompletionWindow};
 use crate::documents::{
     Change, Document, DocumentError, DocumentStore, LinePosition, PositionEncoding,
 };
-use crate::indent_healing::IndentHealing;
-use crate::postprocess::{StreamFilter, Suggestion, finalize, label, word_before};
+use crate::postprocess::{Shaper, Suggestion, label, word_before};
 use crate::settings::Settings;
 use crate::suggestions::RecentSuggestions;
 use crate::syntax::completion_mode;
-use crate::syntax_trim::trim_to_syntax;
 use crate::workspace::context::Budget;
 
 /// What the client can do, read once at initialize.
@@ -316,19 +314,18 @@ impl Backend {
                 engine.context_window(),
             )
             .await?;
-        let mut healing = IndentHealing::new(&built.cut_indentation);
+        let mut shaper = Shaper::new(&built.cut_indentation, mode);
         let prompt = engine.completion_prompt(&built.prompt_blocks(), &built.prefix, &built.suffix);
         let mut request =
             engine::Request::new(engine::PromptInput::Prompt(prompt), options.max_new_tokens);
         request.sampling = options.sampling;
         request.supersedes = Some(key.clone());
-        request.suppress_first = healing.suppressed_first_tokens(&tokenizer);
+        request.suppress_first = shaper.suppressed_first_tokens(&tokenizer);
         let mut generation = engine.submit(request);
-        let mut filter = StreamFilter::new(mode);
         while let Some(event) = generation.next().await {
             match event {
                 GenerationEvent::Text(delta) => {
-                    if !filter.push(&healing.push(&delta)) {
+                    if !shaper.push(&delta) {
                         break;
                     }
                 }
@@ -346,15 +343,14 @@ impl Backend {
         }
         // Dropping the generation stops the engine if the filter ended the suggestion early.
         drop(generation);
-        let Some(mut suggestion) = finalize(&filter.finish(), &window.surroundings()) else {
-            return Ok(None);
-        };
-        suggestion.text = trim_to_syntax(
+        let Some(suggestion) = shaper.finish(
+            &window.surroundings(),
             &document.text,
             cursor,
             &document.language_id,
-            &suggestion.text,
-        );
+        ) else {
+            return Ok(None);
+        };
         self.recent
             .lock()
             .unwrap_or_else(|e| e.into_inner())
