@@ -30,7 +30,15 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         settings.log_level = level;
     }
     // --model, the environment, else the built-in model (when this build has one).
-    let model = args.runtime.model_dir_if_any()?;
+    let model = match args.runtime.model_dir_if_any() {
+        Ok(model) => model,
+        // The server still answers without a model (and says so to the editor); the reason,
+        // such as a cache folder it cannot write the built-in model to, goes to the log.
+        Err(message) => {
+            tracing::error!("{message}");
+            None
+        }
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -139,3 +139,82 @@ fn the_built_in_model_serves_logits_and_is_written_once() {
         .collect();
     assert_eq!(written.len(), 1, "one folder for the built-in model");
 }
+
+/// Sends one LSP message.
+fn send(stdin: &mut impl std::io::Write, message: &str) {
+    write!(stdin, "Content-Length: {}\r\n\r\n{message}", message.len()).unwrap();
+    stdin.flush().unwrap();
+}
+
+/// Reads LSP messages until the reply with `id`.
+fn reply(stdout: &mut impl std::io::BufRead, id: u64) -> Value {
+    loop {
+        let mut length = 0;
+        loop {
+            let mut header = String::new();
+            assert!(
+                stdout.read_line(&mut header).unwrap() > 0,
+                "the server closed stdout"
+            );
+            if header.trim().is_empty() {
+                break;
+            }
+            if let Some(value) = header.trim().strip_prefix("Content-Length: ") {
+                length = value.parse().unwrap();
+            }
+        }
+        let mut body = vec![0; length];
+        stdout.read_exact(&mut body).unwrap();
+        let message: Value = serde_json::from_slice(&body).unwrap();
+        if message["id"] == id {
+            return message;
+        }
+    }
+}
+
+#[test]
+fn serve_still_answers_when_the_built_in_model_cannot_be_written() {
+    // A cache "folder" under a file: the built-in model cannot be written there.
+    let blocker = tempfile::NamedTempFile::new().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_deepseek-lsp"))
+        .arg("serve")
+        .env_remove("DEEPSEEK_LSP_MODEL")
+        .env("XDG_CACHE_HOME", blocker.path().join("cache"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    send(
+        &mut stdin,
+        r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"capabilities":{}}}"#,
+    );
+    assert!(reply(&mut stdout, 1)["result"]["capabilities"].is_object());
+    send(
+        &mut stdin,
+        r#"{"jsonrpc":"2.0","method":"initialized","params":{}}"#,
+    );
+    send(
+        &mut stdin,
+        r#"{"jsonrpc":"2.0","id":2,"method":"deepseek/status","params":null}"#,
+    );
+    assert_eq!(reply(&mut stdout, 2)["result"]["model"], "unconfigured");
+    send(
+        &mut stdin,
+        r#"{"jsonrpc":"2.0","id":3,"method":"shutdown","params":null}"#,
+    );
+    reply(&mut stdout, 3);
+    send(
+        &mut stdin,
+        r#"{"jsonrpc":"2.0","method":"exit","params":null}"#,
+    );
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("cannot write the built-in model"),
+        "{stderr}"
+    );
+}
