@@ -5,5 +5,6 @@
 
 pub mod matvec;
 pub mod paged_attention;
+pub mod quant;
 pub mod routing;
 pub mod simd;
