@@ -4,6 +4,40 @@
 //! A quantized row of `n` values is `n / block_len` blocks of `block_bytes` bytes each, laid out
 //! exactly as llama.cpp writes them in a GGUF file, so tensors are used in place from the mapped
 //! file without a copy.
+//!
+//! - [`dequantize`]: blocks back to f32, bit for bit as ggml (and gguf-py) compute them.
+//! - [`quantize_row_q8_0`], [`quantize_row_q8_k`]: activations to 8-bit blocks, so that a weight row
+//!   times an activation row is an integer dot product per block ([`dot_q4_k_q8_k`] and friends).
+//! - [`matmul_rows_quant`]: Y = X W^T for a few input rows, W quantized, in parallel over W's rows.
+//!
+//! One file per format holds everything that knows that format's bytes: its unpacking, its
+//! dequantization and its dot products (portable, and AVX2 where the CPU has it).
+
+mod activations;
+mod dequantize;
+mod fields;
+mod floats;
+mod matmul;
+mod q4_0;
+mod q4_k;
+mod q5_0;
+mod q5_k;
+mod q6_k;
+mod q8_0;
+#[cfg(test)]
+mod test_support;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+pub use activations::{BlockQ8_0, BlockQ8K, QK_K, QK8_0, quantize_row_q8_0, quantize_row_q8_k};
+pub use dequantize::dequantize;
+pub use matmul::matmul_rows_quant;
+pub use q4_0::dot_q4_0_q8_0;
+pub use q4_k::dot_q4_k_q8_k;
+pub use q5_0::dot_q5_0_q8_0;
+pub use q5_k::dot_q5_k_q8_k;
+pub use q6_k::dot_q6_k_q8_k;
+pub use q8_0::dot_q8_0_q8_0;
 
 /// The tensor element types we read, numbered as in ggml's `enum ggml_type` (the numbers are the
 /// ones stored in GGUF files).
@@ -99,7 +133,8 @@ impl GgmlType {
 
     /// Bytes of a row of `len` values, or `None` when `len` is not a whole number of blocks.
     pub fn row_bytes(self, len: usize) -> Option<usize> {
-        (len % self.block_len() == 0).then(|| len / self.block_len() * self.block_bytes())
+        len.is_multiple_of(self.block_len())
+            .then(|| len / self.block_len() * self.block_bytes())
     }
 }
 

@@ -1,0 +1,186 @@
+//! Y = X W^T with W in any of the GGUF types, for the few input rows of a decode step or a small
+//! batch: the quantized counterpart of [`crate::matvec::matmul_rows_f32`].
+//!
+//! Each input row is quantized once (Q8_0 or Q8_K blocks, as the weight type pairs them), then
+//! every thread streams a contiguous band of W's rows, each row meeting all n inputs while it is
+//! in cache. The float types are converted a row at a time instead (F32 used in place when the
+//! bytes are aligned).
+
+use rayon::prelude::*;
+
+use super::activations::{BlockQ8_0, BlockQ8K, QK_K, QK8_0, quantize_row_q8_0, quantize_row_q8_k};
+use super::floats::{CONVERT_CHUNK, bf16_to_f32, f16_to_f32, f32_from_le};
+use super::{
+    GgmlType, dot_q4_0_q8_0, dot_q4_k_q8_k, dot_q5_0_q8_0, dot_q5_k_q8_k, dot_q6_k_q8_k,
+    dot_q8_0_q8_0,
+};
+use crate::matvec::matmul_rows_f32;
+use crate::simd::dot;
+
+/// Rows one task takes at least (as in matvec): enough work per task that scheduling is noise.
+const MIN_ROWS_PER_TASK: usize = 16;
+
+/// Writes X W^T into `y` ([n, rows]) for `n` input rows `x` ([n, cols]) and the weights `weights`:
+/// `rows` rows of `cols` values of type `ty`, laid out as in a GGUF file.
+///
+/// Quantized weights meet 8-bit quantized inputs, as in llama.cpp: each product is within about
+/// half an input quantization step per weight of the f32 product (see the `quant` tests), far
+/// below the weights' own quantization error.
+///
+/// Panics if `cols` is not a whole number of `ty`'s blocks or a slice length disagrees with the
+/// sizes given (caller bugs).
+pub fn matmul_rows_quant(
+    ty: GgmlType,
+    weights: &[u8],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    n: usize,
+    y: &mut [f32],
+) {
+    let row_bytes = ty.row_bytes(cols).unwrap_or_else(|| {
+        panic!(
+            "{} rows hold blocks of {} values; {cols} columns is not a whole number of them",
+            ty.name(),
+            ty.block_len()
+        )
+    });
+    assert_eq!(
+        weights.len(),
+        rows * row_bytes,
+        "{rows} rows of {cols} {} values take {} bytes",
+        ty.name(),
+        rows * row_bytes
+    );
+    assert_eq!(x.len(), n * cols, "x must hold n x cols values");
+    assert_eq!(y.len(), n * rows, "y must hold n x rows values");
+    if rows == 0 || n == 0 {
+        return;
+    }
+    match ty {
+        GgmlType::F32 => f32_weights(weights, rows, cols, x, n, y),
+        GgmlType::F16 => converted_rows(weights, row_bytes, cols, x, n, y, f16_to_f32),
+        GgmlType::BF16 => converted_rows(weights, row_bytes, cols, x, n, y, bf16_to_f32),
+        GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => {
+            let dot = match ty {
+                GgmlType::Q4_0 => dot_q4_0_q8_0,
+                GgmlType::Q5_0 => dot_q5_0_q8_0,
+                _ => dot_q8_0_q8_0,
+            };
+            let mut inputs = vec![BlockQ8_0::ZERO; n * cols / QK8_0];
+            quantize_row_q8_0(x, &mut inputs);
+            quantized_rows(weights, row_bytes, &inputs, n, y, dot);
+        }
+        GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K => {
+            let dot = match ty {
+                GgmlType::Q4K => dot_q4_k_q8_k,
+                GgmlType::Q5K => dot_q5_k_q8_k,
+                _ => dot_q6_k_q8_k,
+            };
+            let mut inputs = vec![BlockQ8K::ZERO; n * cols / QK_K];
+            quantize_row_q8_k(x, &mut inputs);
+            quantized_rows(weights, row_bytes, &inputs, n, y, dot);
+        }
+    }
+}
+
+/// Runs `band_product(band of weight rows, out)` over bands of W's rows in parallel, where `out`
+/// is the band's part of Y^T ([band rows, n]), then writes Y from Y^T.
+fn for_each_band(
+    weights: &[u8],
+    row_bytes: usize,
+    n: usize,
+    y: &mut [f32],
+    band_product: impl Fn(&[u8], &mut [f32]) + Sync,
+) {
+    let rows = y.len() / n;
+    let threads = rayon::current_num_threads().max(1);
+    let rows_per_task = rows.div_ceil(threads * 4).max(MIN_ROWS_PER_TASK);
+    // For one input row Y^T is Y itself.
+    let mut transposed = if n == 1 {
+        Vec::new()
+    } else {
+        vec![0f32; rows * n]
+    };
+    let target: &mut [f32] = if n == 1 { y } else { &mut transposed };
+    target
+        .par_chunks_mut(rows_per_task * n)
+        .enumerate()
+        .for_each(|(band, out)| {
+            let band_rows = out.len() / n;
+            let first = band * rows_per_task * row_bytes;
+            band_product(&weights[first..first + band_rows * row_bytes], out);
+        });
+    if n > 1 {
+        for (r, values) in transposed.chunks_exact(n).enumerate() {
+            for (i, value) in values.iter().enumerate() {
+                y[i * rows + r] = *value;
+            }
+        }
+    }
+}
+
+/// Every weight row of a band times every quantized input row, with `dot` of the weight type.
+fn quantized_rows<B: Sync>(
+    weights: &[u8],
+    row_bytes: usize,
+    inputs: &[B],
+    n: usize,
+    y: &mut [f32],
+    dot: fn(&[u8], &[B]) -> f32,
+) {
+    let blocks_per_row = inputs.len() / n;
+    for_each_band(weights, row_bytes, n, y, |band, out| {
+        for (row, out) in band.chunks_exact(row_bytes).zip(out.chunks_exact_mut(n)) {
+            for (value, input) in out.iter_mut().zip(inputs.chunks_exact(blocks_per_row)) {
+                *value = dot(row, input);
+            }
+        }
+    });
+}
+
+/// F32 weights in place when the bytes are aligned (as they are in a mapped GGUF file, whose
+/// tensor data is aligned to at least 32 bytes); otherwise converted a row at a time.
+fn f32_weights(weights: &[u8], rows: usize, cols: usize, x: &[f32], n: usize, y: &mut [f32]) {
+    if cfg!(target_endian = "little") {
+        // SAFETY: every bit pattern is a valid f32, and align_to only puts correctly aligned,
+        // whole f32s in the middle slice.
+        let (head, floats, tail) = unsafe { weights.align_to::<f32>() };
+        if head.is_empty() && tail.is_empty() {
+            matmul_rows_f32(floats, rows, cols, x, n, y);
+            return;
+        }
+    }
+    converted_rows(weights, 4 * cols, cols, x, n, y, f32_from_le);
+}
+
+/// Float weights a row at a time: `convert` writes a row's values into a buffer the size of the
+/// row (in chunks when the row is long), which then meets every input row.
+fn converted_rows(
+    weights: &[u8],
+    row_bytes: usize,
+    cols: usize,
+    x: &[f32],
+    n: usize,
+    y: &mut [f32],
+    convert: fn(&[u8], &mut [f32]),
+) {
+    let bytes_per_value = row_bytes / cols;
+    for_each_band(weights, row_bytes, n, y, |band, out| {
+        let chunk = cols.min(CONVERT_CHUNK);
+        let mut values = vec![0f32; chunk];
+        for (row, out) in band.chunks_exact(row_bytes).zip(out.chunks_exact_mut(n)) {
+            out.fill(0.0);
+            for (start, bytes) in (0..cols)
+                .step_by(chunk)
+                .zip(row.chunks(chunk * bytes_per_value))
+            {
+                let values = &mut values[..bytes.len() / bytes_per_value];
+                convert(bytes, values);
+                for (value, input) in out.iter_mut().zip(x.chunks_exact(cols)) {
+                    *value += dot(values, &input[start..start + values.len()]);
+                }
+            }
+        }
+    });
+}

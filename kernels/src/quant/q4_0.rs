@@ -1,0 +1,86 @@
+//! Q4_0 (ggml's `block_q4_0`): blocks of 32 values `d * (q - 8)`, q in 0..=15.
+//!
+//! Bytes of a block: f16 `d`, then 16 bytes whose low nibbles are values 0..16 and whose high
+//! nibbles are values 16..32.
+
+use super::activations::{BlockQ8_0, QK8_0};
+use super::fields::f16_at;
+
+const BLOCK_BYTES: usize = 18;
+
+/// The signed quants (q - 8) of one block, in value order.
+fn unpack(block: &[u8]) -> [i8; QK8_0] {
+    let nibbles = &block[2..18];
+    std::array::from_fn(|i| {
+        let byte = nibbles[i % 16];
+        let q = if i < 16 { byte & 0x0F } else { byte >> 4 };
+        q as i8 - 8
+    })
+}
+
+pub(super) fn dequantize(bytes: &[u8], out: &mut [f32]) {
+    for (block, out) in bytes
+        .chunks_exact(BLOCK_BYTES)
+        .zip(out.chunks_exact_mut(QK8_0))
+    {
+        let d = f16_at(block);
+        for (y, q) in out.iter_mut().zip(unpack(block)) {
+            *y = d * q as f32;
+        }
+    }
+}
+
+/// One Q4_0 weight row times one quantized activation row.
+///
+/// Panics unless the row holds exactly `x.len()` blocks.
+pub fn dot_q4_0_q8_0(weights: &[u8], x: &[BlockQ8_0]) -> f32 {
+    assert_eq!(
+        weights.len(),
+        x.len() * BLOCK_BYTES,
+        "a Q4_0 row must hold one block per activation block"
+    );
+    #[cfg(target_arch = "x86_64")]
+    {
+        if super::x86::has_avx2_fma_f16c() {
+            // SAFETY: the CPU has the features the function is compiled for.
+            return unsafe { dot_avx2(weights, x) };
+        }
+    }
+    dot_portable(weights, x)
+}
+
+fn dot_portable(weights: &[u8], x: &[BlockQ8_0]) -> f32 {
+    let mut total = 0f32;
+    for (block, act) in weights.chunks_exact(BLOCK_BYTES).zip(x) {
+        let sum: i32 = unpack(block)
+            .iter()
+            .zip(&act.quants)
+            .map(|(&w, &a)| w as i32 * a as i32)
+            .sum();
+        total += f16_at(block) * act.scale * sum as f32;
+    }
+    total
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_avx2(weights: &[u8], x: &[BlockQ8_0]) -> f32 {
+    use super::x86::*;
+    use std::arch::x86_64::*;
+    let mut acc = _mm256_setzero_ps();
+    for (block, act) in weights.chunks_exact(BLOCK_BYTES).zip(x) {
+        let scale = _mm256_set1_ps(f16_at(block) * act.scale);
+        let quants = _mm256_sub_epi8(nibbles_low_then_high(&block[2..]), _mm256_set1_epi8(8));
+        let sums = dot_i8_quads(quants, load_i8x32(&act.quants));
+        acc = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(sums), acc);
+    }
+    sum_f32x8(acc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::GgmlType;
+
+    crate::quant::test_support::dot_kernel_tests!(GgmlType::Q4_0);
+}

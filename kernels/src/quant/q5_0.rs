@@ -1,0 +1,96 @@
+//! Q5_0 (ggml's `block_q5_0`): blocks of 32 values `d * (q - 16)`, q in 0..=31.
+//!
+//! Bytes of a block: f16 `d`; a little-endian u32 whose bit i is the fifth bit of value i; then
+//! 16 bytes whose low nibbles are values 0..16 and whose high nibbles are values 16..32.
+
+use super::activations::{BlockQ8_0, QK8_0};
+use super::fields::f16_at;
+
+const BLOCK_BYTES: usize = 22;
+
+fn fifth_bits(block: &[u8]) -> u32 {
+    u32::from_le_bytes([block[2], block[3], block[4], block[5]])
+}
+
+/// The signed quants (q - 16) of one block, in value order.
+fn unpack(block: &[u8]) -> [i8; QK8_0] {
+    let high_bits = fifth_bits(block);
+    let nibbles = &block[6..22];
+    std::array::from_fn(|i| {
+        let byte = nibbles[i % 16];
+        let low = if i < 16 { byte & 0x0F } else { byte >> 4 };
+        let q = low | ((((high_bits >> i) & 1) as u8) << 4);
+        q as i8 - 16
+    })
+}
+
+pub(super) fn dequantize(bytes: &[u8], out: &mut [f32]) {
+    for (block, out) in bytes
+        .chunks_exact(BLOCK_BYTES)
+        .zip(out.chunks_exact_mut(QK8_0))
+    {
+        let d = f16_at(block);
+        for (y, q) in out.iter_mut().zip(unpack(block)) {
+            *y = d * q as f32;
+        }
+    }
+}
+
+/// One Q5_0 weight row times one quantized activation row.
+///
+/// Panics unless the row holds exactly `x.len()` blocks.
+pub fn dot_q5_0_q8_0(weights: &[u8], x: &[BlockQ8_0]) -> f32 {
+    assert_eq!(
+        weights.len(),
+        x.len() * BLOCK_BYTES,
+        "a Q5_0 row must hold one block per activation block"
+    );
+    #[cfg(target_arch = "x86_64")]
+    {
+        if super::x86::has_avx2_fma_f16c() {
+            // SAFETY: the CPU has the features the function is compiled for.
+            return unsafe { dot_avx2(weights, x) };
+        }
+    }
+    dot_portable(weights, x)
+}
+
+fn dot_portable(weights: &[u8], x: &[BlockQ8_0]) -> f32 {
+    let mut total = 0f32;
+    for (block, act) in weights.chunks_exact(BLOCK_BYTES).zip(x) {
+        let sum: i32 = unpack(block)
+            .iter()
+            .zip(&act.quants)
+            .map(|(&w, &a)| w as i32 * a as i32)
+            .sum();
+        total += f16_at(block) * act.scale * sum as f32;
+    }
+    total
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_avx2(weights: &[u8], x: &[BlockQ8_0]) -> f32 {
+    use super::x86::*;
+    use std::arch::x86_64::*;
+    let mut acc = _mm256_setzero_ps();
+    for (block, act) in weights.chunks_exact(BLOCK_BYTES).zip(x) {
+        let scale = _mm256_set1_ps(f16_at(block) * act.scale);
+        // (low | fifth << 4) - 16 is `low` when the fifth bit is set and `low | 0xF0` (low - 16
+        // as a signed byte) when it is not: one OR instead of a shift, an OR and a subtraction.
+        let fifth_set = bytes_from_bits(fifth_bits(block));
+        let below_sixteen = _mm256_andnot_si256(fifth_set, _mm256_set1_epi8(0xF0u8 as i8));
+        let quants = _mm256_or_si256(nibbles_low_then_high(&block[6..]), below_sixteen);
+        let sums = dot_i8_quads(quants, load_i8x32(&act.quants));
+        acc = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(sums), acc);
+    }
+    sum_f32x8(acc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::GgmlType;
+
+    crate::quant::test_support::dot_kernel_tests!(GgmlType::Q5_0);
+}

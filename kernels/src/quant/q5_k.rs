@@ -1,0 +1,139 @@
+//! Q5_K (ggml's `block_q5_K`): blocks of 256 values in 8 sub-blocks of 32, value
+//! `d * scale[s] * q - dmin * min[s]` with q in 0..=31 and 6-bit `scale`, `min` per sub-block.
+//!
+//! Bytes of a block: f16 `d`, f16 `dmin`, 12 bytes of scales and minimums packed as Q4_K's, 32
+//! bytes of fifth bits (bit s of byte l is the fifth bit of value l of sub-block s), then 128
+//! bytes of low nibbles laid out as Q4_K's.
+
+use super::activations::{BlockQ8K, QK_K};
+use super::fields::f16_at;
+use super::q4_k::{minimums_times_sums, scales_and_mins};
+
+const BLOCK_BYTES: usize = 176;
+
+/// The quants of one block, in value order.
+fn unpack(block: &[u8]) -> [u8; QK_K] {
+    let (fifth_bits, nibbles) = (&block[16..48], &block[48..176]);
+    std::array::from_fn(|i| {
+        let (sub, l) = (i / 32, i % 32);
+        let low = (nibbles[32 * (sub / 2) + l] >> (4 * (sub % 2))) & 0x0F;
+        low | (((fifth_bits[l] >> sub) & 1) << 4)
+    })
+}
+
+pub(super) fn dequantize(bytes: &[u8], out: &mut [f32]) {
+    for (block, out) in bytes
+        .chunks_exact(BLOCK_BYTES)
+        .zip(out.chunks_exact_mut(QK_K))
+    {
+        let (d, dmin) = (f16_at(block), f16_at(&block[2..]));
+        let (scales, mins) = scales_and_mins(&block[4..]);
+        let quants = unpack(block);
+        for (s, (out, quants)) in out
+            .chunks_exact_mut(32)
+            .zip(quants.chunks_exact(32))
+            .enumerate()
+        {
+            // As ggml: the sub-block's factors first, then one multiply and one subtraction.
+            let (scale, min) = (d * scales[s] as f32, dmin * mins[s] as f32);
+            for (y, &q) in out.iter_mut().zip(quants) {
+                *y = scale * q as f32 - min;
+            }
+        }
+    }
+}
+
+/// One Q5_K weight row times one quantized activation row.
+///
+/// Panics unless the row holds exactly `x.len()` blocks.
+pub fn dot_q5_k_q8_k(weights: &[u8], x: &[BlockQ8K]) -> f32 {
+    assert_eq!(
+        weights.len(),
+        x.len() * BLOCK_BYTES,
+        "a Q5_K row must hold one block per activation block"
+    );
+    #[cfg(target_arch = "x86_64")]
+    {
+        if super::x86::has_avx2_fma_f16c() {
+            // SAFETY: the CPU has the features the function is compiled for.
+            return unsafe { dot_avx2(weights, x) };
+        }
+    }
+    dot_portable(weights, x)
+}
+
+fn dot_portable(weights: &[u8], x: &[BlockQ8K]) -> f32 {
+    let mut total = 0f32;
+    for (block, act) in weights.chunks_exact(BLOCK_BYTES).zip(x) {
+        let (scales, mins) = scales_and_mins(&block[4..]);
+        let quants = unpack(block);
+        let scaled_sum: i32 = quants
+            .chunks_exact(32)
+            .zip(act.quants.chunks_exact(32))
+            .zip(scales)
+            .map(|((w, a), scale)| {
+                let sum: i32 = w.iter().zip(a).map(|(&w, &a)| w as i32 * a as i32).sum();
+                scale as i32 * sum
+            })
+            .sum();
+        let d = f16_at(block) * act.scale;
+        let dmin = f16_at(&block[2..]) * act.scale;
+        total += d * scaled_sum as f32 - dmin * minimums_times_sums(&mins, act) as f32;
+    }
+    total
+}
+
+/// As Q4_K's kernel, with each sub-block's fifth bits added as 16 before the `maddubs` (pair sums
+/// at most 2 * 31 * 127).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_avx2(weights: &[u8], x: &[BlockQ8K]) -> f32 {
+    use super::x86::*;
+    use std::arch::x86_64::*;
+    let mut acc = _mm256_setzero_ps();
+    let mut minimums = 0f32;
+    for (block, act) in weights.chunks_exact(BLOCK_BYTES).zip(x) {
+        let (scales, mins) = scales_and_mins(&block[4..]);
+        let fifth_bits = load_u8x32(&block[16..]);
+        let mut sums = _mm256_setzero_si256();
+        for pair in 0..4 {
+            let (low, high) = split_nibbles(load_u8x32(&block[48 + 32 * pair..]));
+            let low = _mm256_or_si256(low, sixteen_where_bit_set(fifth_bits, 2 * pair));
+            let high = _mm256_or_si256(high, sixteen_where_bit_set(fifth_bits, 2 * pair + 1));
+            let low_products = _mm256_maddubs_epi16(low, load_i8x32(&act.quants[64 * pair..]));
+            let high_products =
+                _mm256_maddubs_epi16(high, load_i8x32(&act.quants[64 * pair + 32..]));
+            let low_scale = _mm256_set1_epi16(scales[2 * pair] as i16);
+            let high_scale = _mm256_set1_epi16(scales[2 * pair + 1] as i16);
+            sums = _mm256_add_epi32(sums, _mm256_madd_epi16(low_products, low_scale));
+            sums = _mm256_add_epi32(sums, _mm256_madd_epi16(high_products, high_scale));
+        }
+        let d = f16_at(block) * act.scale;
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sums), acc);
+        let dmin = f16_at(&block[2..]) * act.scale;
+        minimums += dmin * minimums_times_sums(&mins, act) as f32;
+    }
+    sum_f32x8(acc) - minimums
+}
+
+/// 16 in every byte of `bits` whose bit `bit` is set, 0 elsewhere.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn sixteen_where_bit_set(
+    bits: std::arch::x86_64::__m256i,
+    bit: usize,
+) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    let mask = _mm256_set1_epi8((1u8 << bit) as i8);
+    let set = _mm256_cmpeq_epi8(_mm256_and_si256(bits, mask), mask);
+    _mm256_and_si256(set, _mm256_set1_epi8(16))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::GgmlType;
+
+    crate::quant::test_support::dot_kernel_tests!(GgmlType::Q5K);
+}

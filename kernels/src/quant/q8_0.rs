@@ -1,0 +1,80 @@
+//! Q8_0 (ggml's `block_q8_0`): blocks of 32 values `d * q`, q signed.
+//!
+//! Bytes of a block: f16 `d`, then 32 `i8` quants.
+
+use super::activations::{BlockQ8_0, QK8_0};
+use super::fields::f16_at;
+
+const BLOCK_BYTES: usize = 34;
+
+/// The signed quants of one block, in value order.
+fn unpack(block: &[u8]) -> [i8; QK8_0] {
+    std::array::from_fn(|i| block[2 + i] as i8)
+}
+
+pub(super) fn dequantize(bytes: &[u8], out: &mut [f32]) {
+    for (block, out) in bytes
+        .chunks_exact(BLOCK_BYTES)
+        .zip(out.chunks_exact_mut(QK8_0))
+    {
+        let d = f16_at(block);
+        for (y, q) in out.iter_mut().zip(unpack(block)) {
+            *y = q as f32 * d;
+        }
+    }
+}
+
+/// One Q8_0 weight row times one quantized activation row.
+///
+/// Panics unless the row holds exactly `x.len()` blocks.
+pub fn dot_q8_0_q8_0(weights: &[u8], x: &[BlockQ8_0]) -> f32 {
+    assert_eq!(
+        weights.len(),
+        x.len() * BLOCK_BYTES,
+        "a Q8_0 row must hold one block per activation block"
+    );
+    #[cfg(target_arch = "x86_64")]
+    {
+        if super::x86::has_avx2_fma_f16c() {
+            // SAFETY: the CPU has the features the function is compiled for.
+            return unsafe { dot_avx2(weights, x) };
+        }
+    }
+    dot_portable(weights, x)
+}
+
+fn dot_portable(weights: &[u8], x: &[BlockQ8_0]) -> f32 {
+    let mut total = 0f32;
+    for (block, act) in weights.chunks_exact(BLOCK_BYTES).zip(x) {
+        let sum: i32 = unpack(block)
+            .iter()
+            .zip(&act.quants)
+            .map(|(&w, &a)| w as i32 * a as i32)
+            .sum();
+        total += f16_at(block) * act.scale * sum as f32;
+    }
+    total
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_avx2(weights: &[u8], x: &[BlockQ8_0]) -> f32 {
+    use super::x86::*;
+    use std::arch::x86_64::*;
+    let mut acc = _mm256_setzero_ps();
+    for (block, act) in weights.chunks_exact(BLOCK_BYTES).zip(x) {
+        let scale = _mm256_set1_ps(f16_at(block) * act.scale);
+        // Weight bytes may be -128; the activations never are (see `dot_i8_quads`).
+        let sums = dot_i8_quads(load_u8x32(&block[2..]), load_i8x32(&act.quants));
+        acc = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(sums), acc);
+    }
+    sum_f32x8(acc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::GgmlType;
+
+    crate::quant::test_support::dot_kernel_tests!(GgmlType::Q8_0);
+}

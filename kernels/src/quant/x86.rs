@@ -1,0 +1,118 @@
+//! AVX2 building blocks shared by the formats' kernels.
+//!
+//! The kernels are `#[target_feature(enable = "avx2,fma,f16c")]` functions, entered only after
+//! [`has_avx2_fma_f16c`] said yes; inside them the register-only intrinsics are safe to call and
+//! the only unsafe operations are the loads below, whose bounds the slice indexing checks.
+
+use std::arch::x86_64::*;
+
+/// Whether the CPU runs the kernels in this module (every AVX2 CPU made has FMA and F16C too, but
+/// each is checked). Cached by std: an atomic load per call.
+#[inline]
+pub(super) fn has_avx2_fma_f16c() -> bool {
+    std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("fma")
+        && std::arch::is_x86_feature_detected!("f16c")
+}
+
+/// The f16 at the start of `bytes` as f32, with one F16C instruction (the `half` crate would
+/// check the CPU on every call, once per block in the hot loop).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn f16_at(bytes: &[u8]) -> f32 {
+    let bits = u16::from_le_bytes([bytes[0], bytes[1]]);
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+}
+
+/// The first 32 bytes of `bytes`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn load_u8x32(bytes: &[u8]) -> __m256i {
+    let bytes = &bytes[..32];
+    // SAFETY: `bytes` holds 32 readable bytes, and loadu has no alignment requirement.
+    unsafe { _mm256_loadu_si256(bytes.as_ptr().cast()) }
+}
+
+/// The first 32 quants of `quants`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn load_i8x32(quants: &[i8]) -> __m256i {
+    let quants = &quants[..32];
+    // SAFETY: `quants` holds 32 readable bytes, and loadu has no alignment requirement.
+    unsafe { _mm256_loadu_si256(quants.as_ptr().cast()) }
+}
+
+/// The first 16 bytes of `bytes`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn load_u8x16(bytes: &[u8]) -> __m128i {
+    let bytes = &bytes[..16];
+    // SAFETY: `bytes` holds 16 readable bytes, and loadu has no alignment requirement.
+    unsafe { _mm_loadu_si128(bytes.as_ptr().cast()) }
+}
+
+/// 16 bytes of nibble pairs as 32 bytes in 0..=15: the low nibbles first, then the high ones
+/// (the order of the legacy formats, where byte j holds values j and j + 16).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn nibbles_low_then_high(bytes: &[u8]) -> __m256i {
+    let packed = load_u8x16(bytes);
+    let low_mask = _mm_set1_epi8(0x0F);
+    let low = _mm_and_si128(packed, low_mask);
+    // A 16-bit shift moves the neighbour byte's low bits in; the mask drops them.
+    let high = _mm_and_si128(_mm_srli_epi16(packed, 4), low_mask);
+    _mm256_set_m128i(high, low)
+}
+
+/// The low and high nibbles of 32 bytes, as two vectors of 32 bytes in 0..=15.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn split_nibbles(packed: __m256i) -> (__m256i, __m256i) {
+    let low_mask = _mm256_set1_epi8(0x0F);
+    (
+        _mm256_and_si256(packed, low_mask),
+        _mm256_and_si256(_mm256_srli_epi16(packed, 4), low_mask),
+    )
+}
+
+/// 32 bits as 32 bytes, 0xFF where the bit is set: byte i of the result is bit i of `bits`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn bytes_from_bits(bits: u32) -> __m256i {
+    // Byte i takes a copy of the source byte i / 8 ...
+    let spread = _mm256_shuffle_epi8(
+        _mm256_set1_epi32(bits as i32),
+        _mm256_set_epi64x(
+            0x0303_0303_0303_0303,
+            0x0202_0202_0202_0202,
+            0x0101_0101_0101_0101,
+            0,
+        ),
+    );
+    // ... then sets every bit but bit i % 8, so it is all ones exactly when that bit was set.
+    let all_but_own_bit = _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe);
+    _mm256_cmpeq_epi8(
+        _mm256_or_si256(spread, all_but_own_bit),
+        _mm256_set1_epi64x(-1),
+    )
+}
+
+/// Sums of four neighbouring products of signed bytes, as eight i32.
+///
+/// `maddubs` multiplies unsigned by signed bytes, so the sign of `a` moves onto `b` first. Exact
+/// as long as no pair sum passes i16: |a| <= 128 and |b| <= 127 (quantized activations) is fine.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn dot_i8_quads(a: __m256i, b: __m256i) -> __m256i {
+    let pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(a, a), _mm256_sign_epi8(b, a));
+    _mm256_madd_epi16(pairs, _mm256_set1_epi16(1))
+}
+
+/// The sum of the eight lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn sum_f32x8(v: __m256) -> f32 {
+    let quad = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
+    _mm_cvtss_f32(_mm_add_ss(pair, _mm_movehdup_ps(pair)))
+}
