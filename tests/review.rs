@@ -138,8 +138,13 @@ fn loop_finding(line: usize, severity: &str) -> String {
 
 /// `review` with a scripted model that answers every hunk with `pieces`.
 fn review_scripted(dir: &Path, pieces: &[&str], args: &[&str]) -> Output {
+    review_scripted_in_window(dir, pieces, 4096, args)
+}
+
+/// As `review_scripted`, with a model whose window is `window` tokens.
+fn review_scripted_in_window(dir: &Path, pieces: &[&str], window: usize, args: &[&str]) -> Output {
     let model = tempfile::tempdir().unwrap();
-    scripted_model::write(model.path(), pieces);
+    scripted_model::write(model.path(), pieces, window);
     let mut all = vec!["--model", model.path().to_str().unwrap()];
     all.extend_from_slice(args);
     review(dir, &all)
@@ -310,4 +315,43 @@ fn real_findings_validate_in_rdjsonl_and_gitlab_code_quality() {
     assert!(!issue["fingerprint"].as_str().unwrap().is_empty());
     assert_eq!(issue["location"]["path"], "calc.py");
     assert_eq!(issue["location"]["lines"]["begin"], 3);
+}
+
+#[test]
+fn a_hunk_larger_than_the_window_is_reviewed_in_parts_and_an_overlong_line_is_skipped() {
+    let repo = repository();
+    // One new file, one hunk: 80 ordinary lines (about 1,500 tokens) and a 6,000-character line.
+    let mut text: String = (1..=80)
+        .map(|i| format!("    values.append(compute_value_{i}(alpha, beta, gamma) * {i})\n"))
+        .collect();
+    text.push_str(&format!("BLOB = \"{}\"\n", "a1b2c3d4e5f6 ".repeat(460)));
+    std::fs::write(
+        repo.path().join("big.py"),
+        format!("def fill(values):\n{text}"),
+    )
+    .unwrap();
+    git(repo.path(), &["add", "big.py"]);
+    git(repo.path(), &["commit", "-qm", "big"]);
+    // The model's window leaves 768 tokens for a prompt (1,024 less 256 for the answer).
+    let finding = loop_finding(70, "warning").replace("\"line\"", "\"file\": \"big.py\", \"line\"");
+    let output = review_scripted_in_window(
+        repo.path(),
+        &[&finding],
+        1024,
+        &["--base", "HEAD~1", "--format", "json"],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    let report = json_report(&output);
+    let parts = report["hunks"].as_u64().unwrap();
+    assert!(parts >= 3, "one hunk answered in {parts} part(s): {stderr}");
+    // The part holding line 70 reports it; the others drop it as outside their lines.
+    let findings = report["findings"].as_array().unwrap();
+    assert_eq!(findings.len(), 1, "{report}");
+    assert_eq!(findings[0]["path"], "big.py");
+    assert_eq!(findings[0]["start_line"], 70);
+    assert!(
+        stderr.contains("1 added line(s) too long for the model's window not reviewed"),
+        "{stderr}"
+    );
 }

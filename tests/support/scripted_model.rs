@@ -21,8 +21,8 @@ const TOKENIZER: &str = concat!(
 const HIDDEN: usize = 16;
 
 /// Writes config.json, tokenizer.json and model.safetensors to `dir`; the model answers every
-/// prompt with `pieces` concatenated, then ends.
-pub fn write(dir: &Path, pieces: &[&str]) {
+/// prompt with `pieces` concatenated, then ends. `window` is its `max_position_embeddings`.
+pub fn write(dir: &Path, pieces: &[&str], window: usize) {
     assert!(
         !pieces.is_empty() && pieces.len() < HIDDEN,
         "1..{HIDDEN} pieces"
@@ -48,7 +48,7 @@ pub fn write(dir: &Path, pieces: &[&str]) {
         "vocab_size": vocab, "hidden_size": HIDDEN, "intermediate_size": HIDDEN,
         "num_hidden_layers": 1, "num_attention_heads": 1, "num_key_value_heads": 1,
         "q_lora_rank": null, "kv_lora_rank": 8, "qk_nope_head_dim": 8, "qk_rope_head_dim": 8,
-        "v_head_dim": 8, "n_routed_experts": null, "max_position_embeddings": 4096,
+        "v_head_dim": 8, "n_routed_experts": null, "max_position_embeddings": window,
         "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "tie_word_embeddings": false,
         "bos_token_id": 0, "eos_token_id": eos, "attention_bias": false,
     });
