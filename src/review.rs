@@ -2,6 +2,7 @@
 //! rdjsonl, GitLab Code Quality, GitHub annotations, Markdown or JSON.
 
 use std::io::{IsTerminal, Write};
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -137,7 +138,10 @@ pub fn read_change(folder: &Path, base: &str, head: &str) -> Result<Change, Stri
 
 /// What the model said about a change.
 pub struct Reviewed {
+    /// Prompts answered: one per hunk, more for a hunk split to fit the model's window.
     pub hunks: usize,
+    /// Added lines too long for the model's window even alone, not reviewed.
+    pub unreviewed_lines: usize,
     pub findings: Vec<Finding>,
     pub dropped: std::collections::BTreeMap<server::review::findings::Dropped, usize>,
     pub prompt_tokens: usize,
@@ -168,10 +172,14 @@ pub fn review_change(
         prompt_tokens: engine.context_window().saturating_sub(max_tokens).max(1),
         tokenizer: &tokenizer,
     };
-    let jobs = prepare(&change.files, &change.texts, &index, &builder, &limits);
+    let Prepared {
+        jobs,
+        unreviewed_lines,
+    } = prepare(&change.files, &change.texts, &index, &builder, &limits);
     let progress = Progress::new(jobs.len());
     let mut reviewed = Reviewed {
         hunks: jobs.len(),
+        unreviewed_lines,
         findings: Vec::new(),
         dropped: Default::default(),
         prompt_tokens: 0,
@@ -204,6 +212,7 @@ pub fn run(args: ReviewArgs) -> Result<bool, String> {
     let engine = args.runtime.load_engine()?;
     let Reviewed {
         hunks,
+        unreviewed_lines,
         mut findings,
         dropped,
         ..
@@ -246,7 +255,7 @@ pub fn run(args: ReviewArgs) -> Result<bool, String> {
             .count()
     };
     eprintln!(
-        "review {}: {hunks} hunk(s) in {} file(s), {} finding(s) ({} error, {} warning, {} note){}, {} answer line(s) dropped, {:.1} s",
+        "review {}: {hunks} hunk(s) in {} file(s), {} finding(s) ({} error, {} warning, {} note){}, {} answer line(s) dropped{}, {:.1} s",
         change.range,
         change.files.len(),
         report.findings.len(),
@@ -259,6 +268,13 @@ pub fn run(args: ReviewArgs) -> Result<bool, String> {
             String::new()
         },
         report.dropped_total(),
+        if unreviewed_lines > 0 {
+            format!(
+                ", {unreviewed_lines} added line(s) too long for the model's window not reviewed"
+            )
+        } else {
+            String::new()
+        },
         report.seconds,
     );
     Ok(report
@@ -277,16 +293,25 @@ struct PromptLimits<'a> {
     tokenizer: &'a engine::TextTokenizer,
 }
 
-/// A prompt per hunk: its enclosing function (or a window) numbered, what it removed, and the
-/// definitions the context builder finds for it in the repository, within `limits`.
+/// The prompts of a change, and what could not be put in any.
+#[derive(Default)]
+struct Prepared {
+    jobs: Vec<Job>,
+    /// Added lines that alone do not fit the model's window (a minified line, a data blob).
+    unreviewed_lines: usize,
+}
+
+/// A prompt per hunk (or per part of a hunk too large for the window): its enclosing function
+/// (or a window) numbered, what it removed, and the definitions the context builder finds for
+/// it in the repository, within `limits`.
 fn prepare(
     files: &[FileDiff],
     texts: &[Option<String>],
     index: &WorkspaceIndex,
     builder: &ContextBuilder,
     limits: &PromptLimits,
-) -> Vec<Job> {
-    let mut jobs = Vec::new();
+) -> Prepared {
+    let mut prepared = Prepared::default();
     for (file_index, (file, text)) in files.iter().zip(texts).enumerate() {
         // A file git cannot show as UTF-8 text at HEAD is not reviewed.
         let Some(text) = text else { continue };
@@ -303,8 +328,6 @@ fn prepare(
                     rope.byte_to_line(start) + 1
                         ..=rope.byte_to_line(end.saturating_sub(1).max(start)) + 1
                 });
-            let mut shown = shown_lines(&lines, function, line_count);
-            let mut code = numbered(text, &shown, &hunk.added);
             let cursor = Cursor {
                 text,
                 offset: first_line_start,
@@ -322,44 +345,92 @@ fn prepare(
                 },
                 &[],
             );
-            let mut definitions: Vec<String> = built
+            let definitions: Vec<String> = built
                 .blocks
                 .iter()
                 .filter(|b| matches!(b.kind, BlockKind::Import | BlockKind::Definition))
                 .map(|b| b.text.clone())
                 .collect();
-            let prompt = loop {
-                let prompt = review_prompt(&HunkPrompt {
-                    path: &file.path,
-                    code: &code,
-                    removed: &hunk.removed,
-                    definitions: &definitions,
-                });
-                let tokens = limits
-                    .tokenizer
-                    .encode_prompt(&prompt)
-                    .map_or(0, |ids| ids.len());
-                if tokens <= limits.prompt_tokens {
-                    break prompt;
-                }
-                if definitions.pop().is_some() {
-                    continue;
-                }
-                let narrower = narrowed(&shown, &lines);
-                if narrower == shown {
-                    break prompt;
-                }
-                shown = narrower;
-                code = numbered(text, &shown, &hunk.added);
+            let view = HunkView {
+                path: &file.path,
+                text,
+                added: &hunk.added,
+                removed: &hunk.removed,
+                function,
+                line_count,
+                definitions: &definitions,
             };
-            jobs.push(Job {
-                file: file_index,
-                lines,
-                prompt,
-            });
+            // A span too large for the window is reviewed in halves, in order.
+            let mut spans = vec![lines];
+            while let Some(span) = spans.pop() {
+                match fitted_prompt(&view, &span, limits) {
+                    Some(prompt) => prepared.jobs.push(Job {
+                        file: file_index,
+                        lines: span,
+                        prompt,
+                    }),
+                    None if span.start() < span.end() => {
+                        let middle = span.start() + (span.end() - span.start()) / 2;
+                        spans.push(middle + 1..=*span.end());
+                        spans.push(*span.start()..=middle);
+                    }
+                    None => prepared.unreviewed_lines += 1,
+                }
+            }
         }
     }
-    jobs
+    prepared
+}
+
+/// What a hunk's prompts are made from.
+struct HunkView<'a> {
+    path: &'a str,
+    text: &'a str,
+    added: &'a [usize],
+    removed: &'a [String],
+    /// The enclosing function's lines, when there is one.
+    function: Option<RangeInclusive<usize>>,
+    line_count: usize,
+    definitions: &'a [String],
+}
+
+/// The prompt about `span` (some of the hunk's lines) that fits `limits`: definitions go first,
+/// then the removed lines, then the code around the span narrows toward it. `None` when even the
+/// span's own lines do not fit.
+fn fitted_prompt(
+    view: &HunkView,
+    span: &RangeInclusive<usize>,
+    limits: &PromptLimits,
+) -> Option<engine::Prompt> {
+    let mut shown = shown_lines(span, view.function.clone(), view.line_count);
+    let mut definitions = view.definitions.len();
+    let mut removed = view.removed;
+    loop {
+        let prompt = review_prompt(&HunkPrompt {
+            path: view.path,
+            code: &numbered(view.text, &shown, view.added),
+            removed,
+            definitions: &view.definitions[..definitions],
+        });
+        let tokens = limits
+            .tokenizer
+            .encode_prompt(&prompt)
+            .map_or(usize::MAX, |ids| ids.len());
+        if tokens <= limits.prompt_tokens {
+            return Some(prompt);
+        }
+        if definitions > 0 {
+            definitions -= 1;
+        } else if !removed.is_empty() {
+            removed = &[];
+        } else {
+            let narrower = narrowed(&shown, span);
+            if narrower == shown {
+                return None;
+            }
+            shown = narrower;
+        }
+    }
 }
 
 /// The model's answer for each job, in order. All are queued at once: the engine runs them one

@@ -24,11 +24,14 @@ pub fn render(report: &Report) -> String {
             "severity": severity,
             "source": {"name": "deepseek-lsp", "url": "https://github.com/deepseek-lsp/deepseek-lsp"},
             "code": {"value": f.rule},
-            "originalOutput": reported.fingerprint,
+            // The proto field name: reviewdog's reader (protojson) takes it, and so do strict
+            // validators that know only the proto's names.
+            "original_output": reported.fingerprint,
         });
         if let Some(replacement) = &f.replacement {
-            // Columns are 1-based and the end is exclusive: the whole of the flagged lines.
-            let end_column = reported.snippet.last().map_or(1, |l| l.chars().count() + 1);
+            // Columns are 1-based UTF-8 byte offsets and the end is exclusive: the whole of the
+            // flagged lines.
+            let end_column = reported.snippet.last().map_or(1, |l| l.len() + 1);
             diagnostic["suggestions"] = json!([{
                 "range": {
                     "start": {"line": f.start_line, "column": 1},
@@ -57,7 +60,9 @@ mod tests {
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[0]["severity"], "WARNING");
         assert_eq!(lines[0]["location"]["range"]["end"]["line"], 5);
-        assert_eq!(lines[0]["suggestions"][0]["range"]["end"]["column"], 24);
+        // "line 5 of src/café b.py": 23 characters, 24 bytes (é is two); the end is exclusive.
+        assert_eq!(lines[0]["suggestions"][0]["range"]["end"]["column"], 25);
+        assert!(lines[0]["original_output"].is_string());
         assert_eq!(lines[1]["severity"], "ERROR");
         assert!(lines[1].get("suggestions").is_none());
     }
