@@ -85,6 +85,16 @@ fn setup_errors_exit_2_with_what_is_wrong() {
         &review(repo.path(), &["--head", "HEAD~7"]),
         "`HEAD~7` is not a revision",
     );
+    let missing = repo.path().join("no-model-here");
+    assert_setup_error(
+        &review(repo.path(), &["--model", missing.to_str().unwrap()]),
+        "does not exist",
+    );
+    // A folder that is not a checkpoint.
+    assert_setup_error(
+        &review(repo.path(), &["--model", repo.path().to_str().unwrap()]),
+        "config.json",
+    );
 }
 
 #[test]

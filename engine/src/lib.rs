@@ -13,6 +13,7 @@ mod linear;
 pub mod model;
 pub mod page_pool;
 pub mod prompt;
+pub mod quantized;
 pub mod radix_cache;
 pub mod rope;
 pub mod sampling;

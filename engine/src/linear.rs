@@ -3,33 +3,65 @@
 //! A few input rows on the CPU in f32 (every projection of a decode step, short prefills, the
 //! tokens one expert receives) go through `kernels::matvec`, which streams W once across all
 //! threads; larger batches are a matmul, whose packing pays off there.
+//!
+//! A weight loaded from a GGUF file in a block format (Q8_0, Q4_K...) stays in that format on
+//! the CPU and is multiplied by `kernels::quant`, which reads the blocks directly.
 
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor};
 
 use crate::error::Result;
+use crate::quantized::QuantizedWeight;
 
 pub(crate) struct Linear {
-    pub(crate) weight: Tensor,
+    pub(crate) weight: LinearWeight,
     pub(crate) bias: Option<Tensor>,
+}
+
+/// W [out, in] as a tensor, or as quantized row blocks stacked in order (several projections of
+/// one input, such as gate and up, kept as they were stored).
+pub(crate) enum LinearWeight {
+    Dense(Tensor),
+    Quantized(Vec<QuantizedWeight>),
 }
 
 impl Linear {
     pub(crate) fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
-        Self { weight, bias }
+        Self {
+            weight: LinearWeight::Dense(weight),
+            bias,
+        }
+    }
+
+    pub(crate) fn quantized(weight: QuantizedWeight, bias: Option<Tensor>) -> Self {
+        Self {
+            weight: LinearWeight::Quantized(vec![weight]),
+            bias,
+        }
     }
 
     /// x: [T, in] -> [T, out]
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let few_rows_f32_cpu = x.dims().first().is_some_and(|&m| m <= FEW_ROWS)
-            && x.rank() == 2
-            && x.device().is_cpu()
-            && x.dtype() == DType::F32
-            && self.weight.dtype() == DType::F32
-            && self.weight.is_contiguous();
-        let y = if few_rows_f32_cpu {
-            self.weight.apply_op2_no_bwd(&x.contiguous()?, &MatVec)?
-        } else {
-            x.matmul(&self.weight.t()?)?
+        let y = match &self.weight {
+            LinearWeight::Dense(weight) => {
+                let few_rows_f32_cpu = x.dims().first().is_some_and(|&m| m <= FEW_ROWS)
+                    && x.rank() == 2
+                    && x.device().is_cpu()
+                    && x.dtype() == DType::F32
+                    && weight.dtype() == DType::F32
+                    && weight.is_contiguous();
+                if few_rows_f32_cpu {
+                    weight.apply_op2_no_bwd(&x.contiguous()?, &MatVec)?
+                } else {
+                    x.matmul(&weight.t()?)?
+                }
+            }
+            LinearWeight::Quantized(parts) => {
+                let dtype = x.dtype();
+                x.to_dtype(DType::F32)?
+                    .contiguous()?
+                    .apply_op1_no_bwd(&QuantizedMatmul { parts })?
+                    .to_dtype(dtype)?
+            }
         };
         Ok(match &self.bias {
             Some(b) => y.broadcast_add(b)?,
@@ -37,29 +69,88 @@ impl Linear {
         })
     }
 
+    /// Output features (rows of W).
+    pub(crate) fn out_features(&self) -> Result<usize> {
+        Ok(match &self.weight {
+            LinearWeight::Dense(weight) => weight.dim(0)?,
+            LinearWeight::Quantized(parts) => parts.iter().map(|p| p.rows).sum(),
+        })
+    }
+
+    /// W as a tensor, for the code that splits it (MLA's absorbed attention); a quantized W is
+    /// dequantized.
+    pub(crate) fn dense_weight(&self) -> Result<Tensor> {
+        match &self.weight {
+            LinearWeight::Dense(weight) => Ok(weight.clone()),
+            LinearWeight::Quantized(parts) => {
+                let cols = parts[0].cols;
+                let values: Vec<f32> = parts.iter().flat_map(|p| p.dequantize()).collect();
+                Ok(Tensor::from_vec(
+                    values,
+                    (total_rows(parts), cols),
+                    &candle_core::Device::Cpu,
+                )?)
+            }
+        }
+    }
+
     /// One layer computing several projections of the same input with one weight read.
     pub(crate) fn stack(parts: Vec<Linear>) -> Result<Linear> {
-        let weights: Vec<&Tensor> = parts.iter().map(|p| &p.weight).collect();
-        let weight = Tensor::cat(&weights, 0)?;
-        let bias = if parts.iter().any(|p| p.bias.is_some()) {
-            let biases = parts
-                .iter()
-                .map(|p| match &p.bias {
-                    Some(b) => Ok(b.clone()),
-                    None => Tensor::zeros(p.weight.dim(0)?, p.weight.dtype(), p.weight.device()),
-                })
-                .collect::<candle_core::Result<Vec<_>>>()?;
-            Some(Tensor::cat(&biases, 0)?)
+        // A part without a bias adds zeros in its rows.
+        let bias = match parts.iter().find_map(|p| p.bias.as_ref()) {
+            Some(template) => {
+                let biases = parts
+                    .iter()
+                    .map(|p| match &p.bias {
+                        Some(b) => Ok(b.clone()),
+                        None => Ok(Tensor::zeros(
+                            p.out_features()?,
+                            template.dtype(),
+                            template.device(),
+                        )?),
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Some(Tensor::cat(&biases, 0)?)
+            }
+            None => None,
+        };
+        let weight = if parts
+            .iter()
+            .all(|p| matches!(p.weight, LinearWeight::Quantized(_)))
+        {
+            LinearWeight::Quantized(
+                parts
+                    .into_iter()
+                    .flat_map(|p| match p.weight {
+                        LinearWeight::Quantized(q) => q,
+                        LinearWeight::Dense(_) => unreachable!("all parts are quantized"),
+                    })
+                    .collect(),
+            )
         } else {
-            None
+            let weights = parts
+                .iter()
+                .map(Linear::dense_weight)
+                .collect::<Result<Vec<_>>>()?;
+            LinearWeight::Dense(Tensor::cat(&weights, 0)?)
         };
         Ok(Linear { weight, bias })
     }
 
     pub(crate) fn bytes(&self) -> usize {
-        let count = self.weight.elem_count() + self.bias.as_ref().map_or(0, Tensor::elem_count);
-        count * self.weight.dtype().size_in_bytes()
+        let bias = self
+            .bias
+            .as_ref()
+            .map_or(0, |b| b.elem_count() * b.dtype().size_in_bytes());
+        bias + match &self.weight {
+            LinearWeight::Dense(weight) => weight.elem_count() * weight.dtype().size_in_bytes(),
+            LinearWeight::Quantized(parts) => parts.iter().map(|p| p.bytes().len()).sum(),
+        }
     }
+}
+
+fn total_rows(parts: &[QuantizedWeight]) -> usize {
+    parts.iter().map(|p| p.rows).sum()
 }
 
 /// Input rows up to which streaming W beats a packed matmul (measured on AVX2: at 16 rows the
@@ -102,5 +193,61 @@ impl CustomOp2 for MatVec {
         let mut y = vec![0f32; n * rows];
         kernels::matvec::matmul_rows_f32(&weight[w0..w1], rows, cols, &x[x0..x1], n, &mut y);
         Ok((CpuStorage::F32(y), Shape::from((n, rows))))
+    }
+}
+
+/// X W^T for quantized W (its parts' rows one after another) and f32 X [n, in] on the CPU.
+struct QuantizedMatmul<'a> {
+    parts: &'a [QuantizedWeight],
+}
+
+impl CustomOp1 for QuantizedMatmul<'_> {
+    fn name(&self) -> &'static str {
+        "quantized-matmul"
+    }
+
+    fn cpu_fwd(&self, x: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (n, cols) = layout.shape().dims2()?;
+        let (CpuStorage::F32(x), Some((x0, x1))) = (x, layout.contiguous_offsets()) else {
+            candle_core::bail!("quantized matmul: the input must be contiguous f32");
+        };
+        if let Some(part) = self.parts.iter().find(|p| p.cols != cols) {
+            candle_core::bail!("quantized matmul: weight {part:?} cannot take input [{n}, {cols}]");
+        }
+        let x = &x[x0..x1];
+        let rows = total_rows(self.parts);
+        let mut y = vec![0f32; n * rows];
+        if let [part] = self.parts {
+            kernels::quant::matmul_rows_quant(part.ty, part.bytes(), part.rows, cols, x, n, &mut y);
+        } else {
+            // Each part into its own [n, part rows], then side by side in Y's rows.
+            let mut first = 0;
+            for part in self.parts {
+                let mut part_y = vec![0f32; n * part.rows];
+                kernels::quant::matmul_rows_quant(
+                    part.ty,
+                    part.bytes(),
+                    part.rows,
+                    cols,
+                    x,
+                    n,
+                    &mut part_y,
+                );
+                for (row, values) in part_y.chunks_exact(part.rows).enumerate() {
+                    y[row * rows + first..][..part.rows].copy_from_slice(values);
+                }
+                first += part.rows;
+            }
+        }
+        Ok((CpuStorage::F32(y), Shape::from((n, rows))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        candle_core::bail!("quantized weights are multiplied on the CPU only")
     }
 }

@@ -243,16 +243,17 @@ impl Model {
             .iter()
             .map(|l| l.bytes_read_per_token(c, element))
             .sum();
-        (c.hidden_size + c.vocab_size * c.hidden_size + c.hidden_size) * element + layers
+        2 * c.hidden_size * element + self.lm_head.bytes() + layers
     }
 
     /// Every weight's bytes.
     pub fn weight_bytes(&self) -> usize {
-        let mut total = self.embed_tokens.elem_count() + self.norm.weight.elem_count();
+        let mut total = (self.embed_tokens.elem_count() + self.norm.weight.elem_count())
+            * self.dtype.size_in_bytes();
         if !self.config.tie_word_embeddings {
-            total += self.lm_head.weight.elem_count();
+            total += self.lm_head.bytes();
         }
-        total * self.dtype.size_in_bytes()
+        total
             + self
                 .layers
                 .iter()
@@ -323,14 +324,21 @@ impl Loader<'_> {
             .to_device(self.device)?)
     }
 
+    /// A projection; on the CPU a weight stored in a block format (Q8_0, Q4_K...) stays in it.
     fn linear(&self, prefix: &str, out_dim: usize, in_dim: usize, bias: bool) -> Result<Linear> {
-        let weight = self.tensor(&format!("{prefix}.weight"), &[out_dim, in_dim])?;
+        let name = format!("{prefix}.weight");
         let bias = if bias {
             Some(self.tensor(&format!("{prefix}.bias"), &[out_dim])?)
         } else {
             None
         };
-        Ok(Linear::new(weight, bias))
+        if self.device.is_cpu()
+            && let Some(weight) = self.source.quantized(&name, &[out_dim, in_dim])?
+            && weight.ty.block_len() > 1
+        {
+            return Ok(Linear::quantized(weight, bias));
+        }
+        Ok(Linear::new(self.tensor(&name, &[out_dim, in_dim])?, bias))
     }
 }
 
@@ -547,7 +555,10 @@ impl Mla {
             kv_lora,
             false,
         )?;
-        let per_head = kv_b.weight.reshape((heads, nope + v_dim, kv_lora))?;
+        let per_head =
+            kv_b.dense_weight()?
+                .to_dtype(w.dtype)?
+                .reshape((heads, nope + v_dim, kv_lora))?;
         let w_uk = per_head.narrow(1, 0, nope)?.contiguous()?;
         let w_uv_t = per_head
             .narrow(1, nope, v_dim)?

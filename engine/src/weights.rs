@@ -14,6 +14,7 @@ use rayon::prelude::*;
 use safetensors::tensor::{Dtype, Metadata, SafeTensors};
 
 use crate::error::{EngineError, Result};
+use crate::quantized::QuantizedWeight;
 
 /// Anything that can produce named weight tensors of an expected shape.
 pub trait WeightSource: Send + Sync {
@@ -21,6 +22,11 @@ pub trait WeightSource: Send + Sync {
     fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor>;
     /// Whether a tensor of this name exists (used for optional tensors such as biases).
     fn contains(&self, name: &str) -> bool;
+    /// The 2-D tensor `name` ([rows, cols] = `shape`) as stored in a GGUF file's blocks, for a
+    /// source that keeps them; `None` sends the caller to `tensor`.
+    fn quantized(&self, _name: &str, _shape: &[usize]) -> Result<Option<QuantizedWeight>> {
+        Ok(None)
+    }
 }
 
 /// The safetensors files of a Hugging Face model directory, memory-mapped.
