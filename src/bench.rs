@@ -88,6 +88,9 @@ enum Form {
     Expanded,
 }
 
+/// Buffer the read-bandwidth measurement streams: far beyond any last-level cache.
+const BANDWIDTH_BUFFER_BYTES: usize = 1 << 30;
+
 pub fn run(args: BenchArgs) -> Result<(), String> {
     let threads = args.runtime.apply_threads()?;
     // The benches that report their own figures rather than a model's speed.
@@ -148,6 +151,13 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
     for &kind in kinds.iter().filter(|k| !engine_kinds.contains(k)) {
         let (key, figures) = measure(kind).map_err(|e| e.to_string())?;
         report[key] = to_json(figures);
+    }
+    if let Some(weight_rate) = report["decode"]["weight_gb_per_second"].as_f64() {
+        // Decode streams every active weight once per token: the machine's read bandwidth
+        // bounds it, and the fraction reached says how much is left on the table.
+        let bandwidth = engine::bench::memory_read_gb_per_second(BANDWIDTH_BUFFER_BYTES);
+        report["memory_read_gb_per_second"] = json!(bandwidth);
+        report["decode"]["roofline_fraction"] = json!(weight_rate / bandwidth);
     }
     // Last: the engine takes the model over.
     if kinds.contains(&BenchKind::Generate) {

@@ -193,3 +193,9 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
     sorted[rank - 1]
 }
+
+/// The machine's read bandwidth over a `bytes` buffer on all worker threads (best of three), in
+/// GB/s: the bound decode's `weight_gb_per_second` is measured against.
+pub fn memory_read_gb_per_second(bytes: usize) -> f64 {
+    kernels::bandwidth::read_gb_per_second(bytes, 3)
+}

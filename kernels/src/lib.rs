@@ -3,6 +3,7 @@
 //! Architecture invariant: this crate knows nothing of models, configs or files; it takes
 //! slices and sizes and returns numbers.
 
+pub mod bandwidth;
 pub mod matvec;
 pub mod paged_attention;
 pub mod quant;
