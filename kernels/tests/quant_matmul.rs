@@ -278,10 +278,15 @@ fn long_float_rows_are_converted_in_chunks() {
 }
 
 #[test]
-fn empty_products_write_nothing() {
+fn empty_products() {
     let mut y: [f32; 0] = [];
     matmul_rows_quant(GgmlType::Q4K, &[], 0, 256, &[0.0; 512], 2, &mut y);
     matmul_rows_quant(GgmlType::Q8_0, &[0; 34], 1, 32, &[], 0, &mut y);
+    for ty in GgmlType::ALL {
+        let mut y = [f32::NAN; 6];
+        matmul_rows_quant(ty, &[], 3, 0, &[], 2, &mut y);
+        assert_eq!(y, [0.0; 6], "{}: a sum of nothing is 0", ty.name());
+    }
 }
 
 #[test]

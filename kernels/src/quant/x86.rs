@@ -24,6 +24,36 @@ pub(super) fn f16_at(bytes: &[u8]) -> f32 {
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
 }
 
+/// Little-endian F16 values to f32, eight per instruction (the same conversion as [`f16_at`]).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn f16_to_f32(bytes: &[u8], out: &mut [f32]) {
+    let mut bytes = bytes.chunks_exact(16);
+    let mut out = out.chunks_exact_mut(8);
+    for (bytes, out) in (&mut bytes).zip(&mut out) {
+        let values = _mm256_cvtph_ps(load_u8x16(bytes));
+        // SAFETY: `out` holds 8 floats, and storeu has no alignment requirement.
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), values) };
+    }
+    for (bytes, out) in bytes.remainder().chunks_exact(2).zip(out.into_remainder()) {
+        *out = f16_at(bytes);
+    }
+}
+
+/// Little-endian BF16 values to f32, eight at a time: each is the top half of its f32.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn bf16_to_f32(bytes: &[u8], out: &mut [f32]) {
+    let mut bytes = bytes.chunks_exact(16);
+    let mut out = out.chunks_exact_mut(8);
+    for (bytes, out) in (&mut bytes).zip(&mut out) {
+        let widened = _mm256_slli_epi32(_mm256_cvtepu16_epi32(load_u8x16(bytes)), 16);
+        // SAFETY: `out` holds 8 floats, and storeu has no alignment requirement.
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), _mm256_castsi256_ps(widened)) };
+    }
+    for (bytes, out) in bytes.remainder().chunks_exact(2).zip(out.into_remainder()) {
+        *out = f32::from_bits((u16::from_le_bytes([bytes[0], bytes[1]]) as u32) << 16);
+    }
+}
+
 /// The first 32 bytes of `bytes`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -97,14 +127,15 @@ pub(super) fn bytes_from_bits(bits: u32) -> __m256i {
     )
 }
 
-/// Sums of four neighbouring products of signed bytes, as eight i32.
+/// Sums of four neighbouring products of signed bytes `a` and `b`, as eight i32, given
+/// `magnitudes` = |a| (computed once for an `a` that meets several `b`).
 ///
 /// `maddubs` multiplies unsigned by signed bytes, so the sign of `a` moves onto `b` first. Exact
 /// as long as no pair sum passes i16: |a| <= 128 and |b| <= 127 (quantized activations) is fine.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn dot_i8_quads(a: __m256i, b: __m256i) -> __m256i {
-    let pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(a, a), _mm256_sign_epi8(b, a));
+pub(super) fn dot_magnitudes_signs(magnitudes: __m256i, a: __m256i, b: __m256i) -> __m256i {
+    let pairs = _mm256_maddubs_epi16(magnitudes, _mm256_sign_epi8(b, a));
     _mm256_madd_epi16(pairs, _mm256_set1_epi16(1))
 }
 
