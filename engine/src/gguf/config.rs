@@ -232,7 +232,7 @@ fn head_dims(k: &Keys) -> Result<(u64, u64)> {
         && v_b.dims().len() == 3
     {
         let rope = k.required_count("rope.dimension_count")?;
-        return Ok((k_b.dims()[0] + rope, v_b.dims()[1]));
+        return Ok((k_b.dims()[0].saturating_add(rope), v_b.dims()[1]));
     }
     Ok((
         k.required_count("attention.key_length")?,

@@ -331,6 +331,18 @@ fn locate(
     alignment: u64,
     file_len: usize,
 ) -> ParseResult<TensorInfo> {
+    // Positive dimensions whose product fits ggml's int64 element count: then every product of
+    // some of them (rows, an expert's offset) fits too, whatever a later read multiplies.
+    let elements = dims
+        .iter()
+        .try_fold(1u64, |total, &d| total.checked_mul(d))
+        .filter(|&n| n <= i64::MAX as u64);
+    if dims.contains(&0) || elements.is_none() {
+        return Err(format!(
+            "tensor `{name}` has dimensions {dims:?}: each must be at least 1 and their product \
+             must fit in 63 bits"
+        ));
+    }
     let row_bytes = ty.bytes_for(dims[0]).ok_or_else(|| {
         format!(
             "tensor `{name}` has rows of {} values, not a whole number of {} blocks of {}",
@@ -365,5 +377,62 @@ fn locate(
             ty.name(),
             data_start.saturating_add(offset)
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture() -> Vec<u8> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gguf/lite-q8_0.gguf");
+        std::fs::read(path).unwrap()
+    }
+
+    /// Where the tensor data starts: everything before it is header.
+    fn header_len(bytes: &[u8]) -> usize {
+        let parsed = parse(bytes).unwrap();
+        parsed.tensors.iter().map(|t| t.start).min().unwrap()
+    }
+
+    #[test]
+    fn every_truncation_is_an_error() {
+        let bytes = fixture();
+        let header = header_len(&bytes);
+        let data_end = parse(&bytes)
+            .unwrap()
+            .tensors
+            .iter()
+            .map(|t| t.start + t.len)
+            .max()
+            .unwrap();
+        // Every cut inside the header, and a spread of cuts inside the data.
+        let cuts = (0..header).chain((header..data_end).step_by(997));
+        for cut in cuts {
+            match parse(&bytes[..cut]) {
+                Ok(_) => panic!("cut at {cut} of {} parsed", bytes.len()),
+                Err(message) => assert!(
+                    message.starts_with("truncated")
+                        || message.contains("tensor data out of bounds")
+                        || message.contains("claims"),
+                    "cut at {cut}: {message}"
+                ),
+            }
+        }
+    }
+
+    #[test]
+    fn no_corrupted_header_byte_panics() {
+        let bytes = fixture();
+        let header = header_len(&bytes);
+        let mut corrupted = bytes.clone();
+        for at in 0..header {
+            for flip in [0xff, 0x80, 0x01] {
+                corrupted[at] ^= flip;
+                // Ok or Err, never a panic or a huge allocation.
+                let _ = parse(&corrupted);
+                corrupted[at] ^= flip;
+            }
+        }
     }
 }

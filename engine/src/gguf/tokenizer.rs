@@ -5,7 +5,8 @@
 //! pre-tokenizer (`tokenizer.ggml.pre`) instead of storing it. The names DeepSeek-V2 models carry
 //! are turned back into the pre-tokenizers of the Hugging Face tokenizer.json files they stand
 //! for; control and user-defined tokens become added tokens (special for control ones), matched
-//! whole before BPE, exactly as tokenizer.json's added_tokens are.
+//! whole before BPE, exactly as tokenizer.json's added_tokens are; the converter's padding
+//! tokens are left out, as tokenizer.json has none.
 
 use serde_json::{Value, json};
 use tokenizers::Tokenizer;
@@ -18,6 +19,8 @@ use crate::tokenizer::TextTokenizer;
 /// llama.cpp's token types (`llama_token_type`).
 const TOKEN_CONTROL: i64 = 3;
 const TOKEN_USER_DEFINED: i64 = 4;
+/// Padding the converter invents ("[PAD102399]") to fill the embedding's rows.
+const TOKEN_UNUSED: i64 = 5;
 
 /// DeepSeek-LLM / DeepSeek-V2 / DeepSeek-Coder-V2: lines, letters, punctuation, trailing space,
 /// CJK runs, single digits (the regexes of their tokenizer.json; llama.cpp's "deepseek-llm").
@@ -109,6 +112,10 @@ fn tokenizer_json(file: &GgufFile) -> Result<Value> {
     let mut vocab = serde_json::Map::with_capacity(tokens.len());
     let mut added = Vec::new();
     for (id, (&token, &ty)) in tokens.iter().zip(&types).enumerate() {
+        // Left out, as tokenizer.json leaves them out: such an id decodes to nothing.
+        if ty == TOKEN_UNUSED {
+            continue;
+        }
         vocab.insert(token.to_string(), id.into());
         if ty == TOKEN_CONTROL || ty == TOKEN_USER_DEFINED {
             added.push(json!({

@@ -219,6 +219,13 @@ fn corrupt_tensor_infos_are_refused_at_open() {
         ),
         (
             Tensor {
+                dims: vec![32, 0],
+                ..embedding(0, None, 128)
+            },
+            "each must be at least 1",
+        ),
+        (
+            Tensor {
                 dims: vec![32, 1, 1, 1, 1],
                 ..embedding(0, None, 128)
             },
@@ -229,7 +236,7 @@ fn corrupt_tensor_infos_are_refused_at_open() {
                 dims: vec![32, u64::MAX / 2],
                 ..embedding(0, None, 128)
             },
-            "too large to address",
+            "their product must fit in 63 bits",
         ),
     ];
     for (tensor, expected) in cases {
