@@ -38,6 +38,7 @@ pub fn dot_q4_0_q8_0(weights: &[u8], x: &[BlockQ8_0]) -> f32 {
     Kernel::dot_rows(weights, [x])[0]
 }
 
+/// Q4_0's dot products for `matmul_rows_quant`.
 pub(super) struct Kernel;
 
 impl RowDot for Kernel {
@@ -75,33 +76,15 @@ fn dot_portable(weights: &[u8], x: &[BlockQ8_0]) -> f32 {
     total
 }
 
-/// Per block: the 32 signed quants in one register, their magnitudes and signs split once for
-/// `maddubs` (see `dot_magnitudes_signs`), then one multiply-add per input.
+/// The nibbles unpacked to bytes, less 8.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn dot_avx2<const N: usize>(weights: &[u8], inputs: [&[BlockQ8_0]; N]) -> [f32; N] {
     use super::x86::*;
     use std::arch::x86_64::*;
-    let mut acc = [_mm256_setzero_ps(); N];
-    for (b, block) in weights.chunks_exact(BLOCK_BYTES).enumerate() {
-        let d = f16_at(block);
-        let quants = _mm256_sub_epi8(nibbles_low_then_high(&block[2..]), _mm256_set1_epi8(8));
-        let magnitudes = _mm256_sign_epi8(quants, quants);
-        for (acc, x) in acc.iter_mut().zip(inputs) {
-            let act = &x[b];
-            let sums = dot_magnitudes_signs(magnitudes, quants, load_i8x32(&act.quants));
-            *acc = _mm256_fmadd_ps(
-                _mm256_set1_ps(d * act.scale),
-                _mm256_cvtepi32_ps(sums),
-                *acc,
-            );
-        }
-    }
-    let mut totals = [0f32; N];
-    for (total, acc) in totals.iter_mut().zip(acc) {
-        *total = sum_f32x8(acc);
-    }
-    totals
+    q8_0_row_dots(weights, BLOCK_BYTES, inputs, |block| {
+        _mm256_sub_epi8(nibbles_low_then_high(&block[2..]), _mm256_set1_epi8(8))
+    })
 }
 
 #[cfg(test)]

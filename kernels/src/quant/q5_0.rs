@@ -44,6 +44,7 @@ pub fn dot_q5_0_q8_0(weights: &[u8], x: &[BlockQ8_0]) -> f32 {
     Kernel::dot_rows(weights, [x])[0]
 }
 
+/// Q5_0's dot products for `matmul_rows_quant`.
 pub(super) struct Kernel;
 
 impl RowDot for Kernel {
@@ -81,37 +82,18 @@ fn dot_portable(weights: &[u8], x: &[BlockQ8_0]) -> f32 {
     total
 }
 
-/// Per block: the 32 signed quants in one register, their magnitudes and signs split once for
-/// `maddubs` (see `dot_magnitudes_signs`), then one multiply-add per input.
+/// (low | fifth << 4) - 16 is `low` when the fifth bit is set and `low | 0xF0` (low - 16 as a
+/// signed byte) when it is not: one OR instead of a shift, an OR and a subtraction.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn dot_avx2<const N: usize>(weights: &[u8], inputs: [&[BlockQ8_0]; N]) -> [f32; N] {
     use super::x86::*;
     use std::arch::x86_64::*;
-    let mut acc = [_mm256_setzero_ps(); N];
-    for (b, block) in weights.chunks_exact(BLOCK_BYTES).enumerate() {
-        let d = f16_at(block);
-        // (low | fifth << 4) - 16 is `low` when the fifth bit is set and `low | 0xF0` (low - 16
-        // as a signed byte) when it is not: one OR instead of a shift, an OR and a subtraction.
+    q8_0_row_dots(weights, BLOCK_BYTES, inputs, |block| {
         let fifth_set = bytes_from_bits(fifth_bits(block));
         let below_sixteen = _mm256_andnot_si256(fifth_set, _mm256_set1_epi8(0xF0u8 as i8));
-        let quants = _mm256_or_si256(nibbles_low_then_high(&block[6..]), below_sixteen);
-        let magnitudes = _mm256_sign_epi8(quants, quants);
-        for (acc, x) in acc.iter_mut().zip(inputs) {
-            let act = &x[b];
-            let sums = dot_magnitudes_signs(magnitudes, quants, load_i8x32(&act.quants));
-            *acc = _mm256_fmadd_ps(
-                _mm256_set1_ps(d * act.scale),
-                _mm256_cvtepi32_ps(sums),
-                *acc,
-            );
-        }
-    }
-    let mut totals = [0f32; N];
-    for (total, acc) in totals.iter_mut().zip(acc) {
-        *total = sum_f32x8(acc);
-    }
-    totals
+        _mm256_or_si256(nibbles_low_then_high(&block[6..]), below_sixteen)
+    })
 }
 
 #[cfg(test)]

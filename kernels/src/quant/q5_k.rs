@@ -51,6 +51,7 @@ pub fn dot_q5_k_q8_k(weights: &[u8], x: &[BlockQ8K]) -> f32 {
     Kernel::dot_rows(weights, [x])[0]
 }
 
+/// Q5_K's dot products for `matmul_rows_quant`.
 pub(super) struct Kernel;
 
 impl RowDot for Kernel {
@@ -107,12 +108,16 @@ fn dot_avx2<const N: usize>(weights: &[u8], inputs: [&[BlockQ8K]; N]) -> [f32; N
     let mut minimums = [0f32; N];
     for (b, block) in weights.chunks_exact(BLOCK_BYTES).enumerate() {
         let (scales, mins) = scales_and_mins(&block[4..]);
-        let fifth_bits = load_u8x32(&block[16..]);
+        // Bit 0 of every byte is the fifth bit of the next sub-block: shifted right once per
+        // sub-block (bits moving in from the neighbouring byte only reach bits 1..=7).
+        let mut fifth_bits = load_u8x32(&block[16..]);
         let mut sums = [_mm256_setzero_si256(); N];
         for pair in 0..4 {
             let (low, high) = split_nibbles(load_u8x32(&block[48 + 32 * pair..]));
-            let low = _mm256_or_si256(low, sixteen_where_bit_set(fifth_bits, 2 * pair));
-            let high = _mm256_or_si256(high, sixteen_where_bit_set(fifth_bits, 2 * pair + 1));
+            let low = _mm256_or_si256(low, bit_zero_as_sixteen(fifth_bits));
+            fifth_bits = _mm256_srli_epi16(fifth_bits, 1);
+            let high = _mm256_or_si256(high, bit_zero_as_sixteen(fifth_bits));
+            fifth_bits = _mm256_srli_epi16(fifth_bits, 1);
             let low_scale = _mm256_set1_epi16(scales[2 * pair] as i16);
             let high_scale = _mm256_set1_epi16(scales[2 * pair + 1] as i16);
             for (sums, x) in sums.iter_mut().zip(inputs) {
@@ -138,18 +143,14 @@ fn dot_avx2<const N: usize>(weights: &[u8], inputs: [&[BlockQ8K]; N]) -> [f32; N
     totals
 }
 
-/// 16 in every byte of `bits` whose bit `bit` is set, 0 elsewhere.
+/// 16 in every byte of `bits` whose bit 0 is set, 0 elsewhere: bit 0 moved to bit 4 (the 16-bit
+/// shift carries the byte's bits 4..=7 into the next byte's bits 0..=3, which the mask drops).
 #[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn sixteen_where_bit_set(
-    bits: std::arch::x86_64::__m256i,
-    bit: usize,
-) -> std::arch::x86_64::__m256i {
+fn bit_zero_as_sixteen(bits: std::arch::x86_64::__m256i) -> std::arch::x86_64::__m256i {
     use std::arch::x86_64::*;
-    let mask = _mm256_set1_epi8((1u8 << bit) as i8);
-    let set = _mm256_cmpeq_epi8(_mm256_and_si256(bits, mask), mask);
-    _mm256_and_si256(set, _mm256_set1_epi8(16))
+    _mm256_and_si256(_mm256_slli_epi16(bits, 4), _mm256_set1_epi8(16))
 }
 
 #[cfg(test)]

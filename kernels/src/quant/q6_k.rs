@@ -59,6 +59,7 @@ pub fn dot_q6_k_q8_k(weights: &[u8], x: &[BlockQ8K]) -> f32 {
     Kernel::dot_rows(weights, [x])[0]
 }
 
+/// Q6_K's dot products for `matmul_rows_quant`.
 pub(super) struct Kernel;
 
 impl RowDot for Kernel {
