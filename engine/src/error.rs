@@ -54,6 +54,26 @@ pub enum EngineError {
         dtype: String,
     },
 
+    #[error("{path}: not a readable GGUF file: {message}")]
+    BadGguf { path: PathBuf, message: String },
+
+    #[error(
+        "{path}: architecture `{found}` is not supported; this engine runs `deepseek2` GGUF files \
+         (DeepSeek-V2 and DeepSeek-Coder-V2)"
+    )]
+    UnsupportedArchitecture { path: PathBuf, found: String },
+
+    #[error(
+        "tensor `{name}` in {path} is stored as {found}, which this engine does not read; \
+         supported: {supported}"
+    )]
+    TensorType {
+        name: String,
+        path: PathBuf,
+        found: String,
+        supported: String,
+    },
+
     #[error("{0}")]
     InvalidInput(String),
 

@@ -8,6 +8,7 @@ pub mod config;
 pub mod detokenize;
 pub mod error;
 pub mod generation;
+pub mod gguf;
 pub mod latent_cache;
 mod linear;
 pub mod model;
@@ -34,12 +35,13 @@ pub fn set_cpu_threads(threads: usize) -> bool {
 
 /// Re-exported so callers can name devices and dtypes without depending on candle.
 pub use candle_core::{DType, Device};
-pub use checkpoint::{LoadOptions, load_checkpoint};
+pub use checkpoint::{LoadOptions, load_checkpoint, load_checkpoint_and_tokenizer};
 pub use config::ModelConfig;
 pub use error::{EngineError, Result};
 pub use generation::{
     Generation, GenerationEvent, GenerationStats, PromptInput, Request, StopReason,
 };
+pub use gguf::{GgufFile, GgufModel, GgufWeights};
 pub use latent_cache::LatentCache;
 pub use model::{AttentionForm, Logits, Model};
 pub use prompt::{ContextBlock, Prompt};

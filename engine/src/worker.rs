@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 
-use crate::checkpoint::{LoadOptions, load_checkpoint};
+use crate::checkpoint::{LoadOptions, load_checkpoint_and_tokenizer};
 use crate::detokenize::Detokenizer;
 use crate::error::{EngineError, Result};
 use crate::generation::{
@@ -98,14 +98,13 @@ struct Job {
 }
 
 impl Engine {
-    /// Loads a model directory (weights and tokenizer) and starts the worker.
-    pub fn load(dir: &Path, options: &LoadOptions) -> Result<Self> {
-        Self::load_with(dir, options, EngineOptions::default())
+    /// Loads a model directory or `.gguf` file (weights and tokenizer) and starts the worker.
+    pub fn load(path: &Path, options: &LoadOptions) -> Result<Self> {
+        Self::load_with(path, options, EngineOptions::default())
     }
 
-    pub fn load_with(dir: &Path, options: &LoadOptions, engine: EngineOptions) -> Result<Self> {
-        let model = load_checkpoint(dir, options)?;
-        let tokenizer = TextTokenizer::from_dir(dir, model.config().vocab_size)?;
+    pub fn load_with(path: &Path, options: &LoadOptions, engine: EngineOptions) -> Result<Self> {
+        let (model, tokenizer) = load_checkpoint_and_tokenizer(path, options)?;
         Ok(Self::start_with(model, Some(Arc::new(tokenizer)), engine))
     }
 

@@ -3,17 +3,15 @@
 //!
 //! Each input row is quantized once (Q8_0 or Q8_K blocks, as the weight type pairs them), then
 //! every thread streams a contiguous band of W's rows, each row meeting all n inputs while it is
-//! in cache. The float types are converted a row at a time instead (F32 used in place when the
-//! bytes are aligned).
+//! in cache, four at a time so that its blocks are unpacked once per four inputs. The float types
+//! are converted a row at a time instead (F32 used in place when the bytes are aligned).
 
 use rayon::prelude::*;
 
 use super::activations::{BlockQ8_0, BlockQ8K, QK_K, QK8_0, quantize_row_q8_0, quantize_row_q8_k};
 use super::floats::{CONVERT_CHUNK, bf16_to_f32, f16_to_f32, f32_from_le};
-use super::{
-    GgmlType, dot_q4_0_q8_0, dot_q4_k_q8_k, dot_q5_0_q8_0, dot_q5_k_q8_k, dot_q6_k_q8_k,
-    dot_q8_0_q8_0,
-};
+use super::row_dot::RowDot;
+use super::{GgmlType, q4_0, q4_k, q5_0, q5_k, q6_k, q8_0};
 use crate::matvec::matmul_rows_f32;
 use crate::simd::dot;
 
@@ -57,31 +55,36 @@ pub fn matmul_rows_quant(
     if rows == 0 || n == 0 {
         return;
     }
+    if cols == 0 {
+        y.fill(0.0);
+        return;
+    }
     match ty {
         GgmlType::F32 => f32_weights(weights, rows, cols, x, n, y),
         GgmlType::F16 => converted_rows(weights, row_bytes, cols, x, n, y, f16_to_f32),
         GgmlType::BF16 => converted_rows(weights, row_bytes, cols, x, n, y, bf16_to_f32),
-        GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => {
-            let dot = match ty {
-                GgmlType::Q4_0 => dot_q4_0_q8_0,
-                GgmlType::Q5_0 => dot_q5_0_q8_0,
-                _ => dot_q8_0_q8_0,
-            };
-            let mut inputs = vec![BlockQ8_0::ZERO; n * cols / QK8_0];
-            quantize_row_q8_0(x, &mut inputs);
-            quantized_rows(weights, row_bytes, &inputs, n, y, dot);
-        }
-        GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K => {
-            let dot = match ty {
-                GgmlType::Q4K => dot_q4_k_q8_k,
-                GgmlType::Q5K => dot_q5_k_q8_k,
-                _ => dot_q6_k_q8_k,
-            };
-            let mut inputs = vec![BlockQ8K::ZERO; n * cols / QK_K];
-            quantize_row_q8_k(x, &mut inputs);
-            quantized_rows(weights, row_bytes, &inputs, n, y, dot);
-        }
+        GgmlType::Q4_0 => quantized_rows::<q4_0::Kernel>(weights, row_bytes, &q8_0_inputs(x), n, y),
+        GgmlType::Q5_0 => quantized_rows::<q5_0::Kernel>(weights, row_bytes, &q8_0_inputs(x), n, y),
+        GgmlType::Q8_0 => quantized_rows::<q8_0::Kernel>(weights, row_bytes, &q8_0_inputs(x), n, y),
+        GgmlType::Q4K => quantized_rows::<q4_k::Kernel>(weights, row_bytes, &q8_k_inputs(x), n, y),
+        GgmlType::Q5K => quantized_rows::<q5_k::Kernel>(weights, row_bytes, &q8_k_inputs(x), n, y),
+        GgmlType::Q6K => quantized_rows::<q6_k::Kernel>(weights, row_bytes, &q8_k_inputs(x), n, y),
     }
+}
+
+/// The input rows (one after another) as Q8_0 blocks: the rows' lengths are whole blocks, so the
+/// blocks of row i are the i-th run of `cols / 32`.
+fn q8_0_inputs(x: &[f32]) -> Vec<BlockQ8_0> {
+    let mut blocks = vec![BlockQ8_0::ZERO; x.len() / QK8_0];
+    quantize_row_q8_0(x, &mut blocks);
+    blocks
+}
+
+/// The input rows as Q8_K blocks, as [`q8_0_inputs`].
+fn q8_k_inputs(x: &[f32]) -> Vec<BlockQ8K> {
+    let mut blocks = vec![BlockQ8K::ZERO; x.len() / QK_K];
+    quantize_row_q8_k(x, &mut blocks);
+    blocks
 }
 
 /// Runs `band_product(band of weight rows, out)` over bands of W's rows in parallel, where `out`
@@ -120,20 +123,34 @@ fn for_each_band(
     }
 }
 
-/// Every weight row of a band times every quantized input row, with `dot` of the weight type.
-fn quantized_rows<B: Sync>(
+/// Inputs one row meets at once: four keep the unpacked block, four sets of sums and four
+/// accumulators within the sixteen AVX2 registers.
+const INPUTS_AT_ONCE: usize = 4;
+
+/// Every weight row of a band times every quantized input row, up to four inputs per pass over
+/// the row.
+fn quantized_rows<K: RowDot>(
     weights: &[u8],
     row_bytes: usize,
-    inputs: &[B],
+    inputs: &[K::Activation],
     n: usize,
     y: &mut [f32],
-    dot: fn(&[u8], &[B]) -> f32,
 ) {
     let blocks_per_row = inputs.len() / n;
     for_each_band(weights, row_bytes, n, y, |band, out| {
         for (row, out) in band.chunks_exact(row_bytes).zip(out.chunks_exact_mut(n)) {
-            for (value, input) in out.iter_mut().zip(inputs.chunks_exact(blocks_per_row)) {
-                *value = dot(row, input);
+            let groups = inputs.chunks(INPUTS_AT_ONCE * blocks_per_row);
+            for (out, group) in out.chunks_mut(INPUTS_AT_ONCE).zip(groups) {
+                let input = |k: usize| &group[k * blocks_per_row..(k + 1) * blocks_per_row];
+                match out.len() {
+                    4 => out.copy_from_slice(&K::dot_rows(
+                        row,
+                        [input(0), input(1), input(2), input(3)],
+                    )),
+                    3 => out.copy_from_slice(&K::dot_rows(row, [input(0), input(1), input(2)])),
+                    2 => out.copy_from_slice(&K::dot_rows(row, [input(0), input(1)])),
+                    _ => out.copy_from_slice(&K::dot_rows(row, [input(0)])),
+                }
             }
         }
     });

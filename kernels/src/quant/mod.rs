@@ -24,6 +24,7 @@ mod q5_0;
 mod q5_k;
 mod q6_k;
 mod q8_0;
+mod row_dot;
 #[cfg(test)]
 mod test_support;
 #[cfg(target_arch = "x86_64")]

@@ -5,6 +5,7 @@
 
 use super::activations::{BlockQ8_0, QK8_0};
 use super::fields::f16_at;
+use super::row_dot::RowDot;
 
 const BLOCK_BYTES: usize = 18;
 
@@ -34,19 +35,32 @@ pub(super) fn dequantize(bytes: &[u8], out: &mut [f32]) {
 ///
 /// Panics unless the row holds exactly `x.len()` blocks.
 pub fn dot_q4_0_q8_0(weights: &[u8], x: &[BlockQ8_0]) -> f32 {
-    assert_eq!(
-        weights.len(),
-        x.len() * BLOCK_BYTES,
-        "a Q4_0 row must hold one block per activation block"
-    );
-    #[cfg(target_arch = "x86_64")]
-    {
-        if super::x86::has_avx2_fma_f16c() {
-            // SAFETY: the CPU has the features the function is compiled for.
-            return unsafe { dot_avx2(weights, x) };
+    Kernel::dot_rows(weights, [x])[0]
+}
+
+/// Q4_0's dot products for `matmul_rows_quant`.
+pub(super) struct Kernel;
+
+impl RowDot for Kernel {
+    type Activation = BlockQ8_0;
+
+    fn dot_rows<const N: usize>(weights: &[u8], inputs: [&[BlockQ8_0]; N]) -> [f32; N] {
+        for x in inputs {
+            assert_eq!(
+                weights.len(),
+                x.len() * BLOCK_BYTES,
+                "a Q4_0 row must hold one block per activation block"
+            );
         }
+        #[cfg(target_arch = "x86_64")]
+        {
+            if super::x86::has_avx2_fma_f16c() {
+                // SAFETY: the CPU has the features the function is compiled for.
+                return unsafe { dot_avx2(weights, inputs) };
+            }
+        }
+        inputs.map(|x| dot_portable(weights, x))
     }
-    dot_portable(weights, x)
 }
 
 fn dot_portable(weights: &[u8], x: &[BlockQ8_0]) -> f32 {
@@ -62,19 +76,15 @@ fn dot_portable(weights: &[u8], x: &[BlockQ8_0]) -> f32 {
     total
 }
 
+/// The nibbles unpacked to bytes, less 8.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn dot_avx2(weights: &[u8], x: &[BlockQ8_0]) -> f32 {
+fn dot_avx2<const N: usize>(weights: &[u8], inputs: [&[BlockQ8_0]; N]) -> [f32; N] {
     use super::x86::*;
     use std::arch::x86_64::*;
-    let mut acc = _mm256_setzero_ps();
-    for (block, act) in weights.chunks_exact(BLOCK_BYTES).zip(x) {
-        let scale = _mm256_set1_ps(f16_at(block) * act.scale);
-        let quants = _mm256_sub_epi8(nibbles_low_then_high(&block[2..]), _mm256_set1_epi8(8));
-        let sums = dot_i8_quads(quants, load_i8x32(&act.quants));
-        acc = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(sums), acc);
-    }
-    sum_f32x8(acc)
+    q8_0_row_dots(weights, BLOCK_BYTES, inputs, |block| {
+        _mm256_sub_epi8(nibbles_low_then_high(&block[2..]), _mm256_set1_epi8(8))
+    })
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 
 use super::activations::{BlockQ8K, QK_K};
 use super::fields::f16_at;
+use super::row_dot::RowDot;
 
 const BLOCK_BYTES: usize = 144;
 
@@ -16,22 +17,25 @@ const BLOCK_BYTES: usize = 144;
 /// the low nibble, minimum in the high one) and their top two bits from the spare top bits of
 /// bytes 0..4 (scales) and 4..8 (minimums). Shared with Q5_K.
 pub(super) fn scales_and_mins(packed: &[u8]) -> ([u8; 8], [u8; 8]) {
-    let p = &packed[..12];
-    let scales = std::array::from_fn(|j| {
-        if j < 4 {
-            p[j] & 63
-        } else {
-            (p[j + 4] & 0x0F) | ((p[j - 4] >> 6) << 4)
-        }
-    });
-    let mins = std::array::from_fn(|j| {
-        if j < 4 {
-            p[j + 4] & 63
-        } else {
-            (p[j + 4] >> 4) | ((p[j] >> 6) << 4)
-        }
-    });
-    (scales, mins)
+    // Four bytes at a time, as ggml's AVX2 kernels do: the same masks and shifts apply to every
+    // byte of a word, and no shift carries a bit into a kept position of a neighbouring byte.
+    const LOW_SIX: u32 = 0x3f3f_3f3f;
+    const LOW_FOUR: u32 = 0x0f0f_0f0f;
+    const TWO: u32 = 0x0303_0303;
+    let word =
+        |i: usize| u32::from_le_bytes([packed[i], packed[i + 1], packed[i + 2], packed[i + 3]]);
+    let (first, second, third) = (word(0), word(4), word(8));
+    let scales_0_4 = first & LOW_SIX;
+    let mins_0_4 = second & LOW_SIX;
+    let scales_4_8 = (third & LOW_FOUR) | (((first >> 6) & TWO) << 4);
+    let mins_4_8 = ((third >> 4) & LOW_FOUR) | (((second >> 6) & TWO) << 4);
+    let join = |low: u32, high: u32| {
+        let (low, high) = (low.to_le_bytes(), high.to_le_bytes());
+        [
+            low[0], low[1], low[2], low[3], high[0], high[1], high[2], high[3],
+        ]
+    };
+    (join(scales_0_4, scales_4_8), join(mins_0_4, mins_4_8))
 }
 
 /// The quants of one block, in value order.
@@ -69,19 +73,32 @@ pub(super) fn dequantize(bytes: &[u8], out: &mut [f32]) {
 ///
 /// Panics unless the row holds exactly `x.len()` blocks.
 pub fn dot_q4_k_q8_k(weights: &[u8], x: &[BlockQ8K]) -> f32 {
-    assert_eq!(
-        weights.len(),
-        x.len() * BLOCK_BYTES,
-        "a Q4_K row must hold one block per activation block"
-    );
-    #[cfg(target_arch = "x86_64")]
-    {
-        if super::x86::has_avx2_fma_f16c() {
-            // SAFETY: the CPU has the features the function is compiled for.
-            return unsafe { dot_avx2(weights, x) };
+    Kernel::dot_rows(weights, [x])[0]
+}
+
+/// Q4_K's dot products for `matmul_rows_quant`.
+pub(super) struct Kernel;
+
+impl RowDot for Kernel {
+    type Activation = BlockQ8K;
+
+    fn dot_rows<const N: usize>(weights: &[u8], inputs: [&[BlockQ8K]; N]) -> [f32; N] {
+        for x in inputs {
+            assert_eq!(
+                weights.len(),
+                x.len() * BLOCK_BYTES,
+                "a Q4_K row must hold one block per activation block"
+            );
         }
+        #[cfg(target_arch = "x86_64")]
+        {
+            if super::x86::has_avx2_fma_f16c() {
+                // SAFETY: the CPU has the features the function is compiled for.
+                return unsafe { dot_avx2(weights, inputs) };
+            }
+        }
+        inputs.map(|x| dot_portable(weights, x))
     }
-    dot_portable(weights, x)
 }
 
 /// sum over sub-blocks s of min[s] * (the sum of the activation quants of s): the part of a
@@ -115,33 +132,43 @@ fn dot_portable(weights: &[u8], x: &[BlockQ8K]) -> f32 {
 }
 
 /// Per block: 32 nibbles and 32 activation quants per `maddubs` (nibbles unsigned, quants signed;
-/// pair sums at most 2 * 15 * 127), times the sub-block's scale with `madd`, added as i32.
+/// pair sums at most 2 * 15 * 127), times the sub-block's scale with `madd`, added as i32. The
+/// nibbles and scales are unpacked once per block for all inputs.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn dot_avx2(weights: &[u8], x: &[BlockQ8K]) -> f32 {
+fn dot_avx2<const N: usize>(weights: &[u8], inputs: [&[BlockQ8K]; N]) -> [f32; N] {
     use super::x86::*;
     use std::arch::x86_64::*;
-    let mut acc = _mm256_setzero_ps();
-    let mut minimums = 0f32;
-    for (block, act) in weights.chunks_exact(BLOCK_BYTES).zip(x) {
+    let mut acc = [_mm256_setzero_ps(); N];
+    let mut minimums = [0f32; N];
+    for (b, block) in weights.chunks_exact(BLOCK_BYTES).enumerate() {
         let (scales, mins) = scales_and_mins(&block[4..]);
-        let mut sums = _mm256_setzero_si256();
+        let mut sums = [_mm256_setzero_si256(); N];
         for pair in 0..4 {
             let (low, high) = split_nibbles(load_u8x32(&block[16 + 32 * pair..]));
-            let low_products = _mm256_maddubs_epi16(low, load_i8x32(&act.quants[64 * pair..]));
-            let high_products =
-                _mm256_maddubs_epi16(high, load_i8x32(&act.quants[64 * pair + 32..]));
             let low_scale = _mm256_set1_epi16(scales[2 * pair] as i16);
             let high_scale = _mm256_set1_epi16(scales[2 * pair + 1] as i16);
-            sums = _mm256_add_epi32(sums, _mm256_madd_epi16(low_products, low_scale));
-            sums = _mm256_add_epi32(sums, _mm256_madd_epi16(high_products, high_scale));
+            for (sums, x) in sums.iter_mut().zip(inputs) {
+                let quants = &x[b].quants[64 * pair..];
+                let low_products = _mm256_maddubs_epi16(low, load_i8x32(quants));
+                let high_products = _mm256_maddubs_epi16(high, load_i8x32(&quants[32..]));
+                *sums = _mm256_add_epi32(*sums, _mm256_madd_epi16(low_products, low_scale));
+                *sums = _mm256_add_epi32(*sums, _mm256_madd_epi16(high_products, high_scale));
+            }
         }
-        let d = f16_at(block) * act.scale;
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sums), acc);
-        let dmin = f16_at(&block[2..]) * act.scale;
-        minimums += dmin * minimums_times_sums(&mins, act) as f32;
+        let (d, dmin) = (f16_at(block), f16_at(&block[2..]));
+        for k in 0..N {
+            let act = &inputs[k][b];
+            let scale = _mm256_set1_ps(d * act.scale);
+            acc[k] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(sums[k]), acc[k]);
+            minimums[k] += dmin * act.scale * minimums_times_sums(&mins, act) as f32;
+        }
     }
-    sum_f32x8(acc) - minimums
+    let mut totals = [0f32; N];
+    for k in 0..N {
+        totals[k] = sum_f32x8(acc[k]) - minimums[k];
+    }
+    totals
 }
 
 #[cfg(test)]

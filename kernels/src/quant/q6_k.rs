@@ -9,6 +9,7 @@
 
 use super::activations::{BlockQ8K, QK_K};
 use super::fields::f16_at;
+use super::row_dot::RowDot;
 
 const BLOCK_BYTES: usize = 210;
 const SCALES: usize = 192;
@@ -55,19 +56,32 @@ pub(super) fn dequantize(bytes: &[u8], out: &mut [f32]) {
 ///
 /// Panics unless the row holds exactly `x.len()` blocks.
 pub fn dot_q6_k_q8_k(weights: &[u8], x: &[BlockQ8K]) -> f32 {
-    assert_eq!(
-        weights.len(),
-        x.len() * BLOCK_BYTES,
-        "a Q6_K row must hold one block per activation block"
-    );
-    #[cfg(target_arch = "x86_64")]
-    {
-        if super::x86::has_avx2_fma_f16c() {
-            // SAFETY: the CPU has the features the function is compiled for.
-            return unsafe { dot_avx2(weights, x) };
+    Kernel::dot_rows(weights, [x])[0]
+}
+
+/// Q6_K's dot products for `matmul_rows_quant`.
+pub(super) struct Kernel;
+
+impl RowDot for Kernel {
+    type Activation = BlockQ8K;
+
+    fn dot_rows<const N: usize>(weights: &[u8], inputs: [&[BlockQ8K]; N]) -> [f32; N] {
+        for x in inputs {
+            assert_eq!(
+                weights.len(),
+                x.len() * BLOCK_BYTES,
+                "a Q6_K row must hold one block per activation block"
+            );
         }
+        #[cfg(target_arch = "x86_64")]
+        {
+            if super::x86::has_avx2_fma_f16c() {
+                // SAFETY: the CPU has the features the function is compiled for.
+                return unsafe { dot_avx2(weights, inputs) };
+            }
+        }
+        inputs.map(|x| dot_portable(weights, x))
     }
-    dot_portable(weights, x)
 }
 
 fn dot_portable(weights: &[u8], x: &[BlockQ8K]) -> f32 {
@@ -88,20 +102,21 @@ fn dot_portable(weights: &[u8], x: &[BlockQ8K]) -> f32 {
     total
 }
 
-/// Per 32 values: the unsigned 6-bit quants times the activation quants with `maddubs` (pair sums
-/// at most 2 * 63 * 127), minus 32 times the activation quants (the same instruction, 2 * 32 *
-/// 127) for the offset, then each 16-value half times its scale with `madd`.
+/// Per 32 values: the unsigned 6-bit quants (unpacked once for all inputs) times the activation
+/// quants with `maddubs` (pair sums at most 2 * 63 * 127), minus 32 times the activation quants
+/// (the same instruction, 2 * 32 * 127) for the offset, then each 16-value half times its scale
+/// with `madd`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn dot_avx2(weights: &[u8], x: &[BlockQ8K]) -> f32 {
+fn dot_avx2<const N: usize>(weights: &[u8], inputs: [&[BlockQ8K]; N]) -> [f32; N] {
     use super::x86::*;
     use std::arch::x86_64::*;
     let thirty_two = _mm256_set1_epi8(32);
     let two_bits = _mm256_set1_epi8(3);
-    let mut acc = _mm256_setzero_ps();
-    for (block, act) in weights.chunks_exact(BLOCK_BYTES).zip(x) {
+    let mut acc = [_mm256_setzero_ps(); N];
+    for (b, block) in weights.chunks_exact(BLOCK_BYTES).enumerate() {
         let scales = scales(block);
-        let mut sums = _mm256_setzero_si256();
+        let mut sums = [_mm256_setzero_si256(); N];
         for half in 0..2 {
             let (first_low, first_high) = split_nibbles(load_u8x32(&block[64 * half..]));
             let (second_low, second_high) = split_nibbles(load_u8x32(&block[64 * half + 32..]));
@@ -118,23 +133,32 @@ fn dot_avx2(weights: &[u8], x: &[BlockQ8K]) -> f32 {
                 };
                 let quants = _mm256_or_si256(low, _mm256_slli_epi16(high, 4));
                 let offset = 128 * half + 32 * quarter;
-                let activations = load_i8x32(&act.quants[offset..]);
-                let products = _mm256_sub_epi16(
-                    _mm256_maddubs_epi16(quants, activations),
-                    _mm256_maddubs_epi16(thirty_two, activations),
-                );
                 let group = offset / 16;
                 let group_scales = _mm256_set_m128i(
                     _mm_set1_epi16(scales[group + 1] as i16),
                     _mm_set1_epi16(scales[group] as i16),
                 );
-                sums = _mm256_add_epi32(sums, _mm256_madd_epi16(products, group_scales));
+                for (sums, x) in sums.iter_mut().zip(inputs) {
+                    let activations = load_i8x32(&x[b].quants[offset..]);
+                    let products = _mm256_sub_epi16(
+                        _mm256_maddubs_epi16(quants, activations),
+                        _mm256_maddubs_epi16(thirty_two, activations),
+                    );
+                    *sums = _mm256_add_epi32(*sums, _mm256_madd_epi16(products, group_scales));
+                }
             }
         }
-        let d = f16_at(&block[D..]) * act.scale;
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sums), acc);
+        let d = f16_at(&block[D..]);
+        for k in 0..N {
+            let scale = _mm256_set1_ps(d * inputs[k][b].scale);
+            acc[k] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(sums[k]), acc[k]);
+        }
     }
-    sum_f32x8(acc)
+    let mut totals = [0f32; N];
+    for k in 0..N {
+        totals[k] = sum_f32x8(acc[k]);
+    }
+    totals
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@
 //!   sum |w_i| 0.5001 s_i + (blocks + 8) EPSILON M.
 
 use super::activations::{BlockQ8_0, BlockQ8K, quantize_row_q8_0, quantize_row_q8_k};
+use super::row_dot::RowDot;
 use super::{GgmlType, dequantize};
 
 /// splitmix64: deterministic and dependency-free.
@@ -247,8 +248,48 @@ pub(super) fn check_close_to_float_dot<A: ActivationBlock>(
     }
 }
 
-/// The two checks as tests, in a format's test module where `dot_portable` and `dot_avx2` are in
-/// scope.
+/// One row times 1 to 4 inputs at once gives, bit for bit, what each input gives alone.
+pub(super) fn check_rows_at_once<K: RowDot>(ty: GgmlType)
+where
+    K::Activation: ActivationBlock,
+{
+    let mut rng = Rng::new(2000 + ty.id() as u64);
+    let blocks = 3;
+    let weights = random_blocks(ty, blocks, &mut rng);
+    let inputs: Vec<Vec<K::Activation>> = (0..4)
+        .map(|_| random_input::<K::Activation>(blocks, &mut rng).1)
+        .collect();
+    let alone: Vec<f32> = inputs
+        .iter()
+        .map(|x| K::dot_rows(&weights, [x.as_slice()])[0])
+        .collect();
+    let bits = |values: &[f32]| values.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    let four = K::dot_rows(
+        &weights,
+        std::array::from_fn::<_, 4, _>(|k| inputs[k].as_slice()),
+    );
+    assert_eq!(bits(&four), bits(&alone), "{}: four at once", ty.name());
+    let three = K::dot_rows(
+        &weights,
+        std::array::from_fn::<_, 3, _>(|k| inputs[k + 1].as_slice()),
+    );
+    assert_eq!(
+        bits(&three),
+        bits(&alone[1..]),
+        "{}: three at once",
+        ty.name()
+    );
+    let two = K::dot_rows(&weights, [inputs[2].as_slice(), inputs[0].as_slice()]);
+    assert_eq!(
+        bits(&two),
+        bits(&[alone[2], alone[0]]),
+        "{}: two at once",
+        ty.name()
+    );
+}
+
+/// The checks as tests, in a format's test module where `dot_portable`, `dot_avx2` and
+/// `Kernel` are in scope.
 macro_rules! dot_kernel_tests {
     ($ty:expr) => {
         #[test]
@@ -265,8 +306,14 @@ macro_rules! dot_kernel_tests {
             }
             crate::quant::test_support::check_kernels_agree($ty, dot_portable, |w, x| {
                 // SAFETY: the CPU has the features, checked above.
-                unsafe { dot_avx2(w, x) }
+                let [product] = unsafe { dot_avx2(w, [x]) };
+                product
             });
+        }
+
+        #[test]
+        fn several_inputs_at_once_match_one_at_a_time() {
+            crate::quant::test_support::check_rows_at_once::<Kernel>($ty);
         }
     };
 }

@@ -6,6 +6,8 @@
 
 use std::arch::x86_64::*;
 
+use super::activations::BlockQ8_0;
+
 /// Whether the CPU runs the kernels in this module (every AVX2 CPU made has FMA and F16C too, but
 /// each is checked). Cached by std: an atomic load per call.
 #[inline]
@@ -22,6 +24,36 @@ pub(super) fn has_avx2_fma_f16c() -> bool {
 pub(super) fn f16_at(bytes: &[u8]) -> f32 {
     let bits = u16::from_le_bytes([bytes[0], bytes[1]]);
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+}
+
+/// Little-endian F16 values to f32, eight per instruction (the same conversion as [`f16_at`]).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn f16_to_f32(bytes: &[u8], out: &mut [f32]) {
+    let mut bytes = bytes.chunks_exact(16);
+    let mut out = out.chunks_exact_mut(8);
+    for (bytes, out) in (&mut bytes).zip(&mut out) {
+        let values = _mm256_cvtph_ps(load_u8x16(bytes));
+        // SAFETY: `out` holds 8 floats, and storeu has no alignment requirement.
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), values) };
+    }
+    for (bytes, out) in bytes.remainder().chunks_exact(2).zip(out.into_remainder()) {
+        *out = f16_at(bytes);
+    }
+}
+
+/// Little-endian BF16 values to f32, eight at a time: each is the top half of its f32.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn bf16_to_f32(bytes: &[u8], out: &mut [f32]) {
+    let mut bytes = bytes.chunks_exact(16);
+    let mut out = out.chunks_exact_mut(8);
+    for (bytes, out) in (&mut bytes).zip(&mut out) {
+        let widened = _mm256_slli_epi32(_mm256_cvtepu16_epi32(load_u8x16(bytes)), 16);
+        // SAFETY: `out` holds 8 floats, and storeu has no alignment requirement.
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), _mm256_castsi256_ps(widened)) };
+    }
+    for (bytes, out) in bytes.remainder().chunks_exact(2).zip(out.into_remainder()) {
+        *out = f32::from_bits((u16::from_le_bytes([bytes[0], bytes[1]]) as u32) << 16);
+    }
 }
 
 /// The first 32 bytes of `bytes`.
@@ -97,15 +129,61 @@ pub(super) fn bytes_from_bits(bits: u32) -> __m256i {
     )
 }
 
-/// Sums of four neighbouring products of signed bytes, as eight i32.
+/// Sums of four neighbouring products of signed bytes `a` and `b`, as eight i32, given
+/// `magnitudes` = |a| (computed once for an `a` that meets several `b`).
 ///
 /// `maddubs` multiplies unsigned by signed bytes, so the sign of `a` moves onto `b` first. Exact
 /// as long as no pair sum passes i16: |a| <= 128 and |b| <= 127 (quantized activations) is fine.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn dot_i8_quads(a: __m256i, b: __m256i) -> __m256i {
-    let pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(a, a), _mm256_sign_epi8(b, a));
+pub(super) fn dot_magnitudes_signs(magnitudes: __m256i, a: __m256i, b: __m256i) -> __m256i {
+    let pairs = _mm256_maddubs_epi16(magnitudes, _mm256_sign_epi8(b, a));
     _mm256_madd_epi16(pairs, _mm256_set1_epi16(1))
+}
+
+/// One row of 32-value blocks (Q4_0, Q5_0, Q8_0) times each of N rows of Q8_0 blocks, given
+/// the block's f16 scale and `signed_quants`, which unpacks a block's 32 quants into bytes.
+///
+/// Even and odd blocks go to separate accumulators, so that one block's multiply-add need not
+/// wait for the previous block's (the loop would otherwise run at the FMA's latency).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn q8_0_row_dots<const N: usize>(
+    weights: &[u8],
+    block_bytes: usize,
+    inputs: [&[BlockQ8_0]; N],
+    signed_quants: impl Fn(&[u8]) -> __m256i,
+) -> [f32; N] {
+    let mut even = [_mm256_setzero_ps(); N];
+    let mut odd = [_mm256_setzero_ps(); N];
+    let accumulate = |acc: &mut [__m256; N], block: &[u8], b: usize| {
+        let d = f16_at(block);
+        let quants = signed_quants(block);
+        let magnitudes = _mm256_sign_epi8(quants, quants);
+        for (acc, x) in acc.iter_mut().zip(inputs) {
+            let act = &x[b];
+            let sums = dot_magnitudes_signs(magnitudes, quants, load_i8x32(&act.quants));
+            let scale = _mm256_set1_ps(d * act.scale);
+            *acc = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(sums), *acc);
+        }
+    };
+    let mut pairs = weights.chunks_exact(2 * block_bytes);
+    for (p, pair) in (&mut pairs).enumerate() {
+        accumulate(&mut even, &pair[..block_bytes], 2 * p);
+        accumulate(&mut odd, &pair[block_bytes..], 2 * p + 1);
+    }
+    if !pairs.remainder().is_empty() {
+        accumulate(
+            &mut even,
+            pairs.remainder(),
+            weights.len() / block_bytes - 1,
+        );
+    }
+    let mut totals = [0f32; N];
+    for ((total, even), odd) in totals.iter_mut().zip(even).zip(odd) {
+        *total = sum_f32x8(_mm256_add_ps(even, odd));
+    }
+    totals
 }
 
 /// The sum of the eight lanes.
