@@ -39,6 +39,8 @@ pub struct RawTensor<'a> {
 /// Bytes of one stored piece with the shape they hold.
 struct Piece<'a> {
     info: &'a TensorInfo,
+    /// Where the bytes are in the mapped file.
+    range: Range<usize>,
     bytes: &'a [u8],
     shape: Vec<usize>,
 }
@@ -60,11 +62,9 @@ impl GgufWeights {
     }
 
     fn raw_of<'a>(&'a self, piece: Piece<'a>) -> Result<RawTensor<'a>> {
-        let base = self.file.mapped().as_ptr() as usize;
-        let start = piece.bytes.as_ptr() as usize - base;
         Ok(RawTensor {
             ty: self.readable(&piece)?,
-            file_range: start..start + piece.bytes.len(),
+            file_range: piece.range,
             bytes: piece.bytes,
             shape: piece.shape,
         })
@@ -115,6 +115,7 @@ impl GgufWeights {
                 let info = self.info(hf_name, name)?;
                 Ok(Piece {
                     info,
+                    range: info.file_range(),
                     bytes: self.file.tensor_bytes(info),
                     shape: info.shape(),
                 })
@@ -167,11 +168,12 @@ impl GgufWeights {
             info.tensor_type()
                 .bytes_for(columns as u64)
                 .ok_or_else(|| bad("has rows of partial blocks".into()))? as usize;
-        let start = (expert * stacked_rows + first_row) * row_bytes;
-        let bytes = &self.file.tensor_bytes(info)[start..start + rows * row_bytes];
+        let start = info.file_range().start + (expert * stacked_rows + first_row) * row_bytes;
+        let range = start..start + rows * row_bytes;
         Ok(Piece {
             info,
-            bytes,
+            bytes: &self.file.mapped()[range.clone()],
+            range,
             shape: vec![rows, columns],
         })
     }
