@@ -71,6 +71,21 @@ pub fn load_checkpoint_and_tokenizer(
     Ok((model, tokenizer))
 }
 
+/// The config and tokenizer at `path` without the weights: config.json and tokenizer.json of a
+/// model directory, or the metadata of a `.gguf` file.
+pub fn load_config_and_tokenizer(path: &Path) -> Result<(ModelConfig, TextTokenizer)> {
+    if gguf::is_gguf_path(path) {
+        let file = gguf::GgufFile::open(path)?;
+        let config = gguf::model_config(&file)?;
+        let tokenizer = gguf::text_tokenizer(&file, config.vocab_size)?;
+        return Ok((config, tokenizer));
+    }
+    let dir = checkpoint_dir(path)?;
+    let config = ModelConfig::from_file(&config_path(dir))?;
+    let tokenizer = TextTokenizer::from_dir(dir, config.vocab_size)?;
+    Ok((config, tokenizer))
+}
+
 /// `path` as a model directory, or an error that says what to pass instead.
 fn checkpoint_dir(path: &Path) -> Result<&Path> {
     if !path.exists() {

@@ -35,7 +35,9 @@ pub fn set_cpu_threads(threads: usize) -> bool {
 
 /// Re-exported so callers can name devices and dtypes without depending on candle.
 pub use candle_core::{DType, Device};
-pub use checkpoint::{LoadOptions, load_checkpoint, load_checkpoint_and_tokenizer};
+pub use checkpoint::{
+    LoadOptions, load_checkpoint, load_checkpoint_and_tokenizer, load_config_and_tokenizer,
+};
 pub use config::ModelConfig;
 pub use error::{EngineError, Result};
 pub use generation::{

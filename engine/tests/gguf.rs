@@ -100,9 +100,9 @@ fn f32_gguf_logits_match_transformers() {
     }
 }
 
-/// transformers' logits for the weights of a GGUF file as gguf-py dequantizes them
-/// (tools/gguf_convert/dequantized_reference.py).
-fn dequantized_reference(name: &str) -> Reference {
+/// transformers' logits for the weights of a GGUF file as gguf-py dequantizes them, its YaRN
+/// read as llama.cpp reads it (tools/gguf_convert/dequantized_reference.py).
+fn torch_reference(name: &str) -> Reference {
     let path = gguf_fixture(name);
     let t: HashMap<String, Tensor> = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
     Reference {
@@ -123,7 +123,7 @@ fn dequantized_reference(name: &str) -> Reference {
 /// the unquantized logits is printed for the record.
 #[test]
 fn q8_0_gguf_logits_match_transformers_on_the_same_weights() {
-    let same_weights = dequantized_reference("lite-q8_0-reference.safetensors");
+    let same_weights = torch_reference("lite-q8_0-reference.safetensors");
     let unquantized = lite_reference();
     assert_eq!(same_weights.input_ids, unquantized.input_ids);
     let model = load("lite-q8_0.gguf");
@@ -137,6 +137,23 @@ fn q8_0_gguf_logits_match_transformers_on_the_same_weights() {
         max_error(&full, &unquantized.logits)
     );
     assert!(error <= F32_TOLERANCE, "prefill: {error:e}");
+    assert!(decode <= F32_TOLERANCE, "token by token: {decode:e}");
+}
+
+/// The V2 shape (q_lora path, group-limited routing). Its config.json has mscale 1.0 beside
+/// mscale_all_dim 0.5, which GGUF cannot say; the reference reads the file as llama.cpp does
+/// (mscale = mscale_all_dim).
+#[test]
+fn v2_gguf_logits_match_transformers_reading_the_file_as_llama_cpp_does() {
+    let reference = torch_reference("v2-f16-reference.safetensors");
+    let model = load("v2-f16.gguf");
+    let full = max_error(&all_logits(&model, &reference.input_ids), &reference.logits);
+    let decode = max_error(
+        &token_by_token_logits(&model, &reference.input_ids),
+        &reference.logits,
+    );
+    println!("v2-f16.gguf: max abs error {full:e} (prefill), {decode:e} (token by token)");
+    assert!(full <= F32_TOLERANCE, "prefill: {full:e}");
     assert!(decode <= F32_TOLERANCE, "token by token: {decode:e}");
 }
 
@@ -320,9 +337,14 @@ fn raw_access_gives_the_stored_blocks_of_each_expert() {
         let name = format!("model.layers.1.mlp.experts.{expert}.up_proj.weight");
         let raw = weights.raw(&name).unwrap().unwrap();
         assert_eq!(raw.shape, [24, 64]);
+        let range = expert * 24 * row_bytes..(expert + 1) * 24 * row_bytes;
+        assert_eq!(raw.bytes, &stacked.bytes[range.clone()]);
+        // The same bytes through the shared mapping, as weights kept in place would hold them.
+        let start = stacked.file_range.start;
+        assert_eq!(raw.file_range, start + range.start..start + range.end);
         assert_eq!(
-            raw.bytes,
-            &stacked.bytes[expert * 24 * row_bytes..(expert + 1) * 24 * row_bytes]
+            &weights.shared_file().mapped()[raw.file_range.clone()],
+            raw.bytes
         );
     }
     // The split halves of kv_b, in the converter's layouts.

@@ -38,6 +38,10 @@ nice -n 10 "$PYTHON" "$HERE/dequantized_reference.py" "$LLAMA" "$FIXTURES/lite" 
 nice -n 10 "$PYTHON" "$HERE/rewrite_layouts.py" "$LLAMA" "$OUT/lite-q8_0.gguf" "$OUT/lite-q8_0-rewritten.gguf"
 # V2 shape (q_lora path), group-limited routing; its weights are f16, so f16 is lossless.
 convert "$FIXTURES/v2" --outtype f16 --outfile "$OUT/v2-f16.gguf"
+# Its config has mscale != mscale_all_dim, which GGUF cannot say: transformers on the file's
+# weights with mscale = mscale_all_dim, as llama.cpp reads it.
+nice -n 10 "$PYTHON" "$HERE/dequantized_reference.py" "$LLAMA" "$FIXTURES/v2" \
+    "$OUT/v2-f16.gguf" "$OUT/v2-f16-reference.safetensors"
 # The shipped model's vocabulary and hyper-parameters without weights (for the tokenizer test).
 convert "$ROOT/models/tiny-coder" --vocab-only --outfile "$OUT/tiny-coder-vocab.gguf"
 

@@ -7,6 +7,9 @@ then the model of MODEL_DIR run on the input ids of MODEL_DIR/reference.safetens
 OUT holds `input_ids` [T] and `logits` [T, vocab] (f32, eager attention), so the engine's
 quantized forward pass is checked against torch on the very same weights, with the tolerance of
 the f32 tests; the gap to the unquantized logits is printed for the record.
+
+The model is also read as llama.cpp reads the file: YaRN's mscale is taken to equal
+mscale_all_dim (the only one GGUF keeps), which changes nothing where they are equal already.
 """
 
 import re
@@ -15,7 +18,7 @@ import sys
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import DeepseekV2ForCausalLM
+from transformers import DeepseekV2Config, DeepseekV2ForCausalLM
 
 # Hugging Face module name -> llama.cpp tensor name, per layer (the converter's own mapping,
 # written the other way round).
@@ -79,10 +82,16 @@ def main() -> None:
             return stored[f"{blk}.attn_kv_b.weight"]
         return stored[f"{blk}.{LAYER_NAMES[part]}.{kind}"]
 
+    config = DeepseekV2Config.from_pretrained(model_dir)
+    rope = config.rope_parameters
+    if rope.get("mscale_all_dim") is not None and rope.get("mscale") != rope["mscale_all_dim"]:
+        print(f"mscale {rope.get('mscale')} -> {rope['mscale_all_dim']}, as llama.cpp reads the file")
+        rope["mscale"] = rope["mscale_all_dim"]
     model = DeepseekV2ForCausalLM.from_pretrained(
-        model_dir, dtype=torch.float32, attn_implementation="eager", experts_implementation="eager"
+        model_dir, config=config, dtype=torch.float32, attn_implementation="eager",
+        experts_implementation="eager",
     ).eval()
-    state = {name: torch.from_numpy(np.ascontiguousarray(weight(name), dtype=np.float32))
+    state = {name: torch.from_numpy(np.array(weight(name), dtype=np.float32))
              for name in model.state_dict()}
     model.load_state_dict(state, strict=True)
 

@@ -141,9 +141,9 @@ impl GgufFile {
         &self.mmap[info.start..info.start + info.len]
     }
 
-    /// Bytes of the mapped file.
-    pub fn mapped_bytes(&self) -> usize {
-        self.mmap.len()
+    /// The whole mapped file.
+    pub fn mapped(&self) -> &[u8] {
+        &self.mmap
     }
 }
 

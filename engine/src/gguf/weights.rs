@@ -4,6 +4,9 @@
 //! The stored bytes are also reachable as they are ([`GgufWeights::raw`]), one expert of a
 //! stacked tensor included, so the engine can keep quantized weights in place of f32 copies.
 
+use std::ops::Range;
+use std::sync::Arc;
+
 use candle_core::{DType, Device, Tensor};
 use kernels::quant::GgmlType;
 
@@ -15,7 +18,8 @@ use crate::weights::WeightSource;
 
 /// The weights of one GGUF file.
 pub struct GgufWeights {
-    file: GgufFile,
+    /// Shared, so that weights kept in place can keep the mapping alive after loading.
+    file: Arc<GgufFile>,
 }
 
 /// A weight's stored bytes, used in place.
@@ -27,22 +31,43 @@ pub struct RawTensor<'a> {
     pub shape: Vec<usize>,
     /// Each row of `shape`'s last dimension takes `ty.row_bytes(columns)` bytes.
     pub bytes: &'a [u8],
+    /// Where `bytes` are in [`GgufFile::mapped`], for holding on to them through
+    /// [`GgufWeights::shared_file`] instead of a borrow.
+    pub file_range: Range<usize>,
 }
 
 /// Bytes of one stored piece with the shape they hold.
 struct Piece<'a> {
     info: &'a TensorInfo,
+    /// Where the bytes are in the mapped file.
+    range: Range<usize>,
     bytes: &'a [u8],
     shape: Vec<usize>,
 }
 
 impl GgufWeights {
     pub fn new(file: GgufFile) -> Self {
-        Self { file }
+        Self {
+            file: Arc::new(file),
+        }
     }
 
     pub fn file(&self) -> &GgufFile {
         &self.file
+    }
+
+    /// The mapped file, for weights that stay in it after the model is built.
+    pub fn shared_file(&self) -> Arc<GgufFile> {
+        self.file.clone()
+    }
+
+    fn raw_of<'a>(&'a self, piece: Piece<'a>) -> Result<RawTensor<'a>> {
+        Ok(RawTensor {
+            ty: self.readable(&piece)?,
+            file_range: piece.range,
+            bytes: piece.bytes,
+            shape: piece.shape,
+        })
     }
 
     /// The stored bytes of the Hugging Face weight `hf_name` (an expert's rows of a stacked
@@ -54,21 +79,13 @@ impl GgufWeights {
             Stored::SplitKvB { .. } => return Ok(None),
             stored => self.piece(hf_name, &stored)?,
         };
-        Ok(Some(RawTensor {
-            ty: self.readable(&piece)?,
-            bytes: piece.bytes,
-            shape: piece.shape,
-        }))
+        self.raw_of(piece).map(Some)
     }
 
     /// The stored bytes of the GGUF tensor `gguf_name` ("blk.0.attn_k_b.weight").
     pub fn raw_gguf(&self, gguf_name: &str) -> Result<RawTensor<'_>> {
         let piece = self.piece(gguf_name, &Stored::Whole(gguf_name.to_string()))?;
-        Ok(RawTensor {
-            ty: self.readable(&piece)?,
-            bytes: piece.bytes,
-            shape: piece.shape,
-        })
+        self.raw_of(piece)
     }
 
     fn stored(&self, hf_name: &str) -> Result<Stored> {
@@ -98,6 +115,7 @@ impl GgufWeights {
                 let info = self.info(hf_name, name)?;
                 Ok(Piece {
                     info,
+                    range: info.file_range(),
                     bytes: self.file.tensor_bytes(info),
                     shape: info.shape(),
                 })
@@ -150,11 +168,12 @@ impl GgufWeights {
             info.tensor_type()
                 .bytes_for(columns as u64)
                 .ok_or_else(|| bad("has rows of partial blocks".into()))? as usize;
-        let start = (expert * stacked_rows + first_row) * row_bytes;
-        let bytes = &self.file.tensor_bytes(info)[start..start + rows * row_bytes];
+        let start = info.file_range().start + (expert * stacked_rows + first_row) * row_bytes;
+        let range = start..start + rows * row_bytes;
         Ok(Piece {
             info,
-            bytes,
+            bytes: &self.file.mapped()[range.clone()],
+            range,
             shape: vec![rows, columns],
         })
     }

@@ -73,6 +73,14 @@ fn fill_in_the_middle_prompts_and_special_tokens_agree() {
 }
 
 #[test]
+fn a_vocabulary_only_file_gives_config_and_tokenizer_without_weights() {
+    let (config, tokenizer) =
+        engine::load_config_and_tokenizer(&gguf_fixture("tiny-coder-vocab.gguf")).unwrap();
+    assert_eq!(config.vocab_size, TINY_CODER_VOCAB);
+    assert_eq!(tokenizer.special_ids(), from_json().special_ids());
+}
+
+#[test]
 fn every_token_decodes_as_in_tokenizer_json() {
     let (json, gguf) = (from_json(), from_gguf());
     let ids: Vec<u32> = (0..TINY_CODER_VOCAB as u32).collect();
