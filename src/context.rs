@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::Args;
-use engine::{ModelConfig, TextTokenizer};
+use engine::TextTokenizer;
 use serde_json::json;
 
 use crate::runtime::RuntimeArgs;
@@ -96,11 +96,11 @@ fn blocks_and_prefix(built: &server::workspace::context::BuiltContext) -> String
     text
 }
 
-/// The tokenizer of the model directory and the model's context window, without loading its
+/// The tokenizer of the model (a directory or a .gguf file) and the model's context window, without loading its
 /// weights.
 pub fn load_tokenizer(runtime: &RuntimeArgs) -> Result<(Arc<TextTokenizer>, usize), String> {
-    let dir = runtime.model_dir()?;
-    let config = ModelConfig::from_file(&dir.join("config.json")).map_err(|e| e.to_string())?;
-    let tokenizer = TextTokenizer::from_dir(&dir, config.vocab_size).map_err(|e| e.to_string())?;
+    let path = runtime.model_dir()?;
+    let (config, tokenizer) =
+        engine::load_config_and_tokenizer(&path).map_err(|e| e.to_string())?;
     Ok((Arc::new(tokenizer), config.max_position_embeddings))
 }

@@ -19,8 +19,9 @@ pub fn model_from_env() -> Option<PathBuf> {
 
 #[derive(Args, Debug, Clone, Default)]
 pub struct RuntimeArgs {
-    /// Model directory (config.json + *.safetensors). Default: $DEEPSEEK_LSP_MODEL.
-    #[arg(long, value_name = "DIR")]
+    /// The model: a Hugging Face directory (config.json + *.safetensors + tokenizer.json) or a
+    /// llama.cpp .gguf file. Default: $DEEPSEEK_LSP_MODEL, else the built-in model.
+    #[arg(long, value_name = "PATH")]
     pub model: Option<PathBuf>,
     /// Where the model runs: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
@@ -90,7 +91,7 @@ impl RuntimeArgs {
         Ok(LoadOptions { device, dtype })
     }
 
-    /// The model directory from --model, the environment, or the model built into the binary
+    /// The model (directory or .gguf file) from --model, the environment, or the model built into the binary
     /// (written to the cache on first use); `None` when none is named and the build has none.
     pub fn model_dir_if_any(&self) -> Result<Option<PathBuf>, String> {
         match self.model.clone().or_else(model_from_env) {
@@ -103,7 +104,7 @@ impl RuntimeArgs {
     pub fn model_dir(&self) -> Result<PathBuf, String> {
         self.model_dir_if_any()?.ok_or_else(|| {
             format!(
-                "no model given: pass --model DIR (a Hugging Face DeepSeek-V2 directory) or set {MODEL_ENV}; \
+                "no model given: pass --model PATH (a Hugging Face DeepSeek-V2 directory or a .gguf file) or set {MODEL_ENV}; \
                  this build has no built-in model"
             )
         })

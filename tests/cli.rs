@@ -612,3 +612,40 @@ fn complete_reports_the_context_it_used() {
         "{prompt_tokens} prompt tokens do not fit the window"
     );
 }
+
+#[test]
+fn a_gguf_file_works_wherever_a_model_directory_does() {
+    let folder = tempfile::tempdir().unwrap();
+    let (file, line, col) = source_with_cursor(folder.path(), "def add(a, b):\n    ", "\n");
+    let complete = |model: &Path| {
+        let output = run(&[
+            "complete",
+            file.to_str().unwrap(),
+            "--line",
+            &line.to_string(),
+            "--col",
+            &col.to_string(),
+            "--model",
+            model.to_str().unwrap(),
+            "--max-tokens",
+            "24",
+            "--json",
+        ]);
+        assert_succeeded(&output);
+        let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        json["raw"].as_str().unwrap().to_string()
+    };
+    // llama.cpp's converter made lite-f32.gguf from the lite fixture: same weights, same
+    // tokenizer, so the same greedy text.
+    let from_directory = complete(&fixture("lite"));
+    assert!(!from_directory.is_empty());
+    assert_eq!(complete(&fixture("gguf/lite-f32.gguf")), from_directory);
+    // Q8_0 weights multiplied in place: the same pipeline runs (its text may differ).
+    assert!(!complete(&fixture("gguf/lite-q8_0.gguf")).is_empty());
+    // The logits command reads the file too.
+    let r = reference("lite");
+    assert_matches(
+        &logits_of(&fixture("gguf/lite-f32.gguf"), &r.ids, &[]),
+        &r.logits,
+    );
+}

@@ -116,28 +116,66 @@ fn torch_reference(name: &str) -> Reference {
     }
 }
 
+/// A GGUF file's weights all handed out dense (dequantized to f32), so a model built from them
+/// computes exactly what torch computes on the same dequantized weights.
+struct DenseOnly(GgufWeights);
+
+impl WeightSource for DenseOnly {
+    fn tensor(&self, name: &str, shape: &[usize]) -> engine::Result<Tensor> {
+        self.0.tensor(name, shape)
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.0.contains(name)
+    }
+}
+
 /// Q8_0 moves each weight by up to 1/254 of its block's largest; through this random model
 /// (a peaked router, so a nudged hidden state can pick another expert) that moves the logits by
-/// 0.29 of 3.8, in torch exactly as here. So the quantized file is held to the f32 bar against
-/// torch run on the same dequantized weights, which is what checks the reading; the distance to
-/// the unquantized logits is printed for the record.
+/// 0.29 of 3.8, in torch exactly as here. So the file's weights, read and multiplied densely,
+/// are held to the f32 bar against torch run on the same dequantized weights, which is what
+/// checks the reading; the distance to the unquantized logits is printed for the record.
 #[test]
 fn q8_0_gguf_logits_match_transformers_on_the_same_weights() {
     let same_weights = torch_reference("lite-q8_0-reference.safetensors");
     let unquantized = lite_reference();
     assert_eq!(same_weights.input_ids, unquantized.input_ids);
-    let model = load("lite-q8_0.gguf");
+    let opened = gguf::open_weights(&gguf_fixture("lite-q8_0.gguf")).unwrap();
+    let model = Model::load(opened.0, &DenseOnly(opened.1), DType::F32, &Device::Cpu).unwrap();
     let ids = &same_weights.input_ids;
     let full = all_logits(&model, ids);
     let error = max_error(&full, &same_weights.logits);
     let decode = max_error(&token_by_token_logits(&model, ids), &same_weights.logits);
     println!(
-        "lite-q8_0.gguf: max abs error {error:e} (prefill), {decode:e} (token by token) against \
-         torch on the dequantized weights; {:e} from the unquantized logits",
+        "lite-q8_0.gguf dense: max abs error {error:e} (prefill), {decode:e} (token by token) \
+         against torch on the dequantized weights; {:e} from the unquantized logits",
         max_error(&full, &unquantized.logits)
     );
     assert!(error <= F32_TOLERANCE, "prefill: {error:e}");
     assert!(decode <= F32_TOLERANCE, "token by token: {decode:e}");
+}
+
+/// Loaded normally, a Q8_0 file's weights stay Q8_0 and meet inputs rounded to 8 bits per block
+/// of 32 (as llama.cpp multiplies them). That second rounding is the same size as the weights'
+/// own, which moved this model's logits by 0.29 (see above): the bar.
+const Q8_0_IN_PLACE_TOLERANCE: f32 = 0.29;
+
+#[test]
+fn q8_0_gguf_multiplied_in_place_stays_within_the_rounding_of_its_inputs() {
+    let same_weights = torch_reference("lite-q8_0-reference.safetensors");
+    let model = load("lite-q8_0.gguf");
+    let ids = &same_weights.input_ids;
+    let error = max_error(&all_logits(&model, ids), &same_weights.logits);
+    let decode = max_error(&token_by_token_logits(&model, ids), &same_weights.logits);
+    println!(
+        "lite-q8_0.gguf in place: max abs error {error:e} (prefill), {decode:e} (token by token) \
+         against torch on the dequantized weights"
+    );
+    assert!(error <= Q8_0_IN_PLACE_TOLERANCE, "prefill: {error:e}");
+    assert!(
+        decode <= Q8_0_IN_PLACE_TOLERANCE,
+        "token by token: {decode:e}"
+    );
 }
 
 /// The V2 shape (q_lora path, group-limited routing). Its config.json has mscale 1.0 beside

@@ -436,3 +436,10 @@ mod tests {
         }
     }
 }
+
+/// The whole mapped file, so weights can hold it (`quantized::SharedBytes`) and read in place.
+impl AsRef<[u8]> for GgufFile {
+    fn as_ref(&self) -> &[u8] {
+        self.mapped()
+    }
+}

@@ -14,6 +14,7 @@ use super::file::{GgufFile, TensorInfo};
 use super::names::{ExpertRows, Stored, locate};
 use super::tensor_type::readable_type_names;
 use crate::error::{EngineError, Result};
+use crate::quantized::{QuantizedWeight, SharedBytes};
 use crate::weights::WeightSource;
 
 /// The weights of one GGUF file.
@@ -306,6 +307,20 @@ impl WeightSource for GgufWeights {
                 self.decode(&piece)
             }
         }
+    }
+
+    /// A 2-D weight stored in a block format is handed out as its bytes in the mapped file (the
+    /// mapping stays alive as long as the weight does); kv_b of files that split it is not.
+    fn quantized(&self, name: &str, shape: &[usize]) -> Result<Option<QuantizedWeight>> {
+        let Some(raw) = self.raw(name)? else {
+            return Ok(None);
+        };
+        if raw.shape != shape || shape.len() != 2 {
+            // `tensor` reports the mismatch with the full story.
+            return Ok(None);
+        }
+        let file: SharedBytes = self.file.clone();
+        QuantizedWeight::new(name, raw.ty, shape[0], shape[1], file, raw.file_range.start).map(Some)
     }
 
     fn contains(&self, name: &str) -> bool {

@@ -132,7 +132,8 @@ impl ModelHost {
                         .show_message(
                             MessageType::Warning,
                             "deepseek-lsp has no model: set `model` to a DeepSeek-Coder-V2 directory \
-                             (config.json, *.safetensors, tokenizer.json) or start it with --model",
+                             (config.json, *.safetensors, tokenizer.json) or .gguf file, or start it \
+                             with --model",
                         )
                         .await;
                 });
