@@ -380,6 +380,13 @@ fn locate(
     }
 }
 
+/// The whole mapped file, so weights can hold it (`quantized::SharedBytes`) and read in place.
+impl AsRef<[u8]> for GgufFile {
+    fn as_ref(&self) -> &[u8] {
+        self.mapped()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -434,12 +441,5 @@ mod tests {
                 corrupted[at] ^= flip;
             }
         }
-    }
-}
-
-/// The whole mapped file, so weights can hold it (`quantized::SharedBytes`) and read in place.
-impl AsRef<[u8]> for GgufFile {
-    fn as_ref(&self) -> &[u8] {
-        self.mapped()
     }
 }
