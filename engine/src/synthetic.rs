@@ -65,7 +65,8 @@ pub fn lite_config(layers: usize) -> ModelConfig {
 }
 
 /// Lite's structure at a small size, for fast tests of the GGUF path: first layer dense,
-/// 8 routed experts (top 2) + 2 shared, YaRN, and widths that tile the same way as Lite's under
+/// 16 routed experts (top 2; not 8, which llama-quantize treats as Mixtral and quantizes
+/// differently) + 2 shared, YaRN, and widths that tile the same way as Lite's under
 /// 256-value K-quant blocks. The MoE and dense widths (128, 320) are not whole blocks, as Lite's
 /// 1408 and 10944 are not, while the shared experts' (256) are, as Lite's 2816 is; the nope head
 /// size (32) is not, as Lite's 128 is not; hidden, latent and attention-output widths (256) are.
@@ -81,7 +82,7 @@ pub fn lite_small_config(layers: usize) -> ModelConfig {
         qk_rope_head_dim: 16,
         v_head_dim: 64,
         moe: lite.moe.map(|moe| MoeConfig {
-            n_routed_experts: 8,
+            n_routed_experts: 16,
             num_experts_per_tok: 2,
             moe_intermediate_size: 128,
             ..moe
