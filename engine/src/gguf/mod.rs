@@ -5,6 +5,7 @@
 //! - [`model_config`]: `deepseek2.*` metadata as a [`ModelConfig`].
 //! - [`GgufWeights`]: the tensors as a [`crate::weights::WeightSource`], plus their stored bytes.
 //! - [`text_tokenizer`]: `tokenizer.ggml.*` as the engine's tokenizer.
+//! - [`GgufWriter`]: writes GGUF files, streaming their data (for synthetic models and tests).
 
 mod config;
 mod cursor;
@@ -14,6 +15,7 @@ mod names;
 mod tensor_type;
 mod tokenizer;
 mod weights;
+pub mod writer;
 
 use std::path::Path;
 
@@ -23,6 +25,7 @@ pub use metadata::MetadataValue;
 pub use tensor_type::TensorType;
 pub use tokenizer::{hf_tokenizer, text_tokenizer};
 pub use weights::{GgufWeights, RawTensor};
+pub use writer::{GgufWriter, TensorSpec};
 
 use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};

@@ -1,5 +1,12 @@
-//! A minimal GGUF writer for the broken-file tests: just enough of the format to say exactly
-//! which bytes a case gets wrong.
+//! Broken GGUF files for the error tests: the product's encoders (engine::gguf::writer) for
+//! every well-formed piece, and knobs for the pieces a case gets wrong on purpose (a tensor count
+//! that lies, an array with no elements behind its count, offsets and data that do not match the
+//! tensor infos) that the product writer refuses to write.
+
+use engine::gguf::MetadataValue;
+use engine::gguf::writer::{
+    DEFAULT_ALIGNMENT, GGUF_VERSION, write_metadata_entry, write_string, write_tensor_info,
+};
 
 /// A metadata value (the few types the cases need).
 pub enum Value {
@@ -29,17 +36,15 @@ pub struct Gguf {
     pub tensors: Vec<Tensor>,
 }
 
-const ALIGNMENT: usize = 32;
-
-fn string(out: &mut Vec<u8>, s: &str) {
-    out.extend_from_slice(&(s.len() as u64).to_le_bytes());
-    out.extend_from_slice(s.as_bytes());
-}
+const ALIGNMENT: usize = DEFAULT_ALIGNMENT as usize;
+/// GGUF's type id for arrays and for u32.
+const ARRAY: u32 = 9;
+const U32: u32 = 4;
 
 impl Gguf {
     pub fn new(metadata: Vec<(&'static str, Value)>, tensors: Vec<Tensor>) -> Self {
         Self {
-            version: 3,
+            version: GGUF_VERSION,
             tensor_count: None,
             metadata,
             tensors,
@@ -53,33 +58,24 @@ impl Gguf {
         out.extend_from_slice(&tensor_count.to_le_bytes());
         out.extend_from_slice(&(self.metadata.len() as u64).to_le_bytes());
         for (key, value) in &self.metadata {
-            string(&mut out, key);
-            match value {
-                Value::U32(v) => {
-                    out.extend_from_slice(&4u32.to_le_bytes());
-                    out.extend_from_slice(&v.to_le_bytes());
-                }
+            let written = match value {
+                Value::U32(v) => write_metadata_entry(&mut out, key, &MetadataValue::U32(*v)),
                 Value::Str(s) => {
-                    out.extend_from_slice(&8u32.to_le_bytes());
-                    string(&mut out, s);
+                    write_metadata_entry(&mut out, key, &MetadataValue::String(s.to_string()))
                 }
-                Value::HollowArray { count } => {
-                    out.extend_from_slice(&9u32.to_le_bytes());
-                    out.extend_from_slice(&4u32.to_le_bytes());
+                Value::HollowArray { count } => write_string(&mut out, key).map(|()| {
+                    out.extend_from_slice(&ARRAY.to_le_bytes());
+                    out.extend_from_slice(&U32.to_le_bytes());
                     out.extend_from_slice(&count.to_le_bytes());
-                }
-            }
+                }),
+            };
+            written.expect("writing to a Vec cannot fail");
         }
         let mut data = Vec::new();
         for tensor in &self.tensors {
-            string(&mut out, tensor.name);
-            out.extend_from_slice(&(tensor.dims.len() as u32).to_le_bytes());
-            for d in &tensor.dims {
-                out.extend_from_slice(&d.to_le_bytes());
-            }
-            out.extend_from_slice(&tensor.type_id.to_le_bytes());
             let offset = tensor.offset.unwrap_or(data.len() as u64);
-            out.extend_from_slice(&offset.to_le_bytes());
+            write_tensor_info(&mut out, tensor.name, &tensor.dims, tensor.type_id, offset)
+                .expect("writing to a Vec cannot fail");
             data.extend_from_slice(&tensor.data);
             data.resize(data.len().next_multiple_of(ALIGNMENT), 0);
         }
