@@ -1,6 +1,9 @@
 //! `deepseek-lsp bench`: prefill and decode throughput of a model, as one JSON object on stdout.
 
+use std::path::PathBuf;
+
 use clap::{Args, ValueEnum};
+use engine::synthetic::SyntheticQuant;
 use engine::{AttentionForm, Engine, Model};
 use serde_json::json;
 
@@ -41,7 +44,7 @@ pub struct BenchArgs {
     form: Form,
     /// Workspace folder for `context`.
     #[arg(long, value_name = "DIR")]
-    workspace: Option<std::path::PathBuf>,
+    workspace: Option<PathBuf>,
     /// Prompt budgets for `context`, comma-separated.
     #[arg(long, value_delimiter = ',', default_values_t = [2048, 8192, 32768])]
     budgets: Vec<usize>,
@@ -50,10 +53,18 @@ pub struct BenchArgs {
     tasks: usize,
     /// A tokenizer.json to count tokens with for `context`, instead of --model's.
     #[arg(long, value_name = "FILE")]
-    tokenizer: Option<std::path::PathBuf>,
+    tokenizer: Option<PathBuf>,
     /// Seed of the synthetic weights.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Write --synthetic's model as a GGUF file of this llama.cpp quantization (Q4_K: the Q4_K_M
+    /// mix; Q8_0) and measure it loaded from that file, through the same path as --model FILE.gguf.
+    #[arg(long, value_name = "Q4_K|Q8_0", requires = "synthetic")]
+    quant: Option<SyntheticQuant>,
+    /// Keep --quant's GGUF file at this path (default: a temporary file, removed after the run),
+    /// for example to give the same file to llama.cpp.
+    #[arg(long, value_name = "FILE", requires = "quant")]
+    gguf_out: Option<PathBuf>,
     #[command(flatten)]
     runtime: RuntimeArgs,
 }
@@ -92,6 +103,14 @@ enum Form {
 const BANDWIDTH_BUFFER_BYTES: usize = 1 << 30;
 
 pub fn run(args: BenchArgs) -> Result<(), String> {
+    // clap's `requires` lets these through when --model is given (it conflicts with --synthetic).
+    if args.quant.is_some() && args.synthetic.is_none() {
+        return Err(
+            "--quant writes a --synthetic model as GGUF; a GGUF file of your own goes to \
+             --model FILE.gguf, which is measured as quantized as it is stored"
+                .into(),
+        );
+    }
     let threads = args.runtime.apply_threads()?;
     // The benches that report their own figures rather than a model's speed.
     let figures = match args.what {
@@ -111,8 +130,10 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
     if args.prompt == 0 || args.tokens == 0 {
         return Err("--prompt and --tokens must be at least 1".into());
     }
+    // Held to the end of the run: a temporary file is removed when it drops.
+    let synthetic_file = write_synthetic_gguf(&args)?;
     let started = std::time::Instant::now();
-    let (mut model, name) = load(&args)?;
+    let (mut model, name) = load(&args, synthetic_file.as_ref())?;
     let load_seconds = started.elapsed().as_secs_f64();
     model.set_attention_form(match args.form {
         Form::Auto => AttentionForm::Auto,
@@ -147,6 +168,9 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
         "kv_bytes_per_token": model.kv_bytes_per_token(),
         "load_seconds": load_seconds,
     });
+    if let Some(file) = &synthetic_file {
+        report["gguf"] = file.report();
+    }
     let engine_kinds = [BenchKind::Generate, BenchKind::Keystroke];
     for &kind in kinds.iter().filter(|k| !engine_kinds.contains(k)) {
         let (key, figures) = measure(kind).map_err(|e| e.to_string())?;
@@ -240,9 +264,10 @@ fn bench_review(args: &BenchArgs) -> Result<serde_json::Value, String> {
         .clone()
         .ok_or("bench review needs --workspace DIR (a git repository with at least two commits)")?;
     let change = crate::review::read_change(&folder, "HEAD~1", "HEAD")?;
+    let synthetic_file = write_synthetic_gguf(args)?;
     let (engine, name) = match &args.synthetic {
         Some(_) => {
-            let (model, name) = load(args)?;
+            let (model, name) = load(args, synthetic_file.as_ref())?;
             let tokenizer_file = match &args.tokenizer {
                 Some(file) => file.clone(),
                 None => crate::embedded::model_dir()?
@@ -286,7 +311,86 @@ fn bench_review(args: &BenchArgs) -> Result<serde_json::Value, String> {
     }))
 }
 
-fn load(args: &BenchArgs) -> Result<(Model, String), String> {
+/// A synthetic model written as a GGUF file for --quant.
+struct SyntheticGgufFile {
+    path: PathBuf,
+    /// Removed when dropped (no --gguf-out).
+    temporary: bool,
+    written: engine::synthetic::SyntheticGguf,
+    quant: SyntheticQuant,
+    write_seconds: f64,
+}
+
+impl SyntheticGgufFile {
+    fn report(&self) -> serde_json::Value {
+        json!({
+            "path": if self.temporary { None } else { Some(self.path.display().to_string()) },
+            "quantization": self.quant.name(),
+            "bytes": self.written.bytes,
+            "tensors_per_type": self.written.tensors_per_type,
+            "write_seconds": self.write_seconds,
+        })
+    }
+}
+
+impl Drop for SyntheticGgufFile {
+    fn drop(&mut self) {
+        if self.temporary {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// With --quant, writes --synthetic's model as a GGUF file (to --gguf-out, else a temporary
+/// file) for `load` to read back.
+fn write_synthetic_gguf(args: &BenchArgs) -> Result<Option<SyntheticGgufFile>, String> {
+    let (Some(spec), Some(quant)) = (&args.synthetic, args.quant) else {
+        return Ok(None);
+    };
+    let config = engine::synthetic::parse_spec(spec).map_err(|e| e.to_string())?;
+    let (path, temporary) = match &args.gguf_out {
+        Some(path) => (path.clone(), false),
+        None => {
+            let name = format!(
+                "deepseek-lsp-{}-{}-{}.gguf",
+                std::process::id(),
+                spec.replace([':', '/', '\\'], "-"),
+                quant.name()
+            );
+            (std::env::temp_dir().join(name), true)
+        }
+    };
+    eprintln!(
+        "writing synthetic {spec} as a {quant} GGUF file to {}...",
+        path.display()
+    );
+    let started = std::time::Instant::now();
+    let written = engine::synthetic::write_synthetic_gguf(&path, &config, quant, args.seed)
+        .map_err(|e| {
+            if temporary {
+                let _ = std::fs::remove_file(&path);
+            }
+            format!("cannot write the synthetic GGUF file: {e}")
+        })?;
+    Ok(Some(SyntheticGgufFile {
+        path,
+        temporary,
+        written,
+        quant,
+        write_seconds: started.elapsed().as_secs_f64(),
+    }))
+}
+
+fn load(
+    args: &BenchArgs,
+    synthetic_file: Option<&SyntheticGgufFile>,
+) -> Result<(Model, String), String> {
+    if let Some(file) = synthetic_file {
+        let spec = args.synthetic.as_deref().unwrap_or_default();
+        eprintln!("loading it through the .gguf path, as --model FILE.gguf would...");
+        let model = args.runtime.load_model_from(&file.path)?;
+        return Ok((model, format!("synthetic {spec} ({} GGUF)", file.quant)));
+    }
     match &args.synthetic {
         Some(spec) => {
             let config = engine::synthetic::parse_spec(spec).map_err(|e| e.to_string())?;

@@ -14,6 +14,8 @@ use engine::synthetic::{SyntheticQuant, lite_small_config, write_synthetic_gguf}
 use engine::{LoadOptions, Logits, ModelConfig, load_checkpoint};
 use kernels::quant::GgmlType;
 
+mod support;
+
 fn temp_path(name: &str) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join(name);
@@ -319,41 +321,78 @@ fn the_vocabulary_encodes_and_decodes_text() {
     assert_eq!(tokenizer.decode(&[511]).unwrap(), "[FILLER511]");
 }
 
-/// llama.cpp's own loader and forward pass on a synthetic file, when a virtualenv with
-/// llama-cpp-python is given.
+/// llama.cpp's logits for `ids` on the file at `path`, one row per position.
+fn llama_cpp_logits(python: &Path, path: &Path, ids: &[u32]) -> Vec<Vec<f32>> {
+    let script = r#"
+import json, sys
+import numpy as np
+from llama_cpp import Llama
+llm = Llama(model_path=sys.argv[1], n_ctx=64, n_threads=1, logits_all=True, verbose=False)
+llm.eval(json.loads(sys.argv[2]))
+print(json.dumps(np.array(llm.scores[: llm.n_tokens]).tolist()))
+"#;
+    let output = std::process::Command::new(python)
+        .args(["-c", script])
+        .arg(path)
+        .arg(format!("{ids:?}"))
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", python.display()));
+    assert!(
+        output.status.success(),
+        "llama.cpp could not run {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+fn correlation(a: &[f32], b: &[f32]) -> f32 {
+    let mean = |x: &[f32]| x.iter().sum::<f32>() / x.len() as f32;
+    let (ma, mb) = (mean(a), mean(b));
+    let (mut ab, mut aa, mut bb) = (0f32, 0f32, 0f32);
+    for (x, y) in a.iter().zip(b) {
+        ab += (x - ma) * (y - mb);
+        aa += (x - ma) * (x - ma);
+        bb += (y - mb) * (y - mb);
+    }
+    ab / (aa * bb).sqrt()
+}
+
+/// llama.cpp's own loader and forward pass on the synthetic files, when a virtualenv with
+/// llama-cpp-python is given: it loads them (so the metadata, names, shapes and tokenizer are
+/// what llama.cpp expects), and computes logits like ours (so the block layouts and the split
+/// kv_b mean the same to both).
 #[test]
-fn llama_cpp_loads_a_synthetic_file() {
+fn llama_cpp_runs_the_synthetic_files_as_we_do() {
     let Some(venv) = std::env::var_os("LLAMA_VENV") else {
         eprintln!("skipped: set LLAMA_VENV to a virtualenv with llama-cpp-python to run it");
         return;
     };
     let python = Path::new(&venv).join("bin/python");
+    let ids: Vec<u32> = (0..12).map(|i| (i * 37 + 5) % 512).collect();
     for quant in [SyntheticQuant::Q8_0, SyntheticQuant::Q4KM] {
         let (_dir, path) = synthetic_file(3, quant);
-        let script = r#"
-import sys
-import numpy as np
-from llama_cpp import Llama
-llm = Llama(model_path=sys.argv[1], n_ctx=64, n_threads=1, logits_all=True, verbose=False)
-llm.eval(list(range(5, 17)))
-logits = np.array(llm.scores[: llm.n_tokens])
-assert llm.n_vocab() == 512, llm.n_vocab()
-assert np.isfinite(logits).all()
-print("ok", float(logits.std()))
-"#;
-        let output = std::process::Command::new(&python)
-            .args(["-c", script])
-            .arg(&path)
-            .output()
-            .unwrap_or_else(|e| panic!("{}: {e}", python.display()));
-        assert!(
-            output.status.success(),
-            "llama.cpp could not run the {quant} file: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        let theirs = llama_cpp_logits(&python, &path, &ids);
+        let model = load_checkpoint(&path, &LoadOptions::default()).unwrap();
+        let mut cache = model.new_cache();
+        let ours = model.forward(&ids, &mut cache, Logits::All).unwrap();
+        let ours = ours.to_vec2::<f32>().unwrap();
+        let correlations: Vec<f32> = ours
+            .iter()
+            .zip(&theirs)
+            .map(|(a, b)| correlation(a, b))
+            .collect();
+        let worst_error = ours
+            .iter()
+            .zip(&theirs)
+            .map(|(a, b)| support::max_abs_error(a, b))
+            .fold(0f32, f32::max);
         eprintln!(
-            "llama.cpp ran the {quant} file: {}",
-            String::from_utf8_lossy(&output.stdout).trim()
+            "{quant}: correlation per position {correlations:?}, max |ours - llama.cpp| {worst_error}"
+        );
+        assert!(
+            correlations.iter().all(|&c| c > 0.999),
+            "{quant}: {correlations:?}"
         );
     }
 }

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# deepseek-lsp against llama.cpp on the same GGUF file, same threads, same prompt and generation
+# lengths (issue 10). Makes what it needs, then runs benches/llama_cpp_peer.py:
+#
+#   benches/llama_cpp_peer.sh [--layers 4] [--quant Q4_K|Q8_0] [--gguf FILE] [--gguf-out FILE]
+#                             [--prompt 512] [--tokens 64] [--threads N] [--repeats 3]
+#                             [--flash-attn] [--json FILE]
+#
+# Without --gguf it measures a synthetic DeepSeek-V2-Lite-shaped file of --layers layers that
+# deepseek-lsp writes (llama.cpp's Q4_K_M mix for Q4_K). Small smoke run:
+#
+#   benches/llama_cpp_peer.sh --layers 2 --prompt 64 --tokens 8 --repeats 1
+#
+# Environment:
+#   LLAMA_VENV    virtualenv with llama-cpp-python 0.3.36; made when it lacks it (default
+#                 target/llama-venv). Installing builds llama.cpp from source (many minutes);
+#                 give an existing one to skip that. Extra CMake flags: CMAKE_ARGS, as pip reads.
+#   LLAMA_SDIST   install llama-cpp-python from this sdist file instead of PyPI.
+#   DEEPSEEK_LSP  the deepseek-lsp binary (default: built with cargo build --release).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+VENV=${LLAMA_VENV:-$ROOT/target/llama-venv}
+LLAMA_CPP_PYTHON=llama-cpp-python==0.3.36
+
+has_llama_cpp() {
+    "$VENV/bin/python" -c 'import llama_cpp, numpy; assert llama_cpp.__version__ == "0.3.36"' \
+        2>/dev/null
+}
+
+if ! has_llama_cpp; then
+    echo "installing $LLAMA_CPP_PYTHON into $VENV (it compiles llama.cpp)..." >&2
+    [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+    nice "$VENV/bin/pip" install --quiet "${LLAMA_SDIST:-$LLAMA_CPP_PYTHON}"
+    has_llama_cpp || { echo "llama_cpp still not importable from $VENV" >&2; exit 1; }
+fi
+
+BIN=${DEEPSEEK_LSP:-}
+if [ -z "$BIN" ]; then
+    (cd "$ROOT" && nice cargo build --release --quiet)
+    BIN=$ROOT/target/release/deepseek-lsp
+fi
+
+exec "$VENV/bin/python" "$ROOT/benches/llama_cpp_peer.py" --deepseek-lsp "$BIN" "$@"
