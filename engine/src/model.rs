@@ -90,14 +90,13 @@ impl Model {
             .map(|i| DecoderLayer::load(&w, &config, i))
             .collect::<Result<Vec<_>>>()?;
         let norm = RmsNorm::load(&w, "model.norm", config.hidden_size, config.rms_norm_eps)?;
-        let lm_head = Linear::new(
-            if config.tie_word_embeddings {
-                embed_tokens.clone()
-            } else {
-                w.tensor("lm_head.weight", &[config.vocab_size, config.hidden_size])?
-            },
-            None,
-        );
+        // Untied, the output projection is a linear like any other: a quantized one stays
+        // quantized (it is the largest matrix a decoded token reads).
+        let lm_head = if config.tie_word_embeddings {
+            Linear::new(embed_tokens.clone(), None)
+        } else {
+            w.linear("lm_head", config.vocab_size, config.hidden_size, false)?
+        };
         Ok(Self {
             rope: Rope::new(&config.rope, config.qk_rope_head_dim),
             config,

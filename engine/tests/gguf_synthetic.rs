@@ -396,3 +396,29 @@ fn llama_cpp_runs_the_synthetic_files_as_we_do() {
         );
     }
 }
+
+/// Loaded on the CPU, a quantized file's weights stay as the file stores them: resident weight
+/// bytes are the file's tensor bytes, plus only the token embedding (looked up by row, so held
+/// in f32) and MLA's kv_b (split for the absorbed form, also f32).
+#[test]
+fn quantized_weights_stay_in_the_files_format_in_memory() {
+    for quant in [SyntheticQuant::Q8_0, SyntheticQuant::Q4KM] {
+        let (_dir, path) = synthetic_file(2, quant);
+        let file = GgufFile::open(&path).unwrap();
+        let stored: usize = file.tensors().iter().map(|t| t.byte_len()).sum();
+        let model = load_checkpoint(&path, &LoadOptions::default()).unwrap();
+        let c = model.config();
+        let embedding_in_f32 = c.vocab_size * c.hidden_size * 4;
+        let kv_b_in_f32 = c.num_hidden_layers
+            * c.num_attention_heads
+            * (c.qk_nope_head_dim + c.v_head_dim)
+            * c.kv_lora_rank
+            * 4;
+        let allowed = stored + embedding_in_f32 + kv_b_in_f32;
+        assert!(
+            model.weight_bytes() <= allowed,
+            "{quant:?}: {} bytes resident, {stored} stored, at most {allowed} expected",
+            model.weight_bytes()
+        );
+    }
+}
