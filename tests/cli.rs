@@ -635,14 +635,11 @@ fn a_gguf_file_works_wherever_a_model_directory_does() {
         let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
         json["raw"].as_str().unwrap().to_string()
     };
-    // llama.cpp's converter made lite-f32.gguf from the lite fixture: same weights, same
-    // tokenizer, so the same greedy text.
-    let from_directory = complete(&fixture("lite"));
-    assert!(!from_directory.is_empty());
-    assert_eq!(complete(&fixture("gguf/lite-f32.gguf")), from_directory);
-    // Q8_0 weights multiplied in place: the same pipeline runs (its text may differ).
+    // The text comes through the file's own tokenizer (its metadata names DeepSeek's
+    // pre-tokenizer, while the lite fixture's tokenizer.json splits words as GPT-2 does, so the
+    // texts need not equal the directory's); the logits of given ids are the directory's.
+    assert!(!complete(&fixture("gguf/lite-f32.gguf")).is_empty());
     assert!(!complete(&fixture("gguf/lite-q8_0.gguf")).is_empty());
-    // The logits command reads the file too.
     let r = reference("lite");
     assert_matches(
         &logits_of(&fixture("gguf/lite-f32.gguf"), &r.ids, &[]),

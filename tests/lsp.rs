@@ -1059,3 +1059,23 @@ fn helix_typing_pattern_gets_an_answer_per_request_in_the_shape_helix_renders() 
     assert!(shown >= requests.len() / 2, "items to check: {shown}");
     client.shutdown();
 }
+
+#[test]
+fn a_gguf_model_loads_and_serves_suggestions() {
+    let mut client = Client::start(&[]);
+    let model = fixture("gguf/lite-q8_0.gguf");
+    client.initialize(
+        &["utf-16"],
+        model_options(json!({"model": model.to_str().unwrap()})),
+        json!({}),
+    );
+    assert_eq!(client.wait_for_model()["model"], "ready");
+    client.open(URI, "python", SOURCE);
+    let reply = client.request("textDocument/inlineCompletion", inline_params(URI, 1, 4));
+    let text = reply["result"]["items"][0]["insertText"].clone();
+    assert!(
+        text.as_str().is_some_and(|t| !t.trim().is_empty()),
+        "{reply}"
+    );
+    client.shutdown();
+}

@@ -365,3 +365,25 @@ fn a_hunk_larger_than_the_window_is_reviewed_in_parts_and_an_overlong_line_is_sk
         "{stderr}"
     );
 }
+
+#[test]
+fn a_gguf_model_reviews_too() {
+    let repo = repository();
+    let model = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/engine/tests/fixtures/gguf/lite-q8_0.gguf"
+    );
+    let output = review(
+        repo.path(),
+        &["--model", model, "--format", "json", "--max-tokens", "16"],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    // The fixture's window is 128 tokens, less than the review's instructions: the file loads,
+    // and every added line is reported as not reviewed rather than sent past the window.
+    assert!(
+        stderr.contains("5 added line(s) too long for the model's window not reviewed"),
+        "{stderr}"
+    );
+    assert_eq!(json_report(&output)["hunks"], 0, "{stderr}");
+}
