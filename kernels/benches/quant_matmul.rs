@@ -1,0 +1,116 @@
+//! `cargo bench -p kernels --bench quant_matmul`: `matmul_rows_quant` on DeepSeek-V2-Lite-sized
+//! matrices, for the types a Q4_K_M file holds (and Q5_K, Q4_0), on a pool of `THREADS` threads
+//! (2 unless the environment says otherwise).
+//!
+//! n = 1 reports GB/s of weight bytes (decode is a stream over the weights); n > 1 reports
+//! GOP/s = 2 rows cols n / s (prefill is compute). Each figure is the best of several timed
+//! runs, since the machine may be shared.
+
+use std::time::{Duration, Instant};
+
+use kernels::quant::{GgmlType, matmul_rows_quant};
+
+/// splitmix64: deterministic and dependency-free.
+struct Rng(u64);
+
+impl Rng {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+/// Random quant bytes with small finite f16 scales where the format keeps them.
+fn weights(ty: GgmlType, rows: usize, cols: usize, rng: &mut Rng) -> Vec<u8> {
+    let mut bytes: Vec<u8> = (0..rows * ty.row_bytes(cols).unwrap())
+        .map(|_| rng.next_u64() as u8)
+        .collect();
+    let offsets: &[usize] = match ty {
+        GgmlType::Q4K | GgmlType::Q5K => &[0, 2],
+        GgmlType::Q6K => &[208],
+        _ => &[0],
+    };
+    for block in bytes.chunks_exact_mut(ty.block_bytes()) {
+        for &o in offsets {
+            let scale = half::f16::from_f32((rng.next_u64() % 1000) as f32 * 1e-5 + 1e-4);
+            block[o..o + 2].copy_from_slice(&scale.to_le_bytes());
+        }
+    }
+    bytes
+}
+
+/// Best seconds per call over `runs` runs of at least `min_time` each.
+fn best_seconds(runs: usize, min_time: Duration, mut f: impl FnMut()) -> f64 {
+    f();
+    let mut best = f64::INFINITY;
+    for _ in 0..runs {
+        let start = Instant::now();
+        let mut calls = 0u32;
+        while start.elapsed() < min_time || calls == 0 {
+            f();
+            calls += 1;
+        }
+        best = best.min(start.elapsed().as_secs_f64() / calls as f64);
+    }
+    best
+}
+
+fn main() {
+    let threads: usize = std::env::var("THREADS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(2);
+    let runs: usize = std::env::var("RUNS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(5);
+    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap();
+    let cases: [(GgmlType, &str, usize, usize); 9] = [
+        (GgmlType::Q4K, "expert gate/up", 1408, 2048),
+        (GgmlType::Q4K, "dense gate/up", 10944, 2048),
+        (GgmlType::Q6K, "output", 102400, 2048),
+        (GgmlType::Q6K, "expert", 1408, 2048),
+        (GgmlType::Q5_0, "expert down", 2048, 1408),
+        (GgmlType::Q8_0, "expert down", 2048, 1408),
+        (GgmlType::Q8_0, "dense down", 2048, 10944),
+        (GgmlType::Q5K, "expert gate/up", 1408, 2048),
+        (GgmlType::Q4_0, "expert down", 2048, 1408),
+    ];
+    println!("threads {threads}, best of {runs}");
+    let mut rng = Rng(1);
+    for (ty, what, rows, cols) in cases {
+        let label = format!("{} {what} {rows}x{cols}", ty.name());
+        if filter.as_ref().is_some_and(|f| !label.contains(f.as_str())) {
+            continue;
+        }
+        let w = weights(ty, rows, cols, &mut rng);
+        let mut line = format!("{label:<34}");
+        for n in [1usize, 8, 64] {
+            let x: Vec<f32> = (0..n * cols)
+                .map(|_| (rng.next_u64() % 2001) as f32 / 1000.0 - 1.0)
+                .collect();
+            let mut y = vec![0f32; n * rows];
+            let min_time = Duration::from_millis(if n == 1 { 150 } else { 250 });
+            let s = pool.install(|| {
+                best_seconds(runs, min_time, || {
+                    matmul_rows_quant(ty, &w, rows, cols, &x, n, &mut y);
+                    std::hint::black_box(&y);
+                })
+            });
+            if n == 1 {
+                line += &format!("  n=1 {:6.1} GB/s", w.len() as f64 / s / 1e9);
+            } else {
+                let gops = 2.0 * (rows * cols * n) as f64 / s / 1e9;
+                line += &format!("  n={n} {gops:6.1} GOP/s");
+            }
+        }
+        println!("{line}");
+    }
+}
