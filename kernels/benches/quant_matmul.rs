@@ -67,6 +67,11 @@ fn main() {
         .ok()
         .and_then(|t| t.parse().ok())
         .unwrap_or(5);
+    // NS=1,64 picks the input counts.
+    let ns: Vec<usize> = std::env::var("NS")
+        .ok()
+        .map(|ns| ns.split(',').filter_map(|n| n.parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 8, 64]);
     let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
@@ -76,7 +81,7 @@ fn main() {
         (GgmlType::Q4K, "expert gate/up", 1408, 2048),
         (GgmlType::Q4K, "dense gate/up", 10944, 2048),
         (GgmlType::Q6K, "output", 102400, 2048),
-        (GgmlType::Q6K, "expert", 1408, 2048),
+        (GgmlType::Q6K, "expert gate/up", 1408, 2048),
         (GgmlType::Q5_0, "expert down", 2048, 1408),
         (GgmlType::Q8_0, "expert down", 2048, 1408),
         (GgmlType::Q8_0, "dense down", 2048, 10944),
@@ -92,7 +97,7 @@ fn main() {
         }
         let w = weights(ty, rows, cols, &mut rng);
         let mut line = format!("{label:<34}");
-        for n in [1usize, 8, 64] {
+        for &n in &ns {
             let x: Vec<f32> = (0..n * cols)
                 .map(|_| (rng.next_u64() % 2001) as f32 / 1000.0 - 1.0)
                 .collect();

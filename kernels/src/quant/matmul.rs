@@ -123,12 +123,37 @@ fn for_each_band(
     }
 }
 
-/// Inputs one row meets at once: four keep the unpacked block, four sets of sums and four
-/// accumulators within the sixteen AVX2 registers.
+/// Inputs a tile meets at once: four keep the tile's unpacked rows, its sums and the input's
+/// quants within the sixteen AVX2 registers.
 const INPUTS_AT_ONCE: usize = 4;
 
-/// Every weight row of a band times every quantized input row, up to four inputs per pass over
-/// the row.
+/// Weight bytes a task keeps in cache (its share of L2) while every group of inputs passes over
+/// them, when there are more inputs than one tile takes.
+const SUB_BAND_BYTES: usize = 128 * 1024;
+
+/// Y, written by bands of W's rows from several threads: band tasks write disjoint sets of
+/// elements (the columns of Y of their own rows).
+struct Output {
+    y: *mut f32,
+    len: usize,
+}
+
+// SAFETY: `Output` is only written through `write`, at elements no other task writes (each task
+// owns a band of rows), while the `&mut [f32]` it came from is borrowed for the whole matmul.
+unsafe impl Sync for Output {}
+
+impl Output {
+    fn write(&self, index: usize, value: f32) {
+        assert!(index < self.len);
+        // SAFETY: in bounds (checked above); no other task writes this element (see the Sync
+        // impl), and nothing reads Y until every task has finished.
+        unsafe { *self.y.add(index) = value };
+    }
+}
+
+/// Every weight row of a band times every quantized input row, in tiles of up to 4 rows and 4
+/// inputs. With more than 4 inputs a band goes through its rows in sub-bands that stay in
+/// cache while every group of 4 inputs meets them.
 fn quantized_rows<K: RowDot>(
     weights: &[u8],
     row_bytes: usize,
@@ -136,24 +161,102 @@ fn quantized_rows<K: RowDot>(
     n: usize,
     y: &mut [f32],
 ) {
+    let rows = y.len() / n;
     let blocks_per_row = inputs.len() / n;
-    for_each_band(weights, row_bytes, n, y, |band, out| {
-        for (row, out) in band.chunks_exact(row_bytes).zip(out.chunks_exact_mut(n)) {
-            let groups = inputs.chunks(INPUTS_AT_ONCE * blocks_per_row);
-            for (out, group) in out.chunks_mut(INPUTS_AT_ONCE).zip(groups) {
-                let input = |k: usize| &group[k * blocks_per_row..(k + 1) * blocks_per_row];
-                match out.len() {
-                    4 => out.copy_from_slice(&K::dot_rows(
-                        row,
-                        [input(0), input(1), input(2), input(3)],
-                    )),
-                    3 => out.copy_from_slice(&K::dot_rows(row, [input(0), input(1), input(2)])),
-                    2 => out.copy_from_slice(&K::dot_rows(row, [input(0), input(1)])),
-                    _ => out.copy_from_slice(&K::dot_rows(row, [input(0)])),
+    let threads = rayon::current_num_threads().max(1);
+    // About four tasks per thread (whole tiles of 4 rows each) so that uneven threads balance.
+    let rows_per_task = rows
+        .div_ceil(threads * 4)
+        .max(MIN_ROWS_PER_TASK)
+        .next_multiple_of(4);
+    let sub_band = (SUB_BAND_BYTES / row_bytes).max(4) / 4 * 4;
+    let out = Output {
+        y: y.as_mut_ptr(),
+        len: y.len(),
+    };
+    let tasks = rows.div_ceil(rows_per_task);
+    (0..tasks).into_par_iter().for_each(|task| {
+        let band = task * rows_per_task..((task + 1) * rows_per_task).min(rows);
+        let mut start = band.start;
+        while start < band.end {
+            let end = (start + sub_band).min(band.end);
+            for first_input in (0..n).step_by(INPUTS_AT_ONCE) {
+                let group = INPUTS_AT_ONCE.min(n - first_input);
+                let tile_rows = K::tile_rows(group);
+                let mut row = start;
+                while row < end {
+                    let left = end - row;
+                    let take = if left >= tile_rows {
+                        tile_rows
+                    } else if left >= 2 {
+                        2
+                    } else {
+                        1
+                    };
+                    let at = Tile {
+                        weights,
+                        row_bytes,
+                        inputs,
+                        blocks_per_row,
+                        rows,
+                        first_row: row,
+                        first_input,
+                        out: &out,
+                    };
+                    match (take, group) {
+                        (4, 1) => at.run::<K, 4, 1>(),
+                        (4, 2) => at.run::<K, 4, 2>(),
+                        (4, 3) => at.run::<K, 4, 3>(),
+                        (4, 4) => at.run::<K, 4, 4>(),
+                        (2, 1) => at.run::<K, 2, 1>(),
+                        (2, 2) => at.run::<K, 2, 2>(),
+                        (2, 3) => at.run::<K, 2, 3>(),
+                        (2, 4) => at.run::<K, 2, 4>(),
+                        (_, 1) => at.run::<K, 1, 1>(),
+                        (_, 2) => at.run::<K, 1, 2>(),
+                        (_, 3) => at.run::<K, 1, 3>(),
+                        _ => at.run::<K, 1, 4>(),
+                    }
+                    row += take;
                 }
             }
+            start = end;
         }
     });
+}
+
+/// Where one tile lies: its first weight row and first input, in the whole product.
+struct Tile<'a, A> {
+    weights: &'a [u8],
+    row_bytes: usize,
+    inputs: &'a [A],
+    blocks_per_row: usize,
+    rows: usize,
+    first_row: usize,
+    first_input: usize,
+    out: &'a Output,
+}
+
+impl<A> Tile<'_, A> {
+    /// Rows `first_row..first_row + R` times inputs `first_input..first_input + N`, into Y.
+    #[inline]
+    fn run<K: RowDot<Activation = A>, const R: usize, const N: usize>(&self) {
+        let rows: [&[u8]; R] = std::array::from_fn(|j| {
+            let start = (self.first_row + j) * self.row_bytes;
+            &self.weights[start..start + self.row_bytes]
+        });
+        let inputs: [&[A]; N] = std::array::from_fn(|k| {
+            let start = (self.first_input + k) * self.blocks_per_row;
+            &self.inputs[start..start + self.blocks_per_row]
+        });
+        let products = K::dot_tile(rows, inputs);
+        for (j, products) in products.iter().enumerate() {
+            for (k, &product) in products.iter().enumerate() {
+                let index = (self.first_input + k) * self.rows + self.first_row + j;
+                self.out.write(index, product);
+            }
+        }
+    }
 }
 
 /// F32 weights in place when the bytes are aligned (as they are in a mapped GGUF file, whose

@@ -5,7 +5,7 @@
 
 use super::activations::{BlockQ8_0, QK8_0};
 use super::fields::f16_at;
-use super::row_dot::RowDot;
+use super::row_dot::{RowDot, check_tile, tile_by_pairs};
 
 const BLOCK_BYTES: usize = 18;
 
@@ -35,7 +35,7 @@ pub(super) fn dequantize(bytes: &[u8], out: &mut [f32]) {
 ///
 /// Panics unless the row holds exactly `x.len()` blocks.
 pub fn dot_q4_0_q8_0(weights: &[u8], x: &[BlockQ8_0]) -> f32 {
-    Kernel::dot_rows(weights, [x])[0]
+    Kernel::dot_tile([weights], [x])[0][0]
 }
 
 /// Q4_0's dot products for `matmul_rows_quant`.
@@ -44,22 +44,19 @@ pub(super) struct Kernel;
 impl RowDot for Kernel {
     type Activation = BlockQ8_0;
 
-    fn dot_rows<const N: usize>(weights: &[u8], inputs: [&[BlockQ8_0]; N]) -> [f32; N] {
-        for x in inputs {
-            assert_eq!(
-                weights.len(),
-                x.len() * BLOCK_BYTES,
-                "a Q4_0 row must hold one block per activation block"
-            );
-        }
+    fn dot_tile<const R: usize, const N: usize>(
+        rows: [&[u8]; R],
+        inputs: [&[BlockQ8_0]; N],
+    ) -> [[f32; N]; R] {
+        check_tile(&rows, &inputs, BLOCK_BYTES, "Q4_0");
         #[cfg(target_arch = "x86_64")]
         {
             if super::x86::has_avx2_fma_f16c() {
                 // SAFETY: the CPU has the features the function is compiled for.
-                return unsafe { dot_avx2(weights, inputs) };
+                return unsafe { dot_avx2(rows, inputs) };
             }
         }
-        inputs.map(|x| dot_portable(weights, x))
+        tile_by_pairs(rows, inputs, dot_portable)
     }
 }
 
@@ -79,12 +76,22 @@ fn dot_portable(weights: &[u8], x: &[BlockQ8_0]) -> f32 {
 /// The nibbles unpacked to bytes, less 8.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn dot_avx2<const N: usize>(weights: &[u8], inputs: [&[BlockQ8_0]; N]) -> [f32; N] {
-    use super::x86::*;
-    use std::arch::x86_64::*;
-    q8_0_row_dots(weights, BLOCK_BYTES, inputs, |block| {
+fn dot_avx2<const R: usize, const N: usize>(
+    rows: [&[u8]; R],
+    inputs: [&[BlockQ8_0]; N],
+) -> [[f32; N]; R] {
+    super::x86::q8_0_tile::<Kernel, R, N>(rows, BLOCK_BYTES, inputs)
+}
+
+#[cfg(target_arch = "x86_64")]
+impl super::x86::SignedQuants for Kernel {
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn signed_quants(block: &[u8]) -> std::arch::x86_64::__m256i {
+        use super::x86::*;
+        use std::arch::x86_64::*;
         _mm256_sub_epi8(nibbles_low_then_high(&block[2..]), _mm256_set1_epi8(8))
-    })
+    }
 }
 
 #[cfg(test)]

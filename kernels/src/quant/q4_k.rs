@@ -7,7 +7,7 @@
 
 use super::activations::{BlockQ8K, QK_K};
 use super::fields::f16_at;
-use super::row_dot::RowDot;
+use super::row_dot::{RowDot, check_tile, tile_by_pairs};
 
 const BLOCK_BYTES: usize = 144;
 
@@ -16,6 +16,7 @@ const BLOCK_BYTES: usize = 144;
 /// minimums 0..4; scales and minimums 4..8 take their low four bits from bytes 8..12 (scale in
 /// the low nibble, minimum in the high one) and their top two bits from the spare top bits of
 /// bytes 0..4 (scales) and 4..8 (minimums). Shared with Q5_K.
+#[inline]
 pub(super) fn scales_and_mins(packed: &[u8]) -> ([u8; 8], [u8; 8]) {
     // Four bytes at a time, as ggml's AVX2 kernels do: the same masks and shifts apply to every
     // byte of a word, and no shift carries a bit into a kept position of a neighbouring byte.
@@ -73,7 +74,7 @@ pub(super) fn dequantize(bytes: &[u8], out: &mut [f32]) {
 ///
 /// Panics unless the row holds exactly `x.len()` blocks.
 pub fn dot_q4_k_q8_k(weights: &[u8], x: &[BlockQ8K]) -> f32 {
-    Kernel::dot_rows(weights, [x])[0]
+    Kernel::dot_tile([weights], [x])[0][0]
 }
 
 /// Q4_K's dot products for `matmul_rows_quant`.
@@ -82,22 +83,19 @@ pub(super) struct Kernel;
 impl RowDot for Kernel {
     type Activation = BlockQ8K;
 
-    fn dot_rows<const N: usize>(weights: &[u8], inputs: [&[BlockQ8K]; N]) -> [f32; N] {
-        for x in inputs {
-            assert_eq!(
-                weights.len(),
-                x.len() * BLOCK_BYTES,
-                "a Q4_K row must hold one block per activation block"
-            );
-        }
+    fn dot_tile<const R: usize, const N: usize>(
+        rows: [&[u8]; R],
+        inputs: [&[BlockQ8K]; N],
+    ) -> [[f32; N]; R] {
+        check_tile(&rows, &inputs, BLOCK_BYTES, "Q4_K");
         #[cfg(target_arch = "x86_64")]
         {
             if super::x86::has_avx2_fma_f16c() {
                 // SAFETY: the CPU has the features the function is compiled for.
-                return unsafe { dot_avx2(weights, inputs) };
+                return unsafe { dot_avx2(rows, inputs) };
             }
         }
-        inputs.map(|x| dot_portable(weights, x))
+        tile_by_pairs(rows, inputs, dot_portable)
     }
 }
 
@@ -131,44 +129,147 @@ fn dot_portable(weights: &[u8], x: &[BlockQ8K]) -> f32 {
     total
 }
 
-/// Per block: 32 nibbles and 32 activation quants per `maddubs` (nibbles unsigned, quants signed;
-/// pair sums at most 2 * 15 * 127), times the sub-block's scale with `madd`, added as i32. The
-/// nibbles and scales are unpacked once per block for all inputs.
+/// A tile of R rows times N inputs. Per sub-block of 32 values: each row's nibbles (unsigned)
+/// times the input's quants with `maddubs` (pair sums at most 2 * 15 * 127), times the
+/// sub-block's scale with `madd`, added as i32; the nibbles and scales are unpacked once per
+/// tile and each input's quants loaded once per tile. Per block, the minimums meet the input's
+/// 16-value sums (added in pairs: the sums of the 32-value sub-blocks) with one `madd`, kept in
+/// a float accumulator of their own.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn dot_avx2<const N: usize>(weights: &[u8], inputs: [&[BlockQ8K]; N]) -> [f32; N] {
+fn dot_avx2<const R: usize, const N: usize>(
+    rows: [&[u8]; R],
+    inputs: [&[BlockQ8K]; N],
+) -> [[f32; N]; R] {
+    with_minimums_tile::<R, N, false>(rows, inputs)
+}
+
+/// The tile of [`dot_avx2`] for the K-quants with minimums: Q4_K, or Q5_K when `FIFTH` (each
+/// sub-block's fifth bits added as 16 before the `maddubs`: pair sums at most 2 * 31 * 127).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn with_minimums_tile<const R: usize, const N: usize, const FIFTH: bool>(
+    rows: [&[u8]; R],
+    inputs: [&[BlockQ8K]; N],
+) -> [[f32; N]; R] {
     use super::x86::*;
     use std::arch::x86_64::*;
-    let mut acc = [_mm256_setzero_ps(); N];
-    let mut minimums = [0f32; N];
-    for (b, block) in weights.chunks_exact(BLOCK_BYTES).enumerate() {
-        let (scales, mins) = scales_and_mins(&block[4..]);
-        let mut sums = [_mm256_setzero_si256(); N];
-        for pair in 0..4 {
-            let (low, high) = split_nibbles(load_u8x32(&block[16 + 32 * pair..]));
-            let low_scale = _mm256_set1_epi16(scales[2 * pair] as i16);
-            let high_scale = _mm256_set1_epi16(scales[2 * pair + 1] as i16);
-            for (sums, x) in sums.iter_mut().zip(inputs) {
-                let quants = &x[b].quants[64 * pair..];
-                let low_products = _mm256_maddubs_epi16(low, load_i8x32(quants));
-                let high_products = _mm256_maddubs_epi16(high, load_i8x32(&quants[32..]));
-                *sums = _mm256_add_epi32(*sums, _mm256_madd_epi16(low_products, low_scale));
-                *sums = _mm256_add_epi32(*sums, _mm256_madd_epi16(high_products, high_scale));
+    let (block_bytes, nibbles_at) = if FIFTH { (176, 48) } else { (BLOCK_BYTES, 16) };
+    let low_mask = _mm256_set1_epi8(0x0F);
+    let sixteen = _mm256_set1_epi8(16);
+    let mut acc = [[_mm256_setzero_ps(); N]; R];
+    let mut acc_min = [[_mm_setzero_ps(); N]; R];
+    let blocks = if N > 0 { inputs[0].len() } else { 0 };
+    for b in 0..blocks {
+        let at = b * block_bytes;
+        let mut scales = [_mm256_setzero_si256(); R];
+        let mut mins = [_mm_setzero_si128(); R];
+        let mut d = [_mm256_setzero_ps(); R];
+        let mut dmin = [_mm256_setzero_ps(); R];
+        let mut fifth_bits = [_mm256_setzero_si256(); R];
+        for r in 0..R {
+            let block = &rows[r][at..at + block_bytes];
+            (scales[r], mins[r]) = scales_and_mins_avx2(&block[4..]);
+            d[r] = _mm256_set1_ps(f16_at(block));
+            dmin[r] = _mm256_set1_ps(f16_at(&block[2..]));
+            if FIFTH {
+                fifth_bits[r] = load_u8x32(&block[16..]);
             }
         }
-        let (d, dmin) = (f16_at(block), f16_at(&block[2..]));
+        let mut sums = [[_mm256_setzero_si256(); N]; R];
+        // The two bytes of i16 lane s in every lane picks sub-block s's scale.
+        let mut pick_low = _mm256_set1_epi16(0x0100);
+        for pair in 0..4 {
+            let pick_high = _mm256_add_epi8(pick_low, _mm256_set1_epi8(2));
+            let mut low = [_mm256_setzero_si256(); R];
+            let mut high = [_mm256_setzero_si256(); R];
+            let mut low_scale = [_mm256_setzero_si256(); R];
+            let mut high_scale = [_mm256_setzero_si256(); R];
+            for r in 0..R {
+                let packed = load_u8x32(&rows[r][at + nibbles_at + 32 * pair..]);
+                // The 16-bit shift moves the neighbour byte's low bits in; the mask drops them.
+                low[r] = _mm256_and_si256(packed, low_mask);
+                high[r] = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low_mask);
+                if FIFTH {
+                    // Bits 0 and 1 of every byte are the fifth bits of this pair's sub-blocks,
+                    // moved to bit 4 (from within the byte; the mask drops what crosses).
+                    let bits = fifth_bits[r];
+                    low[r] = _mm256_or_si256(
+                        low[r],
+                        _mm256_and_si256(_mm256_slli_epi16(bits, 4), sixteen),
+                    );
+                    high[r] = _mm256_or_si256(
+                        high[r],
+                        _mm256_and_si256(_mm256_slli_epi16(bits, 3), sixteen),
+                    );
+                    fifth_bits[r] = _mm256_srli_epi16(bits, 2);
+                }
+                low_scale[r] = _mm256_shuffle_epi8(scales[r], pick_low);
+                high_scale[r] = _mm256_shuffle_epi8(scales[r], pick_high);
+            }
+            for k in 0..N {
+                let quants = &inputs[k][b].quants[64 * pair..];
+                let low_activations = load_i8x32(quants);
+                let high_activations = load_i8x32(&quants[32..]);
+                for r in 0..R {
+                    let low_products = _mm256_maddubs_epi16(low[r], low_activations);
+                    let high_products = _mm256_maddubs_epi16(high[r], high_activations);
+                    sums[r][k] = _mm256_add_epi32(
+                        sums[r][k],
+                        _mm256_add_epi32(
+                            _mm256_madd_epi16(low_products, low_scale[r]),
+                            _mm256_madd_epi16(high_products, high_scale[r]),
+                        ),
+                    );
+                }
+            }
+            pick_low = _mm256_add_epi8(pick_low, _mm256_set1_epi8(4));
+        }
         for k in 0..N {
             let act = &inputs[k][b];
-            let scale = _mm256_set1_ps(d * act.scale);
-            acc[k] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(sums[k]), acc[k]);
-            minimums[k] += dmin * act.scale * minimums_times_sums(&mins, act) as f32;
+            let sixteens = load_i16x16(&act.sums);
+            // Sums of 32 quants: at most 32 * 127 in magnitude.
+            let sub_block_sums = _mm_hadd_epi16(
+                _mm256_castsi256_si128(sixteens),
+                _mm256_extracti128_si256(sixteens, 1),
+            );
+            let act_scale = _mm256_set1_ps(act.scale);
+            for r in 0..R {
+                let scale = _mm256_mul_ps(d[r], act_scale);
+                acc[r][k] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(sums[r][k]), acc[r][k]);
+                let min_scale = _mm256_castps256_ps128(_mm256_mul_ps(dmin[r], act_scale));
+                let min_sums = _mm_madd_epi16(mins[r], sub_block_sums);
+                acc_min[r][k] = _mm_fmadd_ps(min_scale, _mm_cvtepi32_ps(min_sums), acc_min[r][k]);
+            }
         }
     }
-    let mut totals = [0f32; N];
-    for k in 0..N {
-        totals[k] = sum_f32x8(acc[k]) - minimums[k];
+    let mut totals = [[0f32; N]; R];
+    for r in 0..R {
+        for k in 0..N {
+            totals[r][k] = sum_f32x8(acc[r][k]) - sum_f32x4(acc_min[r][k]);
+        }
     }
     totals
+}
+
+/// The block's eight scales as i16 in lanes 0..8 of both halves (for `shuffle_epi8` to pick
+/// from) and its eight minimums as i16, from the 12 packed bytes. Shared with Q5_K.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn scales_and_mins_avx2(
+    packed: &[u8],
+) -> (std::arch::x86_64::__m256i, std::arch::x86_64::__m128i) {
+    use std::arch::x86_64::*;
+    let (scales, mins) = scales_and_mins(packed);
+    let bytes = _mm_set_epi64x(i64::from_le_bytes(mins), i64::from_le_bytes(scales));
+    let wide = _mm256_cvtepu8_epi16(bytes);
+    let scales = _mm256_castsi256_si128(wide);
+    (
+        _mm256_set_m128i(scales, scales),
+        _mm256_extracti128_si256(wide, 1),
+    )
 }
 
 #[cfg(test)]

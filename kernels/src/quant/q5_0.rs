@@ -5,7 +5,7 @@
 
 use super::activations::{BlockQ8_0, QK8_0};
 use super::fields::f16_at;
-use super::row_dot::RowDot;
+use super::row_dot::{RowDot, check_tile, tile_by_pairs};
 
 const BLOCK_BYTES: usize = 22;
 
@@ -41,7 +41,7 @@ pub(super) fn dequantize(bytes: &[u8], out: &mut [f32]) {
 ///
 /// Panics unless the row holds exactly `x.len()` blocks.
 pub fn dot_q5_0_q8_0(weights: &[u8], x: &[BlockQ8_0]) -> f32 {
-    Kernel::dot_rows(weights, [x])[0]
+    Kernel::dot_tile([weights], [x])[0][0]
 }
 
 /// Q5_0's dot products for `matmul_rows_quant`.
@@ -50,22 +50,19 @@ pub(super) struct Kernel;
 impl RowDot for Kernel {
     type Activation = BlockQ8_0;
 
-    fn dot_rows<const N: usize>(weights: &[u8], inputs: [&[BlockQ8_0]; N]) -> [f32; N] {
-        for x in inputs {
-            assert_eq!(
-                weights.len(),
-                x.len() * BLOCK_BYTES,
-                "a Q5_0 row must hold one block per activation block"
-            );
-        }
+    fn dot_tile<const R: usize, const N: usize>(
+        rows: [&[u8]; R],
+        inputs: [&[BlockQ8_0]; N],
+    ) -> [[f32; N]; R] {
+        check_tile(&rows, &inputs, BLOCK_BYTES, "Q5_0");
         #[cfg(target_arch = "x86_64")]
         {
             if super::x86::has_avx2_fma_f16c() {
                 // SAFETY: the CPU has the features the function is compiled for.
-                return unsafe { dot_avx2(weights, inputs) };
+                return unsafe { dot_avx2(rows, inputs) };
             }
         }
-        inputs.map(|x| dot_portable(weights, x))
+        tile_by_pairs(rows, inputs, dot_portable)
     }
 }
 
@@ -86,14 +83,24 @@ fn dot_portable(weights: &[u8], x: &[BlockQ8_0]) -> f32 {
 /// signed byte) when it is not: one OR instead of a shift, an OR and a subtraction.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn dot_avx2<const N: usize>(weights: &[u8], inputs: [&[BlockQ8_0]; N]) -> [f32; N] {
-    use super::x86::*;
-    use std::arch::x86_64::*;
-    q8_0_row_dots(weights, BLOCK_BYTES, inputs, |block| {
+fn dot_avx2<const R: usize, const N: usize>(
+    rows: [&[u8]; R],
+    inputs: [&[BlockQ8_0]; N],
+) -> [[f32; N]; R] {
+    super::x86::q8_0_tile::<Kernel, R, N>(rows, BLOCK_BYTES, inputs)
+}
+
+#[cfg(target_arch = "x86_64")]
+impl super::x86::SignedQuants for Kernel {
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn signed_quants(block: &[u8]) -> std::arch::x86_64::__m256i {
+        use super::x86::*;
+        use std::arch::x86_64::*;
         let fifth_set = bytes_from_bits(fifth_bits(block));
         let below_sixteen = _mm256_andnot_si256(fifth_set, _mm256_set1_epi8(0xF0u8 as i8));
         _mm256_or_si256(nibbles_low_then_high(&block[6..]), below_sixteen)
-    })
+    }
 }
 
 #[cfg(test)]

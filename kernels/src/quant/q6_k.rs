@@ -9,7 +9,7 @@
 
 use super::activations::{BlockQ8K, QK_K};
 use super::fields::f16_at;
-use super::row_dot::RowDot;
+use super::row_dot::{RowDot, check_tile, tile_by_pairs};
 
 const BLOCK_BYTES: usize = 210;
 const SCALES: usize = 192;
@@ -56,7 +56,7 @@ pub(super) fn dequantize(bytes: &[u8], out: &mut [f32]) {
 ///
 /// Panics unless the row holds exactly `x.len()` blocks.
 pub fn dot_q6_k_q8_k(weights: &[u8], x: &[BlockQ8K]) -> f32 {
-    Kernel::dot_rows(weights, [x])[0]
+    Kernel::dot_tile([weights], [x])[0][0]
 }
 
 /// Q6_K's dot products for `matmul_rows_quant`.
@@ -65,22 +65,19 @@ pub(super) struct Kernel;
 impl RowDot for Kernel {
     type Activation = BlockQ8K;
 
-    fn dot_rows<const N: usize>(weights: &[u8], inputs: [&[BlockQ8K]; N]) -> [f32; N] {
-        for x in inputs {
-            assert_eq!(
-                weights.len(),
-                x.len() * BLOCK_BYTES,
-                "a Q6_K row must hold one block per activation block"
-            );
-        }
+    fn dot_tile<const R: usize, const N: usize>(
+        rows: [&[u8]; R],
+        inputs: [&[BlockQ8K]; N],
+    ) -> [[f32; N]; R] {
+        check_tile(&rows, &inputs, BLOCK_BYTES, "Q6_K");
         #[cfg(target_arch = "x86_64")]
         {
             if super::x86::has_avx2_fma_f16c() {
                 // SAFETY: the CPU has the features the function is compiled for.
-                return unsafe { dot_avx2(weights, inputs) };
+                return unsafe { dot_avx2(rows, inputs) };
             }
         }
-        inputs.map(|x| dot_portable(weights, x))
+        tile_by_pairs(rows, inputs, dot_portable)
     }
 }
 
@@ -102,61 +99,95 @@ fn dot_portable(weights: &[u8], x: &[BlockQ8K]) -> f32 {
     total
 }
 
-/// Per 32 values: the unsigned 6-bit quants (unpacked once for all inputs) times the activation
-/// quants with `maddubs` (pair sums at most 2 * 63 * 127), minus 32 times the activation quants
-/// (the same instruction, 2 * 32 * 127) for the offset, then each 16-value half times its scale
-/// with `madd`.
+/// A tile of R rows times N inputs. Per 32 values: each row's unsigned 6-bit quants (unpacked
+/// once per tile) times the input's quants with `maddubs` (pair sums at most 2 * 63 * 127), then
+/// each 16-value half times its scale with `madd`. The offset of 32 is taken off once per block:
+/// 32 * sum over groups of scale * (the input's 16-value sum), one `madd` against the sums the
+/// Q8_K block carries.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn dot_avx2<const N: usize>(weights: &[u8], inputs: [&[BlockQ8K]; N]) -> [f32; N] {
+fn dot_avx2<const R: usize, const N: usize>(
+    rows: [&[u8]; R],
+    inputs: [&[BlockQ8K]; N],
+) -> [[f32; N]; R] {
     use super::x86::*;
     use std::arch::x86_64::*;
-    let thirty_two = _mm256_set1_epi8(32);
-    let two_bits = _mm256_set1_epi8(3);
-    let mut acc = [_mm256_setzero_ps(); N];
-    for (b, block) in weights.chunks_exact(BLOCK_BYTES).enumerate() {
-        let scales = scales(block);
-        let mut sums = [_mm256_setzero_si256(); N];
+    let low_mask = _mm256_set1_epi8(0x0F);
+    let high_mask = _mm256_set1_epi8(0x30);
+    // The scales' bytes reordered even groups first, then odd ones.
+    let evens_then_odds = _mm_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
+    let mut acc = [[_mm256_setzero_ps(); N]; R];
+    let blocks = if N > 0 { inputs[0].len() } else { 0 };
+    for b in 0..blocks {
+        let at = b * BLOCK_BYTES;
+        // Per row: the 16 scales as i16 in group order (for the offset), and as i16 with the
+        // even groups in the low half and the odd ones in the high half (the halves of 32
+        // values are groups 2q and 2q + 1).
+        let mut scales = [_mm256_setzero_si256(); R];
+        let mut split_scales = [_mm256_setzero_si256(); R];
+        let mut d = [_mm256_setzero_ps(); R];
+        for r in 0..R {
+            let block = &rows[r][at..at + BLOCK_BYTES];
+            let bytes = load_u8x16(&block[SCALES..]);
+            scales[r] = _mm256_cvtepi8_epi16(bytes);
+            split_scales[r] = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(bytes, evens_then_odds));
+            d[r] = _mm256_set1_ps(f16_at(&block[D..]));
+        }
+        let mut sums = [[_mm256_setzero_si256(); N]; R];
         for half in 0..2 {
-            let (first_low, first_high) = split_nibbles(load_u8x32(&block[64 * half..]));
-            let (second_low, second_high) = split_nibbles(load_u8x32(&block[64 * half + 32..]));
-            let bit_pairs = load_u8x32(&block[128 + 32 * half..]);
-            let low_nibbles = [first_low, second_low, first_high, second_high];
-            for (quarter, low) in low_nibbles.into_iter().enumerate() {
-                // The shifts are 16-bit wide: the mask drops what moves in from the next byte,
-                // and the shift left by 4 of a value below 4 stays inside its byte.
-                let high = match quarter {
-                    0 => _mm256_and_si256(bit_pairs, two_bits),
-                    1 => _mm256_and_si256(_mm256_srli_epi16(bit_pairs, 2), two_bits),
-                    2 => _mm256_and_si256(_mm256_srli_epi16(bit_pairs, 4), two_bits),
-                    _ => _mm256_and_si256(_mm256_srli_epi16(bit_pairs, 6), two_bits),
-                };
-                let quants = _mm256_or_si256(low, _mm256_slli_epi16(high, 4));
-                let offset = 128 * half + 32 * quarter;
-                let group = offset / 16;
-                let group_scales = _mm256_set_m128i(
-                    _mm_set1_epi16(scales[group + 1] as i16),
-                    _mm_set1_epi16(scales[group] as i16),
-                );
-                for (sums, x) in sums.iter_mut().zip(inputs) {
-                    let activations = load_i8x32(&x[b].quants[offset..]);
-                    let products = _mm256_sub_epi16(
-                        _mm256_maddubs_epi16(quants, activations),
-                        _mm256_maddubs_epi16(thirty_two, activations),
-                    );
-                    *sums = _mm256_add_epi32(*sums, _mm256_madd_epi16(products, group_scales));
+            for quarter in 0..4 {
+                let q = 4 * half + quarter;
+                // The two bytes of i16 lane q, in every lane.
+                let pick = _mm256_set1_epi16((((2 * q + 1) << 8) | (2 * q)) as i16);
+                let mut quants = [_mm256_setzero_si256(); R];
+                let mut scale = [_mm256_setzero_si256(); R];
+                for r in 0..R {
+                    let nibbles = load_u8x32(&rows[r][at + 64 * half + 32 * (quarter % 2)..]);
+                    let bit_pairs = load_u8x32(&rows[r][at + 128 + 32 * half..]);
+                    // The shifts are 16-bit wide: every kept bit comes from its own byte, and
+                    // what moves in from the neighbouring byte the masks drop.
+                    let low = if quarter < 2 {
+                        _mm256_and_si256(nibbles, low_mask)
+                    } else {
+                        _mm256_and_si256(_mm256_srli_epi16(nibbles, 4), low_mask)
+                    };
+                    let high = match quarter {
+                        0 => _mm256_slli_epi16(bit_pairs, 4),
+                        1 => _mm256_slli_epi16(bit_pairs, 2),
+                        2 => bit_pairs,
+                        _ => _mm256_srli_epi16(bit_pairs, 2),
+                    };
+                    quants[r] = _mm256_or_si256(low, _mm256_and_si256(high, high_mask));
+                    scale[r] = _mm256_shuffle_epi8(split_scales[r], pick);
+                }
+                for k in 0..N {
+                    let activations = load_i8x32(&inputs[k][b].quants[32 * q..]);
+                    for r in 0..R {
+                        let products = _mm256_maddubs_epi16(quants[r], activations);
+                        sums[r][k] =
+                            _mm256_add_epi32(sums[r][k], _mm256_madd_epi16(products, scale[r]));
+                    }
                 }
             }
         }
-        let d = f16_at(&block[D..]);
         for k in 0..N {
-            let scale = _mm256_set1_ps(d * inputs[k][b].scale);
-            acc[k] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(sums[k]), acc[k]);
+            let act = &inputs[k][b];
+            let sixteens = load_i16x16(&act.sums);
+            let act_scale = _mm256_set1_ps(act.scale);
+            for r in 0..R {
+                // At most 2 * 128 * 16 * 127 per lane before the shift: far inside i32.
+                let offsets = _mm256_slli_epi32(_mm256_madd_epi16(scales[r], sixteens), 5);
+                let total = _mm256_sub_epi32(sums[r][k], offsets);
+                let scale = _mm256_mul_ps(d[r], act_scale);
+                acc[r][k] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(total), acc[r][k]);
+            }
         }
     }
-    let mut totals = [0f32; N];
-    for k in 0..N {
-        totals[k] = sum_f32x8(acc[k]);
+    let mut totals = [[0f32; N]; R];
+    for r in 0..R {
+        for k in 0..N {
+            totals[r][k] = sum_f32x8(acc[r][k]);
+        }
     }
     totals
 }

@@ -4,7 +4,7 @@
 
 use super::activations::{BlockQ8_0, QK8_0};
 use super::fields::f16_at;
-use super::row_dot::RowDot;
+use super::row_dot::{RowDot, check_tile, tile_by_pairs};
 
 const BLOCK_BYTES: usize = 34;
 
@@ -29,7 +29,7 @@ pub(super) fn dequantize(bytes: &[u8], out: &mut [f32]) {
 ///
 /// Panics unless the row holds exactly `x.len()` blocks.
 pub fn dot_q8_0_q8_0(weights: &[u8], x: &[BlockQ8_0]) -> f32 {
-    Kernel::dot_rows(weights, [x])[0]
+    Kernel::dot_tile([weights], [x])[0][0]
 }
 
 /// Q8_0's dot products for `matmul_rows_quant`.
@@ -38,22 +38,19 @@ pub(super) struct Kernel;
 impl RowDot for Kernel {
     type Activation = BlockQ8_0;
 
-    fn dot_rows<const N: usize>(weights: &[u8], inputs: [&[BlockQ8_0]; N]) -> [f32; N] {
-        for x in inputs {
-            assert_eq!(
-                weights.len(),
-                x.len() * BLOCK_BYTES,
-                "a Q8_0 row must hold one block per activation block"
-            );
-        }
+    fn dot_tile<const R: usize, const N: usize>(
+        rows: [&[u8]; R],
+        inputs: [&[BlockQ8_0]; N],
+    ) -> [[f32; N]; R] {
+        check_tile(&rows, &inputs, BLOCK_BYTES, "Q8_0");
         #[cfg(target_arch = "x86_64")]
         {
             if super::x86::has_avx2_fma_f16c() {
                 // SAFETY: the CPU has the features the function is compiled for.
-                return unsafe { dot_avx2(weights, inputs) };
+                return unsafe { dot_avx2(rows, inputs) };
             }
         }
-        inputs.map(|x| dot_portable(weights, x))
+        tile_by_pairs(rows, inputs, dot_portable)
     }
 }
 
@@ -74,11 +71,20 @@ fn dot_portable(weights: &[u8], x: &[BlockQ8_0]) -> f32 {
 /// (see `dot_magnitudes_signs`).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn dot_avx2<const N: usize>(weights: &[u8], inputs: [&[BlockQ8_0]; N]) -> [f32; N] {
-    use super::x86::*;
-    q8_0_row_dots(weights, BLOCK_BYTES, inputs, |block| {
-        load_u8x32(&block[2..])
-    })
+fn dot_avx2<const R: usize, const N: usize>(
+    rows: [&[u8]; R],
+    inputs: [&[BlockQ8_0]; N],
+) -> [[f32; N]; R] {
+    super::x86::q8_0_tile::<Kernel, R, N>(rows, BLOCK_BYTES, inputs)
+}
+
+#[cfg(target_arch = "x86_64")]
+impl super::x86::SignedQuants for Kernel {
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn signed_quants(block: &[u8]) -> std::arch::x86_64::__m256i {
+        super::x86::load_u8x32(&block[2..])
+    }
 }
 
 #[cfg(test)]

@@ -1,17 +1,51 @@
-//! What every quantized format offers `matmul_rows_quant`: one weight row times several
-//! quantized input rows at once.
+//! What every quantized format offers `matmul_rows_quant`: a tile of a few weight rows times a
+//! few quantized input rows at once.
 //!
-//! With several inputs (a short prefill, a batch, the tokens routed to one expert) a row's
-//! blocks are unpacked once (nibbles, high bits, packed scales, the f16 factors) and each
-//! unpacked block meets every input, rather than being unpacked again per input.
+//! With several inputs (a short prefill, a batch, the tokens routed to one expert) each weight
+//! block is unpacked once per tile (nibbles, high bits, packed scales, the f16 factors) and meets
+//! every input of the tile, and each input block is loaded once and meets every row of the tile.
+//! With one input (a decode step) several rows still share the input's loads.
 
 pub(super) trait RowDot {
     /// The quantized activation block the format pairs with (Q8_0 or Q8_K).
     type Activation: Copy + Sync;
 
-    /// `weights` (one row) times each of `inputs`. Each result has the bits that the same input
-    /// alone (`N = 1`) gives: every input is accumulated by the same operations in the same order.
+    /// `rows` (R weight rows) times each of `inputs`: `result[r][k]` is row r times input k.
+    /// Each result has the bits that the same row and input alone (`R = N = 1`) give: every pair
+    /// is accumulated by the same operations in the same order, whatever the tile's shape.
     ///
-    /// Panics unless the row holds exactly one block per block of each input.
-    fn dot_rows<const N: usize>(weights: &[u8], inputs: [&[Self::Activation]; N]) -> [f32; N];
+    /// Panics unless every row holds exactly one block per block of each input.
+    fn dot_tile<const R: usize, const N: usize>(
+        rows: [&[u8]; R],
+        inputs: [&[Self::Activation]; N],
+    ) -> [[f32; N]; R];
+
+    /// Rows per tile for `inputs` inputs at once (1 to 4): 4 rows share one input's loads in a
+    /// decode step; with several inputs 2 rows keep the tile's sums in registers.
+    fn tile_rows(inputs: usize) -> usize {
+        if inputs == 1 { 1 } else { 2 }
+    }
+}
+
+/// Asserts that every row holds one block of `block_bytes` per block of every input (`name` is
+/// the format's, for the message).
+pub(super) fn check_tile<A>(rows: &[&[u8]], inputs: &[&[A]], block_bytes: usize, name: &str) {
+    for row in rows {
+        for x in inputs {
+            assert_eq!(
+                row.len(),
+                x.len() * block_bytes,
+                "a {name} row must hold one block per activation block"
+            );
+        }
+    }
+}
+
+/// A tile's results computed one pair at a time by `dot` (the portable kernels).
+pub(super) fn tile_by_pairs<A, const R: usize, const N: usize>(
+    rows: [&[u8]; R],
+    inputs: [&[A]; N],
+    dot: fn(&[u8], &[A]) -> f32,
+) -> [[f32; N]; R] {
+    rows.map(|row| inputs.map(|x| dot(row, x)))
 }

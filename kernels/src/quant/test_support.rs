@@ -248,44 +248,70 @@ pub(super) fn check_close_to_float_dot<A: ActivationBlock>(
     }
 }
 
-/// One row times 1 to 4 inputs at once gives, bit for bit, what each input gives alone.
-pub(super) fn check_rows_at_once<K: RowDot>(ty: GgmlType)
+/// Every tile shape (1, 2 or 4 rows times 1 to 4 inputs) gives, bit for bit, what each row and
+/// input give alone, for rows and inputs taken in any order.
+pub(super) fn check_tiles<K: RowDot>(ty: GgmlType)
 where
     K::Activation: ActivationBlock,
 {
     let mut rng = Rng::new(2000 + ty.id() as u64);
-    let blocks = 3;
-    let weights = random_blocks(ty, blocks, &mut rng);
-    let inputs: Vec<Vec<K::Activation>> = (0..4)
-        .map(|_| random_input::<K::Activation>(blocks, &mut rng).1)
-        .collect();
-    let alone: Vec<f32> = inputs
-        .iter()
-        .map(|x| K::dot_rows(&weights, [x.as_slice()])[0])
-        .collect();
-    let bits = |values: &[f32]| values.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
-    let four = K::dot_rows(
-        &weights,
-        std::array::from_fn::<_, 4, _>(|k| inputs[k].as_slice()),
-    );
-    assert_eq!(bits(&four), bits(&alone), "{}: four at once", ty.name());
-    let three = K::dot_rows(
-        &weights,
-        std::array::from_fn::<_, 3, _>(|k| inputs[k + 1].as_slice()),
-    );
-    assert_eq!(
-        bits(&three),
-        bits(&alone[1..]),
-        "{}: three at once",
-        ty.name()
-    );
-    let two = K::dot_rows(&weights, [inputs[2].as_slice(), inputs[0].as_slice()]);
-    assert_eq!(
-        bits(&two),
-        bits(&[alone[2], alone[0]]),
-        "{}: two at once",
-        ty.name()
-    );
+    for blocks in [1, 3] {
+        let rows: Vec<Vec<u8>> = (0..5).map(|_| random_blocks(ty, blocks, &mut rng)).collect();
+        let inputs: Vec<Vec<K::Activation>> = (0..5)
+            .map(|_| random_input::<K::Activation>(blocks, &mut rng).1)
+            .collect();
+        let alone: Vec<Vec<u32>> = rows
+            .iter()
+            .map(|w| {
+                inputs
+                    .iter()
+                    .map(|x| K::dot_tile([w.as_slice()], [x.as_slice()])[0][0].to_bits())
+                    .collect()
+            })
+            .collect();
+        check_tile_shape::<K, 1>(&rows, &inputs, &alone, ty);
+        check_tile_shape::<K, 2>(&rows, &inputs, &alone, ty);
+        check_tile_shape::<K, 4>(&rows, &inputs, &alone, ty);
+    }
+}
+
+fn check_tile_shape<K: RowDot, const R: usize>(
+    rows: &[Vec<u8>],
+    inputs: &[Vec<K::Activation>],
+    alone: &[Vec<u32>],
+    ty: GgmlType,
+) {
+    check_tile_inputs::<K, R, 1>(rows, inputs, alone, ty);
+    check_tile_inputs::<K, R, 2>(rows, inputs, alone, ty);
+    check_tile_inputs::<K, R, 3>(rows, inputs, alone, ty);
+    check_tile_inputs::<K, R, 4>(rows, inputs, alone, ty);
+}
+
+fn check_tile_inputs<K: RowDot, const R: usize, const N: usize>(
+    rows: &[Vec<u8>],
+    inputs: &[Vec<K::Activation>],
+    alone: &[Vec<u32>],
+    ty: GgmlType,
+) {
+    // Rows and inputs picked with a stride, so that tiles see them out of order.
+    for shift in 0..rows.len() {
+        let row_index = |j: usize| (shift + 3 * j) % rows.len();
+        let input_index = |k: usize| (2 * shift + 2 * k + 1) % inputs.len();
+        let tile = K::dot_tile(
+            std::array::from_fn::<_, R, _>(|j| rows[row_index(j)].as_slice()),
+            std::array::from_fn::<_, N, _>(|k| inputs[input_index(k)].as_slice()),
+        );
+        for (j, products) in tile.iter().enumerate() {
+            for (k, product) in products.iter().enumerate() {
+                assert_eq!(
+                    product.to_bits(),
+                    alone[row_index(j)][input_index(k)],
+                    "{}: {R}x{N} tile, row {j}, input {k}",
+                    ty.name()
+                );
+            }
+        }
+    }
 }
 
 /// The checks as tests, in a format's test module where `dot_portable`, `dot_avx2` and
@@ -306,14 +332,14 @@ macro_rules! dot_kernel_tests {
             }
             crate::quant::test_support::check_kernels_agree($ty, dot_portable, |w, x| {
                 // SAFETY: the CPU has the features, checked above.
-                let [product] = unsafe { dot_avx2(w, [x]) };
+                let [[product]] = unsafe { dot_avx2([w], [x]) };
                 product
             });
         }
 
         #[test]
-        fn several_inputs_at_once_match_one_at_a_time() {
-            crate::quant::test_support::check_rows_at_once::<Kernel>($ty);
+        fn every_tile_shape_matches_one_pair_at_a_time() {
+            crate::quant::test_support::check_tiles::<Kernel>($ty);
         }
     };
 }

@@ -96,17 +96,6 @@ pub(super) fn nibbles_low_then_high(bytes: &[u8]) -> __m256i {
     _mm256_set_m128i(high, low)
 }
 
-/// The low and high nibbles of 32 bytes, as two vectors of 32 bytes in 0..=15.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn split_nibbles(packed: __m256i) -> (__m256i, __m256i) {
-    let low_mask = _mm256_set1_epi8(0x0F);
-    (
-        _mm256_and_si256(packed, low_mask),
-        _mm256_and_si256(_mm256_srli_epi16(packed, 4), low_mask),
-    )
-}
-
 /// 32 bits as 32 bytes, 0xFF where the bit is set: byte i of the result is bit i of `bits`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -141,49 +130,111 @@ pub(super) fn dot_magnitudes_signs(magnitudes: __m256i, a: __m256i, b: __m256i) 
     _mm256_madd_epi16(pairs, _mm256_set1_epi16(1))
 }
 
-/// One row of 32-value blocks (Q4_0, Q5_0, Q8_0) times each of N rows of Q8_0 blocks, given
-/// the block's f16 scale and `signed_quants`, which unpacks a block's 32 quants into bytes.
-///
-/// Even and odd blocks go to separate accumulators, so that one block's multiply-add need not
-/// wait for the previous block's (the loop would otherwise run at the FMA's latency).
+/// How a 32-value format (Q4_0, Q5_0, Q8_0) unpacks a block's quants for [`q8_0_tile`].
+pub(super) trait SignedQuants {
+    /// The block's 32 quants as signed bytes (the block's first two bytes are its f16 scale).
+    ///
+    /// # Safety
+    /// The CPU must have AVX2, FMA and F16C (implementations are compiled for them).
+    unsafe fn signed_quants(block: &[u8]) -> __m256i;
+}
+
+/// The products of block `b` of every row with block `b` of every input: the scale (the row's d
+/// times the input's) and the integer dot product as f32.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn q8_0_row_dots<const N: usize>(
-    weights: &[u8],
+fn q8_0_block_products<U: SignedQuants, const R: usize, const N: usize>(
+    rows: &[&[u8]; R],
+    block_bytes: usize,
+    inputs: &[&[BlockQ8_0]; N],
+    b: usize,
+) -> [[(__m256, __m256); N]; R] {
+    let mut quants = [_mm256_setzero_si256(); R];
+    let mut magnitudes = [_mm256_setzero_si256(); R];
+    let mut d = [_mm256_setzero_ps(); R];
+    for r in 0..R {
+        let block = &rows[r][b * block_bytes..(b + 1) * block_bytes];
+        d[r] = _mm256_set1_ps(f16_at(block));
+        // SAFETY: this function is compiled for (and so only entered with) the features.
+        quants[r] = unsafe { U::signed_quants(block) };
+        magnitudes[r] = _mm256_sign_epi8(quants[r], quants[r]);
+    }
+    let mut products = [[(_mm256_setzero_ps(), _mm256_setzero_ps()); N]; R];
+    for k in 0..N {
+        let act = &inputs[k][b];
+        let activations = load_i8x32(&act.quants);
+        let act_scale = _mm256_set1_ps(act.scale);
+        for r in 0..R {
+            let sums = dot_magnitudes_signs(magnitudes[r], quants[r], activations);
+            products[r][k] = (_mm256_mul_ps(d[r], act_scale), _mm256_cvtepi32_ps(sums));
+        }
+    }
+    products
+}
+
+/// A tile of R rows of 32-value blocks (Q4_0, Q5_0, Q8_0, unpacked by `U`) times N rows of
+/// Q8_0 blocks. Each row's block is unpacked once per tile and each input's block loaded once
+/// per tile.
+///
+/// Blocks go two at a time: the pair's two scaled sums are added together before they meet the
+/// accumulator, so that the loop waits on one addition per two blocks (not a multiply-add per
+/// block) even for a tile of one row and one input.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn q8_0_tile<U: SignedQuants, const R: usize, const N: usize>(
+    rows: [&[u8]; R],
     block_bytes: usize,
     inputs: [&[BlockQ8_0]; N],
-    signed_quants: impl Fn(&[u8]) -> __m256i,
-) -> [f32; N] {
-    let mut even = [_mm256_setzero_ps(); N];
-    let mut odd = [_mm256_setzero_ps(); N];
-    let accumulate = |acc: &mut [__m256; N], block: &[u8], b: usize| {
-        let d = f16_at(block);
-        let quants = signed_quants(block);
-        let magnitudes = _mm256_sign_epi8(quants, quants);
-        for (acc, x) in acc.iter_mut().zip(inputs) {
-            let act = &x[b];
-            let sums = dot_magnitudes_signs(magnitudes, quants, load_i8x32(&act.quants));
-            let scale = _mm256_set1_ps(d * act.scale);
-            *acc = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(sums), *acc);
+) -> [[f32; N]; R] {
+    let mut acc = [[_mm256_setzero_ps(); N]; R];
+    let blocks = if N > 0 { inputs[0].len() } else { 0 };
+    let mut b = 0;
+    while b + 2 <= blocks {
+        let first = q8_0_block_products::<U, R, N>(&rows, block_bytes, &inputs, b);
+        let second = q8_0_block_products::<U, R, N>(&rows, block_bytes, &inputs, b + 1);
+        for r in 0..R {
+            for k in 0..N {
+                let (scale, sums) = second[r][k];
+                let both =
+                    _mm256_fmadd_ps(first[r][k].0, first[r][k].1, _mm256_mul_ps(scale, sums));
+                acc[r][k] = _mm256_add_ps(acc[r][k], both);
+            }
         }
-    };
-    let mut pairs = weights.chunks_exact(2 * block_bytes);
-    for (p, pair) in (&mut pairs).enumerate() {
-        accumulate(&mut even, &pair[..block_bytes], 2 * p);
-        accumulate(&mut odd, &pair[block_bytes..], 2 * p + 1);
+        b += 2;
     }
-    if !pairs.remainder().is_empty() {
-        accumulate(
-            &mut even,
-            pairs.remainder(),
-            weights.len() / block_bytes - 1,
-        );
+    if b < blocks {
+        let last = q8_0_block_products::<U, R, N>(&rows, block_bytes, &inputs, b);
+        for r in 0..R {
+            for k in 0..N {
+                let (scale, sums) = last[r][k];
+                acc[r][k] = _mm256_fmadd_ps(scale, sums, acc[r][k]);
+            }
+        }
     }
-    let mut totals = [0f32; N];
-    for ((total, even), odd) in totals.iter_mut().zip(even).zip(odd) {
-        *total = sum_f32x8(_mm256_add_ps(even, odd));
+    let mut totals = [[0f32; N]; R];
+    for r in 0..R {
+        for k in 0..N {
+            totals[r][k] = sum_f32x8(acc[r][k]);
+        }
     }
     totals
+}
+
+/// The first 16 values of `values`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn load_i16x16(values: &[i16]) -> __m256i {
+    let values = &values[..16];
+    // SAFETY: `values` holds 32 readable bytes, and loadu has no alignment requirement.
+    unsafe { _mm256_loadu_si256(values.as_ptr().cast()) }
+}
+
+/// The sum of the four lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn sum_f32x4(quad: __m128) -> f32 {
+    let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
+    _mm_cvtss_f32(_mm_add_ss(pair, _mm_movehdup_ps(pair)))
 }
 
 /// The sum of the eight lanes.
