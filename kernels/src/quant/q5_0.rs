@@ -64,6 +64,10 @@ impl RowDot for Kernel {
         }
         tile_by_pairs(rows, inputs, dot_portable)
     }
+
+    fn tile_rows(inputs: usize) -> usize {
+        if inputs == 1 { 4 } else { 2 }
+    }
 }
 
 fn dot_portable(weights: &[u8], x: &[BlockQ8_0]) -> f32 {

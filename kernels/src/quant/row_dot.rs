@@ -20,8 +20,10 @@ pub(super) trait RowDot {
         inputs: [&[Self::Activation]; N],
     ) -> [[f32; N]; R];
 
-    /// Rows per tile for `inputs` inputs at once (1 to 4): 4 rows share one input's loads in a
-    /// decode step; with several inputs 2 rows keep the tile's sums in registers.
+    /// Rows per tile for `inputs` inputs at once (1 to 4). With one input (a decode step) the
+    /// K-quants go a row at a time (their wide blocks keep the loop busy, and one row is one
+    /// sequential stream for the prefetchers) while the 32-value formats take 4 rows, which
+    /// share the input's loads; with several inputs 2 rows keep the tile's sums in registers.
     fn tile_rows(inputs: usize) -> usize {
         if inputs == 1 { 1 } else { 2 }
     }

@@ -139,39 +139,6 @@ pub(super) trait SignedQuants {
     unsafe fn signed_quants(block: &[u8]) -> __m256i;
 }
 
-/// The products of block `b` of every row with block `b` of every input: the scale (the row's d
-/// times the input's) and the integer dot product as f32.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn q8_0_block_products<U: SignedQuants, const R: usize, const N: usize>(
-    rows: &[&[u8]; R],
-    block_bytes: usize,
-    inputs: &[&[BlockQ8_0]; N],
-    b: usize,
-) -> [[(__m256, __m256); N]; R] {
-    let mut quants = [_mm256_setzero_si256(); R];
-    let mut magnitudes = [_mm256_setzero_si256(); R];
-    let mut d = [_mm256_setzero_ps(); R];
-    for r in 0..R {
-        let block = &rows[r][b * block_bytes..(b + 1) * block_bytes];
-        d[r] = _mm256_set1_ps(f16_at(block));
-        // SAFETY: this function is compiled for (and so only entered with) the features.
-        quants[r] = unsafe { U::signed_quants(block) };
-        magnitudes[r] = _mm256_sign_epi8(quants[r], quants[r]);
-    }
-    let mut products = [[(_mm256_setzero_ps(), _mm256_setzero_ps()); N]; R];
-    for k in 0..N {
-        let act = &inputs[k][b];
-        let activations = load_i8x32(&act.quants);
-        let act_scale = _mm256_set1_ps(act.scale);
-        for r in 0..R {
-            let sums = dot_magnitudes_signs(magnitudes[r], quants[r], activations);
-            products[r][k] = (_mm256_mul_ps(d[r], act_scale), _mm256_cvtepi32_ps(sums));
-        }
-    }
-    products
-}
-
 /// A tile of R rows of 32-value blocks (Q4_0, Q5_0, Q8_0, unpacked by `U`) times N rows of
 /// Q8_0 blocks. Each row's block is unpacked once per tile and each input's block loaded once
 /// per tile.
@@ -190,24 +157,61 @@ pub(super) fn q8_0_tile<U: SignedQuants, const R: usize, const N: usize>(
     let blocks = if N > 0 { inputs[0].len() } else { 0 };
     let mut b = 0;
     while b + 2 <= blocks {
-        let first = q8_0_block_products::<U, R, N>(&rows, block_bytes, &inputs, b);
-        let second = q8_0_block_products::<U, R, N>(&rows, block_bytes, &inputs, b + 1);
+        let mut quants = [[_mm256_setzero_si256(); 2]; R];
+        let mut magnitudes = [[_mm256_setzero_si256(); 2]; R];
+        let mut d = [[_mm256_setzero_ps(); 2]; R];
         for r in 0..R {
-            for k in 0..N {
-                let (scale, sums) = second[r][k];
-                let both =
-                    _mm256_fmadd_ps(first[r][k].0, first[r][k].1, _mm256_mul_ps(scale, sums));
+            for half in 0..2 {
+                let at = (b + half) * block_bytes;
+                let block = &rows[r][at..at + block_bytes];
+                d[r][half] = _mm256_set1_ps(f16_at(block));
+                // SAFETY: this function is compiled for (and so only entered with) the features.
+                let q = unsafe { U::signed_quants(block) };
+                quants[r][half] = q;
+                magnitudes[r][half] = _mm256_sign_epi8(q, q);
+            }
+        }
+        for k in 0..N {
+            let (first, second) = (&inputs[k][b], &inputs[k][b + 1]);
+            let first_quants = load_i8x32(&first.quants);
+            let second_quants = load_i8x32(&second.quants);
+            let first_scale = _mm256_set1_ps(first.scale);
+            let second_scale = _mm256_set1_ps(second.scale);
+            for r in 0..R {
+                let first_sums = dot_magnitudes_signs(magnitudes[r][0], quants[r][0], first_quants);
+                let second_sums =
+                    dot_magnitudes_signs(magnitudes[r][1], quants[r][1], second_quants);
+                let both = _mm256_fmadd_ps(
+                    _mm256_mul_ps(d[r][0], first_scale),
+                    _mm256_cvtepi32_ps(first_sums),
+                    _mm256_mul_ps(
+                        _mm256_mul_ps(d[r][1], second_scale),
+                        _mm256_cvtepi32_ps(second_sums),
+                    ),
+                );
                 acc[r][k] = _mm256_add_ps(acc[r][k], both);
             }
         }
         b += 2;
     }
     if b < blocks {
-        let last = q8_0_block_products::<U, R, N>(&rows, block_bytes, &inputs, b);
+        let mut quants = [_mm256_setzero_si256(); R];
+        let mut d = [_mm256_setzero_ps(); R];
         for r in 0..R {
-            for k in 0..N {
-                let (scale, sums) = last[r][k];
-                acc[r][k] = _mm256_fmadd_ps(scale, sums, acc[r][k]);
+            let block = &rows[r][b * block_bytes..(b + 1) * block_bytes];
+            d[r] = _mm256_set1_ps(f16_at(block));
+            // SAFETY: as above.
+            quants[r] = unsafe { U::signed_quants(block) };
+        }
+        for k in 0..N {
+            let act = &inputs[k][b];
+            let activations = load_i8x32(&act.quants);
+            let act_scale = _mm256_set1_ps(act.scale);
+            for r in 0..R {
+                let magnitudes = _mm256_sign_epi8(quants[r], quants[r]);
+                let sums = dot_magnitudes_signs(magnitudes, quants[r], activations);
+                let scale = _mm256_mul_ps(d[r], act_scale);
+                acc[r][k] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(sums), acc[r][k]);
             }
         }
     }
