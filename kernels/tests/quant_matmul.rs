@@ -308,3 +308,66 @@ fn weights_must_match_the_shape() {
         &mut [0.0; 2],
     );
 }
+
+#[test]
+fn tile_edges_give_the_row_by_row_dot_products_exactly() {
+    // Row and input counts around the tiles (up to 4 rows x 4 inputs), and 131 rows of 40
+    // blocks, which span several bands and several cache-sized sub-bands per band: every output
+    // is the one-row, one-input dot product, bit for bit.
+    let mut rng = Rng(19);
+    let quantized = [
+        GgmlType::Q4_0,
+        GgmlType::Q5_0,
+        GgmlType::Q8_0,
+        GgmlType::Q4K,
+        GgmlType::Q5K,
+        GgmlType::Q6K,
+    ];
+    for ty in quantized {
+        for (rows, cols) in [(1, 1), (2, 1), (3, 2), (5, 1), (6, 2), (9, 1), (131, 40)] {
+            let cols = cols * ty.block_len();
+            let weights = random_weights(ty, rows * cols, &mut rng);
+            let row_bytes = ty.row_bytes(cols).unwrap();
+            for n in [1, 2, 3, 4, 5, 7, 8, 9] {
+                let x: Vec<f32> = (0..n * cols).map(|_| rng.signed_unit()).collect();
+                let mut y = vec![f32::NAN; n * rows];
+                matmul_rows_quant(ty, &weights, rows, cols, &x, n, &mut y);
+                for (i, input) in x.chunks_exact(cols).enumerate() {
+                    let expected: Vec<f32> = if ty.block_len() == QK8_0 {
+                        let mut blocks = vec![BlockQ8_0::ZERO; cols / QK8_0];
+                        quantize_row_q8_0(input, &mut blocks);
+                        let dot = match ty {
+                            GgmlType::Q4_0 => dot_q4_0_q8_0,
+                            GgmlType::Q5_0 => dot_q5_0_q8_0,
+                            _ => dot_q8_0_q8_0,
+                        };
+                        weights
+                            .chunks_exact(row_bytes)
+                            .map(|row| dot(row, &blocks))
+                            .collect()
+                    } else {
+                        let mut blocks = vec![BlockQ8K::ZERO; cols / QK_K];
+                        quantize_row_q8_k(input, &mut blocks);
+                        let dot = match ty {
+                            GgmlType::Q4K => dot_q4_k_q8_k,
+                            GgmlType::Q5K => dot_q5_k_q8_k,
+                            _ => dot_q6_k_q8_k,
+                        };
+                        weights
+                            .chunks_exact(row_bytes)
+                            .map(|row| dot(row, &blocks))
+                            .collect()
+                    };
+                    for (r, value) in expected.iter().enumerate() {
+                        assert_eq!(
+                            y[i * rows + r].to_bits(),
+                            value.to_bits(),
+                            "{} {rows}x{cols}, n {n}, input {i}, row {r}",
+                            ty.name()
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

@@ -2,9 +2,11 @@
 //! batch: the quantized counterpart of [`crate::matvec::matmul_rows_f32`].
 //!
 //! Each input row is quantized once (Q8_0 or Q8_K blocks, as the weight type pairs them), then
-//! every thread streams a contiguous band of W's rows, each row meeting all n inputs while it is
-//! in cache, four at a time so that its blocks are unpacked once per four inputs. The float types
-//! are converted a row at a time instead (F32 used in place when the bytes are aligned).
+//! every thread takes contiguous bands of W's rows, in sub-bands that stay in cache while every
+//! group of up to four inputs passes over them, in register tiles of up to 4 rows x 4 inputs (see
+//! `RowDot::dot_tile`): each weight block is unpacked once per tile, each input block loaded once
+//! per tile. The float types are converted a row at a time instead (F32 used in place when the
+//! bytes are aligned).
 
 use rayon::prelude::*;
 

@@ -77,7 +77,6 @@ fn dot_portable(weights: &[u8], x: &[BlockQ8_0]) -> f32 {
     total
 }
 
-/// The nibbles unpacked to bytes, less 8.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn dot_avx2<const R: usize, const N: usize>(
@@ -89,6 +88,7 @@ fn dot_avx2<const R: usize, const N: usize>(
 
 #[cfg(target_arch = "x86_64")]
 impl super::x86::SignedQuants for Kernel {
+    /// The nibbles unpacked to bytes, less 8.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn signed_quants(block: &[u8]) -> std::arch::x86_64::__m256i {

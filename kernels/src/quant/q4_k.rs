@@ -146,6 +146,8 @@ fn dot_avx2<const R: usize, const N: usize>(
 
 /// The tile of [`dot_avx2`] for the K-quants with minimums: Q4_K, or Q5_K when `FIFTH` (each
 /// sub-block's fifth bits added as 16 before the `maddubs`: pair sums at most 2 * 31 * 127).
+// Blocks, rows and inputs are indexed together (block b of row r meets block b of input k).
+#[allow(clippy::needless_range_loop)]
 #[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]

@@ -83,8 +83,6 @@ fn dot_portable(weights: &[u8], x: &[BlockQ8_0]) -> f32 {
     total
 }
 
-/// (low | fifth << 4) - 16 is `low` when the fifth bit is set and `low | 0xF0` (low - 16 as a
-/// signed byte) when it is not: one OR instead of a shift, an OR and a subtraction.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn dot_avx2<const R: usize, const N: usize>(
@@ -96,6 +94,8 @@ fn dot_avx2<const R: usize, const N: usize>(
 
 #[cfg(target_arch = "x86_64")]
 impl super::x86::SignedQuants for Kernel {
+    /// (low | fifth << 4) - 16 is `low` when the fifth bit is set and `low | 0xF0` (low - 16 as
+    /// a signed byte) when it is not: one OR instead of a shift, an OR and a subtraction.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn signed_quants(block: &[u8]) -> std::arch::x86_64::__m256i {

@@ -104,6 +104,8 @@ fn dot_portable(weights: &[u8], x: &[BlockQ8K]) -> f32 {
 /// each 16-value half times its scale with `madd`. The offset of 32 is taken off once per block:
 /// 32 * sum over groups of scale * (the input's 16-value sum), one `madd` against the sums the
 /// Q8_K block carries.
+// Blocks, rows and inputs are indexed together (block b of row r meets block b of input k).
+#[allow(clippy::needless_range_loop)]
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn dot_avx2<const R: usize, const N: usize>(

@@ -71,8 +71,6 @@ fn dot_portable(weights: &[u8], x: &[BlockQ8_0]) -> f32 {
     total
 }
 
-/// The weight bytes are the signed quants already; they may be -128, the activations never are
-/// (see `dot_magnitudes_signs`).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn dot_avx2<const R: usize, const N: usize>(
@@ -84,6 +82,8 @@ fn dot_avx2<const R: usize, const N: usize>(
 
 #[cfg(target_arch = "x86_64")]
 impl super::x86::SignedQuants for Kernel {
+    /// The weight bytes are the signed quants already; they may be -128, the activations never
+    /// are (see `dot_magnitudes_signs`).
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn signed_quants(block: &[u8]) -> std::arch::x86_64::__m256i {

@@ -256,7 +256,9 @@ where
 {
     let mut rng = Rng::new(2000 + ty.id() as u64);
     for blocks in [1, 3] {
-        let rows: Vec<Vec<u8>> = (0..5).map(|_| random_blocks(ty, blocks, &mut rng)).collect();
+        let rows: Vec<Vec<u8>> = (0..5)
+            .map(|_| random_blocks(ty, blocks, &mut rng))
+            .collect();
         let inputs: Vec<Vec<K::Activation>> = (0..5)
             .map(|_| random_input::<K::Activation>(blocks, &mut rng).1)
             .collect();
