@@ -195,6 +195,12 @@ fn quantized_rows<K: RowDot>(
                     } else {
                         1
                     };
+                    if first_input == 0 {
+                        // The first group of inputs meets the sub-band's rows straight from
+                        // memory: fetch the next tile's rows while this one computes.
+                        let next = (row + take) * row_bytes;
+                        prefetch(&weights[next.min(weights.len())..], take * row_bytes);
+                    }
                     let at = Tile {
                         weights,
                         row_bytes,
@@ -225,6 +231,21 @@ fn quantized_rows<K: RowDot>(
             start = end;
         }
     });
+}
+
+/// Asks the CPU to bring the first `len` bytes of `bytes` (or all of them, if fewer) into cache.
+#[inline]
+fn prefetch(bytes: &[u8], len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        for line in bytes[..len.min(bytes.len())].chunks(64) {
+            // SAFETY: a prefetch reads nothing and cannot fault; the address is in `bytes`.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast()) };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (bytes, len);
 }
 
 /// Where one tile lies: its first weight row and first input, in the whole product.
