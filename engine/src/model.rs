@@ -17,10 +17,12 @@ use kernels::routing::{GroupLimit, select_experts};
 use crate::config::{ModelConfig, MoeConfig, Routing};
 use crate::error::{EngineError, Result};
 use crate::latent_cache::LatentCache;
-use crate::linear::Linear;
+use crate::linear::{Linear, LinearWeight};
 use crate::page_pool::{DEFAULT_PAGE_TOKENS, PageLayout, PagePool};
+use crate::quantized::QuantizedWeight;
 use crate::rope::Rope;
 use crate::weights::WeightSource;
+use kernels::quant::{MatVecJob, matvec_many_quant};
 
 /// Which attention form a forward pass uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -396,6 +398,24 @@ impl Mlp {
 
     fn bytes(&self) -> usize {
         self.gate_up.bytes() + self.down.bytes()
+    }
+
+    /// The gate and up matrices (in that order of rows) and the down matrices, when every one
+    /// is in a block format and nothing adds a bias: what the fused decode of a MoE layer takes.
+    fn quantized_parts(&self) -> Option<(&[QuantizedWeight], &[QuantizedWeight])> {
+        match (&self.gate_up, &self.down) {
+            (
+                Linear {
+                    weight: LinearWeight::Quantized(gate_up),
+                    bias: None,
+                },
+                Linear {
+                    weight: LinearWeight::Quantized(down),
+                    bias: None,
+                },
+            ) => Some((gate_up, down)),
+            _ => None,
+        }
     }
 }
 
@@ -845,6 +865,99 @@ impl Moe {
         }
     }
 
+    /// One token through the chosen and shared experts when all their weights are quantized on
+    /// the CPU: every gate/up product in one parallel pass over all their rows, then every down
+    /// product in another (`None`: some weight is not, use the general path).
+    fn decode_fused(&self, x: &Tensor, chosen: &[(usize, f32)]) -> Result<Option<Tensor>> {
+        if !x.device().is_cpu() {
+            return Ok(None);
+        }
+        let mut mlps: Vec<(&Mlp, f32)> = chosen
+            .iter()
+            .map(|&(expert, weight)| (&self.experts[expert], weight))
+            .collect();
+        if let Some(shared) = &self.shared {
+            mlps.push((shared, 1.0));
+        }
+        let Some(parts) = mlps
+            .iter()
+            .map(|(mlp, _)| mlp.quantized_parts())
+            .collect::<Option<Vec<_>>>()
+        else {
+            return Ok(None);
+        };
+        if parts
+            .iter()
+            .flat_map(|(gate_up, down)| gate_up.iter().chain(down.iter()))
+            .any(|p| p.ty.block_len() == 1)
+        {
+            return Ok(None);
+        }
+        let dtype = x.dtype();
+        let input = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+
+        // Gate and up of every MLP, all from the token's hidden state.
+        let mut jobs = Vec::new();
+        let mut gate_up_out: Vec<Vec<f32>> = Vec::new();
+        for (gate_up, _) in &parts {
+            for part in gate_up.iter() {
+                jobs.push(MatVecJob {
+                    ty: part.ty,
+                    weights: part.bytes(),
+                    rows: part.rows,
+                    input: 0,
+                });
+                gate_up_out.push(vec![0f32; part.rows]);
+            }
+        }
+        let mut outs: Vec<&mut [f32]> = gate_up_out.iter_mut().map(|o| o.as_mut_slice()).collect();
+        matvec_many_quant(&jobs, &[&input], &mut outs);
+
+        // silu(gate) * up per MLP, then every down projection from its own input.
+        let mut rows = gate_up_out.into_iter();
+        let mut hidden_states: Vec<Vec<f32>> = Vec::with_capacity(mlps.len());
+        for ((mlp, _), (gate_up, _)) in mlps.iter().zip(&parts) {
+            let values: Vec<f32> = gate_up.iter().flat_map(|_| rows.next().unwrap()).collect();
+            let (gate, up) = values.split_at(mlp.intermediate);
+            hidden_states.push(
+                gate.iter()
+                    .zip(up)
+                    .map(|(&g, &u)| g / (1.0 + (-g).exp()) * u)
+                    .collect(),
+            );
+        }
+        let mut jobs = Vec::new();
+        let mut down_out: Vec<Vec<f32>> = Vec::new();
+        for (index, (_, down)) in parts.iter().enumerate() {
+            for part in down.iter() {
+                jobs.push(MatVecJob {
+                    ty: part.ty,
+                    weights: part.bytes(),
+                    rows: part.rows,
+                    input: index,
+                });
+                down_out.push(vec![0f32; part.rows]);
+            }
+        }
+        let inputs: Vec<&[f32]> = hidden_states.iter().map(Vec::as_slice).collect();
+        let mut outs: Vec<&mut [f32]> = down_out.iter_mut().map(|o| o.as_mut_slice()).collect();
+        matvec_many_quant(&jobs, &inputs, &mut outs);
+
+        // The weighted sum; a down projection stored in parts fills the hidden size in order.
+        let hidden = input.len();
+        let mut sum = vec![0f32; hidden];
+        let mut rows = down_out.into_iter();
+        for ((_, weight), (_, down)) in mlps.iter().zip(&parts) {
+            let values: Vec<f32> = down.iter().flat_map(|_| rows.next().unwrap()).collect();
+            for (s, v) in sum.iter_mut().zip(values) {
+                *s += weight * v;
+            }
+        }
+        Ok(Some(
+            Tensor::from_vec(sum, (1, hidden), x.device())?.to_dtype(dtype)?,
+        ))
+    }
+
     /// x: [T, hidden] -> [T, hidden]
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let routes = self.route(x)?;
@@ -854,6 +967,9 @@ impl Moe {
             None => Tensor::zeros((t, hidden), x.dtype(), x.device())?,
         };
         if t == 1 {
+            if let Some(fused) = self.decode_fused(x, &routes[0])? {
+                return Ok(fused);
+            }
             for &(expert, weight) in &routes[0] {
                 out = (out + (self.experts[expert].forward(x)? * weight as f64)?)?;
             }

@@ -1,0 +1,220 @@
+//! Several quantized matrices, each times its own input vector, in one parallel pass: what a
+//! decoded token does in a mixture-of-experts layer (the gate and up projections of every expert
+//! it chose and of the shared experts, then their down projections).
+//!
+//! One matrix at a time, each expert's product is a separate parallel dispatch over a
+//! 1.6 MB matrix, and each input is quantized once per matrix; here every input is quantized
+//! once and the rows of all the matrices are cut into one list of tasks, so the threads stay
+//! busy across matrices and the dispatch is paid once.
+
+use rayon::prelude::*;
+
+use super::activations::{BlockQ8_0, BlockQ8K, QK_K, QK8_0, quantize_row_q8_0, quantize_row_q8_k};
+use super::{
+    GgmlType, dot_q4_0_q8_0, dot_q4_k_q8_k, dot_q5_0_q8_0, dot_q5_k_q8_k, dot_q6_k_q8_k,
+    dot_q8_0_q8_0,
+};
+
+/// Rows one task takes: enough that a task streams a good run of a matrix, few enough that a
+/// handful of 1408-row expert matrices still spread over sixteen threads.
+const ROWS_PER_TASK: usize = 64;
+
+/// One product of [`matvec_many_quant`]: `rows` rows of `ty` laid out as in a GGUF file, times
+/// input number `input`.
+#[derive(Clone, Copy, Debug)]
+pub struct MatVecJob<'a> {
+    pub ty: GgmlType,
+    pub weights: &'a [u8],
+    pub rows: usize,
+    pub input: usize,
+}
+
+/// Writes `jobs[j]`'s matrix times `inputs[jobs[j].input]` into `outs[j]` for every job, in one
+/// parallel pass; a matrix has as many columns as its input has values, a whole number of its
+/// type's blocks. The results equal [`super::matmul_rows_quant`]'s for one input row.
+///
+/// Panics if a job's type is a float type (those go through `matmul_rows_quant`), if an input
+/// index is out of range, or if a length disagrees with the sizes given (caller bugs).
+pub fn matvec_many_quant(jobs: &[MatVecJob], inputs: &[&[f32]], outs: &mut [&mut [f32]]) {
+    assert_eq!(jobs.len(), outs.len(), "one output per job");
+    for (job, out) in jobs.iter().zip(outs.iter()) {
+        assert!(
+            job.ty.block_len() > 1,
+            "{} is not a block format",
+            job.ty.name()
+        );
+        assert!(job.input < inputs.len(), "input {} out of range", job.input);
+        assert_eq!(out.len(), job.rows, "one output per row");
+        let cols = inputs[job.input].len();
+        let row_bytes = job
+            .ty
+            .row_bytes(cols)
+            .unwrap_or_else(|| panic!("{cols} values are not whole {} blocks", job.ty.name()));
+        assert_eq!(
+            job.weights.len(),
+            job.rows * row_bytes,
+            "{} rows of {cols} {} values",
+            job.rows,
+            job.ty.name()
+        );
+    }
+    let needs_k = |i: usize| {
+        jobs.iter()
+            .any(|j| j.input == i && j.ty.block_len() == QK_K)
+    };
+    let needs_0 = |i: usize| {
+        jobs.iter()
+            .any(|j| j.input == i && j.ty.block_len() == QK8_0)
+    };
+    let q8_0: Vec<Vec<BlockQ8_0>> = (0..inputs.len())
+        .map(|i| {
+            let mut blocks = Vec::new();
+            if needs_0(i) {
+                blocks = vec![BlockQ8_0::ZERO; inputs[i].len() / QK8_0];
+                quantize_row_q8_0(inputs[i], &mut blocks);
+            }
+            blocks
+        })
+        .collect();
+    let q8_k: Vec<Vec<BlockQ8K>> = (0..inputs.len())
+        .map(|i| {
+            let mut blocks = Vec::new();
+            if needs_k(i) {
+                blocks = vec![BlockQ8K::ZERO; inputs[i].len() / QK_K];
+                quantize_row_q8_k(inputs[i], &mut blocks);
+            }
+            blocks
+        })
+        .collect();
+    let mut tasks: Vec<(usize, usize, &mut [f32])> = Vec::new();
+    for (index, out) in outs.iter_mut().enumerate() {
+        for (chunk, values) in out.chunks_mut(ROWS_PER_TASK).enumerate() {
+            tasks.push((index, chunk * ROWS_PER_TASK, values));
+        }
+    }
+    tasks
+        .into_par_iter()
+        .for_each(|(index, first_row, values)| {
+            let job = &jobs[index];
+            let row_bytes = job.weights.len() / job.rows;
+            let (x0, xk) = (&q8_0[job.input], &q8_k[job.input]);
+            for (offset, value) in values.iter_mut().enumerate() {
+                let start = (first_row + offset) * row_bytes;
+                let row = &job.weights[start..start + row_bytes];
+                *value = match job.ty {
+                    GgmlType::Q4_0 => dot_q4_0_q8_0(row, x0),
+                    GgmlType::Q5_0 => dot_q5_0_q8_0(row, x0),
+                    GgmlType::Q8_0 => dot_q8_0_q8_0(row, x0),
+                    GgmlType::Q4K => dot_q4_k_q8_k(row, xk),
+                    GgmlType::Q5K => dot_q5_k_q8_k(row, xk),
+                    GgmlType::Q6K => dot_q6_k_q8_k(row, xk),
+                    GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => {
+                        unreachable!("float types were refused above")
+                    }
+                };
+            }
+        });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::matmul_rows_quant;
+
+    /// Random but valid blocks: bytes of a seeded generator with every f16 scale set to a small
+    /// finite value, so every format's rows are numbers.
+    fn random_rows(ty: GgmlType, rows: usize, cols: usize, seed: u64) -> Vec<u8> {
+        let len = rows * ty.row_bytes(cols).unwrap();
+        let mut state = seed | 1;
+        let mut bytes: Vec<u8> = (0..len)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect();
+        // f16 0.01 = 0x211f; the scales sit at the start of the 32-value blocks, at the start
+        // of Q4_K/Q5_K blocks (d and dmin) and at the end of Q6_K blocks.
+        let scale = [0x1f, 0x21];
+        for block in bytes.chunks_exact_mut(ty.block_bytes()) {
+            match ty {
+                GgmlType::Q6K => block[208..210].copy_from_slice(&scale),
+                GgmlType::Q4K | GgmlType::Q5K => {
+                    block[0..2].copy_from_slice(&scale);
+                    block[2..4].copy_from_slice(&scale);
+                }
+                _ => block[0..2].copy_from_slice(&scale),
+            }
+        }
+        bytes
+    }
+
+    #[test]
+    fn every_job_equals_its_own_matmul() {
+        // Inputs of different lengths: the K-quants take the 512-long ones, the 32-value
+        // formats also the 160-long one.
+        let lengths = [512, 512, 160];
+        let inputs: Vec<Vec<f32>> = (0..3)
+            .map(|i| {
+                (0..lengths[i])
+                    .map(|c| ((c * 7 + i * 13) % 23) as f32 / 11.0 - 1.0)
+                    .collect()
+            })
+            .collect();
+        let types = [
+            GgmlType::Q4_0,
+            GgmlType::Q5_0,
+            GgmlType::Q8_0,
+            GgmlType::Q4K,
+            GgmlType::Q5K,
+            GgmlType::Q6K,
+        ];
+        // Odd row counts, more than one task, inputs shared and not.
+        let matrices: Vec<(GgmlType, usize, usize, Vec<u8>)> = types
+            .iter()
+            .enumerate()
+            .map(|(i, &ty)| {
+                let rows = 1 + i * 37;
+                let input = if ty.block_len() == QK_K { i % 2 } else { i % 3 };
+                let cols = lengths[input];
+                (ty, rows, input, random_rows(ty, rows, cols, i as u64 + 1))
+            })
+            .collect();
+        let jobs: Vec<MatVecJob> = matrices
+            .iter()
+            .map(|(ty, rows, input, bytes)| MatVecJob {
+                ty: *ty,
+                weights: bytes,
+                rows: *rows,
+                input: *input,
+            })
+            .collect();
+        let mut results: Vec<Vec<f32>> = matrices.iter().map(|m| vec![0.0; m.1]).collect();
+        let mut outs: Vec<&mut [f32]> = results.iter_mut().map(|r| r.as_mut_slice()).collect();
+        let refs: Vec<&[f32]> = inputs.iter().map(Vec::as_slice).collect();
+        matvec_many_quant(&jobs, &refs, &mut outs);
+        for ((ty, rows, input, bytes), ours) in matrices.iter().zip(&results) {
+            let mut alone = vec![0f32; *rows];
+            let cols = inputs[*input].len();
+            matmul_rows_quant(*ty, bytes, *rows, cols, &inputs[*input], 1, &mut alone);
+            assert_eq!(ours, &alone, "{}", ty.name());
+            assert!(ours.iter().all(|v| v.is_finite()));
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "not a block format")]
+    fn float_types_are_refused() {
+        let weights = vec![0u8; 4 * 256];
+        let job = MatVecJob {
+            ty: GgmlType::F32,
+            weights: &weights,
+            rows: 1,
+            input: 0,
+        };
+        let x = vec![0f32; 256];
+        let mut out = vec![0f32; 1];
+        matvec_many_quant(&[job], &[&x], &mut [&mut out]);
+    }
+}
