@@ -72,6 +72,9 @@ fn main() {
         .ok()
         .map(|ns| ns.split(',').filter_map(|n| n.parse().ok()).collect())
         .unwrap_or_else(|| vec![1, 8, 64]);
+    // CALLS=k runs every case exactly k times untimed, for `perf stat -e cycles:u` (user cycles
+    // per call hold steady on a shared machine where wall time does not).
+    let calls: Option<usize> = std::env::var("CALLS").ok().and_then(|c| c.parse().ok());
     let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
@@ -102,6 +105,15 @@ fn main() {
                 .map(|_| (rng.next_u64() % 2001) as f32 / 1000.0 - 1.0)
                 .collect();
             let mut y = vec![0f32; n * rows];
+            if let Some(calls) = calls {
+                pool.install(|| {
+                    for _ in 0..calls {
+                        matmul_rows_quant(ty, &w, rows, cols, &x, n, &mut y);
+                        std::hint::black_box(&y);
+                    }
+                });
+                continue;
+            }
             let min_time = Duration::from_millis(if n == 1 { 150 } else { 250 });
             let s = pool.install(|| {
                 best_seconds(runs, min_time, || {

@@ -3,7 +3,8 @@
 //!
 //! Each input row is quantized once (Q8_0 or Q8_K blocks, as the weight type pairs them), then
 //! every thread takes contiguous bands of W's rows, in sub-bands that stay in cache while every
-//! group of up to four inputs passes over them, in register tiles of up to 4 rows x 4 inputs (see
+//! group of up to four inputs (eight for Q4_K and Q5_0, a row at a time) passes over them, in
+//! register tiles of up to 4 rows x 4 inputs or 1 row x 8 inputs (see
 //! `RowDot::dot_tile`): each weight block is unpacked once per tile, each input block loaded once
 //! per tile. The float types are converted a row at a time instead (F32 used in place when the
 //! bytes are aligned).
@@ -125,10 +126,6 @@ fn for_each_band(
     }
 }
 
-/// Inputs a tile meets at once: four keep the tile's unpacked rows, its sums and the input's
-/// quants within the sixteen AVX2 registers.
-const INPUTS_AT_ONCE: usize = 4;
-
 /// Weight bytes a task keeps in cache (its share of L2) while every group of inputs passes over
 /// them, when there are more inputs than one tile takes.
 const SUB_BAND_BYTES: usize = 128 * 1024;
@@ -160,8 +157,9 @@ impl Output {
 }
 
 /// Every weight row of a band times every quantized input row, in tiles of up to 4 rows and 4
-/// inputs. With more than 4 inputs a band goes through its rows in sub-bands that stay in
-/// cache while every group of 4 inputs meets them.
+/// inputs (or 1 row and up to 8, see `RowDot::inputs_at_once`). With more inputs than a tile
+/// takes, a band goes through its rows in sub-bands that stay in cache while every group of
+/// inputs meets them.
 fn quantized_rows<K: RowDot>(
     weights: &[u8],
     row_bytes: usize,
@@ -189,15 +187,16 @@ fn quantized_rows<K: RowDot>(
         let mut start = band.start;
         while start < band.end {
             let end = (start + sub_band).min(band.end);
-            for first_input in (0..n).step_by(INPUTS_AT_ONCE) {
-                let group = INPUTS_AT_ONCE.min(n - first_input);
+            let at_once = K::inputs_at_once();
+            for first_input in (0..n).step_by(at_once) {
+                let group = at_once.min(n - first_input);
                 let tile_rows = K::tile_rows(group);
                 let mut row = start;
                 while row < end {
                     let left = end - row;
                     let take = if left >= tile_rows {
                         tile_rows
-                    } else if left >= 2 {
+                    } else if left >= 2 && tile_rows > 2 {
                         2
                     } else {
                         1
@@ -230,7 +229,8 @@ fn quantized_rows<K: RowDot>(
                         (_, 1) => at.run::<K, 1, 1>(),
                         (_, 2) => at.run::<K, 1, 2>(),
                         (_, 3) => at.run::<K, 1, 3>(),
-                        _ => at.run::<K, 1, 4>(),
+                        (_, 4) => at.run::<K, 1, 4>(),
+                        _ => at.run_wide::<K>(group),
                     }
                     row += take;
                 }
@@ -268,6 +268,18 @@ struct Tile<'a, A> {
 }
 
 impl<A> Tile<'_, A> {
+    /// One row times `inputs` (5 to 8) inputs: out of line, so that the formats that never
+    /// take more than 4 inputs keep the code (and the stack frame) they had.
+    #[inline(never)]
+    fn run_wide<K: RowDot<Activation = A>>(&self, inputs: usize) {
+        match inputs {
+            5 => self.run::<K, 1, 5>(),
+            6 => self.run::<K, 1, 6>(),
+            7 => self.run::<K, 1, 7>(),
+            _ => self.run::<K, 1, 8>(),
+        }
+    }
+
     /// Rows `first_row..first_row + R` times inputs `first_input..first_input + N`, into Y.
     #[inline]
     fn run<K: RowDot<Activation = A>, const R: usize, const N: usize>(&self) {

@@ -20,12 +20,23 @@ pub(super) trait RowDot {
         inputs: [&[Self::Activation]; N],
     ) -> [[f32; N]; R];
 
-    /// Rows per tile for `inputs` inputs at once (1 to 4). With one input (a decode step) the
-    /// K-quants go a row at a time (their wide blocks keep the loop busy, and one row is one
-    /// sequential stream for the prefetchers) while the 32-value formats take 4 rows, which
-    /// share the input's loads; with several inputs 2 rows keep the tile's sums in registers.
+    /// Rows per tile for `inputs` inputs at once (1 to [`Self::inputs_at_once`]). With one
+    /// input (a decode step) the K-quants go a row at a time (their wide blocks keep the loop
+    /// busy, and one row is one sequential stream for the prefetchers) while the 32-value
+    /// formats take 4 rows, which share the input's loads; with 2 to 4 inputs 2 rows keep the
+    /// tile's sums in registers, and with more a row's sums for every input take them all.
     fn tile_rows(inputs: usize) -> usize {
-        if inputs == 1 { 1 } else { 2 }
+        if inputs == 2 || inputs == 3 || inputs == 4 {
+            2
+        } else {
+            1
+        }
+    }
+
+    /// Inputs a tile meets at once (1 to 8): 4 by default, 8 (a row at a time) where unpacking
+    /// a weight block costs enough that sharing it among 8 inputs pays (Q4_K and Q5_0).
+    fn inputs_at_once() -> usize {
+        4
     }
 }
 

@@ -248,7 +248,7 @@ pub(super) fn check_close_to_float_dot<A: ActivationBlock>(
     }
 }
 
-/// Every tile shape (1, 2 or 4 rows times 1 to 4 inputs) gives, bit for bit, what each row and
+/// Every tile shape (1, 2 or 4 rows times 1 to 8 inputs) gives, bit for bit, what each row and
 /// input give alone, for rows and inputs taken in any order.
 pub(super) fn check_tiles<K: RowDot>(ty: GgmlType)
 where
@@ -259,7 +259,7 @@ where
         let rows: Vec<Vec<u8>> = (0..5)
             .map(|_| random_blocks(ty, blocks, &mut rng))
             .collect();
-        let inputs: Vec<Vec<K::Activation>> = (0..5)
+        let inputs: Vec<Vec<K::Activation>> = (0..9)
             .map(|_| random_input::<K::Activation>(blocks, &mut rng).1)
             .collect();
         let alone: Vec<Vec<u32>> = rows
@@ -287,6 +287,10 @@ fn check_tile_shape<K: RowDot, const R: usize>(
     check_tile_inputs::<K, R, 2>(rows, inputs, alone, ty);
     check_tile_inputs::<K, R, 3>(rows, inputs, alone, ty);
     check_tile_inputs::<K, R, 4>(rows, inputs, alone, ty);
+    check_tile_inputs::<K, R, 5>(rows, inputs, alone, ty);
+    check_tile_inputs::<K, R, 6>(rows, inputs, alone, ty);
+    check_tile_inputs::<K, R, 7>(rows, inputs, alone, ty);
+    check_tile_inputs::<K, R, 8>(rows, inputs, alone, ty);
 }
 
 fn check_tile_inputs<K: RowDot, const R: usize, const N: usize>(
