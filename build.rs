@@ -12,7 +12,10 @@ fn main() {
     for file in FILES {
         println!("cargo:rerun-if-changed={MODEL_DIR}/{file}");
     }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join(MODEL_DIR);
+    // Read at run time: a build script binary is shared by checkouts of the same package in one
+    // target folder, and `env!` would bake in the folder it was first compiled for.
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+    let root = Path::new(&manifest_dir).join(MODEL_DIR);
     let complete = FILES.iter().all(|f| root.join(f).is_file());
     let entries: String = if complete {
         FILES
