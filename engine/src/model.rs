@@ -879,6 +879,7 @@ impl Moe {
         if let Some(shared) = &self.shared {
             mlps.push((shared, 1.0));
         }
+        // The loader keeps only block formats quantized, which matvec_many_quant takes.
         let Some(parts) = mlps
             .iter()
             .map(|(mlp, _)| mlp.quantized_parts())
@@ -886,69 +887,34 @@ impl Moe {
         else {
             return Ok(None);
         };
-        if parts
-            .iter()
-            .flat_map(|(gate_up, down)| gate_up.iter().chain(down.iter()))
-            .any(|p| p.ty.block_len() == 1)
-        {
-            return Ok(None);
-        }
         let dtype = x.dtype();
         let input = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
 
         // Gate and up of every MLP, all from the token's hidden state.
-        let mut jobs = Vec::new();
-        let mut gate_up_out: Vec<Vec<f32>> = Vec::new();
-        for (gate_up, _) in &parts {
-            for part in gate_up.iter() {
-                jobs.push(MatVecJob {
-                    ty: part.ty,
-                    weights: part.bytes(),
-                    rows: part.rows,
-                    input: 0,
-                });
-                gate_up_out.push(vec![0f32; part.rows]);
-            }
-        }
-        let mut outs: Vec<&mut [f32]> = gate_up_out.iter_mut().map(|o| o.as_mut_slice()).collect();
-        matvec_many_quant(&jobs, &[&input], &mut outs);
-
+        let gate_ups = stacked_products(parts.iter().map(|(gate_up, _)| (*gate_up, 0)), &[&input]);
         // silu(gate) * up per MLP, then every down projection from its own input.
-        let mut rows = gate_up_out.into_iter();
-        let mut hidden_states: Vec<Vec<f32>> = Vec::with_capacity(mlps.len());
-        for ((mlp, _), (gate_up, _)) in mlps.iter().zip(&parts) {
-            let values: Vec<f32> = gate_up.iter().flat_map(|_| rows.next().unwrap()).collect();
-            let (gate, up) = values.split_at(mlp.intermediate);
-            hidden_states.push(
+        let hidden_states: Vec<Vec<f32>> = mlps
+            .iter()
+            .zip(&gate_ups)
+            .map(|((mlp, _), values)| {
+                let (gate, up) = values.split_at(mlp.intermediate);
                 gate.iter()
                     .zip(up)
                     .map(|(&g, &u)| g / (1.0 + (-g).exp()) * u)
-                    .collect(),
-            );
-        }
-        let mut jobs = Vec::new();
-        let mut down_out: Vec<Vec<f32>> = Vec::new();
-        for (index, (_, down)) in parts.iter().enumerate() {
-            for part in down.iter() {
-                jobs.push(MatVecJob {
-                    ty: part.ty,
-                    weights: part.bytes(),
-                    rows: part.rows,
-                    input: index,
-                });
-                down_out.push(vec![0f32; part.rows]);
-            }
-        }
+                    .collect()
+            })
+            .collect();
         let inputs: Vec<&[f32]> = hidden_states.iter().map(Vec::as_slice).collect();
-        let mut outs: Vec<&mut [f32]> = down_out.iter_mut().map(|o| o.as_mut_slice()).collect();
-        matvec_many_quant(&jobs, &inputs, &mut outs);
-
-        // The weighted sum; a down projection stored in parts fills the hidden size in order.
+        let downs = stacked_products(
+            parts
+                .iter()
+                .enumerate()
+                .map(|(index, (_, down))| (*down, index)),
+            &inputs,
+        );
         let hidden = input.len();
         let mut sum = vec![0f32; hidden];
-        let mut rows = down_out.into_iter();
-        for ((_, weight), (_, down)) in mlps.iter().zip(&parts) {
-            let values: Vec<f32> = down.iter().flat_map(|_| rows.next().unwrap()).collect();
+        for ((_, weight), values) in mlps.iter().zip(downs) {
             for (s, v) in sum.iter_mut().zip(values) {
                 *s += weight * v;
             }
@@ -1000,9 +966,107 @@ impl Moe {
     }
 }
 
+/// Each matrix (its row parts stacked in order) times its input, all in one parallel pass:
+/// one output vector per matrix, its parts' rows one after another.
+fn stacked_products<'a>(
+    matrices: impl Iterator<Item = (&'a [QuantizedWeight], usize)>,
+    inputs: &[&[f32]],
+) -> Vec<Vec<f32>> {
+    let mut jobs = Vec::new();
+    let mut part_counts = Vec::new();
+    for (parts, input) in matrices {
+        part_counts.push(parts.len());
+        jobs.extend(parts.iter().map(|part| MatVecJob {
+            ty: part.ty,
+            weights: part.bytes(),
+            rows: part.rows,
+            input,
+        }));
+    }
+    let mut part_outputs: Vec<Vec<f32>> = jobs.iter().map(|job| vec![0f32; job.rows]).collect();
+    let mut outs: Vec<&mut [f32]> = part_outputs.iter_mut().map(Vec::as_mut_slice).collect();
+    matvec_many_quant(&jobs, inputs, &mut outs);
+    let mut part_outputs = part_outputs.into_iter();
+    part_counts
+        .into_iter()
+        .map(|count| part_outputs.by_ref().take(count).flatten().collect())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A [rows, cols] Q8_0 matrix of seeded random quants and small scales.
+    fn random_q8_0(rows: usize, cols: usize, seed: u64) -> QuantizedWeight {
+        let mut state = seed * 2 + 1;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut bytes = Vec::new();
+        for _ in 0..rows * cols / 32 {
+            let scale = 0.002 + (next() % 100) as f32 * 1e-4;
+            bytes.extend_from_slice(&half::f16::from_f32(scale).to_le_bytes());
+            bytes.extend((0..32).map(|_| next() as u8));
+        }
+        let data: crate::quantized::SharedBytes = std::sync::Arc::new(bytes);
+        QuantizedWeight::new("test", kernels::quant::GgmlType::Q8_0, rows, cols, data, 0).unwrap()
+    }
+
+    fn quantized_mlp(hidden: usize, intermediate: usize, seed: u64) -> Mlp {
+        Mlp {
+            gate_up: Linear::stack(vec![
+                Linear::quantized(random_q8_0(intermediate, hidden, seed), None),
+                Linear::quantized(random_q8_0(intermediate, hidden, seed + 1), None),
+            ])
+            .unwrap(),
+            down: Linear::quantized(random_q8_0(hidden, intermediate, seed + 2), None),
+            intermediate,
+        }
+    }
+
+    #[test]
+    fn the_fused_expert_decode_equals_one_expert_at_a_time() {
+        let (hidden, intermediate) = (256, 96);
+        let mut layer = moe(false, 1.0, 2);
+        layer.experts = (0..4)
+            .map(|e| quantized_mlp(hidden, intermediate, 10 * e))
+            .collect();
+        layer.shared = Some(quantized_mlp(hidden, 2 * intermediate, 99));
+        let values: Vec<f32> = (0..hidden)
+            .map(|i| ((i * 7) % 19) as f32 / 9.0 - 1.0)
+            .collect();
+        let x = Tensor::from_vec(values, (1, hidden), &Device::Cpu).unwrap();
+        let chosen = [(2, 0.7f32), (0, 0.3)];
+
+        let fused = layer
+            .decode_fused(&x, &chosen)
+            .unwrap()
+            .expect("all weights quantized");
+        let mut alone = layer.shared.as_ref().unwrap().forward(&x).unwrap();
+        for &(expert, weight) in &chosen {
+            let y = (layer.experts[expert].forward(&x).unwrap() * weight as f64).unwrap();
+            alone = (alone + y).unwrap();
+        }
+        let (fused, alone) = (
+            fused.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            alone.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        );
+        let scale = alone.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let worst = fused
+            .iter()
+            .zip(&alone)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        // The same quantized products; only the order of the weighted sum and silu's formula
+        // differ (float rounding).
+        assert!(
+            scale > 0.0 && worst <= 1e-5 * scale,
+            "{worst:e} of {scale:e}"
+        );
+    }
 
     fn moe(norm_topk_prob: bool, routed_scaling_factor: f64, top_k: usize) -> Moe {
         Moe {

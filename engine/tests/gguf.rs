@@ -10,10 +10,10 @@ use candle_core::{DType, Device, Tensor};
 use engine::gguf::{self, GgufWeights};
 use engine::weights::{SafetensorsWeights, WeightSource};
 use engine::{
-    AttentionForm, Engine, GenerationEvent, LoadOptions, Logits, Model, ModelConfig, PromptInput,
-    Request, load_checkpoint,
+    AttentionForm, Engine, GenerationEvent, LoadOptions, Model, ModelConfig, PromptInput, Request,
+    load_checkpoint,
 };
-use support::max_abs_error;
+use support::{all_logits, max_abs_error, max_error, token_by_token_logits};
 
 #[path = "gguf/errors.rs"]
 mod errors;
@@ -54,34 +54,6 @@ fn lite_reference() -> Reference {
 fn load(name: &str) -> Model {
     let path = gguf_fixture(name);
     load_checkpoint(&path, &LoadOptions::default()).unwrap_or_else(|e| panic!("{name}: {e}"))
-}
-
-fn all_logits(model: &Model, ids: &[u32]) -> Vec<Vec<f32>> {
-    let mut cache = model.new_cache();
-    let logits = model.forward(ids, &mut cache, Logits::All).unwrap();
-    logits.to_vec2::<f32>().unwrap()
-}
-
-fn token_by_token_logits(model: &Model, ids: &[u32]) -> Vec<Vec<f32>> {
-    let mut cache = model.new_cache();
-    ids.iter()
-        .map(|&id| {
-            let logits = model.forward(&[id], &mut cache, Logits::Last).unwrap();
-            logits.squeeze(0).unwrap().to_vec1::<f32>().unwrap()
-        })
-        .collect()
-}
-
-/// The largest |ours - reference| over all rows.
-fn max_error(ours: &[Vec<f32>], reference: &[Vec<f32>]) -> f32 {
-    assert_eq!(ours.len(), reference.len(), "row count");
-    ours.iter()
-        .zip(reference)
-        .map(|(a, b)| max_abs_error(a, b))
-        .fold(
-            0.0,
-            |worst, e| if e.is_nan() || e > worst { e } else { worst },
-        )
 }
 
 #[test]
@@ -173,12 +145,13 @@ fn q8_0_gguf_multiplied_in_place_is_as_close_to_torch_as_llama_cpp_is() {
     let error = max_error(&ours, &same_weights.logits);
     let one_by_one = token_by_token_logits(&model, ids);
     let decode = max_error(&one_by_one, &same_weights.logits);
-    // A token alone takes the fused expert pass (all experts' products in one parallel pass),
-    // a prompt the per-expert batches: the same products, so the same logits up to the
-    // attention forms' float rounding.
+    // Decoding a token at a time (absorbed attention, one-row products) gives the prompt's
+    // logits (expanded attention, batched products) up to float rounding. (This file's down
+    // projections are F16, so its MoE layers do not take the fused decode; gguf_synthetic.rs
+    // checks that one.)
     let paths = max_error(&one_by_one, &ours);
     println!("token by token vs prefill: {paths:e}");
-    assert!(paths <= F32_TOLERANCE, "fused decode vs prefill: {paths:e}");
+    assert!(paths <= F32_TOLERANCE, "decode vs prefill: {paths:e}");
     let ours_typical = median_row_error(&ours, &same_weights.logits);
     let theirs_typical = median_row_error(&llama_cpp.logits, &same_weights.logits);
     println!(

@@ -110,3 +110,33 @@ pub fn greedy_continuation(model: &Model, prompt: &[u32], total: usize) -> Vec<u
     }
     sequence
 }
+
+/// Every position's logits of `ids` run as one prompt.
+pub fn all_logits(model: &Model, ids: &[u32]) -> Vec<Vec<f32>> {
+    let mut cache = model.new_cache();
+    let logits = model.forward(ids, &mut cache, Logits::All).unwrap();
+    logits.to_vec2::<f32>().unwrap()
+}
+
+/// Every position's logits of `ids` decoded one token at a time.
+pub fn token_by_token_logits(model: &Model, ids: &[u32]) -> Vec<Vec<f32>> {
+    let mut cache = model.new_cache();
+    ids.iter()
+        .map(|&id| {
+            let logits = model.forward(&[id], &mut cache, Logits::Last).unwrap();
+            logits.squeeze(0).unwrap().to_vec1::<f32>().unwrap()
+        })
+        .collect()
+}
+
+/// The largest |ours - reference| over all rows.
+pub fn max_error(ours: &[Vec<f32>], reference: &[Vec<f32>]) -> f32 {
+    assert_eq!(ours.len(), reference.len(), "row count");
+    ours.iter()
+        .zip(reference)
+        .map(|(a, b)| max_abs_error(a, b))
+        .fold(
+            0.0,
+            |worst, e| if e.is_nan() || e > worst { e } else { worst },
+        )
+}

@@ -120,35 +120,7 @@ pub fn matvec_many_quant(jobs: &[MatVecJob], inputs: &[&[f32]], outs: &mut [&mut
 mod tests {
     use super::*;
     use crate::quant::matmul_rows_quant;
-
-    /// Random but valid blocks: bytes of a seeded generator with every f16 scale set to a small
-    /// finite value, so every format's rows are numbers.
-    fn random_rows(ty: GgmlType, rows: usize, cols: usize, seed: u64) -> Vec<u8> {
-        let len = rows * ty.row_bytes(cols).unwrap();
-        let mut state = seed | 1;
-        let mut bytes: Vec<u8> = (0..len)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state as u8
-            })
-            .collect();
-        // f16 0.01 = 0x211f; the scales sit at the start of the 32-value blocks, at the start
-        // of Q4_K/Q5_K blocks (d and dmin) and at the end of Q6_K blocks.
-        let scale = [0x1f, 0x21];
-        for block in bytes.chunks_exact_mut(ty.block_bytes()) {
-            match ty {
-                GgmlType::Q6K => block[208..210].copy_from_slice(&scale),
-                GgmlType::Q4K | GgmlType::Q5K => {
-                    block[0..2].copy_from_slice(&scale);
-                    block[2..4].copy_from_slice(&scale);
-                }
-                _ => block[0..2].copy_from_slice(&scale),
-            }
-        }
-        bytes
-    }
+    use crate::quant::test_support::{Rng, random_blocks};
 
     #[test]
     fn every_job_equals_its_own_matmul() {
@@ -178,7 +150,13 @@ mod tests {
                 let rows = 1 + i * 37;
                 let input = if ty.block_len() == QK_K { i % 2 } else { i % 3 };
                 let cols = lengths[input];
-                (ty, rows, input, random_rows(ty, rows, cols, i as u64 + 1))
+                let blocks = rows * cols / ty.block_len();
+                (
+                    ty,
+                    rows,
+                    input,
+                    random_blocks(ty, blocks, &mut Rng::new(i as u64 + 1)),
+                )
             })
             .collect();
         let jobs: Vec<MatVecJob> = matrices
