@@ -180,6 +180,26 @@ fn synthetic_file(layers: usize, quant: SyntheticQuant) -> (tempfile::TempDir, P
     (dir, path)
 }
 
+/// A synthetic lite-small file of `layers` layers whose config reads back as written and whose
+/// `general.file_type` is llama.cpp's number for the mix.
+fn synthetic_file_read_back(
+    layers: usize,
+    quant: SyntheticQuant,
+    file_type: u32,
+) -> (tempfile::TempDir, PathBuf) {
+    let (dir, path) = synthetic_file(layers, quant);
+    let file = GgufFile::open(&path).unwrap();
+    assert_eq!(
+        gguf::model_config(&file).unwrap(),
+        as_gguf_stores_it(&lite_small_config(layers))
+    );
+    assert_eq!(
+        file.metadata("general.file_type"),
+        Some(&MetadataValue::U32(file_type))
+    );
+    (dir, path)
+}
+
 fn tensor_types(path: &Path) -> BTreeMap<String, String> {
     let file = GgufFile::open(path).unwrap();
     file.tensors()
@@ -208,17 +228,7 @@ fn assert_the_model_runs(path: &Path) {
 
 #[test]
 fn a_q8_0_file_reads_back_as_written_and_runs() {
-    let config = lite_small_config(2);
-    let (_dir, path) = synthetic_file(2, SyntheticQuant::Q8_0);
-    let file = GgufFile::open(&path).unwrap();
-    assert_eq!(
-        gguf::model_config(&file).unwrap(),
-        as_gguf_stores_it(&config)
-    );
-    assert_eq!(
-        file.metadata("general.file_type"),
-        Some(&MetadataValue::U32(7))
-    );
+    let (_dir, path) = synthetic_file_read_back(2, SyntheticQuant::Q8_0, 7);
     for (name, ty) in tensor_types(&path) {
         // Norms and the router stay F32 in every llama-quantize file; the rest is Q8_0 (every
         // row of this shape is whole 32-value blocks).
@@ -234,17 +244,7 @@ fn a_q8_0_file_reads_back_as_written_and_runs() {
 
 #[test]
 fn a_q4_k_m_file_has_the_types_llama_quantize_gives_and_runs() {
-    let config = lite_small_config(3);
-    let (_dir, path) = synthetic_file(3, SyntheticQuant::Q4KM);
-    let file = GgufFile::open(&path).unwrap();
-    assert_eq!(
-        gguf::model_config(&file).unwrap(),
-        as_gguf_stores_it(&config)
-    );
-    assert_eq!(
-        file.metadata("general.file_type"),
-        Some(&MetadataValue::U32(15))
-    );
+    let (_dir, path) = synthetic_file_read_back(3, SyntheticQuant::Q4KM, 15);
     // 3 layers: llama-quantize gives ffn_down more bits in layer 2 only (the last eighth).
     // Rows of 32 (nope), 128 (expert width) and 320 (dense width) values are not whole Q4_K
     // blocks: Q4_K falls back to Q5_0 and Q6_K to Q8_0, as in Lite's files.
