@@ -91,10 +91,12 @@ impl super::x86::SignedQuants for Kernel {
     /// The nibbles unpacked to bytes, less 8.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn signed_quants(block: &[u8]) -> std::arch::x86_64::__m256i {
+    unsafe fn signed_quants(block: *const u8) -> std::arch::x86_64::__m256i {
         use super::x86::*;
         use std::arch::x86_64::*;
-        _mm256_sub_epi8(nibbles_low_then_high(&block[2..]), _mm256_set1_epi8(8))
+        // SAFETY: the block's 16 nibble bytes follow its scale (the caller's promise).
+        let nibbles = unsafe { nibbles_low_then_high(block.add(2)) };
+        _mm256_sub_epi8(nibbles, _mm256_set1_epi8(8))
     }
 }
 

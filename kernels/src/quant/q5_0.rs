@@ -109,12 +109,20 @@ impl super::x86::SignedQuants for Kernel {
     /// a signed byte) when it is not: one OR instead of a shift, an OR and a subtraction.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn signed_quants(block: &[u8]) -> std::arch::x86_64::__m256i {
+    unsafe fn signed_quants(block: *const u8) -> std::arch::x86_64::__m256i {
         use super::x86::*;
         use std::arch::x86_64::*;
-        let fifth_set = bytes_from_bits(fifth_bits(block));
+        // SAFETY: a Q5_0 block is its scale, 4 bytes of fifth bits and 16 of nibbles (the
+        // caller promises a whole one).
+        let (bits, nibbles) = unsafe {
+            (
+                block.add(2).cast::<u32>().read_unaligned(),
+                nibbles_low_then_high(block.add(6)),
+            )
+        };
+        let fifth_set = bytes_from_bits(u32::from_le(bits));
         let below_sixteen = _mm256_andnot_si256(fifth_set, _mm256_set1_epi8(0xF0u8 as i8));
-        _mm256_or_si256(nibbles_low_then_high(&block[6..]), below_sixteen)
+        _mm256_or_si256(nibbles, below_sixteen)
     }
 }
 
