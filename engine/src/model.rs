@@ -928,14 +928,17 @@ impl Moe {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let routes = self.route(x)?;
         let (t, hidden) = x.dims2()?;
+        // The fused decode runs the shared experts itself: before it, they would run twice.
+        if t == 1
+            && let Some(fused) = self.decode_fused(x, &routes[0])?
+        {
+            return Ok(fused);
+        }
         let mut out = match &self.shared {
             Some(shared) => shared.forward(x)?,
             None => Tensor::zeros((t, hidden), x.dtype(), x.device())?,
         };
         if t == 1 {
-            if let Some(fused) = self.decode_fused(x, &routes[0])? {
-                return Ok(fused);
-            }
             for &(expert, weight) in &routes[0] {
                 out = (out + (self.experts[expert].forward(x)? * weight as f64)?)?;
             }
