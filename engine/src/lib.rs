@@ -2,6 +2,7 @@
 //!
 //! Architecture invariant: knows tokens, weights and tensors; knows nothing of LSP or editors.
 
+mod absorbed;
 pub mod bench;
 pub mod checkpoint;
 pub mod config;

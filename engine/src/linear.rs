@@ -77,6 +77,11 @@ impl Linear {
         })
     }
 
+    /// Whether W is kept in a GGUF block format.
+    pub(crate) fn is_quantized(&self) -> bool {
+        matches!(self.weight, LinearWeight::Quantized(_))
+    }
+
     /// W as a tensor, for the code that splits it (MLA's absorbed attention); a quantized W is
     /// dequantized.
     pub(crate) fn dense_weight(&self) -> Result<Tensor> {

@@ -14,6 +14,7 @@ use candle_core::{D, DType, Device, Tensor};
 use kernels::paged_attention::{LatentPages, LatentQueries};
 use kernels::routing::{GroupLimit, select_experts};
 
+use crate::absorbed::{AbsorbedWeights, HeadShapes};
 use crate::config::{ModelConfig, MoeConfig, Routing};
 use crate::error::{EngineError, Result};
 use crate::latent_cache::LatentCache;
@@ -500,8 +501,7 @@ impl DecoderLayer {
             FeedForward::Dense(mlp) => mlp.bytes(),
             FeedForward::Experts(moe) => moe.bytes_read_per_token(),
         };
-        // The absorbed decode path reads W_UK and W_UV instead of kv_b_proj: the same bytes.
-        norms + self.attention.weight_bytes() + feed_forward
+        norms + self.attention.bytes_read_per_token() + feed_forward
     }
 }
 
@@ -527,10 +527,8 @@ struct Mla {
     kv_a_norm: RmsNorm,
     /// c_kv -> per head [k_nope (N) | v (V)], for the expanded form.
     kv_b: Linear,
-    /// W_UK per head, [H, N, L], for the absorbed form.
-    w_uk: Tensor,
-    /// W_UV per head, transposed, [H, L, V], for the absorbed form.
-    w_uv_t: Tensor,
+    /// W_UK and W_UV per head, for the absorbed form.
+    absorbed: AbsorbedWeights,
     o_proj: Linear,
     heads: usize,
     nope: usize,
@@ -574,23 +572,29 @@ impl Mla {
             kv_lora,
             false,
         )?;
-        let per_head =
-            kv_b.dense_weight()?
-                .to_dtype(w.dtype)?
-                .reshape((heads, nope + v_dim, kv_lora))?;
-        let w_uk = per_head.narrow(1, 0, nope)?.contiguous()?;
-        let w_uv_t = per_head
-            .narrow(1, nope, v_dim)?
-            .transpose(1, 2)?
-            .contiguous()?;
+        let kv_a = w.linear(
+            &format!("{prefix}.kv_a_proj_with_mqa"),
+            kv_lora + rope,
+            c.hidden_size,
+            c.attention_bias,
+        )?;
+        // A model whose weights are quantized keeps W_UK and W_UV quantized too (kv_b itself
+        // may have been expanded: files that split it store its halves transposed).
+        let quantized = kv_a.is_quantized() || kv_b.is_quantized();
+        let absorbed = AbsorbedWeights::new(
+            &kv_b.dense_weight()?,
+            HeadShapes {
+                heads,
+                nope,
+                v_dim,
+                kv_lora,
+            },
+            w.dtype,
+            quantized,
+        )?;
         Ok(Self {
             query,
-            kv_a: w.linear(
-                &format!("{prefix}.kv_a_proj_with_mqa"),
-                kv_lora + rope,
-                c.hidden_size,
-                c.attention_bias,
-            )?,
+            kv_a,
             kv_a_norm: RmsNorm::load(
                 w,
                 &format!("{prefix}.kv_a_layernorm"),
@@ -598,8 +602,7 @@ impl Mla {
                 LATENT_NORM_EPS,
             )?,
             kv_b,
-            w_uk,
-            w_uv_t,
+            absorbed,
             o_proj: w.linear(
                 &format!("{prefix}.o_proj"),
                 c.hidden_size,
@@ -613,6 +616,11 @@ impl Mla {
             kv_lora,
             scale: c.softmax_scale(),
         })
+    }
+
+    /// The decode path (absorbed) reads W_UK and W_UV instead of kv_b_proj.
+    fn bytes_read_per_token(&self) -> usize {
+        self.weight_bytes() - self.kv_b.bytes() + self.absorbed.bytes()
     }
 
     fn weight_bytes(&self) -> usize {
@@ -663,10 +671,10 @@ impl Mla {
 
         let out = if x.device().is_cpu() && self.absorbed_is_cheaper(t, total, step.form) {
             // q_latent[h] = q_nope[h] W_UK[h]: [H, T, N] x [H, N, L] -> [H, T, L]
-            let q_latent = q_nope.matmul(&self.w_uk)?;
-            // Attend over the latent pages, then lift to V with W_UV: [H, T, L] x [H, L, V]
-            self.paged_attention(&q_latent, &q_pe, layer, cache, step)?
-                .matmul(&self.w_uv_t)?
+            let q_latent = self.absorbed.query_to_latent(&q_nope)?;
+            // Attend over the latent pages, then lift to V with W_UV: [H, T, L] -> [H, T, V]
+            self.absorbed
+                .latent_to_value(&self.paged_attention(&q_latent, &q_pe, layer, cache, step)?)?
         } else {
             let (c_kv_all, k_pe_all) = cache.gather(layer, total);
             let c_kv_all = Tensor::from_vec(c_kv_all, (total, self.kv_lora), x.device())?
@@ -1130,8 +1138,10 @@ mod tests {
                     eps: 1e-6,
                 },
                 kv_b: linear(),
-                w_uk: empty(),
-                w_uv_t: empty(),
+                absorbed: AbsorbedWeights::Dense {
+                    w_uk: empty(),
+                    w_uv_t: empty(),
+                },
                 o_proj: linear(),
                 heads,
                 nope,

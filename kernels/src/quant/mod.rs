@@ -40,7 +40,7 @@ pub use q4_k::dot_q4_k_q8_k;
 pub use q5_0::dot_q5_0_q8_0;
 pub use q5_k::dot_q5_k_q8_k;
 pub use q6_k::dot_q6_k_q8_k;
-pub use q8_0::dot_q8_0_q8_0;
+pub use q8_0::{dot_q8_0_q8_0, quantize_q8_0};
 
 /// The tensor element types we read, numbered as in ggml's `enum ggml_type` (the numbers are the
 /// ones stored in GGUF files).

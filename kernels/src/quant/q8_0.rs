@@ -58,6 +58,24 @@ impl RowDot for Kernel {
     }
 }
 
+/// `values` as Q8_0 weight blocks, laid out as in a GGUF file: per 32 values the f16 scale
+/// max|x| / 127 and the 32 rounded quotients, ggml's `quantize_row_q8_0_ref` rule (the quants
+/// are rounded against the f32 scale, before it is stored as f16). For weights the engine
+/// derives from others (MLA's per-head W_UK^T and W_UV), so they can be multiplied as the file's
+/// own quantized weights are.
+///
+/// Panics unless `values.len()` is a multiple of 32.
+pub fn quantize_q8_0(values: &[f32]) -> Vec<u8> {
+    let mut blocks = vec![BlockQ8_0::ZERO; values.len() / QK8_0];
+    super::activations::quantize_row_q8_0(values, &mut blocks);
+    let mut bytes = Vec::with_capacity(blocks.len() * BLOCK_BYTES);
+    for block in &blocks {
+        bytes.extend_from_slice(&half::f16::from_f32(block.scale).to_le_bytes());
+        bytes.extend(block.quants.iter().map(|&q| q as u8));
+    }
+    bytes
+}
+
 fn dot_portable(weights: &[u8], x: &[BlockQ8_0]) -> f32 {
     let mut total = 0f32;
     for (block, act) in weights.chunks_exact(BLOCK_BYTES).zip(x) {
@@ -98,4 +116,44 @@ mod tests {
     use crate::quant::GgmlType;
 
     crate::quant::test_support::dot_kernel_tests!(GgmlType::Q8_0);
+
+    #[test]
+    fn quantized_weights_dequantize_to_within_half_a_step() {
+        // One block of mixed magnitudes, one all zero, one with a single large value.
+        let mut values: Vec<f32> = (0..32).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
+        values.extend([0.0; 32]);
+        values.extend((0..32).map(|i| if i == 5 { -1000.0 } else { i as f32 * 1e-3 }));
+        let bytes = quantize_q8_0(&values);
+        assert_eq!(bytes.len(), 3 * BLOCK_BYTES);
+        let mut back = vec![0f32; values.len()];
+        crate::quant::dequantize(GgmlType::Q8_0, &bytes, &mut back);
+        for (block, (values, back)) in values.chunks(32).zip(back.chunks(32)).enumerate() {
+            let max = values.iter().fold(0f32, |m, v| m.max(v.abs()));
+            // Half a step of the f32 scale, plus the f16 rounding of the scale times |q| <= 127.
+            let bound = max / 127.0 * (0.5 + 127.0 * 2f32.powi(-11)) + 1e-6;
+            for (v, b) in values.iter().zip(back) {
+                assert!(
+                    (v - b).abs() <= bound,
+                    "block {block}: {v} came back as {b}"
+                );
+            }
+        }
+        assert!(back[32..64].iter().all(|&b| b == 0.0));
+        // The largest value is -127 steps of the f16 scale (1000 / 127 rounds to 7.875).
+        assert_eq!(back[64 + 5], -127.0 * 7.875);
+    }
+
+    #[test]
+    fn a_q8_0_block_requantizes_to_its_own_bytes() {
+        // A block whose largest quant is 127 (as ggml writes them) comes back unchanged.
+        let mut block = vec![0u8; BLOCK_BYTES];
+        block[..2].copy_from_slice(&half::f16::from_f32(0.013671875).to_le_bytes());
+        for (i, q) in block[2..].iter_mut().enumerate() {
+            *q = ((i as i32 * 37 % 255) - 127).clamp(-127, 127) as i8 as u8;
+        }
+        block[2 + 9] = 127;
+        let mut values = vec![0f32; 32];
+        crate::quant::dequantize(GgmlType::Q8_0, &block, &mut values);
+        assert_eq!(quantize_q8_0(&values), block);
+    }
 }
