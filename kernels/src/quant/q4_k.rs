@@ -176,7 +176,6 @@ unsafe fn one_row_avx2(row: &[u8], x: &[BlockQ8K]) -> f32 {
     const TWO: i32 = 0x0303_0303;
     let low_mask = _mm256_set1_epi8(0x0F);
     let mut acc = _mm256_setzero_ps();
-    let mut acc_min = _mm_setzero_ps();
     let mut block = row.as_ptr();
     for act in x {
         // SAFETY (every read through `block`): the block's 144 bytes are in `row`.
@@ -233,16 +232,13 @@ unsafe fn one_row_avx2(row: &[u8], x: &[BlockQ8K]) -> f32 {
         );
         let scale = _mm256_set1_ps(d * act.scale);
         acc = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(sums), acc);
-        let min_sums = _mm_madd_epi16(mins, sub_block_sums);
-        acc_min = _mm_fmadd_ps(
-            _mm_set1_ps(dmin * act.scale),
-            _mm_cvtepi32_ps(min_sums),
-            acc_min,
-        );
+        let min_sums = _mm256_zextsi128_si256(_mm_madd_epi16(mins, sub_block_sums));
+        let min_scale = _mm256_set1_ps(dmin * act.scale);
+        acc = _mm256_fnmadd_ps(min_scale, _mm256_cvtepi32_ps(min_sums), acc);
         // SAFETY: at most one past the row's end, after its last block.
         block = unsafe { block.add(BLOCK_BYTES) };
     }
-    super::x86::sum_f32x8(acc) - super::x86::sum_f32x4(acc_min)
+    super::x86::sum_f32x8(acc)
 }
 
 /// The tile of [`dot_avx2`] for the K-quants with minimums: Q4_K, or Q5_K when `FIFTH` (each
@@ -262,7 +258,6 @@ pub(super) fn with_minimums_tile<const R: usize, const N: usize, const FIFTH: bo
     let low_mask = _mm256_set1_epi8(0x0F);
     let sixteen = _mm256_set1_epi8(16);
     let mut acc = [[_mm256_setzero_ps(); N]; R];
-    let mut acc_min = [[_mm_setzero_ps(); N]; R];
     let blocks = if N > 0 { inputs[0].len() } else { 0 };
     for b in 0..blocks {
         let at = b * block_bytes;
@@ -341,16 +336,17 @@ pub(super) fn with_minimums_tile<const R: usize, const N: usize, const FIFTH: bo
             for r in 0..R {
                 let scale = _mm256_mul_ps(d[r], act_scale);
                 acc[r][k] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(sums[r][k]), acc[r][k]);
-                let min_scale = _mm256_castps256_ps128(_mm256_mul_ps(dmin[r], act_scale));
-                let min_sums = _mm_madd_epi16(mins[r], sub_block_sums);
-                acc_min[r][k] = _mm_fmadd_ps(min_scale, _mm_cvtepi32_ps(min_sums), acc_min[r][k]);
+                // The minimums' four sums in the low lanes, zeros above: one accumulator.
+                let min_scale = _mm256_mul_ps(dmin[r], act_scale);
+                let min_sums = _mm256_zextsi128_si256(_mm_madd_epi16(mins[r], sub_block_sums));
+                acc[r][k] = _mm256_fnmadd_ps(min_scale, _mm256_cvtepi32_ps(min_sums), acc[r][k]);
             }
         }
     }
     let mut totals = [[0f32; N]; R];
     for r in 0..R {
         for k in 0..N {
-            totals[r][k] = sum_f32x8(acc[r][k]) - sum_f32x4(acc_min[r][k]);
+            totals[r][k] = sum_f32x8(acc[r][k]);
         }
     }
     totals
