@@ -7,6 +7,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod detokenize;
+mod embedding;
 pub mod error;
 pub mod generation;
 pub mod gguf;

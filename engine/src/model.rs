@@ -16,6 +16,7 @@ use kernels::routing::{GroupLimit, select_experts};
 
 use crate::absorbed::{AbsorbedWeights, HeadShapes};
 use crate::config::{ModelConfig, MoeConfig, Routing};
+use crate::embedding::Embedding;
 use crate::error::{EngineError, Result};
 use crate::latent_cache::LatentCache;
 use crate::linear::{Linear, LinearWeight};
@@ -46,7 +47,7 @@ pub enum Logits {
 
 pub struct Model {
     config: ModelConfig,
-    embed_tokens: Tensor,
+    embed_tokens: Embedding,
     layers: Vec<DecoderLayer>,
     norm: RmsNorm,
     lm_head: Linear,
@@ -85,21 +86,27 @@ impl Model {
             dtype,
             device,
         };
-        let embed_tokens = w.tensor(
-            "model.embed_tokens.weight",
-            &[config.vocab_size, config.hidden_size],
-        )?;
+        let embedding_name = "model.embed_tokens.weight";
+        let embedding_shape = [config.vocab_size, config.hidden_size];
+        // A table tied to the output projection is a dense matrix for it anyway.
+        let embed_tokens = match source.quantized(embedding_name, &embedding_shape)? {
+            Some(stored) if device.is_cpu() && !config.tie_word_embeddings => {
+                Embedding::Stored(stored)
+            }
+            _ => Embedding::Dense(w.tensor(embedding_name, &embedding_shape)?),
+        };
         let layers = (0..config.num_hidden_layers)
             .map(|i| DecoderLayer::load(&w, &config, i))
             .collect::<Result<Vec<_>>>()?;
         let norm = RmsNorm::load(&w, "model.norm", config.hidden_size, config.rms_norm_eps)?;
         // Untied, the output projection is a linear like any other: a quantized one stays
         // quantized (it is the largest matrix a decoded token reads).
-        let lm_head = if config.tie_word_embeddings {
-            Linear::new(embed_tokens.clone(), None)
-        } else {
-            w.linear("lm_head", config.vocab_size, config.hidden_size, false)?
-        };
+        let lm_head =
+            if let (true, Embedding::Dense(table)) = (config.tie_word_embeddings, &embed_tokens) {
+                Linear::new(table.clone(), None)
+            } else {
+                w.linear("lm_head", config.vocab_size, config.hidden_size, false)?
+            };
         Ok(Self {
             rope: Rope::new(&config.rope, config.qk_rope_head_dim),
             config,
@@ -219,8 +226,7 @@ impl Model {
     ) -> Result<Option<Tensor>> {
         let start = cache.len();
         let len = tokens.len();
-        let ids = Tensor::from_slice(tokens, len, &self.device)?;
-        let mut hidden = self.embed_tokens.index_select(&ids, 0)?;
+        let mut hidden = self.embed_tokens.lookup(tokens, self.dtype, &self.device)?;
         let step = Step::new(self, start, len)?;
         for (index, layer) in self.layers.iter().enumerate() {
             hidden = layer.forward(&hidden, index, cache, &step)?;
@@ -250,8 +256,8 @@ impl Model {
 
     /// Every weight's bytes.
     pub fn weight_bytes(&self) -> usize {
-        let mut total = (self.embed_tokens.elem_count() + self.norm.weight.elem_count())
-            * self.dtype.size_in_bytes();
+        let mut total =
+            self.embed_tokens.bytes() + self.norm.weight.elem_count() * self.dtype.size_in_bytes();
         if !self.config.tie_word_embeddings {
             total += self.lm_head.bytes();
         }
@@ -620,7 +626,7 @@ impl Mla {
 
     /// The decode path (absorbed) reads W_UK and W_UV instead of kv_b_proj.
     fn bytes_read_per_token(&self) -> usize {
-        self.weight_bytes() - self.kv_b.bytes() + self.absorbed.bytes()
+        self.weight_bytes() - self.kv_b.bytes()
     }
 
     fn weight_bytes(&self) -> usize {
@@ -634,7 +640,13 @@ impl Mla {
         };
         let norm =
             self.kv_a_norm.weight.elem_count() * self.kv_a_norm.weight.dtype().size_in_bytes();
-        query + self.kv_a.bytes() + norm + self.kv_b.bytes() + self.o_proj.bytes()
+        // W_UK and W_UV are copies of kv_b's halves (the absorbed form's layout).
+        query
+            + self.kv_a.bytes()
+            + norm
+            + self.kv_b.bytes()
+            + self.absorbed.bytes()
+            + self.o_proj.bytes()
     }
 
     /// x: [T, hidden] (normalised). Writes this step's latents into `cache` and returns [T, hidden].
