@@ -16,6 +16,7 @@ import argparse
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -92,6 +93,11 @@ def ratio(a, b):
     return a / b if a and b else None
 
 
+def median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
 def table(report: dict) -> str:
     o, t, r = report["deepseek_lsp"], report["llama_cpp"], report["ratio"]
     rows = [
@@ -107,6 +113,14 @@ def table(report: dict) -> str:
         "|---|---|---|---|",
     ]
     lines += [f"| {name} | {a:.2f} | {b:.2f} | {x:.2f}x |" for name, a, b, x in rows]
+    if len(report["rounds"]) > 1:
+        lines += [
+            "",
+            f"Medians of {len(report['rounds'])} rounds, each ours then llama.cpp; per round "
+            "(prefill ratio, decode ratio): "
+            + ", ".join(f"({r['prefill']:.2f}x, {r['decode']:.2f}x)"
+                        for r in (round_["ratio"] for round_ in report["rounds"])),
+        ]
     return "\n".join(lines)
 
 
@@ -121,6 +135,9 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="measure both sides this many times, alternating, and report the "
+                             "medians (a shared machine's speed drifts between runs)")
     parser.add_argument("--flash-attn", action="store_true", help="llama.cpp's flash attention")
     parser.add_argument("--verbose", action="store_true", help="llama.cpp's own log")
     parser.add_argument("--json", help="also write the JSON report here")
@@ -142,24 +159,45 @@ def main() -> None:
             "--synthetic", spec, "--quant", args.quant, "--gguf-out", path,
         ])
     file_bytes = os.path.getsize(path)
+    rounds = []
     try:
-        decode = ours(args, "decode", ["--model", path])
-        print(f"llama.cpp {llama_cpp.__version__} on {path}...", file=sys.stderr, flush=True)
-        peer = theirs(args, path)
+        for index in range(max(args.rounds, 1)):
+            if index > 0:
+                prefill = ours(args, "prefill", ["--model", path])
+            decode = ours(args, "decode", ["--model", path])
+            print(f"llama.cpp {llama_cpp.__version__} on {path}...", file=sys.stderr, flush=True)
+            peer = theirs(args, path)
+            ours_figures = {
+                "prefill_tokens_per_second": prefill["prefill"]["tokens_per_second"],
+                "decode_tokens_per_second": decode["decode"]["tokens_per_second"],
+                "decode_ms_per_token": decode["decode"]["ms_per_token"],
+                "decode_roofline_fraction": decode["decode"].get("roofline_fraction"),
+                "memory_read_gb_per_second": decode.get("memory_read_gb_per_second"),
+                "load_seconds": decode["load_seconds"],
+                "prefill_report": prefill,
+                "decode_report": decode,
+            }
+            rounds.append({
+                "deepseek_lsp": ours_figures,
+                "llama_cpp": peer,
+                "ratio": {
+                    "prefill": ratio(ours_figures["prefill_tokens_per_second"],
+                                     peer["prefill_tokens_per_second"]),
+                    "decode": ratio(ours_figures["decode_tokens_per_second"],
+                                    peer["decode_tokens_per_second"]),
+                },
+            })
     finally:
         if workdir is not None:
             workdir.cleanup()
 
-    ours_figures = {
-        "prefill_tokens_per_second": prefill["prefill"]["tokens_per_second"],
-        "decode_tokens_per_second": decode["decode"]["tokens_per_second"],
-        "decode_ms_per_token": decode["decode"]["ms_per_token"],
-        "decode_roofline_fraction": decode["decode"].get("roofline_fraction"),
-        "memory_read_gb_per_second": decode.get("memory_read_gb_per_second"),
-        "load_seconds": decode["load_seconds"],
-        "prefill_report": prefill,
-        "decode_report": decode,
-    }
+    def middle(side, key):
+        return median([r[side][key] for r in rounds])
+
+    ours_keys = ["prefill_tokens_per_second", "decode_tokens_per_second", "decode_ms_per_token",
+                 "decode_roofline_fraction", "memory_read_gb_per_second", "load_seconds"]
+    peer_keys = [k for k, v in rounds[0]["llama_cpp"].items() if isinstance(v, (int, float))]
+    last = rounds[-1]
     report = {
         "model": model,
         "file": path if args.gguf or args.gguf_out else None,
@@ -168,19 +206,23 @@ def main() -> None:
         "prompt": args.prompt,
         "tokens": args.tokens,
         "repeats": args.repeats,
-        "deepseek_lsp": ours_figures,
+        # Medians over the rounds (the figures themselves with one round).
+        "deepseek_lsp": {
+            **{k: middle("deepseek_lsp", k) for k in ours_keys},
+            "prefill_report": last["deepseek_lsp"]["prefill_report"],
+            "decode_report": last["deepseek_lsp"]["decode_report"],
+        },
         "llama_cpp": {
             "version": llama_cpp.__version__,
             "system_info": llama_cpp.llama_print_system_info().decode().strip(),
             "flash_attn": args.flash_attn,
-            **peer,
+            **{k: middle("llama_cpp", k) for k in peer_keys},
         },
         "ratio": {
-            "prefill": ratio(ours_figures["prefill_tokens_per_second"],
-                             peer["prefill_tokens_per_second"]),
-            "decode": ratio(ours_figures["decode_tokens_per_second"],
-                            peer["decode_tokens_per_second"]),
+            "prefill": median([r["ratio"]["prefill"] for r in rounds]),
+            "decode": median([r["ratio"]["decode"] for r in rounds]),
         },
+        "rounds": rounds,
     }
     print(table(report))
     print()

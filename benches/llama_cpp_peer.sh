@@ -3,13 +3,16 @@
 # lengths (issue 10). Makes what it needs, then runs benches/llama_cpp_peer.py:
 #
 #   benches/llama_cpp_peer.sh [--layers 4] [--quant Q4_K|Q8_0] [--gguf FILE] [--gguf-out FILE]
-#                             [--prompt 512] [--tokens 64] [--threads N] [--repeats 3]
+#                             [--prompt 512] [--tokens 64] [--threads N] [--repeats 3] [--rounds 1]
 #                             [--flash-attn] [--json FILE]
 #
 # Without --gguf it measures a synthetic DeepSeek-V2-Lite-shaped file of --layers layers that
 # deepseek-lsp writes (llama.cpp's Q4_K_M mix for Q4_K). Small smoke run:
 #
 #   benches/llama_cpp_peer.sh --layers 2 --prompt 64 --tokens 8 --repeats 1
+#
+# On a shared machine whose speed drifts, --rounds 5 measures both sides five times, alternating,
+# and reports the medians and each round's ratios.
 #
 # Environment:
 #   LLAMA_VENV    virtualenv with llama-cpp-python 0.3.36; made when it lacks it (default
