@@ -99,12 +99,6 @@ impl RowDot for Kernel {
         #[cfg(target_arch = "x86_64")]
         {
             if super::x86::has_avx2_fma_f16c() {
-                if R == 1 && N == 1 {
-                    let mut result = [[0f32; N]; R];
-                    // SAFETY: the CPU has the features; check_tile saw one block per input block.
-                    result[0][0] = unsafe { one_row_avx2(rows[0], inputs[0]) };
-                    return result;
-                }
                 // SAFETY: the CPU has the features the function is compiled for.
                 return unsafe { dot_avx2(rows, inputs) };
             }
@@ -147,8 +141,10 @@ fn dot_portable(weights: &[u8], x: &[BlockQ8K]) -> f32 {
 /// times the input's quants with `maddubs` (pair sums at most 2 * 15 * 127), times the
 /// sub-block's scale with `madd`, added as i32; the nibbles and scales are unpacked once per
 /// tile and each input's quants loaded once per tile. Per block, the minimums meet the input's
-/// 16-value sums (added in pairs: the sums of the 32-value sub-blocks) with one `madd`, kept in
-/// a float accumulator of their own.
+/// 16-value sums (added in pairs: the sums of the 32-value sub-blocks) with one `madd`, and are
+/// taken off the same float accumulator. Blocks are read without a bounds check per load (one
+/// length check per tile): `quant_matmul` bench, n = 1, 1 thread, same sitting, 1408x2048
+/// 8.7 -> 13.6 GB/s and 10944x2048 10.1 -> 14.0 GB/s when that was done.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn dot_avx2<const R: usize, const N: usize>(
@@ -156,89 +152,6 @@ fn dot_avx2<const R: usize, const N: usize>(
     inputs: [&[BlockQ8K]; N],
 ) -> [[f32; N]; R] {
     with_minimums_tile::<R, N, false>(rows, inputs)
-}
-
-/// One row times one input, the product of a decode step: the tile of [`with_minimums_tile`] for
-/// R = N = 1 with the same operations in the same order (so the same bits), but without its
-/// per-load bounds checks (the row's length is checked once, by `check_tile`) and with the
-/// scales and minimums unpacked on words and widened once. `quant_matmul` bench, n = 1, 1
-/// thread, same sitting: 1408x2048 8.7 -> 13.6 GB/s, 10944x2048 10.1 -> 14.0 GB/s.
-///
-/// # Safety
-/// The CPU must have AVX2, FMA and F16C, and `row` must hold one 144-byte block per input block.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn one_row_avx2(row: &[u8], x: &[BlockQ8K]) -> f32 {
-    use std::arch::x86_64::*;
-    debug_assert_eq!(row.len(), x.len() * BLOCK_BYTES);
-    const LOW_SIX: i32 = 0x3f3f_3f3f;
-    const LOW_FOUR: i32 = 0x0f0f_0f0f;
-    const TWO: i32 = 0x0303_0303;
-    let low_mask = _mm256_set1_epi8(0x0F);
-    let mut acc = _mm256_setzero_ps();
-    let mut block = row.as_ptr();
-    for act in x {
-        // SAFETY (every read through `block`): the block's 144 bytes are in `row`.
-        let (d, dmin, first, second, third) = unsafe {
-            let factors = _mm_cvtph_ps(_mm_cvtsi32_si128(block.cast::<i32>().read_unaligned()));
-            let words = block.add(4).cast::<i32>();
-            (
-                _mm_cvtss_f32(factors),
-                _mm_cvtss_f32(_mm_movehdup_ps(factors)),
-                words.read_unaligned(),
-                words.add(1).read_unaligned(),
-                words.add(2).read_unaligned(),
-            )
-        };
-        // As `scales_and_mins`, on words.
-        let scales_0_4 = first & LOW_SIX;
-        let mins_0_4 = second & LOW_SIX;
-        let scales_4_8 = (third & LOW_FOUR) | (((first >> 6) & TWO) << 4);
-        let mins_4_8 = ((third >> 4) & LOW_FOUR) | (((second >> 6) & TWO) << 4);
-        let wide = _mm256_cvtepu8_epi16(_mm_setr_epi32(scales_0_4, scales_4_8, mins_0_4, mins_4_8));
-        let scales = _mm256_broadcastsi128_si256(_mm256_castsi256_si128(wide));
-        let mins = _mm256_extracti128_si256(wide, 1);
-        let mut sums = _mm256_setzero_si256();
-        let mut pick_low = _mm256_set1_epi16(0x0100);
-        for pair in 0..4 {
-            let pick_high = _mm256_add_epi8(pick_low, _mm256_set1_epi8(2));
-            // SAFETY: the pair's 32 bytes are in the block, the 64 quants in the input block.
-            let (packed, low_activations, high_activations) = unsafe {
-                let quants = act.quants.as_ptr().add(64 * pair).cast::<__m256i>();
-                (
-                    _mm256_loadu_si256(block.add(16 + 32 * pair).cast()),
-                    _mm256_loadu_si256(quants),
-                    _mm256_loadu_si256(quants.add(1)),
-                )
-            };
-            let low = _mm256_and_si256(packed, low_mask);
-            let high = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low_mask);
-            let low_products = _mm256_maddubs_epi16(low, low_activations);
-            let high_products = _mm256_maddubs_epi16(high, high_activations);
-            sums = _mm256_add_epi32(
-                sums,
-                _mm256_add_epi32(
-                    _mm256_madd_epi16(low_products, _mm256_shuffle_epi8(scales, pick_low)),
-                    _mm256_madd_epi16(high_products, _mm256_shuffle_epi8(scales, pick_high)),
-                ),
-            );
-            pick_low = _mm256_add_epi8(pick_low, _mm256_set1_epi8(4));
-        }
-        // SAFETY: a Q8_K block's 16 sums are 32 bytes.
-        let sixteens = unsafe { _mm256_loadu_si256(act.sums.as_ptr().cast()) };
-        let sub_block_sums = _mm_hadd_epi16(
-            _mm256_castsi256_si128(sixteens),
-            _mm256_extracti128_si256(sixteens, 1),
-        );
-        let scale = _mm256_set1_ps(d * act.scale);
-        acc = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(sums), acc);
-        let min_sums = _mm256_zextsi128_si256(_mm_madd_epi16(mins, sub_block_sums));
-        let min_scale = _mm256_set1_ps(dmin * act.scale);
-        acc = _mm256_fnmadd_ps(min_scale, _mm256_cvtepi32_ps(min_sums), acc);
-        // SAFETY: at most one past the row's end, after its last block.
-        block = unsafe { block.add(BLOCK_BYTES) };
-    }
-    super::x86::sum_f32x8(acc)
 }
 
 /// The tile of [`dot_avx2`] for the K-quants with minimums: Q4_K, or Q5_K when `FIFTH` (each
@@ -258,16 +171,17 @@ pub(super) fn with_minimums_tile<const R: usize, const N: usize, const FIFTH: bo
     let low_mask = _mm256_set1_epi8(0x0F);
     let sixteen = _mm256_set1_epi8(16);
     let mut acc = [[_mm256_setzero_ps(); N]; R];
-    let blocks = if N > 0 { inputs[0].len() } else { 0 };
+    let blocks = check_tile_lengths(&rows, &inputs, block_bytes);
     for b in 0..blocks {
-        let at = b * block_bytes;
+        // SAFETY: b < blocks, checked against every row and input above.
+        let (row_blocks, acts) = unsafe { tile_blocks(rows, inputs, b, block_bytes) };
         let mut scales = [_mm256_setzero_si256(); R];
         let mut mins = [_mm_setzero_si128(); R];
         let mut d = [_mm256_setzero_ps(); R];
         let mut dmin = [_mm256_setzero_ps(); R];
         let mut fifth_bits = [_mm256_setzero_si256(); R];
         for r in 0..R {
-            let block = &rows[r][at..at + block_bytes];
+            let block = row_blocks[r];
             (scales[r], mins[r]) = scales_and_mins_avx2(&block[4..]);
             d[r] = _mm256_set1_ps(f16_at(block));
             dmin[r] = _mm256_set1_ps(f16_at(&block[2..]));
@@ -285,7 +199,7 @@ pub(super) fn with_minimums_tile<const R: usize, const N: usize, const FIFTH: bo
             let mut low_scale = [_mm256_setzero_si256(); R];
             let mut high_scale = [_mm256_setzero_si256(); R];
             for r in 0..R {
-                let packed = load_u8x32(&rows[r][at + nibbles_at + 32 * pair..]);
+                let packed = load_u8x32(&row_blocks[r][nibbles_at + 32 * pair..]);
                 // The 16-bit shift moves the neighbour byte's low bits in; the mask drops them.
                 low[r] = _mm256_and_si256(packed, low_mask);
                 high[r] = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low_mask);
@@ -307,7 +221,7 @@ pub(super) fn with_minimums_tile<const R: usize, const N: usize, const FIFTH: bo
                 high_scale[r] = _mm256_shuffle_epi8(scales[r], pick_high);
             }
             for k in 0..N {
-                let quants = &inputs[k][b].quants[64 * pair..];
+                let quants = &acts[k].quants[64 * pair..];
                 let low_activations = load_i8x32(quants);
                 let high_activations = load_i8x32(&quants[32..]);
                 for r in 0..R {
@@ -325,7 +239,7 @@ pub(super) fn with_minimums_tile<const R: usize, const N: usize, const FIFTH: bo
             pick_low = _mm256_add_epi8(pick_low, _mm256_set1_epi8(4));
         }
         for k in 0..N {
-            let act = &inputs[k][b];
+            let act = acts[k];
             let sixteens = load_i16x16(&act.sums);
             // Sums of 32 quants: at most 32 * 127 in magnitude.
             let sub_block_sums = _mm_hadd_epi16(
@@ -353,7 +267,8 @@ pub(super) fn with_minimums_tile<const R: usize, const N: usize, const FIFTH: bo
 }
 
 /// The block's eight scales as i16 in lanes 0..8 of both halves (for `shuffle_epi8` to pick
-/// from) and its eight minimums as i16, from the 12 packed bytes. Shared with Q5_K.
+/// from) and its eight minimums as i16, from the 12 packed bytes: [`scales_and_mins`] on words,
+/// widened once. Shared with Q5_K.
 #[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -361,12 +276,19 @@ pub(super) fn scales_and_mins_avx2(
     packed: &[u8],
 ) -> (std::arch::x86_64::__m256i, std::arch::x86_64::__m128i) {
     use std::arch::x86_64::*;
-    let (scales, mins) = scales_and_mins(packed);
-    let bytes = _mm_set_epi64x(i64::from_le_bytes(mins), i64::from_le_bytes(scales));
-    let wide = _mm256_cvtepu8_epi16(bytes);
-    let scales = _mm256_castsi256_si128(wide);
+    let word =
+        |i: usize| i32::from_le_bytes([packed[i], packed[i + 1], packed[i + 2], packed[i + 3]]);
+    let (first, second, third) = (word(0), word(4), word(8));
+    const LOW_SIX: i32 = 0x3f3f_3f3f;
+    const LOW_FOUR: i32 = 0x0f0f_0f0f;
+    const TWO: i32 = 0x0303_0303;
+    let scales_0_4 = first & LOW_SIX;
+    let mins_0_4 = second & LOW_SIX;
+    let scales_4_8 = (third & LOW_FOUR) | (((first >> 6) & TWO) << 4);
+    let mins_4_8 = ((third >> 4) & LOW_FOUR) | (((second >> 6) & TWO) << 4);
+    let wide = _mm256_cvtepu8_epi16(_mm_setr_epi32(scales_0_4, scales_4_8, mins_0_4, mins_4_8));
     (
-        _mm256_set_m128i(scales, scales),
+        _mm256_broadcastsi128_si256(_mm256_castsi256_si128(wide)),
         _mm256_extracti128_si256(wide, 1),
     )
 }

@@ -73,12 +73,6 @@ impl RowDot for Kernel {
         #[cfg(target_arch = "x86_64")]
         {
             if super::x86::has_avx2_fma_f16c() {
-                if R == 1 && N == 1 {
-                    let mut result = [[0f32; N]; R];
-                    // SAFETY: the CPU has the features; check_tile saw one block per input block.
-                    result[0][0] = unsafe { one_row_avx2(rows[0], inputs[0]) };
-                    return result;
-                }
                 // SAFETY: the CPU has the features the function is compiled for.
                 return unsafe { dot_avx2(rows, inputs) };
             }
@@ -105,83 +99,13 @@ fn dot_portable(weights: &[u8], x: &[BlockQ8K]) -> f32 {
     total
 }
 
-/// One row times one input, the product of a decode step: [`dot_avx2`] for R = N = 1 with the
-/// same operations in the same order (so the same bits), without its per-load bounds checks
-/// (the row's length is checked once, by `check_tile`). `quant_matmul` bench, n = 1, 1 thread,
-/// same sitting: 1408x2048 15.2 -> 19.2 GB/s.
-///
-/// # Safety
-/// The CPU must have AVX2, FMA and F16C, and `row` must hold one 210-byte block per input block.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn one_row_avx2(row: &[u8], x: &[BlockQ8K]) -> f32 {
-    use std::arch::x86_64::*;
-    debug_assert_eq!(row.len(), x.len() * BLOCK_BYTES);
-    let low_mask = _mm256_set1_epi8(0x0F);
-    let high_mask = _mm256_set1_epi8(0x30);
-    let evens_then_odds = _mm_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
-    let mut acc = _mm256_setzero_ps();
-    let mut block = row.as_ptr();
-    for act in x {
-        // SAFETY (every read through `block`): the block's 210 bytes are in `row`; the input
-        // block holds 256 quants and 16 sums.
-        let load = |at: usize| unsafe { _mm256_loadu_si256(block.add(at).cast::<__m256i>()) };
-        let (scale_bytes, d) = unsafe {
-            (
-                _mm_loadu_si128(block.add(SCALES).cast()),
-                _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(
-                    block.add(D).cast::<u16>().read_unaligned() as i32,
-                ))),
-            )
-        };
-        let scales = _mm256_cvtepi8_epi16(scale_bytes);
-        let split_scales = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scale_bytes, evens_then_odds));
-        let mut sums = _mm256_setzero_si256();
-        for half in 0..2 {
-            let bit_pairs = load(128 + 32 * half);
-            for quarter in 0..4 {
-                let q = 4 * half + quarter;
-                let pick = _mm256_set1_epi16((((2 * q + 1) << 8) | (2 * q)) as i16);
-                let nibbles = load(64 * half + 32 * (quarter % 2));
-                let low = if quarter < 2 {
-                    _mm256_and_si256(nibbles, low_mask)
-                } else {
-                    _mm256_and_si256(_mm256_srli_epi16(nibbles, 4), low_mask)
-                };
-                let high = match quarter {
-                    0 => _mm256_slli_epi16(bit_pairs, 4),
-                    1 => _mm256_slli_epi16(bit_pairs, 2),
-                    2 => bit_pairs,
-                    _ => _mm256_srli_epi16(bit_pairs, 2),
-                };
-                let quants = _mm256_or_si256(low, _mm256_and_si256(high, high_mask));
-                // SAFETY: 32 of the input block's 256 quants.
-                let activations =
-                    unsafe { _mm256_loadu_si256(act.quants.as_ptr().add(32 * q).cast()) };
-                let products = _mm256_maddubs_epi16(quants, activations);
-                sums = _mm256_add_epi32(
-                    sums,
-                    _mm256_madd_epi16(products, _mm256_shuffle_epi8(split_scales, pick)),
-                );
-            }
-        }
-        // SAFETY: a Q8_K block's 16 sums are 32 bytes.
-        let sixteens = unsafe { _mm256_loadu_si256(act.sums.as_ptr().cast()) };
-        let offsets = _mm256_slli_epi32(_mm256_madd_epi16(scales, sixteens), 5);
-        let total = _mm256_sub_epi32(sums, offsets);
-        let scale = _mm256_mul_ps(_mm256_set1_ps(d), _mm256_set1_ps(act.scale));
-        acc = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(total), acc);
-        // SAFETY: at most one past the row's end, after its last block.
-        block = unsafe { block.add(BLOCK_BYTES) };
-    }
-    super::x86::sum_f32x8(acc)
-}
-
 /// A tile of R rows times N inputs. Per 32 values: each row's unsigned 6-bit quants (unpacked
 /// once per tile) times the input's quants with `maddubs` (pair sums at most 2 * 63 * 127), then
 /// each 16-value half times its scale with `madd`. The offset of 32 is taken off once per block:
 /// 32 * sum over groups of scale * (the input's 16-value sum), one `madd` against the sums the
-/// Q8_K block carries.
+/// Q8_K block carries. Blocks are read without a bounds check per load (one length check per
+/// tile): `quant_matmul` bench, n = 1, 1 thread, same sitting, 1408x2048 15.2 -> 19.2 GB/s when
+/// that was done.
 // Blocks, rows and inputs are indexed together (block b of row r meets block b of input k).
 #[allow(clippy::needless_range_loop)]
 #[cfg(target_arch = "x86_64")]
@@ -197,9 +121,10 @@ fn dot_avx2<const R: usize, const N: usize>(
     // The scales' bytes reordered even groups first, then odd ones.
     let evens_then_odds = _mm_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
     let mut acc = [[_mm256_setzero_ps(); N]; R];
-    let blocks = if N > 0 { inputs[0].len() } else { 0 };
+    let blocks = check_tile_lengths(&rows, &inputs, BLOCK_BYTES);
     for b in 0..blocks {
-        let at = b * BLOCK_BYTES;
+        // SAFETY: b < blocks, checked against every row and input above.
+        let (row_blocks, acts) = unsafe { tile_blocks(rows, inputs, b, BLOCK_BYTES) };
         // Per row: the 16 scales as i16 in group order (for the offset), and as i16 with the
         // even groups in the low half and the odd ones in the high half (the halves of 32
         // values are groups 2q and 2q + 1).
@@ -207,7 +132,7 @@ fn dot_avx2<const R: usize, const N: usize>(
         let mut split_scales = [_mm256_setzero_si256(); R];
         let mut d = [_mm256_setzero_ps(); R];
         for r in 0..R {
-            let block = &rows[r][at..at + BLOCK_BYTES];
+            let block = row_blocks[r];
             let bytes = load_u8x16(&block[SCALES..]);
             scales[r] = _mm256_cvtepi8_epi16(bytes);
             split_scales[r] = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(bytes, evens_then_odds));
@@ -215,6 +140,10 @@ fn dot_avx2<const R: usize, const N: usize>(
         }
         let mut sums = [[_mm256_setzero_si256(); N]; R];
         for half in 0..2 {
+            let mut bit_pairs = [_mm256_setzero_si256(); R];
+            for r in 0..R {
+                bit_pairs[r] = load_u8x32(&row_blocks[r][128 + 32 * half..]);
+            }
             for quarter in 0..4 {
                 let q = 4 * half + quarter;
                 // The two bytes of i16 lane q, in every lane.
@@ -222,8 +151,8 @@ fn dot_avx2<const R: usize, const N: usize>(
                 let mut quants = [_mm256_setzero_si256(); R];
                 let mut scale = [_mm256_setzero_si256(); R];
                 for r in 0..R {
-                    let nibbles = load_u8x32(&rows[r][at + 64 * half + 32 * (quarter % 2)..]);
-                    let bit_pairs = load_u8x32(&rows[r][at + 128 + 32 * half..]);
+                    let nibbles = load_u8x32(&row_blocks[r][64 * half + 32 * (quarter % 2)..]);
+                    let bit_pairs = bit_pairs[r];
                     // The shifts are 16-bit wide: every kept bit comes from its own byte, and
                     // what moves in from the neighbouring byte the masks drop.
                     let low = if quarter < 2 {
@@ -241,7 +170,7 @@ fn dot_avx2<const R: usize, const N: usize>(
                     scale[r] = _mm256_shuffle_epi8(split_scales[r], pick);
                 }
                 for k in 0..N {
-                    let activations = load_i8x32(&inputs[k][b].quants[32 * q..]);
+                    let activations = load_i8x32(&acts[k].quants[32 * q..]);
                     for r in 0..R {
                         let products = _mm256_maddubs_epi16(quants[r], activations);
                         sums[r][k] =
@@ -251,7 +180,7 @@ fn dot_avx2<const R: usize, const N: usize>(
             }
         }
         for k in 0..N {
-            let act = &inputs[k][b];
+            let act = acts[k];
             let sixteens = load_i16x16(&act.sums);
             let act_scale = _mm256_set1_ps(act.scale);
             for r in 0..R {
