@@ -72,8 +72,8 @@ fn main() {
         .ok()
         .map(|ns| ns.split(',').filter_map(|n| n.parse().ok()).collect())
         .unwrap_or_else(|| vec![1, 8, 64]);
-    // CALLS=k runs every case exactly k times untimed, for `perf stat -e cycles:u` (user cycles
-    // per call hold steady on a shared machine where wall time does not).
+    // CALLS=k runs every case exactly k times untimed, for `perf stat` to count the CPU time (or
+    // the cycles, where the machine counts them) of exactly that work.
     let calls: Option<usize> = std::env::var("CALLS").ok().and_then(|c| c.parse().ok());
     let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     let pool = rayon::ThreadPoolBuilder::new()

@@ -77,14 +77,14 @@ pub fn matmul_rows_quant(
 
 /// The input rows (one after another) as Q8_0 blocks: the rows' lengths are whole blocks, so the
 /// blocks of row i are the i-th run of `cols / 32`.
-fn q8_0_inputs(x: &[f32]) -> Vec<BlockQ8_0> {
+pub(super) fn q8_0_inputs(x: &[f32]) -> Vec<BlockQ8_0> {
     let mut blocks = vec![BlockQ8_0::ZERO; x.len() / QK8_0];
     quantize_row_q8_0(x, &mut blocks);
     blocks
 }
 
 /// The input rows as Q8_K blocks, as [`q8_0_inputs`].
-fn q8_k_inputs(x: &[f32]) -> Vec<BlockQ8K> {
+pub(super) fn q8_k_inputs(x: &[f32]) -> Vec<BlockQ8K> {
     let mut blocks = vec![BlockQ8K::ZERO; x.len() / QK_K];
     quantize_row_q8_k(x, &mut blocks);
     blocks

@@ -9,7 +9,8 @@
 
 use rayon::prelude::*;
 
-use super::activations::{BlockQ8_0, BlockQ8K, QK_K, QK8_0, quantize_row_q8_0, quantize_row_q8_k};
+use super::activations::{BlockQ8_0, BlockQ8K, QK_K, QK8_0};
+use super::matmul::{q8_0_inputs, q8_k_inputs};
 use super::{
     GgmlType, dot_q4_0_q8_0, dot_q4_k_q8_k, dot_q5_0_q8_0, dot_q5_k_q8_k, dot_q6_k_q8_k,
     dot_q8_0_q8_0,
@@ -58,32 +59,25 @@ pub fn matvec_many_quant(jobs: &[MatVecJob], inputs: &[&[f32]], outs: &mut [&mut
             job.ty.name()
         );
     }
-    let needs_k = |i: usize| {
-        jobs.iter()
-            .any(|j| j.input == i && j.ty.block_len() == QK_K)
-    };
-    let needs_0 = |i: usize| {
-        jobs.iter()
-            .any(|j| j.input == i && j.ty.block_len() == QK8_0)
-    };
+    // Whether a job on input i takes activation blocks of `len` values (Q8_0: 32, Q8_K: 256).
+    let needs = |i: usize, len: usize| jobs.iter().any(|j| j.input == i && j.ty.block_len() == len);
+    // Each input quantized once, in the block types its jobs pair with.
     let q8_0: Vec<Vec<BlockQ8_0>> = (0..inputs.len())
         .map(|i| {
-            let mut blocks = Vec::new();
-            if needs_0(i) {
-                blocks = vec![BlockQ8_0::ZERO; inputs[i].len() / QK8_0];
-                quantize_row_q8_0(inputs[i], &mut blocks);
+            if needs(i, QK8_0) {
+                q8_0_inputs(inputs[i])
+            } else {
+                Vec::new()
             }
-            blocks
         })
         .collect();
     let q8_k: Vec<Vec<BlockQ8K>> = (0..inputs.len())
         .map(|i| {
-            let mut blocks = Vec::new();
-            if needs_k(i) {
-                blocks = vec![BlockQ8K::ZERO; inputs[i].len() / QK_K];
-                quantize_row_q8_k(inputs[i], &mut blocks);
+            if needs(i, QK_K) {
+                q8_k_inputs(inputs[i])
+            } else {
+                Vec::new()
             }
-            blocks
         })
         .collect();
     let mut tasks: Vec<(usize, usize, &mut [f32])> = Vec::new();
@@ -134,14 +128,10 @@ mod tests {
                     .collect()
             })
             .collect();
-        let types = [
-            GgmlType::Q4_0,
-            GgmlType::Q5_0,
-            GgmlType::Q8_0,
-            GgmlType::Q4K,
-            GgmlType::Q5K,
-            GgmlType::Q6K,
-        ];
+        let types: Vec<GgmlType> = GgmlType::ALL
+            .into_iter()
+            .filter(|ty| ty.block_len() > 1)
+            .collect();
         // Odd row counts, more than one task, inputs shared and not.
         let matrices: Vec<(GgmlType, usize, usize, Vec<u8>)> = types
             .iter()

@@ -26,11 +26,7 @@ pub(super) trait RowDot {
     /// formats take 4 rows, which share the input's loads; with 2 to 4 inputs 2 rows keep the
     /// tile's sums in registers, and with more a row's sums for every input take them all.
     fn tile_rows(inputs: usize) -> usize {
-        if inputs == 2 || inputs == 3 || inputs == 4 {
-            2
-        } else {
-            1
-        }
+        if matches!(inputs, 2..=4) { 2 } else { 1 }
     }
 
     /// Inputs a tile meets at once (1 to 8): 4 by default, 8 (a row at a time) where unpacking
