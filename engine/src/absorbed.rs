@@ -112,7 +112,7 @@ fn per_head_products(weight: &QuantizedWeight, x: &Tensor) -> Result<Tensor> {
     let rows = weight.rows / heads;
     let head_bytes = weight.bytes().len() / heads;
     let head_weights: Vec<&[u8]> = weight.bytes().chunks_exact(head_bytes).collect();
-    let dtype = x.dtype();
+    let (dtype, device) = (x.dtype(), x.device().clone());
     let x = x
         .to_dtype(DType::F32)?
         .contiguous()?
@@ -142,7 +142,7 @@ fn per_head_products(weight: &QuantizedWeight, x: &Tensor) -> Result<Tensor> {
             matmul_rows_quant(weight.ty, weights, rows, cols, x, tokens, y);
         }
     }
-    Ok(Tensor::from_vec(y, (heads, tokens, rows), &candle_core::Device::Cpu)?.to_dtype(dtype)?)
+    Ok(Tensor::from_vec(y, (heads, tokens, rows), &device)?.to_dtype(dtype)?)
 }
 
 #[cfg(test)]

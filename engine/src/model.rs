@@ -1020,22 +1020,19 @@ fn stacked_products<'a>(
 mod tests {
     use super::*;
 
-    /// A [rows, cols] Q8_0 matrix of seeded random quants and small scales.
+    /// A [rows, cols] Q8_0 matrix of seeded random values in [-1, 1].
     fn random_q8_0(rows: usize, cols: usize, seed: u64) -> QuantizedWeight {
         let mut state = seed * 2 + 1;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
-        let mut bytes = Vec::new();
-        for _ in 0..rows * cols / 32 {
-            let scale = 0.002 + (next() % 100) as f32 * 1e-4;
-            bytes.extend_from_slice(&half::f16::from_f32(scale).to_le_bytes());
-            bytes.extend((0..32).map(|_| next() as u8));
-        }
-        let data: crate::quantized::SharedBytes = std::sync::Arc::new(bytes);
+        let values: Vec<f32> = (0..rows * cols)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state % 2001) as f32 / 1000.0 - 1.0
+            })
+            .collect();
+        let data: crate::quantized::SharedBytes =
+            std::sync::Arc::new(kernels::quant::quantize_q8_0(&values));
         QuantizedWeight::new("test", kernels::quant::GgmlType::Q8_0, rows, cols, data, 0).unwrap()
     }
 

@@ -147,8 +147,9 @@ fn q8_0_gguf_multiplied_in_place_is_as_close_to_torch_as_llama_cpp_is() {
     let decode = max_error(&one_by_one, &same_weights.logits);
     // Decoding a token at a time (absorbed attention, one-row products) gives the prompt's
     // logits (expanded attention, batched products) up to float rounding. (This file's down
-    // projections are F16, so its MoE layers do not take the fused decode; gguf_synthetic.rs
-    // checks that one.)
+    // projections are F16, so its MoE layers do not take the fused decode, and its head sizes
+    // are not whole Q8_0 blocks, so its W_UK / W_UV stay dense; gguf_synthetic.rs checks both
+    // quantized paths.)
     let paths = max_error(&one_by_one, &ours);
     println!("token by token vs prefill: {paths:e}");
     assert!(paths <= F32_TOLERANCE, "decode vs prefill: {paths:e}");
