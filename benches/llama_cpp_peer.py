@@ -194,9 +194,9 @@ def main() -> None:
     def middle(side, key):
         return median([r[side][key] for r in rounds])
 
-    ours_keys = ["prefill_tokens_per_second", "decode_tokens_per_second", "decode_ms_per_token",
-                 "decode_roofline_fraction", "memory_read_gb_per_second", "load_seconds"]
-    peer_keys = [k for k, v in rounds[0]["llama_cpp"].items() if isinstance(v, (int, float))]
+    def figures(side):
+        return [k for k, v in rounds[0][side].items() if v is None or isinstance(v, (int, float))]
+
     last = rounds[-1]
     report = {
         "model": model,
@@ -208,7 +208,7 @@ def main() -> None:
         "repeats": args.repeats,
         # Medians over the rounds (the figures themselves with one round).
         "deepseek_lsp": {
-            **{k: middle("deepseek_lsp", k) for k in ours_keys},
+            **{k: middle("deepseek_lsp", k) for k in figures("deepseek_lsp")},
             "prefill_report": last["deepseek_lsp"]["prefill_report"],
             "decode_report": last["deepseek_lsp"]["decode_report"],
         },
@@ -216,7 +216,7 @@ def main() -> None:
             "version": llama_cpp.__version__,
             "system_info": llama_cpp.llama_print_system_info().decode().strip(),
             "flash_attn": args.flash_attn,
-            **{k: middle("llama_cpp", k) for k in peer_keys},
+            **{k: middle("llama_cpp", k) for k in figures("llama_cpp")},
         },
         "ratio": {
             "prefill": median([r["ratio"]["prefill"] for r in rounds]),
