@@ -2,10 +2,11 @@
 //! products (q_nope -> latent query, attended latent -> value).
 //!
 //! A decoded token reads them in every layer. In f32 they are 8.4 MB a layer for DeepSeek-V2-Lite,
-//! more than its attention's quantized projections together; when the model's weights are
-//! quantized they are kept as Q8_0 instead (2.1 MB a layer), as llama.cpp keeps its `attn_k_b`
-//! and `attn_v_b` quantized. W_UK is stored transposed per head ([L, N] rows) so that both
-//! products are ordinary rows-times-input products.
+//! more than its attention's quantized projections together. A GGUF file that stores them apart
+//! (`attn_k_b`, `attn_v_b`) in a block format is multiplied as stored (1.2 MB a layer in a
+//! Q4_K_M file's Q5_0 and Q4_K), as llama.cpp does; other quantized models get a Q8_0 copy
+//! (2.1 MB a layer). W_UK is held transposed per head ([L, N] rows) so that both products are
+//! ordinary rows-times-input products.
 
 use std::sync::Arc;
 
@@ -30,7 +31,8 @@ pub(crate) struct HeadShapes {
 pub(crate) enum AbsorbedWeights {
     /// W_UK [H, N, L] and W_UV^T [H, L, V] in the compute dtype, multiplied by candle.
     Dense { w_uk: Tensor, w_uv_t: Tensor },
-    /// W_UK^T [H * L, N] and W_UV [H * V, L] in Q8_0, each head's rows together.
+    /// W_UK^T [H * L, N] and W_UV [H * V, L] in a block format (the file's, or Q8_0), each
+    /// head's rows together.
     Quantized {
         uk_t: QuantizedWeight,
         uv: QuantizedWeight,

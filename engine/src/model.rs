@@ -23,7 +23,7 @@ use crate::linear::{Linear, LinearWeight};
 use crate::page_pool::{DEFAULT_PAGE_TOKENS, PageLayout, PagePool};
 use crate::quantized::QuantizedWeight;
 use crate::rope::Rope;
-use crate::weights::WeightSource;
+use crate::weights::{AbsorbedHalves, WeightSource};
 use kernels::quant::{MatVecJob, matvec_many_quant};
 
 /// Which attention form a forward pass uses.
@@ -348,6 +348,21 @@ impl Loader<'_> {
         }
         Ok(Linear::new(self.tensor(&name, &[out_dim, in_dim])?, bias))
     }
+
+    /// MLA's absorbed weights as the file stores them, on the CPU, when they have the model's
+    /// head shapes (kv_b_proj `name`'s own shape is checked when kv_b is loaded).
+    fn absorbed_halves(&self, name: &str, shapes: HeadShapes) -> Result<Option<AbsorbedWeights>> {
+        if !self.device.is_cpu() {
+            return Ok(None);
+        }
+        let Some(AbsorbedHalves { heads, uk_t, uv }) = self.source.absorbed_halves(name)? else {
+            return Ok(None);
+        };
+        let fits = heads == shapes.heads
+            && (uk_t.rows, uk_t.cols) == (shapes.heads * shapes.kv_lora, shapes.nope)
+            && (uv.rows, uv.cols) == (shapes.heads * shapes.v_dim, shapes.kv_lora);
+        Ok(fits.then_some(AbsorbedWeights::Quantized { uk_t, uv }))
+    }
 }
 
 struct RmsNorm {
@@ -584,20 +599,21 @@ impl Mla {
             c.hidden_size,
             c.attention_bias,
         )?;
-        // A model whose weights are quantized keeps W_UK and W_UV quantized too (kv_b itself
-        // may have been expanded: files that split it store its halves transposed).
-        let quantized = kv_a.is_quantized() || kv_b.is_quantized();
-        let absorbed = AbsorbedWeights::new(
-            &kv_b.dense_weight()?,
-            HeadShapes {
-                heads,
-                nope,
-                v_dim,
-                kv_lora,
-            },
-            w.dtype,
-            quantized,
-        )?;
+        let shapes = HeadShapes {
+            heads,
+            nope,
+            v_dim,
+            kv_lora,
+        };
+        let kv_b_name = format!("{prefix}.kv_b_proj.weight");
+        let absorbed = match w.absorbed_halves(&kv_b_name, shapes)? {
+            Some(halves) => halves,
+            None => {
+                // A model whose weights are quantized keeps W_UK and W_UV quantized too.
+                let quantized = kv_a.is_quantized() || kv_b.is_quantized();
+                AbsorbedWeights::new(&kv_b.dense_weight()?, shapes, w.dtype, quantized)?
+            }
+        };
         Ok(Self {
             query,
             kv_a,
@@ -640,7 +656,8 @@ impl Mla {
         };
         let norm =
             self.kv_a_norm.weight.elem_count() * self.kv_a_norm.weight.dtype().size_in_bytes();
-        // W_UK and W_UV are copies of kv_b's halves (the absorbed form's layout).
+        // kv_b for the expanded form, W_UK and W_UV for the absorbed one: one of them is a copy
+        // of the other's values (which, depends on how the file stores them).
         query
             + self.kv_a.bytes()
             + norm

@@ -27,6 +27,22 @@ pub trait WeightSource: Send + Sync {
     fn quantized(&self, _name: &str, _shape: &[usize]) -> Result<Option<QuantizedWeight>> {
         Ok(None)
     }
+    /// kv_b_proj `name` as the absorbed form's two halves, when the source stores them apart in
+    /// a block format (as llama.cpp's converter writes `attn_k_b` and `attn_v_b`): W_UK^T
+    /// [heads * kv_lora, nope] and W_UV [heads * v, kv_lora], each head's rows together.
+    /// `None` sends the caller to rebuilding them from kv_b_proj.
+    fn absorbed_halves(&self, _name: &str) -> Result<Option<AbsorbedHalves>> {
+        Ok(None)
+    }
+}
+
+/// MLA's absorbed weights as a file stores them: see [`WeightSource::absorbed_halves`].
+pub struct AbsorbedHalves {
+    pub heads: usize,
+    /// W_UK^T: [heads * kv_lora, nope].
+    pub uk_t: QuantizedWeight,
+    /// W_UV: [heads * v, kv_lora].
+    pub uv: QuantizedWeight,
 }
 
 /// The safetensors files of a Hugging Face model directory, memory-mapped.

@@ -15,7 +15,7 @@ use super::names::{ExpertRows, Stored, locate};
 use super::tensor_type::readable_type_names;
 use crate::error::{EngineError, Result};
 use crate::quantized::{QuantizedWeight, SharedBytes};
-use crate::weights::WeightSource;
+use crate::weights::{AbsorbedHalves, WeightSource};
 
 /// The weights of one GGUF file.
 pub struct GgufWeights {
@@ -321,6 +321,41 @@ impl WeightSource for GgufWeights {
         }
         let file: SharedBytes = self.file.clone();
         QuantizedWeight::new(name, raw.ty, shape[0], shape[1], file, raw.file_range.start).map(Some)
+    }
+
+    /// The converter's `attn_k_b` ([heads, kv_lora, nope]) is W_UK^T per head and `attn_v_b`
+    /// ([heads, v, kv_lora]) W_UV per head: the absorbed form's own layout, so a decoded token
+    /// multiplies the file's blocks as they are (no copy, no second rounding), as llama.cpp
+    /// does. Float halves, or rows that are not whole blocks, are rebuilt from kv_b instead.
+    fn absorbed_halves(&self, name: &str) -> Result<Option<AbsorbedHalves>> {
+        let Stored::SplitKvB { k_b, v_b } = self.stored(name)? else {
+            return Ok(None);
+        };
+        let (k, v) = (self.raw_gguf(&k_b)?, self.raw_gguf(&v_b)?);
+        let (&[heads, kv_lora, nope], &[v_heads, v_dim, v_kv_lora]) =
+            (k.shape.as_slice(), v.shape.as_slice())
+        else {
+            // `tensor` (kv_b rebuilt) reports the shapes with the whole story.
+            return Ok(None);
+        };
+        let block_rows = |ty: GgmlType, cols: usize| {
+            ty.block_len() > 1 && ty.row_bytes(cols).is_some_and(|bytes| bytes > 0)
+        };
+        if (v_heads, v_kv_lora) != (heads, kv_lora)
+            || !block_rows(k.ty, nope)
+            || !block_rows(v.ty, kv_lora)
+        {
+            return Ok(None);
+        }
+        let file: SharedBytes = self.file.clone();
+        let half = |name: &str, raw: &RawTensor, rows: usize, cols: usize| {
+            QuantizedWeight::new(name, raw.ty, rows, cols, file.clone(), raw.file_range.start)
+        };
+        Ok(Some(AbsorbedHalves {
+            heads,
+            uk_t: half(&k_b, &k, heads * kv_lora, nope)?,
+            uv: half(&v_b, &v, heads * v_dim, kv_lora)?,
+        }))
     }
 
     fn contains(&self, name: &str) -> bool {
