@@ -12,7 +12,7 @@
 
 use candle_core::{D, DType, Device, Tensor};
 use kernels::paged_attention::{LatentPages, LatentQueries};
-use kernels::routing::{GroupLimit, select_experts};
+use kernels::routing::{GroupLimit, Weighting, route_token};
 
 use crate::absorbed::{AbsorbedWeights, HeadShapes};
 use crate::config::{ModelConfig, MoeConfig, Routing};
@@ -878,27 +878,28 @@ impl Moe {
 
     /// The chosen (expert, weight) pairs of every token.
     fn route(&self, x: &Tensor) -> Result<Vec<Vec<(usize, f32)>>> {
-        let logits = x.to_dtype(DType::F32)?.matmul(&self.router.t()?)?;
-        let probs = candle_nn::ops::softmax_last_dim(&logits)?.to_vec2::<f32>()?;
-        Ok(probs
+        let logits = x
+            .to_dtype(DType::F32)?
+            .matmul(&self.router.t()?)?
+            .to_vec2::<f32>()?;
+        let weighting = self.weighting();
+        Ok(logits
             .iter()
-            .map(|scores| {
+            .map(|logits| {
                 let mut chosen = Vec::with_capacity(self.top_k + 1);
-                select_experts(scores, self.top_k, self.limit, &mut chosen);
-                self.weigh(&mut chosen);
+                route_token(logits, self.top_k, self.limit, weighting, &mut chosen);
                 chosen
             })
             .collect())
     }
 
-    /// DeepSeek-V2's rule: renormalise the chosen weights, or scale them.
-    fn weigh(&self, chosen: &mut [(usize, f32)]) {
+    /// DeepSeek-V2's rule: renormalise the chosen weights (when more than one is chosen), or
+    /// scale them.
+    fn weighting(&self) -> Weighting {
         if self.norm_topk_prob && self.top_k > 1 {
-            let sum: f32 = chosen.iter().map(|&(_, w)| w).sum::<f32>() + 1e-20;
-            chosen.iter_mut().for_each(|(_, w)| *w /= sum);
+            Weighting::Normalize
         } else {
-            let factor = self.routed_scaling_factor as f32;
-            chosen.iter_mut().for_each(|(_, w)| *w *= factor);
+            Weighting::Scale(self.routed_scaling_factor as f32)
         }
     }
 
@@ -1117,36 +1118,20 @@ mod tests {
         }
     }
 
-    fn weights(moe: &Moe, chosen: &[(usize, f32)]) -> Vec<(usize, f32)> {
-        let mut chosen = chosen.to_vec();
-        moe.weigh(&mut chosen);
-        chosen
-    }
-
     #[test]
     fn norm_topk_prob_renormalises_and_does_not_scale() {
-        // 0.3 / (0.3 + 0.1) = 0.75, 0.1 / 0.4 = 0.25; routed_scaling_factor is not applied (V2 rule).
-        let w = weights(&moe(true, 16.0, 2), &[(3, 0.3), (1, 0.1)]);
-        assert_eq!(w[0].0, 3);
-        assert!(
-            (w[0].1 - 0.75).abs() < 1e-6 && (w[1].1 - 0.25).abs() < 1e-6,
-            "{w:?}"
-        );
+        // routed_scaling_factor is not applied when renormalising (the V2 rule).
+        assert_eq!(moe(true, 16.0, 2).weighting(), Weighting::Normalize);
     }
 
     #[test]
     fn without_norm_topk_prob_weights_are_scaled() {
-        let w = weights(&moe(false, 16.0, 2), &[(3, 0.3), (1, 0.1)]);
-        assert!(
-            (w[0].1 - 4.8).abs() < 1e-5 && (w[1].1 - 1.6).abs() < 1e-5,
-            "{w:?}"
-        );
+        assert_eq!(moe(false, 16.0, 2).weighting(), Weighting::Scale(16.0));
     }
 
     #[test]
     fn a_single_chosen_expert_is_scaled_even_with_norm_topk_prob() {
-        let w = weights(&moe(true, 2.0, 1), &[(0, 0.4)]);
-        assert!((w[0].1 - 0.8).abs() < 1e-6, "{w:?}");
+        assert_eq!(moe(true, 2.0, 1).weighting(), Weighting::Scale(2.0));
     }
 
     #[test]

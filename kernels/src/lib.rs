@@ -4,6 +4,7 @@
 //! slices and sizes and returns numbers.
 
 pub mod bandwidth;
+pub mod cuda;
 pub mod matvec;
 pub mod paged_attention;
 pub mod quant;

@@ -2,6 +2,8 @@
 //!
 //! Two rules: plain top-k over all experts, and group-limited top-k (score each group of
 //! experts by its best member, keep the best `keep_groups` groups, then top-k inside them).
+//! [`route_token`] is a token's whole routing (softmax, selection, weights) and the CPU
+//! reference of the GPU kernel `moe_route` (`kernels/cuda/moe_routing.cu`).
 
 /// How experts are grouped before selection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +54,39 @@ pub fn select_experts(
         top_k,
         "top_k exceeds the experts that can be chosen"
     );
+}
+
+/// What the chosen experts' scores become (DeepSeek-V2's `norm_topk_prob` and
+/// `routed_scaling_factor`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Weighting {
+    /// Divided by their sum (plus 1e-20, as the reference implementation).
+    Normalize,
+    /// Multiplied by a factor.
+    Scale(f32),
+}
+
+/// One token's routing from the router's logits: softmax over the experts (`exp(x - max) /
+/// sum`), [`select_experts`], then `weighting`. `chosen` gets (expert, weight), best first.
+pub fn route_token(
+    logits: &[f32],
+    top_k: usize,
+    limit: GroupLimit,
+    weighting: Weighting,
+    chosen: &mut Vec<(usize, f32)>,
+) {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut probs: Vec<f32> = logits.iter().map(|&x| (x - max).exp()).collect();
+    let sum: f32 = probs.iter().sum();
+    probs.iter_mut().for_each(|p| *p /= sum);
+    select_experts(&probs, top_k, limit, chosen);
+    match weighting {
+        Weighting::Normalize => {
+            let total: f32 = chosen.iter().map(|&(_, w)| w).sum::<f32>() + 1e-20;
+            chosen.iter_mut().for_each(|(_, w)| *w /= total);
+        }
+        Weighting::Scale(factor) => chosen.iter_mut().for_each(|(_, w)| *w *= factor),
+    }
 }
 
 /// The `keep` best groups (a group's score is its best expert), best first.
@@ -115,6 +150,42 @@ mod tests {
         };
         assert_eq!(pick(&scores, 3, limit), vec![0, 5, 4]);
         assert_eq!(pick(&scores, 3, GroupLimit::None), vec![0, 5, 2]);
+    }
+
+    #[test]
+    fn a_token_is_routed_on_its_softmax_and_weighted() {
+        // logits ln(1), ln(2), ln(3), ln(4): probabilities 0.1, 0.2, 0.3, 0.4.
+        let logits: Vec<f32> = [1f32, 2.0, 3.0, 4.0].iter().map(|v| v.ln()).collect();
+        let mut chosen = Vec::new();
+        route_token(
+            &logits,
+            2,
+            GroupLimit::None,
+            Weighting::Scale(2.0),
+            &mut chosen,
+        );
+        let expected = [(3, 0.8), (2, 0.6)];
+        for ((expert, weight), (want_expert, want_weight)) in chosen.iter().zip(expected) {
+            assert_eq!(*expert, want_expert);
+            assert!((weight - want_weight).abs() < 1e-6, "{chosen:?}");
+        }
+        route_token(
+            &logits,
+            2,
+            GroupLimit::None,
+            Weighting::Normalize,
+            &mut chosen,
+        );
+        // 0.4 / 0.7 and 0.3 / 0.7.
+        assert!((chosen[0].1 - 4.0 / 7.0).abs() < 1e-6, "{chosen:?}");
+        assert!((chosen[1].1 - 3.0 / 7.0).abs() < 1e-6, "{chosen:?}");
+        // Groups of two: {0.1, 0.2} and {0.3, 0.4}; keeping one group leaves 3 then 2.
+        let limit = GroupLimit::Groups {
+            groups: 2,
+            keep_groups: 1,
+        };
+        route_token(&logits, 2, limit, Weighting::Scale(1.0), &mut chosen);
+        assert_eq!(chosen.iter().map(|c| c.0).collect::<Vec<_>>(), vec![3, 2]);
     }
 
     #[test]

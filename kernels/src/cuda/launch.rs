@@ -1,0 +1,227 @@
+//! Our kernels on a GPU, from host slices to host results: compiled with NVRTC for the GPU and
+//! the model's shapes, launched through the driver. The engine's GPU path and the GPU test suite
+//! (`kernels/tests/gpu.rs`, which holds each kernel to its CPU reference) go through here.
+
+use super::driver::{Arg, Buffer, CudaError, Gpu, Kernels, LaunchShape};
+use super::nvrtc::Nvrtc;
+use super::sources::{KernelSource, MlaShape, RoutingLimits, SOURCES, mla_compile_options};
+use crate::routing::{GroupLimit, Weighting};
+
+/// Threads of an attention block (`THREADS` in mla_paged_attention.cu).
+const ATTENTION_THREADS: u32 = 256;
+/// Warps, so tokens, per routing block (`WARPS_PER_BLOCK` in moe_routing.cu).
+const ROUTING_WARPS: u32 = 4;
+
+/// The kernels compiled for one GPU and one model's attention shape.
+pub struct GpuKernels<'gpu> {
+    gpu: &'gpu Gpu,
+    routing: Kernels<'gpu>,
+    attention: Kernels<'gpu>,
+    shape: MlaShape,
+    heads_per_block: usize,
+}
+
+fn source(file: &str) -> &'static KernelSource {
+    SOURCES
+        .iter()
+        .find(|source| source.file == file)
+        .expect("every kernel file is listed in SOURCES")
+}
+
+impl<'gpu> GpuKernels<'gpu> {
+    /// Compiles and loads every kernel for `gpu` and `shape`.
+    pub fn compile(gpu: &'gpu Gpu, nvrtc: &Nvrtc, shape: MlaShape) -> Result<Self, CudaError> {
+        let arch = gpu.arch_option();
+        let build = |file: &str, mut options: Vec<String>| {
+            let source = source(file);
+            options.push(arch.clone());
+            let ptx = nvrtc
+                .compile_ptx(source.source, source.file, &options)
+                .map_err(|error| CudaError(error.to_string()))?;
+            gpu.load(&ptx, source.entry_points)
+        };
+        let heads_per_block = shape
+            .heads_per_block()
+            .ok_or_else(|| CudaError(format!("{shape:?} does not fit a CUDA block")))?;
+        Ok(Self {
+            gpu,
+            routing: build("moe_routing.cu", Vec::new())?,
+            attention: build(
+                "mla_paged_attention.cu",
+                mla_compile_options(shape).map_err(CudaError)?,
+            )?,
+            shape,
+            heads_per_block,
+        })
+    }
+
+    /// Every token's routing from `logits` [tokens, experts], as
+    /// [`crate::routing::route_token`] does it on the CPU.
+    pub fn route(
+        &self,
+        logits: &[f32],
+        experts: usize,
+        top_k: usize,
+        limit: GroupLimit,
+        weighting: Weighting,
+    ) -> Result<Vec<Vec<(usize, f32)>>, CudaError> {
+        let (groups, keep_groups) = match limit {
+            GroupLimit::None => (1, 1),
+            GroupLimit::Groups {
+                groups,
+                keep_groups,
+            } => (groups, keep_groups),
+        };
+        if experts == 0 || !logits.len().is_multiple_of(experts) || !experts.is_multiple_of(groups) {
+            return Err(CudaError(format!(
+                "{} logits are not whole rows of {experts} experts in {groups} groups",
+                logits.len()
+            )));
+        }
+        if top_k == 0 || top_k > RoutingLimits::MAX_TOP_K || groups > RoutingLimits::MAX_GROUPS {
+            return Err(CudaError(format!(
+                "moe_route takes top_k 1..={} and at most {} groups, not {top_k} and {groups}",
+                RoutingLimits::MAX_TOP_K,
+                RoutingLimits::MAX_GROUPS
+            )));
+        }
+        let tokens = logits.len() / experts;
+        let (normalize, scaling) = match weighting {
+            Weighting::Normalize => (1, 1.0),
+            Weighting::Scale(factor) => (0, factor),
+        };
+        let input = self.gpu.upload(logits)?;
+        let chosen = self.gpu.alloc(tokens * top_k * 4)?;
+        let weights = self.gpu.alloc(tokens * top_k * 4)?;
+        let shape = LaunchShape {
+            grid: (tokens.div_ceil(ROUTING_WARPS as usize) as u32, 1, 1),
+            block: 32 * ROUTING_WARPS,
+            shared_bytes: ROUTING_WARPS * experts as u32 * 4,
+        };
+        self.routing.launch(
+            "moe_route",
+            shape,
+            &[
+                Arg::Buffer(&input),
+                Arg::I32(tokens as i32),
+                Arg::I32(experts as i32),
+                Arg::I32(top_k as i32),
+                Arg::I32(groups as i32),
+                Arg::I32(keep_groups as i32),
+                Arg::I32(normalize),
+                Arg::F32(scaling),
+                Arg::Buffer(&chosen),
+                Arg::Buffer(&weights),
+            ],
+        )?;
+        self.gpu.synchronize()?;
+        let (chosen, weights) = (chosen.download::<i32>()?, weights.download::<f32>()?);
+        Ok(chosen
+            .chunks_exact(top_k)
+            .zip(weights.chunks_exact(top_k))
+            .map(|(experts, weights)| {
+                experts
+                    .iter()
+                    .zip(weights)
+                    .map(|(&expert, &weight)| (expert as usize, weight))
+                    .collect()
+            })
+            .collect())
+    }
+
+    /// Absorbed attention of `tokens` query tokens (positions `first_position..`) over the keys
+    /// in `pool` ([pool pages, page_tokens, kv_lora + rope]) that `page_table` lists in order:
+    /// [tokens, heads, kv_lora], as [`crate::paged_attention::absorbed_attention`] computes it.
+    /// `q_latent` is [tokens, heads, kv_lora] and `q_rope` [tokens, heads, rope].
+    #[allow(clippy::too_many_arguments)]
+    pub fn absorbed_attention(
+        &self,
+        q_latent: &[f32],
+        q_rope: &[f32],
+        tokens: usize,
+        first_position: usize,
+        pool: &[f32],
+        page_table: &[i32],
+        page_tokens: usize,
+        softmax_scale: f32,
+    ) -> Result<Vec<f32>, CudaError> {
+        let MlaShape {
+            heads,
+            kv_lora,
+            rope,
+        } = self.shape;
+        let row = kv_lora + rope;
+        let visible = first_position + tokens;
+        let pages = visible.div_ceil(page_tokens.max(1));
+        let pool_pages = pool.len() / (page_tokens * row).max(1);
+        let sizes_agree = page_tokens > 0
+            && q_latent.len() == tokens * heads * kv_lora
+            && q_rope.len() == tokens * heads * rope
+            && pages <= page_table.len()
+            && page_table[..pages]
+                .iter()
+                .all(|&page| page >= 0 && (page as usize) < pool_pages);
+        if !sizes_agree || tokens == 0 {
+            return Err(CudaError(format!(
+                "attention sizes disagree: {tokens} tokens from position {first_position}, \
+                 {pages} pages of {page_tokens} in a table of {} over {pool_pages} pool pages",
+                page_table.len()
+            )));
+        }
+        let head_groups = heads / self.heads_per_block;
+        // Enough blocks for two per multiprocessor, in whole pages per split.
+        let wanted = (2 * self.gpu.multiprocessors).div_ceil(head_groups * tokens);
+        let pages_per_split = pages.div_ceil(wanted.clamp(1, pages));
+        let splits = pages.div_ceil(pages_per_split);
+
+        let buffers = [
+            self.gpu.upload(q_latent)?,
+            self.gpu.upload(q_rope)?,
+            self.gpu.upload(pool)?,
+            self.gpu.upload(&page_table[..pages])?,
+        ];
+        let [latent, roped, pool, table] = &buffers;
+        let partial = |values: usize| self.gpu.alloc(tokens * splits * values * 4);
+        let (max, sum, acc) = (partial(heads)?, partial(heads)?, partial(heads * kv_lora)?);
+        self.attention.launch(
+            "mla_split_partials",
+            LaunchShape {
+                grid: (splits as u32, head_groups as u32, tokens as u32),
+                block: ATTENTION_THREADS,
+                shared_bytes: 0,
+            },
+            &[
+                Arg::Buffer(latent),
+                Arg::Buffer(roped),
+                Arg::Buffer(pool),
+                Arg::Buffer(table),
+                Arg::I32(page_tokens as i32),
+                Arg::I32(heads as i32),
+                Arg::I32(first_position as i32),
+                Arg::I32(pages_per_split as i32),
+                Arg::F32(softmax_scale),
+                Arg::Buffer(&max),
+                Arg::Buffer(&sum),
+                Arg::Buffer(&acc),
+            ],
+        )?;
+        let out: Buffer = self.gpu.alloc(tokens * heads * kv_lora * 4)?;
+        self.attention.launch(
+            "mla_merge_splits",
+            LaunchShape {
+                grid: (heads as u32, tokens as u32, 1),
+                block: ATTENTION_THREADS,
+                shared_bytes: 0,
+            },
+            &[
+                Arg::Buffer(&max),
+                Arg::Buffer(&sum),
+                Arg::Buffer(&acc),
+                Arg::I32(splits as i32),
+                Arg::Buffer(&out),
+            ],
+        )?;
+        self.gpu.synchronize()?;
+        out.download()
+    }
+}

@@ -1,0 +1,14 @@
+//! Our CUDA kernels (the CUDA C sources under `kernels/cuda/`), what each needs to be compiled
+//! for a model's shapes, and NVRTC to compile them at run time.
+//!
+//! Nothing here needs CUDA at build time: the sources are text, and NVRTC is opened at run time
+//! ([`nvrtc::Nvrtc::open`]), so a CPU-only build and CI can check that every kernel compiles for
+//! the GPUs we target while no GPU is present. Each kernel has a CPU reference in this crate that
+//! it is tested against on a GPU machine: see [`KernelSource::cpu_reference`].
+
+pub mod driver;
+pub mod launch;
+pub mod nvrtc;
+mod sources;
+
+pub use sources::{KernelSource, MlaShape, RoutingLimits, SOURCES, mla_compile_options};

@@ -1,0 +1,208 @@
+//! The GPU suite: every CUDA kernel against its CPU reference on random inputs of real and
+//! awkward shapes. Needs an NVIDIA GPU and NVRTC, so every test is ignored by default:
+//!
+//! ```sh
+//! cargo test -p kernels --release --test gpu -- --ignored
+//! ```
+//!
+//! NVRTC is the library `DEEPSEEK_LSP_NVRTC` names, else `libnvrtc.so.13`/`.so.12` on the
+//! loader's path, else the one tools/nvrtc.py fetches (which needs pip and the network).
+
+use std::path::Path;
+use std::process::Command;
+
+use kernels::cuda::MlaShape;
+use kernels::cuda::driver::Gpu;
+use kernels::cuda::launch::GpuKernels;
+use kernels::cuda::nvrtc::Nvrtc;
+use kernels::paged_attention::{LatentPages, LatentQueries, absorbed_attention};
+use kernels::routing::{GroupLimit, Weighting, route_token};
+
+fn nvrtc() -> Nvrtc {
+    Nvrtc::open().unwrap_or_else(|first| {
+        let tools = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tools/nvrtc.py");
+        let output = Command::new("python3").arg(&tools).output();
+        let path = match output {
+            Ok(output) if output.status.success() => String::from_utf8(output.stdout).unwrap(),
+            _ => panic!("{first}; and tools/nvrtc.py could not fetch it"),
+        };
+        Nvrtc::open_at(Path::new(path.trim())).unwrap_or_else(|error| panic!("{error}"))
+    })
+}
+
+fn gpu() -> Gpu {
+    let gpu = Gpu::open(0).unwrap_or_else(|error| panic!("{error}"));
+    eprintln!(
+        "GPU: {} (compute {}.{}, {} multiprocessors)",
+        gpu.name, gpu.compute_capability.0, gpu.compute_capability.1, gpu.multiprocessors
+    );
+    gpu
+}
+
+/// Seeded values in [-1, 1).
+fn random(count: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..count)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+const LITE: MlaShape = MlaShape {
+    heads: 16,
+    kv_lora: 512,
+    rope: 64,
+};
+const TINY: MlaShape = MlaShape {
+    heads: 4,
+    kv_lora: 64,
+    rope: 16,
+};
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: cargo test -p kernels --test gpu -- --ignored"]
+fn routing_matches_the_cpu_reference() {
+    let (gpu, nvrtc) = (gpu(), nvrtc());
+    let kernels = GpuKernels::compile(&gpu, &nvrtc, TINY).unwrap();
+    // (experts, top_k, limit, weighting): Lite, DeepSeek-V2, the tiny model, and odd sizes.
+    let cases = [
+        (64, 6, GroupLimit::None, Weighting::Scale(1.0)),
+        (
+            160,
+            6,
+            GroupLimit::Groups {
+                groups: 8,
+                keep_groups: 3,
+            },
+            Weighting::Scale(16.0),
+        ),
+        (12, 2, GroupLimit::None, Weighting::Normalize),
+        (
+            33,
+            5,
+            GroupLimit::Groups {
+                groups: 3,
+                keep_groups: 2,
+            },
+            Weighting::Normalize,
+        ),
+    ];
+    for (case, &(experts, top_k, limit, weighting)) in cases.iter().enumerate() {
+        let tokens = 37;
+        // Logits spread as a router's are (a few units).
+        let logits: Vec<f32> = random(tokens * experts, case as u64 + 1)
+            .iter()
+            .map(|v| 4.0 * v)
+            .collect();
+        let gpu_routes = kernels
+            .route(&logits, experts, top_k, limit, weighting)
+            .unwrap();
+        for (token, row) in logits.chunks_exact(experts).enumerate() {
+            let mut cpu = Vec::new();
+            route_token(row, top_k, limit, weighting, &mut cpu);
+            let gpu_route = &gpu_routes[token];
+            assert_eq!(
+                gpu_route.iter().map(|c| c.0).collect::<Vec<_>>(),
+                cpu.iter().map(|c| c.0).collect::<Vec<_>>(),
+                "case {case}, token {token}"
+            );
+            for (g, c) in gpu_route.iter().zip(&cpu) {
+                assert!(
+                    (g.1 - c.1).abs() <= 1e-5 * c.1.abs().max(1.0),
+                    "case {case}, token {token}: {gpu_route:?} vs {cpu:?}"
+                );
+            }
+        }
+    }
+}
+
+/// The pool's pages listed out of order (reversed, then rotated by 3), so that the page table's
+/// indirection is exercised.
+fn shuffled_pool(pages: usize, page_tokens: usize, row: usize, seed: u64) -> (Vec<f32>, Vec<i32>) {
+    let pool = random(pages * page_tokens * row, seed);
+    let table: Vec<i32> = (0..pages)
+        .map(|i| ((pages - 1 - i + 3) % pages) as i32)
+        .collect();
+    (pool, table)
+}
+
+fn assert_attention_matches(kernels: &GpuKernels, shape: MlaShape, tokens: usize, first: usize) {
+    let page_tokens = 16;
+    let row = shape.kv_lora + shape.rope;
+    let pages = (first + tokens).div_ceil(page_tokens) + 1;
+    let seed = (tokens * 1000 + first) as u64;
+    let (pool, table) = shuffled_pool(pages, page_tokens, row, seed);
+    let latent = random(tokens * shape.heads * shape.kv_lora, seed + 1);
+    let roped = random(tokens * shape.heads * shape.rope, seed + 2);
+    let scale = 1.0 / ((shape.kv_lora + shape.rope) as f32).sqrt();
+    let on_gpu = kernels
+        .absorbed_attention(
+            &latent,
+            &roped,
+            tokens,
+            first,
+            &pool,
+            &table,
+            page_tokens,
+            scale,
+        )
+        .unwrap();
+    let page_slices: Vec<&[f32]> = table
+        .iter()
+        .map(|&page| &pool[page as usize * page_tokens * row..][..page_tokens * row])
+        .collect();
+    let keys = LatentPages {
+        pages: &page_slices,
+        page_tokens,
+        kv_lora: shape.kv_lora,
+        rope: shape.rope,
+    };
+    let queries = LatentQueries {
+        latent: &latent,
+        rope: &roped,
+        tokens,
+        heads: shape.heads,
+        first_position: first,
+    };
+    let mut on_cpu = vec![0f32; tokens * shape.heads * shape.kv_lora];
+    absorbed_attention(&queries, &keys, scale, &mut on_cpu);
+    let largest = on_cpu.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let worst = on_gpu
+        .iter()
+        .zip(&on_cpu)
+        .fold(0f32, |m, (g, c)| m.max((g - c).abs()));
+    eprintln!("{shape:?} tokens {tokens} from {first}: worst {worst:e} of {largest:e}");
+    assert!(
+        worst <= 1e-5 * largest.max(1e-3),
+        "{shape:?} {tokens}@{first}: {worst:e}"
+    );
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: cargo test -p kernels --test gpu -- --ignored"]
+fn paged_attention_decode_matches_the_cpu_reference() {
+    let (gpu, nvrtc) = (gpu(), nvrtc());
+    for shape in [LITE, TINY] {
+        let kernels = GpuKernels::compile(&gpu, &nvrtc, shape).unwrap();
+        // One key, a part page, many pages (split-K), a long context.
+        for context in [1, 17, 300, 4100] {
+            assert_attention_matches(&kernels, shape, 1, context - 1);
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: cargo test -p kernels --test gpu -- --ignored"]
+fn a_span_against_cached_pages_matches_the_cpu_reference() {
+    let (gpu, nvrtc) = (gpu(), nvrtc());
+    for shape in [LITE, TINY] {
+        let kernels = GpuKernels::compile(&gpu, &nvrtc, shape).unwrap();
+        // A fresh prompt (from position 0) and a tail after 37 cached tokens: causal per token.
+        assert_attention_matches(&kernels, shape, 23, 0);
+        assert_attention_matches(&kernels, shape, 5, 37);
+    }
+}
