@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use engine::{
-    DType, Device, Engine, EngineOptions, LoadOptions, Model, SamplingParams, load_checkpoint,
+    DType, DeviceChoice, Engine, EngineOptions, LoadOptions, Model, SamplingParams, load_checkpoint,
 };
 
 pub const MODEL_ENV: &str = "DEEPSEEK_LSP_MODEL";
@@ -23,8 +23,9 @@ pub struct RuntimeArgs {
     /// llama.cpp .gguf file. Default: $DEEPSEEK_LSP_MODEL, else the built-in model.
     #[arg(long, value_name = "PATH")]
     pub model: Option<PathBuf>,
-    /// Where the model runs: cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
+    /// Where the model runs: cpu, cuda, cuda:N, or auto (the GPU when this build has CUDA and
+    /// one answers, else the CPU).
+    #[arg(long, default_value = "auto")]
     pub device: String,
     /// Compute dtype: f32 or f16 on the CPU, bf16 too on a GPU. Default: f32 on CPU, bf16 on GPU.
     #[arg(long)]
@@ -55,28 +56,11 @@ impl RuntimeArgs {
     }
 
     pub fn load_options(&self) -> Result<LoadOptions, String> {
-        let device = match self.device.as_str() {
-            "cpu" => Device::Cpu,
-            other => {
-                let ordinal = match other.strip_prefix("cuda") {
-                    Some("") => 0,
-                    Some(rest) => rest
-                        .strip_prefix(':')
-                        .and_then(|n| n.parse().ok())
-                        .ok_or_else(|| {
-                            format!("--device `{other}` not understood; use cpu, cuda or cuda:N")
-                        })?,
-                    None => {
-                        return Err(format!(
-                            "--device `{other}` not understood; use cpu, cuda or cuda:N"
-                        ));
-                    }
-                };
-                Device::new_cuda(ordinal).map_err(|e| {
-                    format!("cannot open CUDA device {ordinal}: {e} (is this build made with --features cuda?)")
-                })?
-            }
-        };
+        let device = self
+            .device
+            .parse::<DeviceChoice>()
+            .map_err(|e| format!("--{e}"))?
+            .open()?;
         let dtype = match self.dtype.as_deref() {
             None => None,
             Some("f32") => Some(DType::F32),

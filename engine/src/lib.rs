@@ -7,6 +7,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod detokenize;
+pub mod device;
 mod embedding;
 pub mod error;
 pub mod generation;
@@ -41,6 +42,7 @@ pub use checkpoint::{
     LoadOptions, load_checkpoint, load_checkpoint_and_tokenizer, load_config_and_tokenizer,
 };
 pub use config::ModelConfig;
+pub use device::DeviceChoice;
 pub use error::{EngineError, Result};
 pub use generation::{
     Generation, GenerationEvent, GenerationStats, PromptInput, Request, StopReason,

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use engine::DeviceChoice;
 use serde_json::Value;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -46,7 +47,7 @@ impl Default for Settings {
         Self {
             model: None,
             chat_model: None,
-            device: "cpu".into(),
+            device: DeviceChoice::Auto.to_string(),
             threads: None,
             max_tokens: 64,
             chat_max_tokens: 512,
@@ -135,18 +136,11 @@ impl Settings {
                 self.chat_model = optional_path(value).ok_or_else(|| bad("a directory path"))?
             }
             "device" => {
-                let device = value
+                let choice = value
                     .as_str()
-                    .ok_or_else(|| bad("\"cpu\", \"cuda\" or \"cuda:N\""))?;
-                let valid = device == "cpu"
-                    || device == "cuda"
-                    || device
-                        .strip_prefix("cuda:")
-                        .is_some_and(|n| n.parse::<usize>().is_ok());
-                if !valid {
-                    return Err(bad("\"cpu\", \"cuda\" or \"cuda:N\""));
-                }
-                self.device = device.to_string();
+                    .and_then(|text| text.parse::<DeviceChoice>().ok())
+                    .ok_or_else(|| bad("\"auto\", \"cpu\", \"cuda\" or \"cuda:N\""))?;
+                self.device = choice.to_string();
             }
             "threads" => {
                 self.threads =
@@ -337,6 +331,17 @@ mod tests {
         assert_eq!(settings.debounce_ms, 0);
         assert!(settings.update(&Value::Null).is_empty());
         assert_eq!(settings.update(&json!([1])).len(), 1);
+    }
+
+    #[test]
+    fn the_device_defaults_to_auto_and_bad_names_keep_the_previous_one() {
+        let mut settings = Settings::default();
+        assert_eq!(settings.device, "auto");
+        assert!(settings.update(&json!({"device": "cuda"})).is_empty());
+        assert_eq!(settings.device, "cuda:0");
+        let warnings = settings.update(&json!({"device": "gpu"}));
+        assert_eq!(settings.device, "cuda:0");
+        assert!(warnings[0].contains("\"auto\", \"cpu\""), "{warnings:?}");
     }
 
     #[test]

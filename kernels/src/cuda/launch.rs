@@ -72,7 +72,8 @@ impl<'gpu> GpuKernels<'gpu> {
                 keep_groups,
             } => (groups, keep_groups),
         };
-        if experts == 0 || !logits.len().is_multiple_of(experts) || !experts.is_multiple_of(groups) {
+        if experts == 0 || !logits.len().is_multiple_of(experts) || !experts.is_multiple_of(groups)
+        {
             return Err(CudaError(format!(
                 "{} logits are not whole rows of {experts} experts in {groups} groups",
                 logits.len()
@@ -83,6 +84,11 @@ impl<'gpu> GpuKernels<'gpu> {
                 "moe_route takes top_k 1..={} and at most {} groups, not {top_k} and {groups}",
                 RoutingLimits::MAX_TOP_K,
                 RoutingLimits::MAX_GROUPS
+            )));
+        }
+        if keep_groups == 0 || keep_groups > groups || top_k > keep_groups * (experts / groups) {
+            return Err(CudaError(format!(
+                "top_k {top_k} from the best {keep_groups} of {groups} groups of {experts} experts"
             )));
         }
         let tokens = logits.len() / experts;

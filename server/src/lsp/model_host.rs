@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
-use engine::{Device, Engine, EngineOptions, LoadOptions};
+use engine::{DeviceChoice, Engine, EngineOptions, LoadOptions};
 use tower_lsp_server::Client;
 use tower_lsp_server::gen_lsp_types::{MessageType, ProgressToken};
 
@@ -210,24 +210,7 @@ impl Which {
 }
 
 fn load(key: &ModelKey) -> Result<Engine, String> {
-    let device = match key.device.as_str() {
-        "cpu" => Device::Cpu,
-        other => {
-            let ordinal = other
-                .strip_prefix("cuda")
-                .and_then(|n| n.strip_prefix(':').or(Some(n)))
-                .unwrap_or("0");
-            let ordinal: usize = if ordinal.is_empty() {
-                0
-            } else {
-                ordinal
-                    .parse()
-                    .map_err(|_| format!("device `{other}` not understood"))?
-            };
-            Device::new_cuda(ordinal)
-                .map_err(|e| format!("cannot open CUDA device {ordinal}: {e}"))?
-        }
-    };
+    let device = key.device.parse::<DeviceChoice>()?.open()?;
     let options = LoadOptions {
         device,
         dtype: None,
