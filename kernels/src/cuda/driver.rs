@@ -427,13 +427,21 @@ fn open_library() -> Result<(Library, String), CudaError> {
         // preconditions.
         match unsafe { Library::new(&candidate) } {
             Ok(library) => return Ok((library, candidate)),
-            Err(error) => failures.push(format!("{candidate}: {error}")),
+            Err(error) => failures.push(load_error(&error)),
         }
     }
     Err(CudaError(format!(
         "no NVIDIA driver library ({}); is an NVIDIA GPU and its driver installed?",
         failures.join("; ")
     )))
+}
+
+/// libloading's error with the loader's own words (its Display says only "dlopen failed").
+pub(super) fn load_error(error: &libloading::Error) -> String {
+    match std::error::Error::source(error) {
+        Some(source) => source.to_string(),
+        None => error.to_string(),
+    }
 }
 
 #[cfg(test)]

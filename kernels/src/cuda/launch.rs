@@ -157,77 +157,151 @@ impl<'gpu> GpuKernels<'gpu> {
             rope,
         } = self.shape;
         let row = kv_lora + rope;
-        let visible = first_position + tokens;
-        let pages = visible.div_ceil(page_tokens.max(1));
+        let pages = (first_position + tokens).div_ceil(page_tokens.max(1));
         let pool_pages = pool.len() / (page_tokens * row).max(1);
         let sizes_agree = page_tokens > 0
+            && tokens > 0
             && q_latent.len() == tokens * heads * kv_lora
             && q_rope.len() == tokens * heads * rope
             && pages <= page_table.len()
             && page_table[..pages]
                 .iter()
                 .all(|&page| page >= 0 && (page as usize) < pool_pages);
-        if !sizes_agree || tokens == 0 {
+        if !sizes_agree {
             return Err(CudaError(format!(
                 "attention sizes disagree: {tokens} tokens from position {first_position}, \
                  {pages} pages of {page_tokens} in a table of {} over {pool_pages} pool pages",
                 page_table.len()
             )));
         }
-        let head_groups = heads / self.heads_per_block;
-        // Enough blocks for two per multiprocessor, in whole pages per split.
-        let wanted = (2 * self.gpu.multiprocessors).div_ceil(head_groups * tokens);
-        let pages_per_split = pages.div_ceil(wanted.clamp(1, pages));
-        let splits = pages.div_ceil(pages_per_split);
-
         let buffers = [
             self.gpu.upload(q_latent)?,
             self.gpu.upload(q_rope)?,
             self.gpu.upload(pool)?,
             self.gpu.upload(&page_table[..pages])?,
         ];
-        let [latent, roped, pool, table] = &buffers;
+        let [q_latent, q_rope, pool, page_table] = &buffers;
+        let step = AttentionStep {
+            q_latent,
+            q_rope,
+            pool,
+            page_table,
+            tokens,
+            first_position,
+            page_tokens,
+            softmax_scale,
+        };
+        let workspace = self.attention_workspace(tokens, first_position, page_tokens)?;
+        self.launch_attention(&step, &workspace)?;
+        self.gpu.synchronize()?;
+        workspace.out.download()
+    }
+
+    /// The partials and output of an attention step of this size, reused across steps of the
+    /// same size.
+    pub fn attention_workspace(
+        &self,
+        tokens: usize,
+        first_position: usize,
+        page_tokens: usize,
+    ) -> Result<AttentionWorkspace<'gpu>, CudaError> {
+        let MlaShape { heads, kv_lora, .. } = self.shape;
+        let pages = (first_position + tokens)
+            .div_ceil(page_tokens.max(1))
+            .max(1);
+        let head_groups = heads / self.heads_per_block;
+        // Enough blocks for two per multiprocessor, in whole pages per split.
+        let wanted = (2 * self.gpu.multiprocessors).div_ceil(head_groups * tokens.max(1));
+        let pages_per_split = pages.div_ceil(wanted.clamp(1, pages));
+        let splits = pages.div_ceil(pages_per_split);
         let partial = |values: usize| self.gpu.alloc(tokens * splits * values * 4);
-        let (max, sum, acc) = (partial(heads)?, partial(heads)?, partial(heads * kv_lora)?);
+        Ok(AttentionWorkspace {
+            splits,
+            pages_per_split,
+            max: partial(heads)?,
+            sum: partial(heads)?,
+            acc: partial(heads * kv_lora)?,
+            out: self.gpu.alloc(tokens * heads * kv_lora * 4)?,
+        })
+    }
+
+    /// Queues an attention step (inputs already on the device) into `workspace.out`; the
+    /// caller checks sizes (see [`Self::absorbed_attention`]) and synchronizes.
+    pub fn launch_attention(
+        &self,
+        step: &AttentionStep,
+        workspace: &AttentionWorkspace,
+    ) -> Result<(), CudaError> {
+        let heads = self.shape.heads;
+        let head_groups = heads / self.heads_per_block;
+        let AttentionWorkspace {
+            splits,
+            pages_per_split,
+            max,
+            sum,
+            acc,
+            out,
+        } = workspace;
         self.attention.launch(
             "mla_split_partials",
             LaunchShape {
-                grid: (splits as u32, head_groups as u32, tokens as u32),
+                grid: (*splits as u32, head_groups as u32, step.tokens as u32),
                 block: ATTENTION_THREADS,
                 shared_bytes: 0,
             },
             &[
-                Arg::Buffer(latent),
-                Arg::Buffer(roped),
-                Arg::Buffer(pool),
-                Arg::Buffer(table),
-                Arg::I32(page_tokens as i32),
+                Arg::Buffer(step.q_latent),
+                Arg::Buffer(step.q_rope),
+                Arg::Buffer(step.pool),
+                Arg::Buffer(step.page_table),
+                Arg::I32(step.page_tokens as i32),
                 Arg::I32(heads as i32),
-                Arg::I32(first_position as i32),
-                Arg::I32(pages_per_split as i32),
-                Arg::F32(softmax_scale),
-                Arg::Buffer(&max),
-                Arg::Buffer(&sum),
-                Arg::Buffer(&acc),
+                Arg::I32(step.first_position as i32),
+                Arg::I32(*pages_per_split as i32),
+                Arg::F32(step.softmax_scale),
+                Arg::Buffer(max),
+                Arg::Buffer(sum),
+                Arg::Buffer(acc),
             ],
         )?;
-        let out: Buffer = self.gpu.alloc(tokens * heads * kv_lora * 4)?;
         self.attention.launch(
             "mla_merge_splits",
             LaunchShape {
-                grid: (heads as u32, tokens as u32, 1),
+                grid: (heads as u32, step.tokens as u32, 1),
                 block: ATTENTION_THREADS,
                 shared_bytes: 0,
             },
             &[
-                Arg::Buffer(&max),
-                Arg::Buffer(&sum),
-                Arg::Buffer(&acc),
-                Arg::I32(splits as i32),
-                Arg::Buffer(&out),
+                Arg::Buffer(max),
+                Arg::Buffer(sum),
+                Arg::Buffer(acc),
+                Arg::I32(*splits as i32),
+                Arg::Buffer(out),
             ],
-        )?;
-        self.gpu.synchronize()?;
-        out.download()
+        )
     }
+}
+
+/// One attention step's inputs on the device (layouts as [`GpuKernels::absorbed_attention`]).
+pub struct AttentionStep<'a> {
+    pub q_latent: &'a Buffer<'a>,
+    pub q_rope: &'a Buffer<'a>,
+    pub pool: &'a Buffer<'a>,
+    /// The step's pages, as i32 indices into the pool.
+    pub page_table: &'a Buffer<'a>,
+    pub tokens: usize,
+    pub first_position: usize,
+    pub page_tokens: usize,
+    pub softmax_scale: f32,
+}
+
+/// Split partials and the output of an attention step.
+pub struct AttentionWorkspace<'gpu> {
+    pub splits: usize,
+    pub pages_per_split: usize,
+    max: Buffer<'gpu>,
+    sum: Buffer<'gpu>,
+    acc: Buffer<'gpu>,
+    /// [tokens, heads, kv_lora] once the step has run.
+    pub out: Buffer<'gpu>,
 }

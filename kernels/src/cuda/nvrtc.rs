@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 
 use libloading::{Library, Symbol};
 
+use super::driver::load_error;
+
 /// The variable that names the NVRTC library file to open.
 pub const LIBRARY_VARIABLE: &str = "DEEPSEEK_LSP_NVRTC";
 
@@ -78,7 +80,7 @@ impl Nvrtc {
                     nvrtc.version()?;
                     return Ok(nvrtc);
                 }
-                Err(error) => failures.push(format!("{candidate}: {error}")),
+                Err(error) => failures.push(load_error(&error)),
             }
         }
         Err(NvrtcError::Unavailable(format!(
