@@ -5,6 +5,7 @@
 
 pub mod bandwidth;
 pub mod cuda;
+pub mod grouped_matmul;
 pub mod matvec;
 pub mod paged_attention;
 pub mod quant;

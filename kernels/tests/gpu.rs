@@ -15,6 +15,7 @@ use kernels::cuda::MlaShape;
 use kernels::cuda::driver::Gpu;
 use kernels::cuda::launch::GpuKernels;
 use kernels::cuda::nvrtc::Nvrtc;
+use kernels::grouped_matmul::{ExpertWeights, grouped_matmul};
 use kernels::paged_attention::{LatentPages, LatentQueries, absorbed_attention};
 use kernels::routing::{GroupLimit, Weighting, route_token};
 
@@ -204,5 +205,46 @@ fn a_span_against_cached_pages_matches_the_cpu_reference() {
         // A fresh prompt (from position 0) and a tail after 37 cached tokens: causal per token.
         assert_attention_matches(&kernels, shape, 23, 0);
         assert_attention_matches(&kernels, shape, 5, 37);
+    }
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: cargo test -p kernels --test gpu -- --ignored"]
+fn the_grouped_expert_matmul_matches_the_cpu_reference() {
+    let (gpu, nvrtc) = (gpu(), nvrtc());
+    let kernels = GpuKernels::compile(&gpu, &nvrtc, TINY).unwrap();
+    // Lite's gate projection (n 1408, k 2048) over 8 experts with uneven rows (one idle, one past
+    // a tile), and an awkward small shape.
+    for (n, k, rows_per_expert) in [
+        (1408, 2048, vec![3, 0, 64, 65, 1, 130, 7, 2]),
+        (33, 47, vec![5, 0, 0, 70]),
+    ] {
+        let mut row_offsets = vec![0];
+        for rows in &rows_per_expert {
+            row_offsets.push(row_offsets.last().unwrap() + rows);
+        }
+        let experts = rows_per_expert.len();
+        let rows = *row_offsets.last().unwrap();
+        let x = random(rows * k, n as u64);
+        let w = random(experts * n * k, k as u64);
+        let bits: Vec<u16> = w.iter().map(|v| (v.to_bits() >> 16) as u16).collect();
+        for weights in [ExpertWeights::F32(&w), ExpertWeights::Bf16(&bits)] {
+            let on_gpu = kernels
+                .grouped_matmul(&x, &row_offsets, weights, n, k)
+                .unwrap();
+            let mut on_cpu = vec![0f32; rows * n];
+            grouped_matmul(&x, &row_offsets, weights, n, k, &mut on_cpu);
+            let largest = on_cpu.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let worst = on_gpu
+                .iter()
+                .zip(&on_cpu)
+                .fold(0f32, |m, (g, c)| m.max((g - c).abs()));
+            eprintln!("grouped [{n}, {k}] {rows_per_expert:?}: worst {worst:e} of {largest:e}");
+            // f32 sums of k products in another order: a few ulps of sqrt(k) * |x| * |w|.
+            assert!(
+                worst <= 1e-5 * largest,
+                "[{n}, {k}]: {worst:e} of {largest:e}"
+            );
+        }
     }
 }

@@ -5,18 +5,23 @@
 use super::driver::{Arg, Buffer, CudaError, Gpu, Kernels, LaunchShape};
 use super::nvrtc::Nvrtc;
 use super::sources::{KernelSource, MlaShape, RoutingLimits, SOURCES, mla_compile_options};
+use crate::grouped_matmul::ExpertWeights;
 use crate::routing::{GroupLimit, Weighting};
 
 /// Threads of an attention block (`THREADS` in mla_paged_attention.cu).
 const ATTENTION_THREADS: u32 = 256;
 /// Warps, so tokens, per routing block (`WARPS_PER_BLOCK` in moe_routing.cu).
 const ROUTING_WARPS: u32 = 4;
+/// Rows and outputs of a grouped-matmul tile, and its threads (moe_grouped_matmul.cu).
+const GROUPED_TILE: usize = 64;
+const GROUPED_THREADS: u32 = 256;
 
 /// The kernels compiled for one GPU and one model's attention shape.
 pub struct GpuKernels<'gpu> {
     gpu: &'gpu Gpu,
     routing: Kernels<'gpu>,
     attention: Kernels<'gpu>,
+    grouped: Kernels<'gpu>,
     shape: MlaShape,
     heads_per_block: usize,
 }
@@ -50,6 +55,7 @@ impl<'gpu> GpuKernels<'gpu> {
                 "mla_paged_attention.cu",
                 mla_compile_options(shape).map_err(CudaError)?,
             )?,
+            grouped: build("moe_grouped_matmul.cu", Vec::new())?,
             shape,
             heads_per_block,
         })
@@ -133,6 +139,72 @@ impl<'gpu> GpuKernels<'gpu> {
                     .collect()
             })
             .collect())
+    }
+
+    /// Every expert's rows of `x` [rows, k] times its own W^T ([n, k] in `weights`, expert
+    /// after expert), rows grouped by `row_offsets`: [rows, n], as
+    /// [`crate::grouped_matmul::grouped_matmul`] computes it.
+    pub fn grouped_matmul(
+        &self,
+        x: &[f32],
+        row_offsets: &[usize],
+        weights: ExpertWeights,
+        n: usize,
+        k: usize,
+    ) -> Result<Vec<f32>, CudaError> {
+        let experts = row_offsets.len().saturating_sub(1);
+        let rows = row_offsets.last().copied().unwrap_or(0);
+        let weight_values = match weights {
+            ExpertWeights::F32(w) => w.len(),
+            ExpertWeights::Bf16(w) => w.len(),
+        };
+        let ordered =
+            row_offsets.first() == Some(&0) && row_offsets.windows(2).all(|w| w[0] <= w[1]);
+        if !ordered || x.len() != rows * k || weight_values != experts * n * k {
+            return Err(CudaError(format!(
+                "grouped matmul sizes disagree: {} x values for {rows} rows of {k}, {weight_values} \
+                 weights for {experts} experts of [{n}, {k}]",
+                x.len()
+            )));
+        }
+        let mut tile_offsets = vec![0i32];
+        for rows in row_offsets.windows(2) {
+            let tiles = (rows[1] - rows[0]).div_ceil(GROUPED_TILE) as i32;
+            tile_offsets.push(tile_offsets.last().copied().unwrap_or(0) + tiles);
+        }
+        let tiles = *tile_offsets.last().unwrap_or(&0) as u32;
+        if tiles == 0 || n == 0 {
+            return Ok(vec![0.0; rows * n]);
+        }
+        let offsets: Vec<i32> = row_offsets.iter().map(|&r| r as i32).collect();
+        let input = self.gpu.upload(x)?;
+        let (entry, weights) = match weights {
+            ExpertWeights::F32(w) => ("moe_grouped_matmul_f32", self.gpu.upload(w)?),
+            ExpertWeights::Bf16(w) => ("moe_grouped_matmul_bf16", self.gpu.upload(w)?),
+        };
+        let (row_offsets, tile_offsets) =
+            (self.gpu.upload(&offsets)?, self.gpu.upload(&tile_offsets)?);
+        let out = self.gpu.alloc(rows * n * 4)?;
+        self.grouped.launch(
+            entry,
+            LaunchShape {
+                grid: (n.div_ceil(GROUPED_TILE) as u32, tiles, 1),
+                block: GROUPED_THREADS,
+                shared_bytes: 0,
+            },
+            &[
+                Arg::Buffer(&input),
+                Arg::Buffer(&weights),
+                Arg::Buffer(&row_offsets),
+                Arg::Buffer(&tile_offsets),
+                Arg::I32(experts as i32),
+                Arg::I32(n as i32),
+                Arg::I32(k as i32),
+                Arg::Buffer(&out),
+            ],
+        )?;
+        self.gpu.synchronize()?;
+        out.download()
     }
 
     /// Absorbed attention of `tokens` query tokens (positions `first_position..`) over the keys

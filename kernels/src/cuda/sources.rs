@@ -26,6 +26,12 @@ pub const SOURCES: &[KernelSource] = &[
         entry_points: &["mla_split_partials", "mla_merge_splits"],
         cpu_reference: "kernels::paged_attention::absorbed_attention",
     },
+    KernelSource {
+        file: "moe_grouped_matmul.cu",
+        source: include_str!("../../cuda/moe_grouped_matmul.cu"),
+        entry_points: &["moe_grouped_matmul_f32", "moe_grouped_matmul_bf16"],
+        cpu_reference: "kernels::grouped_matmul::grouped_matmul",
+    },
 ];
 
 /// What `moe_route` can do: it keeps a chosen expert per lane of a warp and the kept groups in a

@@ -1,0 +1,104 @@
+// The experts' projections for a prompt, all experts in one launch: the tokens routed to each
+// expert are gathered into consecutive rows of x (expert 0's rows, then expert 1's...), and
+//
+//   y[r, :] = x[r, :] W_e^T   for the rows r of expert e,   W_e = w[e] ([n, k], as a Linear's)
+//
+// Tiles of 64 rows x 64 outputs, 256 threads each computing 4 x 4, k in steps of 16 through
+// shared memory; a tile never spans two experts (each expert's rows start a new tile), and the
+// host lists where each expert's tiles start (tile_offsets), so idle experts cost nothing.
+//
+// CPU reference: kernels::grouped_matmul::grouped_matmul. Weights are f32
+// (moe_grouped_matmul_f32) or bf16 bits (moe_grouped_matmul_bf16); x and y are f32 and the
+// sums are kept in f32.
+//
+// Launch: grid (ceil(n / 64), tile_offsets[experts]), block (256).
+
+#define TILE_ROWS 64
+#define TILE_COLS 64
+#define TILE_K 16
+#define THREADS 256
+
+__device__ __forceinline__ float weight_value(const float* w, size_t i) { return w[i]; }
+
+// bf16 is the top half of an f32: the conversion is exact.
+__device__ __forceinline__ float weight_value(const unsigned short* w, size_t i) {
+    return __uint_as_float(((unsigned int)w[i]) << 16);
+}
+
+template <typename Weight>
+__device__ void grouped_matmul(const float* __restrict__ x, const Weight* __restrict__ w,
+                               const int* __restrict__ row_offsets,
+                               const int* __restrict__ tile_offsets, int experts, int n, int k,
+                               float* __restrict__ y) {
+    __shared__ float x_tile[TILE_K][TILE_ROWS + 1];
+    __shared__ float w_tile[TILE_K][TILE_COLS + 1];
+
+    // Which expert this row tile belongs to: the last whose tiles start at or before it.
+    const int tile = blockIdx.y;
+    int expert = 0;
+    while (expert + 1 < experts && tile_offsets[expert + 1] <= tile) ++expert;
+    const int first_row = row_offsets[expert] + (tile - tile_offsets[expert]) * TILE_ROWS;
+    const int end_row = row_offsets[expert + 1];
+    const int first_col = blockIdx.x * TILE_COLS;
+    const Weight* expert_w = w + (size_t)expert * n * k;
+
+    const int tid = threadIdx.x;
+    const int thread_row = (tid / 16) * 4, thread_col = (tid % 16) * 4;
+    float sums[4][4] = {};
+
+    for (int k0 = 0; k0 < k; k0 += TILE_K) {
+        // 64 x 16 values of x and of W each, four per thread, stored k-major.
+        for (int i = tid; i < TILE_ROWS * TILE_K; i += THREADS) {
+            const int r = i / TILE_K, kk = i % TILE_K;
+            const int row = first_row + r, col = k0 + kk;
+            x_tile[kk][r] = (row < end_row && col < k) ? x[(size_t)row * k + col] : 0.0f;
+            const int out = first_col + r;
+            w_tile[kk][r] =
+                (out < n && col < k) ? weight_value(expert_w, (size_t)out * k + col) : 0.0f;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int kk = 0; kk < TILE_K; ++kk) {
+            float a[4], b[4];
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                a[i] = x_tile[kk][thread_row + i];
+                b[i] = w_tile[kk][thread_col + i];
+            }
+#pragma unroll
+            for (int i = 0; i < 4; ++i)
+#pragma unroll
+                for (int j = 0; j < 4; ++j) sums[i][j] += a[i] * b[j];
+        }
+        __syncthreads();
+    }
+
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const int row = first_row + thread_row + i;
+        if (row >= end_row) continue;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const int col = first_col + thread_col + j;
+            if (col < n) y[(size_t)row * n + col] = sums[i][j];
+        }
+    }
+}
+
+// x [rows, k] f32 (rows grouped by expert), w [experts, n, k] f32, row_offsets [experts + 1],
+// tile_offsets [experts + 1] (expert e's row tiles are tile_offsets[e]..tile_offsets[e + 1]),
+// y [rows, n] f32.
+extern "C" __global__ void __launch_bounds__(THREADS)
+moe_grouped_matmul_f32(const float* __restrict__ x, const float* __restrict__ w,
+                       const int* __restrict__ row_offsets, const int* __restrict__ tile_offsets,
+                       int experts, int n, int k, float* __restrict__ y) {
+    grouped_matmul(x, w, row_offsets, tile_offsets, experts, n, k, y);
+}
+
+// As moe_grouped_matmul_f32 with w as bf16 bits.
+extern "C" __global__ void __launch_bounds__(THREADS)
+moe_grouped_matmul_bf16(const float* __restrict__ x, const unsigned short* __restrict__ w,
+                        const int* __restrict__ row_offsets, const int* __restrict__ tile_offsets,
+                        int experts, int n, int k, float* __restrict__ y) {
+    grouped_matmul(x, w, row_offsets, tile_offsets, experts, n, k, y);
+}

@@ -1,0 +1,98 @@
+//! The experts' projections of a prompt in one call: the tokens routed to each expert gathered
+//! into consecutive rows of x, each expert's rows times its own W^T. The CPU reference of the
+//! GPU kernel `moe_grouped_matmul_*` (`kernels/cuda/moe_grouped_matmul.cu`).
+
+use rayon::prelude::*;
+
+/// Every expert's W ([n, k] row-major, as a Linear's weight), expert after expert.
+#[derive(Debug, Clone, Copy)]
+pub enum ExpertWeights<'a> {
+    F32(&'a [f32]),
+    /// bf16 bits; each value is the top half of its f32.
+    Bf16(&'a [u16]),
+}
+
+impl ExpertWeights<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Self::F32(w) => w.len(),
+            Self::Bf16(w) => w.len(),
+        }
+    }
+
+    fn value(&self, i: usize) -> f32 {
+        match self {
+            Self::F32(w) => w[i],
+            Self::Bf16(w) => f32::from_bits((w[i] as u32) << 16),
+        }
+    }
+}
+
+/// y [rows, n] = x [rows, k] times W_e^T for the rows `row_offsets[e]..row_offsets[e + 1]` of
+/// expert e (`row_offsets` has one more entry than there are experts, from 0 to rows).
+///
+/// Panics if the sizes disagree (callers build them from one routing).
+pub fn grouped_matmul(
+    x: &[f32],
+    row_offsets: &[usize],
+    weights: ExpertWeights,
+    n: usize,
+    k: usize,
+    y: &mut [f32],
+) {
+    let experts = row_offsets.len().saturating_sub(1);
+    let rows = row_offsets.last().copied().unwrap_or(0);
+    assert!(row_offsets.windows(2).all(|w| w[0] <= w[1]) && row_offsets[0] == 0);
+    assert_eq!(x.len(), rows * k, "x is [rows, k]");
+    assert_eq!(y.len(), rows * n, "y is [rows, n]");
+    assert_eq!(
+        weights.len(),
+        experts * n * k,
+        "weights are [experts, n, k]"
+    );
+    y.par_chunks_mut(n.max(1))
+        .enumerate()
+        .for_each(|(row, out)| {
+            let expert = row_offsets.partition_point(|&start| start <= row) - 1;
+            let input = &x[row * k..(row + 1) * k];
+            for (j, value) in out.iter_mut().enumerate() {
+                let first = (expert * n + j) * k;
+                *value = input
+                    .iter()
+                    .enumerate()
+                    .map(|(c, &a)| a * weights.value(first + c))
+                    .sum();
+            }
+        });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_experts_rows_meet_its_own_weights() {
+        // Two inputs of k = 2; expert 0 takes row 0, expert 1 none, expert 2 row 1; n = 2.
+        let x = [1.0, 2.0, 3.0, 4.0];
+        let w = [
+            1.0, 0.0, 0.0, 1.0, // expert 0: identity
+            9.0, 9.0, 9.0, 9.0, // expert 1: unused
+            1.0, 1.0, 2.0, -1.0, // expert 2
+        ];
+        let mut y = [0.0; 4];
+        grouped_matmul(&x, &[0, 1, 1, 2], ExpertWeights::F32(&w), 2, 2, &mut y);
+        assert_eq!(y, [1.0, 2.0, 7.0, 2.0]);
+        // The same weights as bf16 (all exact in bf16).
+        let bits: Vec<u16> = w.iter().map(|v: &f32| (v.to_bits() >> 16) as u16).collect();
+        let mut y16 = [0.0; 4];
+        grouped_matmul(
+            &x,
+            &[0, 1, 1, 2],
+            ExpertWeights::Bf16(&bits),
+            2,
+            2,
+            &mut y16,
+        );
+        assert_eq!(y16, y);
+    }
+}
