@@ -62,8 +62,9 @@ impl DeviceChoice {
 
 fn open_cuda(ordinal: usize) -> Result<Device, String> {
     if !candle_core::utils::cuda_is_available() {
-        // Whether a GPU is there tells the user if a CUDA build would help.
-        let found = match kernels::cuda::driver::Gpu::open(ordinal) {
+        // Whether a GPU is there tells the user if a CUDA build would help (a probe takes no
+        // context: nothing is allocated on the GPU).
+        let found = match kernels::cuda::driver::Gpu::probe(ordinal) {
             Ok(gpu) => format!("found {} but ", gpu.name),
             Err(_) => String::new(),
         };

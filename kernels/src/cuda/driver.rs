@@ -55,6 +55,16 @@ unsafe impl Sync for Gpu {}
 impl Gpu {
     /// GPU number `ordinal`, or why it cannot be used (no driver, no such GPU...).
     pub fn open(ordinal: usize) -> Result<Self, CudaError> {
+        Self::locate(ordinal, true)
+    }
+
+    /// GPU number `ordinal` as the driver describes it (name, compute capability), without
+    /// taking a context on it: nothing is allocated on the GPU, and nothing can be run.
+    pub fn probe(ordinal: usize) -> Result<Self, CudaError> {
+        Self::locate(ordinal, false)
+    }
+
+    fn locate(ordinal: usize, retain_context: bool) -> Result<Self, CudaError> {
         let (library, path) = open_library()?;
         let mut gpu = Self {
             library,
@@ -82,12 +92,14 @@ impl Gpu {
                 gpu.symbol(b"cuDeviceGet\0")?;
             let mut device = 0;
             gpu.check(get(&mut device, ordinal as c_int), "cuDeviceGet")?;
-            let retain: Symbol<unsafe extern "C" fn(*mut Context, Device) -> Status> =
-                gpu.symbol(b"cuDevicePrimaryCtxRetain\0")?;
-            let mut context = std::ptr::null_mut();
-            gpu.check(retain(&mut context, device), "cuDevicePrimaryCtxRetain")?;
             gpu.device = device;
-            gpu.context = context;
+            if retain_context {
+                let retain: Symbol<unsafe extern "C" fn(*mut Context, Device) -> Status> =
+                    gpu.symbol(b"cuDevicePrimaryCtxRetain\0")?;
+                let mut context = std::ptr::null_mut();
+                gpu.check(retain(&mut context, device), "cuDevicePrimaryCtxRetain")?;
+                gpu.context = context;
+            }
             let mut name = [0 as c_char; 256];
             let get_name: Symbol<unsafe extern "C" fn(*mut c_char, c_int, Device) -> Status> =
                 gpu.symbol(b"cuDeviceGetName\0")?;
@@ -127,6 +139,12 @@ impl Gpu {
 
     /// Makes this GPU's context current on the calling thread.
     fn current(&self) -> Result<(), CudaError> {
+        if self.context.is_null() {
+            return Err(CudaError(format!(
+                "{} was only probed (Gpu::probe): open it to run on it",
+                self.name
+            )));
+        }
         // SAFETY: cuCtxSetCurrent(CUcontext) with the context retained in `open`.
         unsafe {
             let set: Symbol<unsafe extern "C" fn(Context) -> Status> =
@@ -248,6 +266,9 @@ impl Gpu {
 
 impl Drop for Gpu {
     fn drop(&mut self) {
+        if self.context.is_null() {
+            return;
+        }
         // SAFETY: cuDevicePrimaryCtxRelease_v2(CUdevice) balances the retain in `open`.
         unsafe {
             if let Ok(release) = self
