@@ -12,6 +12,7 @@ mod embedding;
 pub mod error;
 pub mod generation;
 pub mod gguf;
+mod latent_attention;
 pub mod latent_cache;
 mod linear;
 pub mod model;

@@ -11,6 +11,7 @@
 //!   latent itself (cheap for few new tokens over a long cache: the decode case).
 
 use candle_core::{D, DType, Device, Tensor};
+use kernels::cuda::MlaShape;
 use kernels::paged_attention::{LatentPages, LatentQueries};
 use kernels::routing::{GroupLimit, Weighting, route_token};
 
@@ -18,6 +19,7 @@ use crate::absorbed::{AbsorbedWeights, HeadShapes};
 use crate::config::{ModelConfig, MoeConfig, Routing};
 use crate::embedding::Embedding;
 use crate::error::{EngineError, Result};
+use crate::latent_attention::LatentAttention;
 use crate::latent_cache::LatentCache;
 use crate::linear::{Linear, LinearWeight};
 use crate::page_pool::{DEFAULT_PAGE_TOKENS, PageLayout, PagePool};
@@ -704,6 +706,11 @@ impl Mla {
             // Attend over the latent pages, then lift to V with W_UV: [H, T, L] -> [H, T, V]
             self.absorbed
                 .latent_to_value(&self.paged_attention(&q_latent, &q_pe, layer, cache, step)?)?
+        } else if x.device().is_cuda() && self.absorbed_is_cheaper(t, total, step.form) {
+            // The same form on the GPU, through our paged-attention kernel.
+            let q_latent = self.absorbed.query_to_latent(&q_nope)?;
+            self.absorbed
+                .latent_to_value(&self.latent_attention(&q_latent, &q_pe, layer, cache, step)?)?
         } else {
             let (c_kv_all, k_pe_all) = cache.gather(layer, total);
             let c_kv_all = Tensor::from_vec(c_kv_all, (total, self.kv_lora), x.device())?
@@ -775,6 +782,43 @@ impl Mla {
                 .contiguous()?
                 .to_dtype(dtype)?,
         )
+    }
+
+    /// [`Self::paged_attention`] through the `LatentAttention` op, for a GPU: the layer's
+    /// cached pages are copied to the queries' device (whole pages, in position order) and the
+    /// op runs there. (The latent pool does not live on the GPU yet: this upload is per step.)
+    fn latent_attention(
+        &self,
+        q_latent: &Tensor,
+        q_pe: &Tensor,
+        layer: usize,
+        cache: &LatentCache,
+        step: &Step,
+    ) -> Result<Tensor> {
+        let (device, dtype) = (q_latent.device(), q_latent.dtype());
+        let page_tokens = cache.layout().page_tokens;
+        let pages = cache.layer_pages(layer);
+        let rows: Vec<f32> = pages.concat();
+        let rows = Tensor::from_vec(
+            rows,
+            (pages.len() * page_tokens, self.kv_lora + self.rope),
+            device,
+        )?;
+        let token_major = |q: &Tensor| -> Result<Tensor> {
+            Ok(q.transpose(0, 1)?.to_dtype(DType::F32)?.contiguous()?)
+        };
+        let op = LatentAttention {
+            shape: MlaShape {
+                heads: self.heads,
+                kv_lora: self.kv_lora,
+                rope: self.rope,
+            },
+            first_position: step.start,
+            page_tokens,
+            softmax_scale: self.scale as f32,
+        };
+        let out = token_major(q_latent)?.apply_op3_no_bwd(&token_major(q_pe)?, &rows, &op)?;
+        Ok(out.transpose(0, 1)?.contiguous()?.to_dtype(dtype)?)
     }
 
     /// Scale, mask and normalise [H, T, S] scores, in f32 whatever the compute dtype.
@@ -1132,6 +1176,94 @@ mod tests {
     #[test]
     fn a_single_chosen_expert_is_scaled_even_with_norm_topk_prob() {
         assert_eq!(moe(true, 2.0, 1).weighting(), Weighting::Scale(2.0));
+    }
+
+    /// The GPU's road (the layer's pages uploaded whole, then the `LatentAttention` op), taken
+    /// here on the CPU, must give what the CPU's in-place paged attention gives.
+    #[test]
+    fn the_latent_attention_op_equals_the_paged_attention_it_stands_for() {
+        let (heads, nope, rope, v_dim, kv_lora) = (3, 8, 4, 8, 16);
+        let empty = || Tensor::zeros((1, 1), DType::F32, &Device::Cpu).unwrap();
+        let linear = || Linear::new(empty(), None);
+        let mla = Mla {
+            query: QueryProjection::Direct(linear()),
+            kv_a: linear(),
+            kv_a_norm: RmsNorm {
+                weight: empty(),
+                eps: 1e-6,
+            },
+            kv_b: linear(),
+            absorbed: AbsorbedWeights::Dense {
+                w_uk: empty(),
+                w_uv_t: empty(),
+            },
+            o_proj: linear(),
+            heads,
+            nope,
+            rope,
+            v_dim,
+            kv_lora,
+            scale: 0.3,
+        };
+        let random = |count: usize, seed: u64| -> Vec<f32> {
+            let mut state = seed;
+            (0..count)
+                .map(|_| {
+                    state = state
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    ((state >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+                })
+                .collect()
+        };
+        // Pages of 4 tokens, 11 cached positions in 2 layers; a 3-token step from position 8.
+        let layout = PageLayout {
+            page_tokens: 4,
+            layers: 2,
+            kv_lora,
+            rope,
+        };
+        let mut cache = LatentCache::new(PagePool::new(layout, None));
+        cache.reserve(11).unwrap();
+        for layer in 0..2 {
+            cache.write(layer, 0, &random(11 * (kv_lora + rope), layer as u64 + 1));
+        }
+        let step = Step {
+            start: 8,
+            len: 3,
+            cos: empty(),
+            sin: empty(),
+            mask: None,
+            form: AttentionForm::Auto,
+        };
+        let q_latent = Tensor::from_vec(
+            random(heads * 3 * kv_lora, 7),
+            (heads, 3, kv_lora),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let q_pe =
+            Tensor::from_vec(random(heads * 3 * rope, 8), (heads, 3, rope), &Device::Cpu).unwrap();
+        for layer in 0..2 {
+            let paged = mla
+                .paged_attention(&q_latent, &q_pe, layer, &cache, &step)
+                .unwrap();
+            let through_op = mla
+                .latent_attention(&q_latent, &q_pe, layer, &cache, &step)
+                .unwrap();
+            assert_eq!(through_op.dims(), &[heads, 3, kv_lora]);
+            let worst = (paged - through_op)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(worst <= 1e-6, "layer {layer}: {worst}");
+        }
     }
 
     #[test]

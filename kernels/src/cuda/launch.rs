@@ -4,12 +4,13 @@
 
 use super::driver::{Arg, Buffer, CudaError, Gpu, Kernels, LaunchShape};
 use super::nvrtc::Nvrtc;
-use super::sources::{KernelSource, MlaShape, RoutingLimits, SOURCES, mla_compile_options};
+use super::sources::{
+    KernelSource, MLA_THREADS, MlaShape, RoutingLimits, SOURCES, attention_splits,
+    mla_compile_options,
+};
 use crate::grouped_matmul::ExpertWeights;
 use crate::routing::{GroupLimit, Weighting};
 
-/// Threads of an attention block (`THREADS` in mla_paged_attention.cu).
-const ATTENTION_THREADS: u32 = 256;
 /// Warps, so tokens, per routing block (`WARPS_PER_BLOCK` in moe_routing.cu).
 const ROUTING_WARPS: u32 = 4;
 /// Rows and outputs of a grouped-matmul tile, and its threads (moe_grouped_matmul.cu).
@@ -282,10 +283,8 @@ impl<'gpu> GpuKernels<'gpu> {
             .div_ceil(page_tokens.max(1))
             .max(1);
         let head_groups = heads / self.heads_per_block;
-        // Enough blocks for two per multiprocessor, in whole pages per split.
-        let wanted = (2 * self.gpu.multiprocessors).div_ceil(head_groups * tokens.max(1));
-        let pages_per_split = pages.div_ceil(wanted.clamp(1, pages));
-        let splits = pages.div_ceil(pages_per_split);
+        let (splits, pages_per_split) =
+            attention_splits(pages, head_groups, tokens, self.gpu.multiprocessors);
         let partial = |values: usize| self.gpu.alloc(tokens * splits * values * 4);
         Ok(AttentionWorkspace {
             splits,
@@ -318,7 +317,7 @@ impl<'gpu> GpuKernels<'gpu> {
             "mla_split_partials",
             LaunchShape {
                 grid: (*splits as u32, head_groups as u32, step.tokens as u32),
-                block: ATTENTION_THREADS,
+                block: MLA_THREADS,
                 shared_bytes: 0,
             },
             &[
@@ -340,7 +339,7 @@ impl<'gpu> GpuKernels<'gpu> {
             "mla_merge_splits",
             LaunchShape {
                 grid: (heads as u32, step.tokens as u32, 1),
-                block: ATTENTION_THREADS,
+                block: MLA_THREADS,
                 shared_bytes: 0,
             },
             &[

@@ -11,4 +11,7 @@ pub mod launch;
 pub mod nvrtc;
 mod sources;
 
-pub use sources::{KernelSource, MlaShape, RoutingLimits, SOURCES, mla_compile_options};
+pub use sources::{
+    KernelSource, MLA_THREADS, MlaShape, RoutingLimits, SOURCES, attention_splits,
+    mla_compile_options,
+};

@@ -46,7 +46,7 @@ impl RoutingLimits {
 
 /// The sizes `mla_paged_attention.cu` is compiled for (NVRTC compiles it at model load, so the
 /// loops and register arrays are sized exactly).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct MlaShape {
     pub heads: usize,
     pub kv_lora: usize,
@@ -74,6 +74,24 @@ impl MlaShape {
                 bytes <= SHARED_MEMORY_BYTES
             })
     }
+}
+
+/// Threads of an attention block (`THREADS` in mla_paged_attention.cu).
+pub const MLA_THREADS: u32 = 256;
+
+/// How an attention step over `pages` pages is split for `mla_split_partials`: (splits, pages
+/// per split), enough blocks for two per multiprocessor given `head_groups x tokens` blocks per
+/// split, in whole pages.
+pub fn attention_splits(
+    pages: usize,
+    head_groups: usize,
+    tokens: usize,
+    multiprocessors: usize,
+) -> (usize, usize) {
+    let pages = pages.max(1);
+    let wanted = (2 * multiprocessors.max(1)).div_ceil((head_groups * tokens).max(1));
+    let pages_per_split = pages.div_ceil(wanted.clamp(1, pages));
+    (pages.div_ceil(pages_per_split), pages_per_split)
 }
 
 /// The NVRTC options (`-D` sizes) for `mla_paged_attention.cu` at `shape`, or why it cannot be.
@@ -111,6 +129,19 @@ mod tests {
                     source.file
                 );
             }
+        }
+    }
+
+    #[test]
+    fn splits_cover_the_pages_in_whole_pages() {
+        // Lite decode on an H200 (132 multiprocessors): one page per split up to 264 pages.
+        assert_eq!(attention_splits(257, 1, 1, 132), (257, 1));
+        assert_eq!(attention_splits(1000, 1, 1, 132), (250, 4));
+        // Many tokens already fill the GPU: one split.
+        assert_eq!(attention_splits(40, 1, 512, 132), (1, 40));
+        for (pages, groups, tokens) in [(1, 1, 1), (7, 8, 3), (300, 8, 1), (5, 1, 1000)] {
+            let (splits, per_split) = attention_splits(pages, groups, tokens, 132);
+            assert!(splits * per_split >= pages && (splits - 1) * per_split < pages);
         }
     }
 

@@ -1,0 +1,290 @@
+//! MLA's absorbed attention over one layer's cached latents as a candle op:
+//! q_latent [T, H, L], q_rope [T, H, R] and the latent rows [S, L + R] (whole pages of
+//! `page_tokens` rows, in position order) give [T, H, L]. On the CPU it is
+//! `kernels::paged_attention`; on a CUDA device it is our kernel
+//! (`kernels/cuda/mla_paged_attention.cu`), compiled with NVRTC for the model's shapes on first use
+//! and launched on candle's stream, so a decode step on the GPU reads each latent row once per
+//! head group instead of expanding every cached token through kv_b.
+
+use candle_core::{CpuStorage, CustomOp3, Layout, Shape};
+use kernels::cuda::MlaShape;
+use kernels::paged_attention::{LatentPages, LatentQueries, absorbed_attention};
+
+pub(crate) struct LatentAttention {
+    pub shape: MlaShape,
+    /// Position of query token 0; token i sees rows 0..=first_position + i.
+    pub first_position: usize,
+    pub page_tokens: usize,
+    pub softmax_scale: f32,
+}
+
+/// (tokens, pages) of a call, once its shapes are checked.
+struct Sizes {
+    tokens: usize,
+    pages: usize,
+}
+
+impl LatentAttention {
+    fn sizes(&self, queries: &Shape, roped: &Shape, rows: &Shape) -> candle_core::Result<Sizes> {
+        let MlaShape {
+            heads,
+            kv_lora,
+            rope,
+        } = self.shape;
+        let (tokens, q_heads, latent) = queries.dims3()?;
+        let (r_tokens, r_heads, r_rope) = roped.dims3()?;
+        let (cached, row) = rows.dims2()?;
+        let pages = cached / self.page_tokens.max(1);
+        if (q_heads, latent) != (heads, kv_lora)
+            || (r_tokens, r_heads, r_rope) != (tokens, heads, rope)
+            || row != kv_lora + rope
+            || self.page_tokens == 0
+            || cached % self.page_tokens != 0
+            || self.first_position + tokens > cached
+        {
+            candle_core::bail!(
+                "latent attention for {:?}: queries {queries:?}, roped {roped:?} and rows \
+                 {rows:?} (pages of {}) do not fit positions {}..{}",
+                self.shape,
+                self.page_tokens,
+                self.first_position,
+                self.first_position + tokens
+            );
+        }
+        Ok(Sizes { tokens, pages })
+    }
+}
+
+/// A contiguous f32 operand's values.
+fn f32_values<'a>(
+    storage: &'a CpuStorage,
+    layout: &Layout,
+    what: &str,
+) -> candle_core::Result<&'a [f32]> {
+    match (storage, layout.contiguous_offsets()) {
+        (CpuStorage::F32(values), Some((start, end))) => Ok(&values[start..end]),
+        _ => candle_core::bail!("latent attention: {what} must be contiguous f32"),
+    }
+}
+
+impl CustomOp3 for LatentAttention {
+    fn name(&self) -> &'static str {
+        "latent-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        queries: &CpuStorage,
+        queries_layout: &Layout,
+        roped: &CpuStorage,
+        roped_layout: &Layout,
+        rows: &CpuStorage,
+        rows_layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let sizes = self.sizes(
+            queries_layout.shape(),
+            roped_layout.shape(),
+            rows_layout.shape(),
+        )?;
+        let tokens = sizes.tokens;
+        let MlaShape {
+            heads,
+            kv_lora,
+            rope,
+        } = self.shape;
+        let rows = f32_values(rows, rows_layout, "the latent rows")?;
+        let pages: Vec<&[f32]> = rows
+            .chunks_exact(self.page_tokens * (kv_lora + rope))
+            .collect();
+        debug_assert_eq!(pages.len(), sizes.pages);
+        let mut out = vec![0f32; tokens * heads * kv_lora];
+        absorbed_attention(
+            &LatentQueries {
+                latent: f32_values(queries, queries_layout, "the latent queries")?,
+                rope: f32_values(roped, roped_layout, "the roped queries")?,
+                tokens,
+                heads,
+                first_position: self.first_position,
+            },
+            &LatentPages {
+                pages: &pages,
+                page_tokens: self.page_tokens,
+                kv_lora,
+                rope,
+            },
+            self.softmax_scale,
+            &mut out,
+        );
+        Ok((CpuStorage::F32(out), Shape::from((tokens, heads, kv_lora))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        queries: &candle_core::CudaStorage,
+        queries_layout: &Layout,
+        roped: &candle_core::CudaStorage,
+        roped_layout: &Layout,
+        rows: &candle_core::CudaStorage,
+        rows_layout: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        gpu::forward(
+            self,
+            (queries, queries_layout),
+            (roped, roped_layout),
+            (rows, rows_layout),
+        )
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod gpu {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    use candle_core::cuda_backend::WrapErr;
+    use candle_core::cuda_backend::cudarc::driver::sys::CUdevice_attribute;
+    use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
+    use candle_core::cuda_backend::cudarc::nvrtc::{CompileOptions, compile_ptx_with_opts};
+    use candle_core::{CudaStorage, Layout, Shape};
+    use kernels::cuda::{MLA_THREADS, MlaShape, SOURCES, attention_splits, mla_compile_options};
+
+    use super::{LatentAttention, Sizes};
+
+    /// Every GPU we target runs compute_80 PTX (the driver compiles it for newer chips).
+    const ARCH: &str = "-arch=compute_80";
+
+    /// The kernel's PTX per attention shape, compiled once per process.
+    fn ptx_for(shape: MlaShape) -> candle_core::Result<String> {
+        static COMPILED: Mutex<Option<HashMap<MlaShape, String>>> = Mutex::new(None);
+        let mut compiled = COMPILED
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let compiled = compiled.get_or_insert_with(HashMap::new);
+        if let Some(ptx) = compiled.get(&shape) {
+            return Ok(ptx.clone());
+        }
+        let source = SOURCES
+            .iter()
+            .find(|source| source.file == "mla_paged_attention.cu")
+            .expect("the attention kernel is listed in SOURCES");
+        let mut options = mla_compile_options(shape).map_err(candle_core::Error::msg)?;
+        options.push(ARCH.to_string());
+        let ptx = compile_ptx_with_opts(
+            source.source,
+            CompileOptions {
+                options,
+                name: Some(source.file.to_string()),
+                ..Default::default()
+            },
+        )
+        .map_err(|e| candle_core::Error::msg(format!("{}: {e}", source.file)))?
+        .to_src();
+        compiled.insert(shape, ptx.clone());
+        Ok(ptx)
+    }
+
+    pub(super) fn forward(
+        op: &LatentAttention,
+        (queries, queries_layout): (&CudaStorage, &Layout),
+        (roped, roped_layout): (&CudaStorage, &Layout),
+        (rows, rows_layout): (&CudaStorage, &Layout),
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        let Sizes { tokens, pages } = op.sizes(
+            queries_layout.shape(),
+            roped_layout.shape(),
+            rows_layout.shape(),
+        )?;
+        for layout in [queries_layout, roped_layout, rows_layout] {
+            if !layout.is_contiguous() {
+                candle_core::bail!("latent attention: operands must be contiguous");
+            }
+        }
+        let shape = op.shape;
+        let heads_per_block = shape
+            .heads_per_block()
+            .ok_or_else(|| candle_core::Error::msg(format!("{shape:?} does not fit a block")))?;
+        let head_groups = shape.heads / heads_per_block;
+        let device = queries.device.clone();
+        let module = format!(
+            "deepseek_lsp_mla_{}_{}_{}",
+            shape.kv_lora, shape.rope, heads_per_block
+        );
+        let ptx = ptx_for(shape)?;
+        let partials = device.get_or_load_custom_func("mla_split_partials", &module, &ptx)?;
+        let merge = device.get_or_load_custom_func("mla_merge_splits", &module, &ptx)?;
+        let multiprocessors = device
+            .cuda_stream()
+            .context()
+            .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .w()?;
+        let (splits, pages_per_split) =
+            attention_splits(pages, head_groups, tokens, multiprocessors as usize);
+
+        let queries = queries
+            .as_cuda_slice::<f32>()?
+            .slice(queries_layout.start_offset()..);
+        let roped = roped
+            .as_cuda_slice::<f32>()?
+            .slice(roped_layout.start_offset()..);
+        let rows = rows
+            .as_cuda_slice::<f32>()?
+            .slice(rows_layout.start_offset()..);
+        let table: Vec<i32> = (0..pages as i32).collect();
+        let table = device.cuda_stream().clone_htod(&table).w()?;
+        let partial = |values: usize| device.alloc_zeros::<f32>(tokens * splits * values);
+        let (max, sum, acc) = (
+            partial(shape.heads)?,
+            partial(shape.heads)?,
+            partial(shape.heads * shape.kv_lora)?,
+        );
+        let out = device.alloc_zeros::<f32>(tokens * shape.heads * shape.kv_lora)?;
+
+        let (page_tokens, heads, first_position, pages_per_split) = (
+            op.page_tokens as i32,
+            shape.heads as i32,
+            op.first_position as i32,
+            pages_per_split as i32,
+        );
+        let mut launch = partials.builder();
+        launch.arg(&queries);
+        launch.arg(&roped);
+        launch.arg(&rows);
+        launch.arg(&table);
+        launch.arg(&page_tokens);
+        launch.arg(&heads);
+        launch.arg(&first_position);
+        launch.arg(&pages_per_split);
+        launch.arg(&op.softmax_scale);
+        launch.arg(&max);
+        launch.arg(&sum);
+        launch.arg(&acc);
+        let config = LaunchConfig {
+            grid_dim: (splits as u32, head_groups as u32, tokens as u32),
+            block_dim: (MLA_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: the arguments are the kernel's parameters in order (mla_paged_attention.cu),
+        // each buffer as long as the sizes checked above make the kernel read or write.
+        unsafe { launch.launch(config) }.w()?;
+
+        let splits_arg = splits as i32;
+        let mut launch = merge.builder();
+        launch.arg(&max);
+        launch.arg(&sum);
+        launch.arg(&acc);
+        launch.arg(&splits_arg);
+        launch.arg(&out);
+        let config = LaunchConfig {
+            grid_dim: (shape.heads as u32, tokens as u32, 1),
+            block_dim: (MLA_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: as above, for mla_merge_splits.
+        unsafe { launch.launch(config) }.w()?;
+        Ok((
+            CudaStorage::wrap_cuda_slice(out, device),
+            Shape::from((tokens, shape.heads, shape.kv_lora)),
+        ))
+    }
+}
