@@ -158,7 +158,7 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
     };
     let mut report = json!({
         "model": name,
-        "device": args.runtime.device,
+        "device": engine::device_name(model.device()),
         "dtype": format!("{:?}", model.dtype()).to_lowercase(),
         "threads": threads,
         "attention_form": format!("{:?}", args.form).to_lowercase(),

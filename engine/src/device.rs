@@ -60,6 +60,15 @@ impl DeviceChoice {
     }
 }
 
+/// How a device a model runs on is named to users ("cpu", "cuda:0"): what `auto` became.
+pub fn device_name(device: &Device) -> String {
+    match device.location() {
+        candle_core::DeviceLocation::Cpu => "cpu".to_string(),
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+    }
+}
+
 fn open_cuda(ordinal: usize) -> Result<Device, String> {
     if !candle_core::utils::cuda_is_available() {
         // Whether a GPU is there tells the user if a CUDA build would help (a probe takes no
@@ -100,7 +109,8 @@ mod tests {
     #[cfg(not(feature = "cuda"))]
     #[test]
     fn auto_falls_back_to_the_cpu_where_cuda_cannot_run() {
-        assert!(DeviceChoice::Auto.open().unwrap().is_cpu());
+        let device = DeviceChoice::Auto.open().unwrap();
+        assert_eq!(device_name(&device), "cpu");
         let error = DeviceChoice::Cuda(0).open().unwrap_err();
         assert!(error.contains("--features cuda"), "{error}");
     }

@@ -43,7 +43,7 @@ pub use checkpoint::{
     LoadOptions, load_checkpoint, load_checkpoint_and_tokenizer, load_config_and_tokenizer,
 };
 pub use config::ModelConfig;
-pub use device::DeviceChoice;
+pub use device::{DeviceChoice, device_name};
 pub use error::{EngineError, Result};
 pub use generation::{
     Generation, GenerationEvent, GenerationStats, PromptInput, Request, StopReason,
