@@ -18,14 +18,14 @@ pub(crate) struct LatentAttention {
     pub softmax_scale: f32,
 }
 
-/// (tokens, pages) of a call, once its shapes are checked.
-struct Sizes {
-    tokens: usize,
-    pages: usize,
-}
-
 impl LatentAttention {
-    fn sizes(&self, queries: &Shape, roped: &Shape, rows: &Shape) -> candle_core::Result<Sizes> {
+    /// (tokens, pages) of a call, once its shapes are checked.
+    fn sizes(
+        &self,
+        queries: &Shape,
+        roped: &Shape,
+        rows: &Shape,
+    ) -> candle_core::Result<(usize, usize)> {
         let MlaShape {
             heads,
             kv_lora,
@@ -51,7 +51,7 @@ impl LatentAttention {
                 self.first_position + tokens
             );
         }
-        Ok(Sizes { tokens, pages })
+        Ok((tokens, pages))
     }
 }
 
@@ -81,12 +81,11 @@ impl CustomOp3 for LatentAttention {
         rows: &CpuStorage,
         rows_layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let sizes = self.sizes(
+        let (tokens, _) = self.sizes(
             queries_layout.shape(),
             roped_layout.shape(),
             rows_layout.shape(),
         )?;
-        let tokens = sizes.tokens;
         let MlaShape {
             heads,
             kv_lora,
@@ -96,7 +95,6 @@ impl CustomOp3 for LatentAttention {
         let pages: Vec<&[f32]> = rows
             .chunks_exact(self.page_tokens * (kv_lora + rope))
             .collect();
-        debug_assert_eq!(pages.len(), sizes.pages);
         let mut out = vec![0f32; tokens * heads * kv_lora];
         absorbed_attention(
             &LatentQueries {
@@ -140,7 +138,7 @@ impl CustomOp3 for LatentAttention {
 #[cfg(feature = "cuda")]
 mod gpu {
     use std::collections::HashMap;
-    use std::sync::Mutex;
+    use std::sync::{Arc, LazyLock, Mutex};
 
     use candle_core::cuda_backend::WrapErr;
     use candle_core::cuda_backend::cudarc::driver::sys::CUdevice_attribute;
@@ -149,18 +147,19 @@ mod gpu {
     use candle_core::{CudaStorage, Layout, Shape};
     use kernels::cuda::{MLA_THREADS, MlaShape, SOURCES, attention_splits, mla_compile_options};
 
-    use super::{LatentAttention, Sizes};
+    use super::LatentAttention;
 
     /// Every GPU we target runs compute_80 PTX (the driver compiles it for newer chips).
     const ARCH: &str = "-arch=compute_80";
 
-    /// The kernel's PTX per attention shape, compiled once per process.
-    fn ptx_for(shape: MlaShape) -> candle_core::Result<String> {
-        static COMPILED: Mutex<Option<HashMap<MlaShape, String>>> = Mutex::new(None);
+    /// The kernel's PTX per attention shape, compiled once per process (every layer of every
+    /// step asks for it; candle loads the module once and only reads the text the first time).
+    fn ptx_for(shape: MlaShape) -> candle_core::Result<Arc<str>> {
+        static COMPILED: LazyLock<Mutex<HashMap<MlaShape, Arc<str>>>> =
+            LazyLock::new(Default::default);
         let mut compiled = COMPILED
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let compiled = compiled.get_or_insert_with(HashMap::new);
         if let Some(ptx) = compiled.get(&shape) {
             return Ok(ptx.clone());
         }
@@ -170,7 +169,7 @@ mod gpu {
             .expect("the attention kernel is listed in SOURCES");
         let mut options = mla_compile_options(shape).map_err(candle_core::Error::msg)?;
         options.push(ARCH.to_string());
-        let ptx = compile_ptx_with_opts(
+        let ptx: Arc<str> = compile_ptx_with_opts(
             source.source,
             CompileOptions {
                 options,
@@ -179,7 +178,8 @@ mod gpu {
             },
         )
         .map_err(|e| candle_core::Error::msg(format!("{}: {e}", source.file)))?
-        .to_src();
+        .to_src()
+        .into();
         compiled.insert(shape, ptx.clone());
         Ok(ptx)
     }
@@ -190,7 +190,7 @@ mod gpu {
         (roped, roped_layout): (&CudaStorage, &Layout),
         (rows, rows_layout): (&CudaStorage, &Layout),
     ) -> candle_core::Result<(CudaStorage, Shape)> {
-        let Sizes { tokens, pages } = op.sizes(
+        let (tokens, pages) = op.sizes(
             queries_layout.shape(),
             roped_layout.shape(),
             rows_layout.shape(),

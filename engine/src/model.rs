@@ -357,11 +357,11 @@ impl Loader<'_> {
         if !self.device.is_cpu() {
             return Ok(None);
         }
-        let Some(AbsorbedHalves { heads, uk_t, uv }) = self.source.absorbed_halves(name)? else {
+        let Some(AbsorbedHalves { uk_t, uv }) = self.source.absorbed_halves(name)? else {
             return Ok(None);
         };
-        let fits = heads == shapes.heads
-            && (uk_t.rows, uk_t.cols) == (shapes.heads * shapes.kv_lora, shapes.nope)
+        // uv's columns fix kv_lora, so uk_t's rows fix the heads.
+        let fits = (uk_t.rows, uk_t.cols) == (shapes.heads * shapes.kv_lora, shapes.nope)
             && (uv.rows, uv.cols) == (shapes.heads * shapes.v_dim, shapes.kv_lora);
         Ok(fits.then_some(AbsorbedWeights::Quantized { uk_t, uv }))
     }
@@ -700,17 +700,20 @@ impl Mla {
         cache.write(layer, step.start, &rows);
         let total = step.start + t;
 
-        let out = if x.device().is_cpu() && self.absorbed_is_cheaper(t, total, step.form) {
+        let device = x.device();
+        let absorbed =
+            (device.is_cpu() || device.is_cuda()) && self.absorbed_is_cheaper(t, total, step.form);
+        let out = if absorbed {
             // q_latent[h] = q_nope[h] W_UK[h]: [H, T, N] x [H, N, L] -> [H, T, L]
             let q_latent = self.absorbed.query_to_latent(&q_nope)?;
-            // Attend over the latent pages, then lift to V with W_UV: [H, T, L] -> [H, T, V]
-            self.absorbed
-                .latent_to_value(&self.paged_attention(&q_latent, &q_pe, layer, cache, step)?)?
-        } else if x.device().is_cuda() && self.absorbed_is_cheaper(t, total, step.form) {
-            // The same form on the GPU, through our paged-attention kernel.
-            let q_latent = self.absorbed.query_to_latent(&q_nope)?;
-            self.absorbed
-                .latent_to_value(&self.latent_attention(&q_latent, &q_pe, layer, cache, step)?)?
+            // Attend over the latent pages (in place on the CPU, through our kernel on a GPU),
+            // then lift to V with W_UV: [H, T, L] -> [H, T, V]
+            let attended = if device.is_cpu() {
+                self.paged_attention(&q_latent, &q_pe, layer, cache, step)?
+            } else {
+                self.latent_attention(&q_latent, &q_pe, layer, cache, step)?
+            };
+            self.absorbed.latent_to_value(&attended)?
         } else {
             let (c_kv_all, k_pe_all) = cache.gather(layer, total);
             let c_kv_all = Tensor::from_vec(c_kv_all, (total, self.kv_lora), x.device())?
@@ -1178,14 +1181,19 @@ mod tests {
         assert_eq!(moe(true, 2.0, 1).weighting(), Weighting::Scale(2.0));
     }
 
-    /// The GPU's road (the layer's pages uploaded whole, then the `LatentAttention` op), taken
-    /// here on the CPU, must give what the CPU's in-place paged attention gives.
-    #[test]
-    fn the_latent_attention_op_equals_the_paged_attention_it_stands_for() {
-        let (heads, nope, rope, v_dim, kv_lora) = (3, 8, 4, 8, 16);
+    /// An MLA layer with real head shapes and empty weights: for what depends only on the
+    /// shapes (the attention form, the attention over given latents).
+    fn attention_shapes_only(
+        heads: usize,
+        nope: usize,
+        rope: usize,
+        v_dim: usize,
+        kv_lora: usize,
+        scale: f64,
+    ) -> Mla {
         let empty = || Tensor::zeros((1, 1), DType::F32, &Device::Cpu).unwrap();
         let linear = || Linear::new(empty(), None);
-        let mla = Mla {
+        Mla {
             query: QueryProjection::Direct(linear()),
             kv_a: linear(),
             kv_a_norm: RmsNorm {
@@ -1203,8 +1211,17 @@ mod tests {
             rope,
             v_dim,
             kv_lora,
-            scale: 0.3,
-        };
+            scale,
+        }
+    }
+
+    /// The GPU's road (the layer's pages uploaded whole, then the `LatentAttention` op), taken
+    /// here on the CPU, must give what the CPU's in-place paged attention gives.
+    #[test]
+    fn the_latent_attention_op_equals_the_paged_attention_it_stands_for() {
+        let (heads, rope, kv_lora) = (3, 4, 16);
+        let mla = attention_shapes_only(heads, 8, rope, 8, kv_lora, 0.3);
+        let empty = || Tensor::zeros((1, 1), DType::F32, &Device::Cpu).unwrap();
         let random = |count: usize, seed: u64| -> Vec<f32> {
             let mut state = seed;
             (0..count)
@@ -1270,29 +1287,7 @@ mod tests {
     fn decode_uses_the_absorbed_form_and_a_fresh_prefill_the_expanded_one() {
         let lite = crate::synthetic::lite_config(1);
         let attention = |form| {
-            let (heads, nope, rope, v_dim, kv_lora) = (16, 128, 64, 128, 512);
-            let empty = || Tensor::zeros((1, 1), DType::F32, &Device::Cpu).unwrap();
-            let linear = || Linear::new(empty(), None);
-            let mla = Mla {
-                query: QueryProjection::Direct(linear()),
-                kv_a: linear(),
-                kv_a_norm: RmsNorm {
-                    weight: empty(),
-                    eps: 1e-6,
-                },
-                kv_b: linear(),
-                absorbed: AbsorbedWeights::Dense {
-                    w_uk: empty(),
-                    w_uv_t: empty(),
-                },
-                o_proj: linear(),
-                heads,
-                nope,
-                rope,
-                v_dim,
-                kv_lora,
-                scale: lite.softmax_scale(),
-            };
+            let mla = attention_shapes_only(16, 128, 64, 128, 512, lite.softmax_scale());
             move |t, total| mla.absorbed_is_cheaper(t, total, form)
         };
         let auto = attention(AttentionForm::Auto);

@@ -38,7 +38,6 @@ pub trait WeightSource: Send + Sync {
 
 /// MLA's absorbed weights as a file stores them: see [`WeightSource::absorbed_halves`].
 pub struct AbsorbedHalves {
-    pub heads: usize,
     /// W_UK^T: [heads * kv_lora, nope].
     pub uk_t: QuantizedWeight,
     /// W_UV: [heads * v, kv_lora].

@@ -352,7 +352,6 @@ impl WeightSource for GgufWeights {
             QuantizedWeight::new(name, raw.ty, rows, cols, file.clone(), raw.file_range.start)
         };
         Ok(Some(AbsorbedHalves {
-            heads,
             uk_t: half(&k_b, &k, heads * kv_lora, nope)?,
             uv: half(&v_b, &v, heads * v_dim, kv_lora)?,
         }))
