@@ -13,7 +13,8 @@ pub enum ExpertWeights<'a> {
 }
 
 impl ExpertWeights<'_> {
-    fn len(&self) -> usize {
+    /// Values held, over all experts.
+    pub fn values(&self) -> usize {
         match self {
             Self::F32(w) => w.len(),
             Self::Bf16(w) => w.len(),
@@ -46,7 +47,7 @@ pub fn grouped_matmul(
     assert_eq!(x.len(), rows * k, "x is [rows, k]");
     assert_eq!(y.len(), rows * n, "y is [rows, n]");
     assert_eq!(
-        weights.len(),
+        weights.values(),
         experts * n * k,
         "weights are [experts, n, k]"
     );

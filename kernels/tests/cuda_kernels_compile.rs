@@ -4,8 +4,8 @@
 //! runs on machines without a GPU, CI included. Running the kernels against their CPU
 //! references needs a GPU.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod support;
+
 use std::sync::OnceLock;
 
 use kernels::cuda::nvrtc::{Nvrtc, NvrtcError};
@@ -16,20 +16,7 @@ const ARCHITECTURES: &[&str] = &["compute_80", "compute_90"];
 
 fn nvrtc() -> &'static Nvrtc {
     static NVRTC: OnceLock<Nvrtc> = OnceLock::new();
-    NVRTC.get_or_init(|| {
-        let tools = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tools/nvrtc.py");
-        let output = Command::new("python3")
-            .arg(&tools)
-            .output()
-            .expect("python3 runs (the test fetches NVRTC with pip)");
-        assert!(
-            output.status.success(),
-            "fetching NVRTC failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let path = PathBuf::from(String::from_utf8(output.stdout).unwrap().trim());
-        Nvrtc::open_at(&path).unwrap_or_else(|error| panic!("{error}"))
-    })
+    NVRTC.get_or_init(support::fetched_nvrtc)
 }
 
 fn source(file: &str) -> &'static KernelSource {

@@ -8,8 +8,7 @@
 //! NVRTC is the library `DEEPSEEK_LSP_NVRTC` names, else `libnvrtc.so.13`/`.so.12` on the
 //! loader's path, else the one tools/nvrtc.py fetches (which needs pip and the network).
 
-use std::path::Path;
-use std::process::Command;
+mod support;
 
 use kernels::cuda::MlaShape;
 use kernels::cuda::driver::Gpu;
@@ -19,16 +18,22 @@ use kernels::grouped_matmul::{ExpertWeights, grouped_matmul};
 use kernels::paged_attention::{LatentPages, LatentQueries, absorbed_attention};
 use kernels::routing::{GroupLimit, Weighting, route_token};
 
+/// The NVRTC the machine has, else the one tools/nvrtc.py fetches.
 fn nvrtc() -> Nvrtc {
-    Nvrtc::open().unwrap_or_else(|first| {
-        let tools = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tools/nvrtc.py");
-        let output = Command::new("python3").arg(&tools).output();
-        let path = match output {
-            Ok(output) if output.status.success() => String::from_utf8(output.stdout).unwrap(),
-            _ => panic!("{first}; and tools/nvrtc.py could not fetch it"),
-        };
-        Nvrtc::open_at(Path::new(path.trim())).unwrap_or_else(|error| panic!("{error}"))
+    Nvrtc::open().unwrap_or_else(|error| {
+        eprintln!("{error}; fetching NVRTC with tools/nvrtc.py");
+        support::fetched_nvrtc()
     })
+}
+
+/// The largest difference between `on_gpu` and `on_cpu`, and the largest magnitude in `on_cpu`.
+fn worst_and_largest(on_gpu: &[f32], on_cpu: &[f32]) -> (f32, f32) {
+    let largest = on_cpu.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let worst = on_gpu
+        .iter()
+        .zip(on_cpu)
+        .fold(0f32, |m, (g, c)| m.max((g - c).abs()));
+    (worst, largest)
 }
 
 fn gpu() -> Gpu {
@@ -171,11 +176,7 @@ fn assert_attention_matches(kernels: &GpuKernels, shape: MlaShape, tokens: usize
     };
     let mut on_cpu = vec![0f32; tokens * shape.heads * shape.kv_lora];
     absorbed_attention(&queries, &keys, scale, &mut on_cpu);
-    let largest = on_cpu.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let worst = on_gpu
-        .iter()
-        .zip(&on_cpu)
-        .fold(0f32, |m, (g, c)| m.max((g - c).abs()));
+    let (worst, largest) = worst_and_largest(&on_gpu, &on_cpu);
     eprintln!("{shape:?} tokens {tokens} from {first}: worst {worst:e} of {largest:e}");
     assert!(
         worst <= 1e-5 * largest.max(1e-3),
@@ -234,11 +235,7 @@ fn the_grouped_expert_matmul_matches_the_cpu_reference() {
                 .unwrap();
             let mut on_cpu = vec![0f32; rows * n];
             grouped_matmul(&x, &row_offsets, weights, n, k, &mut on_cpu);
-            let largest = on_cpu.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let worst = on_gpu
-                .iter()
-                .zip(&on_cpu)
-                .fold(0f32, |m, (g, c)| m.max((g - c).abs()));
+            let (worst, largest) = worst_and_largest(&on_gpu, &on_cpu);
             eprintln!("grouped [{n}, {k}] {rows_per_expert:?}: worst {worst:e} of {largest:e}");
             // f32 sums of k products in another order: a few ulps of sqrt(k) * |x| * |w|.
             assert!(

@@ -7,6 +7,8 @@ use std::ffi::{CStr, CString, c_char, c_int, c_uint, c_void};
 
 use libloading::{Library, Symbol};
 
+use super::library::{candidates, open_first};
+
 /// The variable that names the driver library file to open.
 pub const LIBRARY_VARIABLE: &str = "DEEPSEEK_LSP_LIBCUDA";
 
@@ -438,31 +440,11 @@ impl Drop for Kernels<'_> {
 }
 
 fn open_library() -> Result<(Library, String), CudaError> {
-    let candidates: Vec<String> = match std::env::var_os(LIBRARY_VARIABLE) {
-        Some(path) => vec![std::path::PathBuf::from(path).display().to_string()],
-        None => LIBRARY_NAMES.iter().map(|name| name.to_string()).collect(),
-    };
-    let mut failures = Vec::new();
-    for candidate in candidates {
-        // SAFETY: loading the driver library runs its initialisers, which have no
-        // preconditions.
-        match unsafe { Library::new(&candidate) } {
-            Ok(library) => return Ok((library, candidate)),
-            Err(error) => failures.push(load_error(&error)),
-        }
-    }
-    Err(CudaError(format!(
-        "no NVIDIA driver library ({}); is an NVIDIA GPU and its driver installed?",
-        failures.join("; ")
-    )))
-}
-
-/// libloading's error with the loader's own words (its Display says only "dlopen failed").
-pub(super) fn load_error(error: &libloading::Error) -> String {
-    match std::error::Error::source(error) {
-        Some(source) => source.to_string(),
-        None => error.to_string(),
-    }
+    open_first(&candidates(LIBRARY_VARIABLE, LIBRARY_NAMES)).map_err(|failures| {
+        CudaError(format!(
+            "no NVIDIA driver library ({failures}); is an NVIDIA GPU and its driver installed?"
+        ))
+    })
 }
 
 #[cfg(test)]

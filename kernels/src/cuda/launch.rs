@@ -155,10 +155,7 @@ impl<'gpu> GpuKernels<'gpu> {
     ) -> Result<Vec<f32>, CudaError> {
         let experts = row_offsets.len().saturating_sub(1);
         let rows = row_offsets.last().copied().unwrap_or(0);
-        let weight_values = match weights {
-            ExpertWeights::F32(w) => w.len(),
-            ExpertWeights::Bf16(w) => w.len(),
-        };
+        let weight_values = weights.values();
         let ordered =
             row_offsets.first() == Some(&0) && row_offsets.windows(2).all(|w| w[0] <= w[1]);
         if !ordered || x.len() != rows * k || weight_values != experts * n * k {

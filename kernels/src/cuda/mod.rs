@@ -8,6 +8,7 @@
 
 pub mod driver;
 pub mod launch;
+mod library;
 pub mod nvrtc;
 mod sources;
 

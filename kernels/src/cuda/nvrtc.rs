@@ -5,11 +5,11 @@
 //! library alone and needs no GPU, which is how CI checks that our kernels compile.
 
 use std::ffi::{CStr, CString, c_char, c_int, c_void};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use libloading::{Library, Symbol};
 
-use super::driver::load_error;
+use super::library::{candidates, open_first};
 
 /// The variable that names the NVRTC library file to open.
 pub const LIBRARY_VARIABLE: &str = "DEEPSEEK_LSP_NVRTC";
@@ -54,39 +54,24 @@ pub struct Nvrtc {
 impl Nvrtc {
     /// Opens NVRTC (see the module's documentation for where it is looked for).
     pub fn open() -> Result<Self, NvrtcError> {
-        match std::env::var_os(LIBRARY_VARIABLE) {
-            Some(path) => Self::open_at(&PathBuf::from(path)),
-            None => Self::open_first(LIBRARY_NAMES.iter().map(|name| name.to_string())),
-        }
+        Self::open_first(&candidates(LIBRARY_VARIABLE, LIBRARY_NAMES))
     }
 
     /// Opens the NVRTC library file at `path`.
     pub fn open_at(path: &Path) -> Result<Self, NvrtcError> {
-        Self::open_first(std::iter::once(path.display().to_string()))
+        Self::open_first(&[path.display().to_string()])
     }
 
-    fn open_first(candidates: impl Iterator<Item = String>) -> Result<Self, NvrtcError> {
-        let candidates: Vec<String> = candidates.collect();
-        let mut failures = Vec::new();
-        for candidate in &candidates {
-            // SAFETY: loading NVRTC runs its initialisers, which have no preconditions.
-            match unsafe { Library::new(candidate) } {
-                Ok(library) => {
-                    let nvrtc = Self {
-                        library,
-                        path: candidate.clone(),
-                    };
-                    // Every function we call must be there before we say it is usable.
-                    nvrtc.version()?;
-                    return Ok(nvrtc);
-                }
-                Err(error) => failures.push(load_error(&error)),
-            }
-        }
-        Err(NvrtcError::Unavailable(format!(
-            "{} (set {LIBRARY_VARIABLE} to the library's path)",
-            failures.join("; ")
-        )))
+    fn open_first(candidates: &[String]) -> Result<Self, NvrtcError> {
+        let (library, path) = open_first(candidates).map_err(|failures| {
+            NvrtcError::Unavailable(format!(
+                "{failures} (set {LIBRARY_VARIABLE} to the library's path)"
+            ))
+        })?;
+        let nvrtc = Self { library, path };
+        // Every function we call must be there before we say it is usable.
+        nvrtc.version()?;
+        Ok(nvrtc)
     }
 
     /// Where the library was opened from.
