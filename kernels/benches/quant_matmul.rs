@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use kernels::quant::{GgmlType, matmul_rows_quant};
+use kernels::quant::{GgmlType, matmul_rows_quant, q4_k_x8};
 
 /// splitmix64: deterministic and dependency-free.
 struct Rng(u64);
@@ -80,9 +80,12 @@ fn main() {
         .num_threads(threads)
         .build()
         .unwrap();
-    let cases: [(GgmlType, &str, usize, usize); 9] = [
+    // "x8": the same Q4_K matrix with its rows interleaved in eights (`q4_k_x8`).
+    let cases: [(GgmlType, &str, usize, usize); 11] = [
         (GgmlType::Q4K, "expert gate/up", 1408, 2048),
+        (GgmlType::Q4K, "x8 expert gate/up", 1408, 2048),
         (GgmlType::Q4K, "dense gate/up", 10944, 2048),
+        (GgmlType::Q4K, "x8 dense gate/up", 10944, 2048),
         (GgmlType::Q6K, "output", 102400, 2048),
         (GgmlType::Q6K, "expert gate/up", 1408, 2048),
         (GgmlType::Q5_0, "expert down", 2048, 1408),
@@ -98,7 +101,18 @@ fn main() {
         if filter.as_ref().is_some_and(|f| !label.contains(f.as_str())) {
             continue;
         }
-        let w = weights(ty, rows, cols, &mut rng);
+        let interleaved = what.starts_with("x8");
+        let mut w = weights(ty, rows, cols, &mut rng);
+        if interleaved {
+            w = q4_k_x8::interleave(&w, rows, w.len() / rows);
+        }
+        let product = |x: &[f32], n: usize, y: &mut [f32]| {
+            if interleaved {
+                q4_k_x8::matmul_interleaved(&w, rows, cols, x, n, y)
+            } else {
+                matmul_rows_quant(ty, &w, rows, cols, x, n, y)
+            }
+        };
         let mut line = format!("{label:<34}");
         for &n in &ns {
             let x: Vec<f32> = (0..n * cols)
@@ -108,7 +122,7 @@ fn main() {
             if let Some(calls) = calls {
                 pool.install(|| {
                     for _ in 0..calls {
-                        matmul_rows_quant(ty, &w, rows, cols, &x, n, &mut y);
+                        product(&x, n, &mut y);
                         std::hint::black_box(&y);
                     }
                 });
@@ -117,7 +131,7 @@ fn main() {
             let min_time = Duration::from_millis(if n == 1 { 150 } else { 250 });
             let s = pool.install(|| {
                 best_seconds(runs, min_time, || {
-                    matmul_rows_quant(ty, &w, rows, cols, &x, n, &mut y);
+                    product(&x, n, &mut y);
                     std::hint::black_box(&y);
                 })
             });

@@ -91,17 +91,22 @@ pub(super) fn q8_k_inputs(x: &[f32]) -> Vec<BlockQ8K> {
 }
 
 /// Runs `band_product(band of weight rows, out)` over bands of W's rows in parallel, where `out`
-/// is the band's part of Y^T ([band rows, n]), then writes Y from Y^T.
-fn for_each_band(
+/// is the band's part of Y^T ([band rows, n]), then writes Y from Y^T. Bands start at multiples
+/// of `rows_together` rows (rows that are stored interleaved stay in one band).
+pub(super) fn for_each_band(
     weights: &[u8],
     row_bytes: usize,
+    rows_together: usize,
     n: usize,
     y: &mut [f32],
     band_product: impl Fn(&[u8], &mut [f32]) + Sync,
 ) {
     let rows = y.len() / n;
     let threads = rayon::current_num_threads().max(1);
-    let rows_per_task = rows.div_ceil(threads * 4).max(MIN_ROWS_PER_TASK);
+    let rows_per_task = rows
+        .div_ceil(threads * 4)
+        .max(MIN_ROWS_PER_TASK)
+        .next_multiple_of(rows_together);
     // For one input row Y^T is Y itself.
     let mut transposed = if n == 1 {
         Vec::new()
@@ -128,7 +133,7 @@ fn for_each_band(
 
 /// Weight bytes a task keeps in cache (its share of L2) while every group of inputs passes over
 /// them, when there are more inputs than one tile takes.
-const SUB_BAND_BYTES: usize = 128 * 1024;
+pub(super) const SUB_BAND_BYTES: usize = 128 * 1024;
 
 /// Weights larger than this (about the last-level cache) come from memory, and the matmul
 /// prefetches them a tile ahead (measured: Q6_K 102400 x 2048, n = 8, 2 threads: 71-76 -> 120-126
@@ -328,7 +333,7 @@ fn converted_rows(
     convert: fn(&[u8], &mut [f32]),
 ) {
     let bytes_per_value = row_bytes / cols;
-    for_each_band(weights, row_bytes, n, y, |band, out| {
+    for_each_band(weights, row_bytes, 1, n, y, |band, out| {
         let chunk = cols.min(CONVERT_CHUNK);
         let mut values = vec![0f32; chunk];
         for (row, out) in band.chunks_exact(row_bytes).zip(out.chunks_exact_mut(n)) {

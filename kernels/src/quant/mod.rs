@@ -21,6 +21,7 @@ mod matmul;
 mod matvec_many;
 mod q4_0;
 mod q4_k;
+pub mod q4_k_x8;
 mod q5_0;
 mod q5_k;
 mod q6_k;

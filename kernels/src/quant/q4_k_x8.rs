@@ -1,0 +1,472 @@
+//! Q4_K with eight rows interleaved: the same blocks as a GGUF file's Q4_K rows, rearranged so
+//! that one vector instruction works on eight rows at once.
+//!
+//! A row-by-row Q4_K product spends about half its instructions per block on work that is the
+//! same for every block: unpacking the 6-bit scales with scalar shifts, picking each sub-block's
+//! scale out of a register, converting the two f16 factors, and adding up a row's lanes at the
+//! end. With eight rows side by side, each of those steps covers eight rows, and the lanes of
+//! the result are the eight rows' products, so nothing is summed across lanes. (llama.cpp's
+//! CPU "repack" buffers do the same for the same reason; the layout here is our own.)
+//!
+//! Layout: a matrix of `rows` (a multiple of 8) rows is `rows / 8` groups, each group the blocks
+//! of its eight rows in column order, one 1152-byte *group block* per column of Q4_K blocks:
+//!
+//! | bytes | what |
+//! |---|---|
+//! | 0..16 | the eight rows' `d` (f16), row r at 2r |
+//! | 16..32 | the eight rows' `dmin` (f16) |
+//! | 32..128 | the packed scales: word w (bytes 4w..4w + 4 of a row's 12) of row r at 32 + 32w + 4r |
+//! | 128..1152 | the nibbles: bytes 32p + 4j..32p + 4j + 4 of row r's 128 at 128 + 32 (8p + j) + 4r |
+//!
+//! so every 32-byte load holds one piece of each of the eight rows. A group block is exactly
+//! eight Q4_K blocks, so the matrix keeps its size.
+
+use super::activations::{BlockQ8K, QK_K};
+use super::matmul::{SUB_BAND_BYTES, for_each_band, q8_k_inputs};
+use super::q4_k;
+
+/// Rows interleaved together.
+pub const ROWS: usize = 8;
+const BLOCK_BYTES: usize = 144;
+const GROUP_BLOCK_BYTES: usize = ROWS * BLOCK_BYTES;
+const SCALES_AT: usize = 32;
+const NIBBLES_AT: usize = 128;
+
+/// `rows` rows of Q4_K blocks (`row_bytes` each, as in a GGUF file) rearranged into groups of
+/// eight interleaved rows.
+///
+/// Panics unless `rows` is a multiple of 8 and `bytes` holds `rows` rows of whole blocks.
+pub fn interleave(bytes: &[u8], rows: usize, row_bytes: usize) -> Vec<u8> {
+    assert!(
+        rows.is_multiple_of(ROWS),
+        "{rows} rows do not split into groups of {ROWS}"
+    );
+    assert!(row_bytes.is_multiple_of(BLOCK_BYTES) && bytes.len() == rows * row_bytes);
+    let blocks = row_bytes / BLOCK_BYTES;
+    let mut out = vec![0u8; bytes.len()];
+    for (group, out) in out.chunks_exact_mut(ROWS * row_bytes).enumerate() {
+        for (b, target) in out.chunks_exact_mut(GROUP_BLOCK_BYTES).enumerate() {
+            for r in 0..ROWS {
+                let row = group * ROWS + r;
+                let at = row * row_bytes + b * BLOCK_BYTES;
+                let source = &bytes[at..at + BLOCK_BYTES];
+                target[2 * r..2 * r + 2].copy_from_slice(&source[0..2]);
+                target[16 + 2 * r..16 + 2 * r + 2].copy_from_slice(&source[2..4]);
+                for w in 0..3 {
+                    let to = SCALES_AT + 32 * w + 4 * r;
+                    target[to..to + 4].copy_from_slice(&source[4 + 4 * w..8 + 4 * w]);
+                }
+                for piece in 0..32 {
+                    let to = NIBBLES_AT + 32 * piece + 4 * r;
+                    target[to..to + 4].copy_from_slice(&source[16 + 4 * piece..20 + 4 * piece]);
+                }
+            }
+        }
+        debug_assert_eq!(out.len() / GROUP_BLOCK_BYTES, blocks);
+    }
+    out
+}
+
+/// The inverse of [`interleave`]: the rows of a group as a GGUF file lays them out (for
+/// dequantizing, and for the portable kernel).
+pub fn deinterleave(bytes: &[u8], rows: usize, row_bytes: usize) -> Vec<u8> {
+    assert!(rows.is_multiple_of(ROWS) && bytes.len() == rows * row_bytes);
+    let mut out = vec![0u8; bytes.len()];
+    for (group, source) in bytes.chunks_exact(ROWS * row_bytes).enumerate() {
+        for (b, block) in source.chunks_exact(GROUP_BLOCK_BYTES).enumerate() {
+            for r in 0..ROWS {
+                let at = (group * ROWS + r) * row_bytes + b * BLOCK_BYTES;
+                let target = &mut out[at..at + BLOCK_BYTES];
+                target[0..2].copy_from_slice(&block[2 * r..2 * r + 2]);
+                target[2..4].copy_from_slice(&block[16 + 2 * r..16 + 2 * r + 2]);
+                for w in 0..3 {
+                    let from = SCALES_AT + 32 * w + 4 * r;
+                    target[4 + 4 * w..8 + 4 * w].copy_from_slice(&block[from..from + 4]);
+                }
+                for piece in 0..32 {
+                    let from = NIBBLES_AT + 32 * piece + 4 * r;
+                    target[16 + 4 * piece..20 + 4 * piece].copy_from_slice(&block[from..from + 4]);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Inputs one group meets at once: their accumulators and the group's unpacked nibbles fill the
+/// sixteen registers.
+const INPUTS_AT_ONCE: usize = 2;
+
+/// Writes X W^T into `y` ([n, rows]) for `n` input rows `x` ([n, cols]) and W as [`interleave`]
+/// left it: [`super::matmul_rows_quant`] for interleaved Q4_K. Each thread takes bands of whole
+/// groups; with more inputs than a group meets at once, a band goes in sub-bands that stay in
+/// cache while every pair of inputs passes over them.
+///
+/// Panics unless `rows` is a multiple of 8, `cols` of 256, and the slices hold what the sizes say
+/// (caller bugs).
+pub fn matmul_interleaved(
+    weights: &[u8],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    n: usize,
+    y: &mut [f32],
+) {
+    assert!(
+        rows.is_multiple_of(ROWS) && cols.is_multiple_of(QK_K),
+        "interleaved Q4_K takes rows in eights and columns in 256s, not {rows} x {cols}"
+    );
+    let row_bytes = cols / QK_K * BLOCK_BYTES;
+    assert_eq!(
+        weights.len(),
+        rows * row_bytes,
+        "{rows} x {cols} Q4_K values"
+    );
+    assert_eq!(x.len(), n * cols, "x must hold n x cols values");
+    assert_eq!(y.len(), n * rows, "y must hold n x rows values");
+    if rows == 0 || n == 0 {
+        return;
+    }
+    if cols == 0 {
+        y.fill(0.0);
+        return;
+    }
+    let inputs = q8_k_inputs(x);
+    let blocks = cols / QK_K;
+    let group_bytes = ROWS * row_bytes;
+    let sub_band = (SUB_BAND_BYTES / group_bytes).max(1) * group_bytes;
+    for_each_band(weights, row_bytes, ROWS, n, y, |band, out| {
+        for (sub_band, out) in band
+            .chunks(sub_band)
+            .zip(out.chunks_mut(sub_band / row_bytes * n))
+        {
+            let mut first = 0;
+            while first < n {
+                let take = INPUTS_AT_ONCE.min(n - first);
+                let input = |k: usize| &inputs[(first + k) * blocks..(first + k + 1) * blocks];
+                for (group, out) in sub_band
+                    .chunks_exact(group_bytes)
+                    .zip(out.chunks_exact_mut(ROWS * n))
+                {
+                    // `out` is this group's rows of Y^T: row r's value for input i at r n + i.
+                    let mut write = |k: usize, products: [f32; ROWS]| {
+                        for (r, product) in products.into_iter().enumerate() {
+                            out[r * n + first + k] = product;
+                        }
+                    };
+                    if take == 2 {
+                        let [a, b] = dot_group(group, [input(0), input(1)]);
+                        write(0, a);
+                        write(1, b);
+                    } else {
+                        let [a] = dot_group(group, [input(0)]);
+                        write(0, a);
+                    }
+                }
+                first += take;
+            }
+        }
+    });
+}
+
+/// One group of eight interleaved rows times each of `inputs`: `result[k][r]` is row r times
+/// input k. The integer sums per sub-block are exactly the row-by-row kernel's; the float sums
+/// run in another order, so results agree with [`q4_k::dot_q4_k_q8_k`] to rounding.
+///
+/// Panics unless the group holds one group block per block of each input.
+pub(super) fn dot_group<const N: usize>(
+    group: &[u8],
+    inputs: [&[BlockQ8K]; N],
+) -> [[f32; ROWS]; N] {
+    for x in inputs {
+        assert_eq!(
+            group.len(),
+            x.len() * GROUP_BLOCK_BYTES,
+            "a group of Q4_K rows must hold one group block per activation block"
+        );
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        if super::x86::has_avx2_fma_f16c() {
+            // SAFETY: the CPU has the features the function is compiled for.
+            return unsafe { dot_group_avx2(group, inputs) };
+        }
+    }
+    dot_group_portable(group, inputs)
+}
+
+/// Row by row through the Q4_K kernel, on the group's rows put back in file order.
+fn dot_group_portable<const N: usize>(group: &[u8], inputs: [&[BlockQ8K]; N]) -> [[f32; ROWS]; N] {
+    let row_bytes = group.len() / ROWS;
+    let rows = deinterleave(group, ROWS, row_bytes);
+    inputs.map(|x| {
+        std::array::from_fn(|r| q4_k::dot_q4_k_q8_k(&rows[r * row_bytes..(r + 1) * row_bytes], x))
+    })
+}
+
+/// Per group block: the nibbles of four pairs of sub-blocks, eight 32-byte loads a pair (each a
+/// 4-byte piece of all eight rows), meet each input's four matching quants broadcast to every
+/// row with `maddubs`; a sub-block's eight pieces add up in i16 (at most 16 products of 15 * 127:
+/// 30480). Each sub-block's sums then meet the eight rows' scales for it with one `madd`, the
+/// minimums meet the input's 32-value sums two sub-blocks per `madd`, and one multiply-add per
+/// block takes the eight rows' products into eight float lanes.
+// Inputs and their accumulators are indexed together.
+#[allow(clippy::needless_range_loop)]
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_group_avx2<const N: usize>(group: &[u8], inputs: [&[BlockQ8K]; N]) -> [[f32; ROWS]; N] {
+    use super::x86::*;
+    use std::arch::x86_64::*;
+    let blocks = group.len() / GROUP_BLOCK_BYTES;
+    let low_mask = _mm256_set1_epi8(0x0F);
+    let low_six = _mm256_set1_epi8(0x3F);
+    let two = _mm256_set1_epi8(0x03);
+    // Byte k of every 4-byte lane into both i16 halves of the lane (zero above each byte).
+    let pick = |k: i8| {
+        _mm256_setr_epi8(
+            k,
+            -1,
+            k,
+            -1,
+            4 + k,
+            -1,
+            4 + k,
+            -1,
+            8 + k,
+            -1,
+            8 + k,
+            -1,
+            12 + k,
+            -1,
+            12 + k,
+            -1,
+            k,
+            -1,
+            k,
+            -1,
+            4 + k,
+            -1,
+            4 + k,
+            -1,
+            8 + k,
+            -1,
+            8 + k,
+            -1,
+            12 + k,
+            -1,
+            12 + k,
+            -1,
+        )
+    };
+    // Bytes k and k + 1 of every 4-byte lane as its two i16 halves.
+    let pick_two = |k: i8| {
+        _mm256_setr_epi8(
+            k,
+            -1,
+            k + 1,
+            -1,
+            4 + k,
+            -1,
+            5 + k,
+            -1,
+            8 + k,
+            -1,
+            9 + k,
+            -1,
+            12 + k,
+            -1,
+            13 + k,
+            -1,
+            k,
+            -1,
+            k + 1,
+            -1,
+            4 + k,
+            -1,
+            5 + k,
+            -1,
+            8 + k,
+            -1,
+            9 + k,
+            -1,
+            12 + k,
+            -1,
+            13 + k,
+            -1,
+        )
+    };
+    let picks = [pick(0), pick(1), pick(2), pick(3)];
+    let (pick_low_pair, pick_high_pair) = (pick_two(0), pick_two(2));
+    let mut acc = [_mm256_setzero_ps(); N];
+    for b in 0..blocks {
+        let block = &group[b * GROUP_BLOCK_BYTES..(b + 1) * GROUP_BLOCK_BYTES];
+        let d = _mm256_cvtph_ps(load_u8x16(block));
+        let dmin = _mm256_cvtph_ps(load_u8x16(&block[16..]));
+        let first = load_u8x32(&block[SCALES_AT..]);
+        let second = load_u8x32(&block[SCALES_AT + 32..]);
+        let third = load_u8x32(&block[SCALES_AT + 64..]);
+        // As `q4_k::scales_and_mins`, on eight rows' words at once.
+        let scales_0_4 = _mm256_and_si256(first, low_six);
+        let mins_0_4 = _mm256_and_si256(second, low_six);
+        let scales_4_8 = _mm256_or_si256(
+            _mm256_and_si256(third, low_mask),
+            _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(first, 6), two), 4),
+        );
+        let mins_4_8 = _mm256_or_si256(
+            _mm256_and_si256(_mm256_srli_epi32(third, 4), low_mask),
+            _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(second, 6), two), 4),
+        );
+        let mut sums = [_mm256_setzero_si256(); N];
+        for pair in 0..4 {
+            let mut low = [_mm256_setzero_si256(); N];
+            let mut high = [_mm256_setzero_si256(); N];
+            for piece in 0..8 {
+                let packed = load_u8x32(&block[NIBBLES_AT + 32 * (8 * pair + piece)..]);
+                let low_nibbles = _mm256_and_si256(packed, low_mask);
+                let high_nibbles = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low_mask);
+                for k in 0..N {
+                    let quants = &inputs[k][b].quants[64 * pair + 4 * piece..];
+                    let low_quants = _mm256_set1_epi32(i32_at(quants));
+                    let high_quants = _mm256_set1_epi32(i32_at(&quants[32..]));
+                    low[k] =
+                        _mm256_add_epi16(low[k], _mm256_maddubs_epi16(low_nibbles, low_quants));
+                    high[k] =
+                        _mm256_add_epi16(high[k], _mm256_maddubs_epi16(high_nibbles, high_quants));
+                }
+            }
+            let scales = if pair < 2 { scales_0_4 } else { scales_4_8 };
+            let low_scale = _mm256_shuffle_epi8(scales, picks[2 * pair % 4]);
+            let high_scale = _mm256_shuffle_epi8(scales, picks[(2 * pair + 1) % 4]);
+            for k in 0..N {
+                sums[k] = _mm256_add_epi32(
+                    sums[k],
+                    _mm256_add_epi32(
+                        _mm256_madd_epi16(low[k], low_scale),
+                        _mm256_madd_epi16(high[k], high_scale),
+                    ),
+                );
+            }
+        }
+        // The minimums of sub-blocks (2t, 2t + 1) as each row's two i16 halves.
+        let min_pairs = [
+            _mm256_shuffle_epi8(mins_0_4, pick_low_pair),
+            _mm256_shuffle_epi8(mins_0_4, pick_high_pair),
+            _mm256_shuffle_epi8(mins_4_8, pick_low_pair),
+            _mm256_shuffle_epi8(mins_4_8, pick_high_pair),
+        ];
+        for k in 0..N {
+            let act = &inputs[k][b];
+            let sixteens = load_i16x16(&act.sums);
+            // The eight 32-value sums (at most 32 * 127 in magnitude), in order, in both halves.
+            let sub_block_sums = _mm256_broadcastsi128_si256(_mm_hadd_epi16(
+                _mm256_castsi256_si128(sixteens),
+                _mm256_extracti128_si256(sixteens, 1),
+            ));
+            let minimums = _mm256_add_epi32(
+                _mm256_add_epi32(
+                    _mm256_madd_epi16(min_pairs[0], _mm256_shuffle_epi32(sub_block_sums, 0x00)),
+                    _mm256_madd_epi16(min_pairs[1], _mm256_shuffle_epi32(sub_block_sums, 0x55)),
+                ),
+                _mm256_add_epi32(
+                    _mm256_madd_epi16(min_pairs[2], _mm256_shuffle_epi32(sub_block_sums, 0xAA)),
+                    _mm256_madd_epi16(min_pairs[3], _mm256_shuffle_epi32(sub_block_sums, 0xFF)),
+                ),
+            );
+            let act_scale = _mm256_set1_ps(act.scale);
+            acc[k] = _mm256_fmadd_ps(
+                _mm256_mul_ps(d, act_scale),
+                _mm256_cvtepi32_ps(sums[k]),
+                acc[k],
+            );
+            acc[k] = _mm256_fnmadd_ps(
+                _mm256_mul_ps(dmin, act_scale),
+                _mm256_cvtepi32_ps(minimums),
+                acc[k],
+            );
+        }
+    }
+    acc.map(|lanes| {
+        let mut out = [0f32; ROWS];
+        // SAFETY: `out` holds 8 floats, and storeu has no alignment requirement.
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), lanes) };
+        out
+    })
+}
+
+/// The four bytes at the start of `bytes` as a little-endian i32.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn i32_at(bytes: &[i8]) -> i32 {
+    i32::from_le_bytes([
+        bytes[0] as u8,
+        bytes[1] as u8,
+        bytes[2] as u8,
+        bytes[3] as u8,
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::GgmlType;
+    use crate::quant::activations::quantize_row_q8_k;
+    use crate::quant::test_support::{Rng, random_blocks};
+
+    fn random_input(blocks: usize, rng: &mut Rng) -> Vec<BlockQ8K> {
+        let x: Vec<f32> = (0..blocks * QK_K).map(|_| rng.signed_unit()).collect();
+        let mut out = vec![BlockQ8K::ZERO; blocks];
+        quantize_row_q8_k(&x, &mut out);
+        out
+    }
+
+    #[test]
+    fn interleaving_round_trips() {
+        let (rows, blocks) = (16, 3);
+        let bytes = random_blocks(GgmlType::Q4K, rows * blocks, &mut Rng::new(7));
+        let packed = interleave(&bytes, rows, blocks * BLOCK_BYTES);
+        assert_ne!(packed, bytes);
+        assert_eq!(deinterleave(&packed, rows, blocks * BLOCK_BYTES), bytes);
+    }
+
+    /// Sum over the row of |w x|: the scale float rounding is measured against.
+    fn magnitude(row: &[u8], x: &[BlockQ8K]) -> f32 {
+        let mut w = vec![0f32; x.len() * QK_K];
+        crate::quant::dequantize(GgmlType::Q4K, row, &mut w);
+        let x = x.iter().flat_map(|b| b.quants.map(|q| b.scale * q as f32));
+        w.iter().zip(x).map(|(w, x)| (w * x).abs()).sum()
+    }
+
+    fn check_group<const N: usize>(blocks: usize, rng: &mut Rng) {
+        let row_bytes = blocks * BLOCK_BYTES;
+        let bytes = random_blocks(GgmlType::Q4K, ROWS * blocks, rng);
+        let group = interleave(&bytes, ROWS, row_bytes);
+        let inputs: Vec<Vec<BlockQ8K>> = (0..N).map(|_| random_input(blocks, rng)).collect();
+        let xs: [&[BlockQ8K]; N] = std::array::from_fn(|k| inputs[k].as_slice());
+        let ours = dot_group(&group, xs);
+        let portable = dot_group_portable(&group, xs);
+        for k in 0..N {
+            for r in 0..ROWS {
+                let row = &bytes[r * row_bytes..(r + 1) * row_bytes];
+                let expected = q4_k::dot_q4_k_q8_k(row, xs[k]);
+                // The portable road is the row-by-row kernel itself.
+                assert_eq!(portable[k][r].to_bits(), expected.to_bits());
+                let tolerance = 1e-5 * magnitude(row, xs[k]);
+                assert!(
+                    (ours[k][r] - expected).abs() <= tolerance,
+                    "{blocks} blocks, input {k}, row {r}: {} vs {expected} (tolerance {tolerance})",
+                    ours[k][r]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn groups_match_the_row_by_row_kernel() {
+        let mut rng = Rng::new(11);
+        for blocks in [1, 2, 5, 8] {
+            check_group::<1>(blocks, &mut rng);
+            check_group::<2>(blocks, &mut rng);
+            check_group::<3>(blocks, &mut rng);
+        }
+    }
+}
