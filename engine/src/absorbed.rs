@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use candle_core::{DType, Tensor};
-use kernels::quant::{GgmlType, MatVecJob, matmul_rows_quant, matvec_many_quant, quantize_q8_0};
+use kernels::quant::{GgmlType, MatVecJob, matvec_many_quant, quantize_q8_0};
 
 use crate::error::Result;
 use crate::quantized::QuantizedWeight;
@@ -112,8 +112,9 @@ impl AbsorbedWeights {
 fn per_head_products(weight: &QuantizedWeight, x: &Tensor) -> Result<Tensor> {
     let (heads, tokens, cols) = x.dims3()?;
     let rows = weight.rows / heads;
-    let head_bytes = weight.bytes().len() / heads;
-    let head_weights: Vec<&[u8]> = weight.bytes().chunks_exact(head_bytes).collect();
+    let head_weights = (0..heads)
+        .map(|head| weight.rows("an absorbed half", head * rows, rows))
+        .collect::<Result<Vec<_>>>()?;
     let (dtype, device) = (x.dtype(), x.device().clone());
     let x = x
         .to_dtype(DType::F32)?
@@ -125,12 +126,7 @@ fn per_head_products(weight: &QuantizedWeight, x: &Tensor) -> Result<Tensor> {
         let jobs: Vec<MatVecJob> = head_weights
             .iter()
             .enumerate()
-            .map(|(head, weights)| MatVecJob {
-                ty: weight.ty,
-                weights,
-                rows,
-                input: head,
-            })
+            .map(|(head, weights)| weights.job(head))
             .collect();
         let inputs: Vec<&[f32]> = x.chunks_exact(cols).collect();
         let mut outs: Vec<&mut [f32]> = y.chunks_exact_mut(rows).collect();
@@ -141,7 +137,7 @@ fn per_head_products(weight: &QuantizedWeight, x: &Tensor) -> Result<Tensor> {
             .zip(x.chunks_exact(tokens * cols))
             .zip(y.chunks_exact_mut(tokens * rows))
         {
-            matmul_rows_quant(weight.ty, weights, rows, cols, x, tokens, y);
+            weights.matmul(x, tokens, y);
         }
     }
     Ok(Tensor::from_vec(y, (heads, tokens, rows), &device)?.to_dtype(dtype)?)

@@ -223,21 +223,13 @@ impl CustomOp1 for QuantizedMatmul<'_> {
         let rows = total_rows(self.parts);
         let mut y = vec![0f32; n * rows];
         if let [part] = self.parts {
-            kernels::quant::matmul_rows_quant(part.ty, part.bytes(), part.rows, cols, x, n, &mut y);
+            part.matmul(x, n, &mut y);
         } else {
             // Each part into its own [n, part rows], then side by side in Y's rows.
             let mut first = 0;
             for part in self.parts {
                 let mut part_y = vec![0f32; n * part.rows];
-                kernels::quant::matmul_rows_quant(
-                    part.ty,
-                    part.bytes(),
-                    part.rows,
-                    cols,
-                    x,
-                    n,
-                    &mut part_y,
-                );
+                part.matmul(x, n, &mut part_y);
                 for (row, values) in part_y.chunks_exact(part.rows).enumerate() {
                     y[row * rows + first..][..part.rows].copy_from_slice(values);
                 }

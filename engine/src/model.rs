@@ -26,7 +26,7 @@ use crate::page_pool::{DEFAULT_PAGE_TOKENS, PageLayout, PagePool};
 use crate::quantized::QuantizedWeight;
 use crate::rope::Rope;
 use crate::weights::{AbsorbedHalves, WeightSource};
-use kernels::quant::{MatVecJob, matvec_many_quant};
+use kernels::quant::matvec_many_quant;
 
 /// Which attention form a forward pass uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -346,7 +346,7 @@ impl Loader<'_> {
             && let Some(weight) = self.source.quantized(&name, &[out_dim, in_dim])?
             && weight.ty.block_len() > 1
         {
-            return Ok(Linear::quantized(weight, bias));
+            return Ok(Linear::quantized(weight.interleaved(), bias));
         }
         Ok(Linear::new(self.tensor(&name, &[out_dim, in_dim])?, bias))
     }
@@ -363,7 +363,10 @@ impl Loader<'_> {
         // uv's columns fix kv_lora, so uk_t's rows fix the heads.
         let fits = (uk_t.rows, uk_t.cols) == (shapes.heads * shapes.kv_lora, shapes.nope)
             && (uv.rows, uv.cols) == (shapes.heads * shapes.v_dim, shapes.kv_lora);
-        Ok(fits.then_some(AbsorbedWeights::Quantized { uk_t, uv }))
+        Ok(fits.then(|| AbsorbedWeights::Quantized {
+            uk_t: uk_t.interleaved(),
+            uv: uv.interleaved(),
+        }))
     }
 }
 
@@ -1064,12 +1067,7 @@ fn stacked_products<'a>(
     let mut part_counts = Vec::new();
     for (parts, input) in matrices {
         part_counts.push(parts.len());
-        jobs.extend(parts.iter().map(|part| MatVecJob {
-            ty: part.ty,
-            weights: part.bytes(),
-            rows: part.rows,
-            input,
-        }));
+        jobs.extend(parts.iter().map(|part| part.job(input)));
     }
     let mut part_outputs: Vec<Vec<f32>> = jobs.iter().map(|job| vec![0f32; job.rows]).collect();
     let mut outs: Vec<&mut [f32]> = part_outputs.iter_mut().map(Vec::as_mut_slice).collect();

@@ -10,6 +10,7 @@
 use rayon::prelude::*;
 
 use super::activations::{BlockQ8_0, BlockQ8K, QK_K, QK8_0};
+use super::interleaved::{self, ROWS_TOGETHER, RowLayout};
 use super::matmul::{q8_0_inputs, q8_k_inputs};
 use super::{
     GgmlType, dot_q4_0_q8_0, dot_q4_k_q8_k, dot_q5_0_q8_0, dot_q5_k_q8_k, dot_q6_k_q8_k,
@@ -17,14 +18,17 @@ use super::{
 };
 
 /// Rows one task takes: enough that a task streams a good run of a matrix, few enough that a
-/// handful of 1408-row expert matrices still spread over sixteen threads.
+/// handful of 1408-row expert matrices still spread over sixteen threads (and whole groups of
+/// an interleaved matrix).
 const ROWS_PER_TASK: usize = 64;
+const _: () = assert!(ROWS_PER_TASK.is_multiple_of(ROWS_TOGETHER));
 
-/// One product of [`matvec_many_quant`]: `rows` rows of `ty` laid out as in a GGUF file, times
+/// One product of [`matvec_many_quant`]: `rows` rows of `ty` laid out as `layout` says, times
 /// input number `input`.
 #[derive(Clone, Copy, Debug)]
 pub struct MatVecJob<'a> {
     pub ty: GgmlType,
+    pub layout: RowLayout,
     pub weights: &'a [u8],
     pub rows: usize,
     pub input: usize,
@@ -46,6 +50,14 @@ pub fn matvec_many_quant(jobs: &[MatVecJob], inputs: &[&[f32]], outs: &mut [&mut
         );
         assert!(job.input < inputs.len(), "input {} out of range", job.input);
         assert_eq!(out.len(), job.rows, "one output per row");
+        if job.layout == RowLayout::Interleaved {
+            assert!(
+                interleaved::can_interleave(job.ty) && job.rows.is_multiple_of(ROWS_TOGETHER),
+                "{} rows of {} are not interleaved groups",
+                job.rows,
+                job.ty.name()
+            );
+        }
         let cols = inputs[job.input].len();
         let row_bytes = job
             .ty
@@ -92,6 +104,16 @@ pub fn matvec_many_quant(jobs: &[MatVecJob], inputs: &[&[f32]], outs: &mut [&mut
             let job = &jobs[index];
             let row_bytes = job.weights.len() / job.rows;
             let (x0, xk) = (&q8_0[job.input], &q8_k[job.input]);
+            if job.layout == RowLayout::Interleaved {
+                let group_bytes = ROWS_TOGETHER * row_bytes;
+                let first = first_row * row_bytes;
+                let groups = job.weights[first..first + values.len() * row_bytes]
+                    .chunks_exact(group_bytes);
+                for (group, values) in groups.zip(values.chunks_exact_mut(ROWS_TOGETHER)) {
+                    values.copy_from_slice(&interleaved::dot_group(job.ty, group, xk));
+                }
+                return;
+            }
             for (offset, value) in values.iter_mut().enumerate() {
                 let start = (first_row + offset) * row_bytes;
                 let row = &job.weights[start..start + row_bytes];
@@ -153,6 +175,7 @@ mod tests {
             .iter()
             .map(|(ty, rows, input, bytes)| MatVecJob {
                 ty: *ty,
+                layout: RowLayout::InFileOrder,
                 weights: bytes,
                 rows: *rows,
                 input: *input,
@@ -172,11 +195,42 @@ mod tests {
     }
 
     #[test]
+    fn interleaved_jobs_match_their_rows_in_file_order() {
+        let cols = 512;
+        let input: Vec<f32> = (0..cols).map(|c| ((c * 5) % 17) as f32 / 8.0 - 1.0).collect();
+        for ty in GgmlType::ALL.into_iter().filter(|&ty| interleaved::can_interleave(ty)) {
+            // Three tasks' worth of rows, the last one short.
+            let rows = 136;
+            let row_bytes = ty.row_bytes(cols).unwrap();
+            let bytes = random_blocks(ty, rows * cols / ty.block_len(), &mut Rng::new(3));
+            let packed = interleaved::interleave(ty, &bytes, rows, row_bytes);
+            let jobs = [RowLayout::InFileOrder, RowLayout::Interleaved].map(|layout| MatVecJob {
+                ty,
+                layout,
+                weights: if layout == RowLayout::Interleaved { &packed } else { &bytes },
+                rows,
+                input: 0,
+            });
+            let (mut in_order, mut grouped) = (vec![0f32; rows], vec![0f32; rows]);
+            matvec_many_quant(&jobs, &[&input], &mut [&mut in_order, &mut grouped]);
+            let largest = in_order.iter().fold(0f32, |m, v| m.max(v.abs()));
+            for (row, (a, b)) in in_order.iter().zip(&grouped).enumerate() {
+                assert!(
+                    (a - b).abs() <= 1e-5 * largest,
+                    "{} row {row}: {a} vs {b}",
+                    ty.name()
+                );
+            }
+        }
+    }
+
+    #[test]
     #[should_panic(expected = "not a block format")]
     fn float_types_are_refused() {
         let weights = vec![0u8; 4 * 256];
         let job = MatVecJob {
             ty: GgmlType::F32,
+            layout: RowLayout::InFileOrder,
             weights: &weights,
             rows: 1,
             input: 0,
