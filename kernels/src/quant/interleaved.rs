@@ -5,8 +5,8 @@
 //! The layout is ours, not the file's: a loader rearranges a weight once, when it loads it, and
 //! every product of a decode step or a prompt then reads eight rows per vector instruction.
 
-use super::activations::BlockQ8K;
-use super::{GgmlType, q4_k_x8};
+use super::activations::{BlockQ8_0, BlockQ8K};
+use super::{GgmlType, q4_k_x8, q8_0_x8};
 
 /// Rows stored together in an interleaved layout.
 pub const ROWS_TOGETHER: usize = 8;
@@ -24,7 +24,7 @@ pub enum RowLayout {
 
 /// Whether `ty` has an interleaved layout and kernels for it.
 pub fn can_interleave(ty: GgmlType) -> bool {
-    matches!(ty, GgmlType::Q4K)
+    matches!(ty, GgmlType::Q4K | GgmlType::Q8_0 | GgmlType::Q5_0)
 }
 
 /// `rows` rows of `ty` (`row_bytes` each, in file order) rearranged into interleaved groups of
@@ -35,6 +35,7 @@ pub fn can_interleave(ty: GgmlType) -> bool {
 pub fn interleave(ty: GgmlType, bytes: &[u8], rows: usize, row_bytes: usize) -> Vec<u8> {
     match ty {
         GgmlType::Q4K => q4_k_x8::interleave(bytes, rows, row_bytes),
+        GgmlType::Q8_0 | GgmlType::Q5_0 => q8_0_x8::interleave(ty, bytes, rows, row_bytes),
         _ => panic!("{} has no interleaved layout", ty.name()),
     }
 }
@@ -43,6 +44,7 @@ pub fn interleave(ty: GgmlType, bytes: &[u8], rows: usize, row_bytes: usize) -> 
 pub fn deinterleave(ty: GgmlType, bytes: &[u8], rows: usize, row_bytes: usize) -> Vec<u8> {
     match ty {
         GgmlType::Q4K => q4_k_x8::deinterleave(bytes, rows, row_bytes),
+        GgmlType::Q8_0 | GgmlType::Q5_0 => q8_0_x8::deinterleave(ty, bytes, rows, row_bytes),
         _ => panic!("{} has no interleaved layout", ty.name()),
     }
 }
@@ -59,17 +61,40 @@ pub fn matmul_interleaved(
 ) {
     match ty {
         GgmlType::Q4K => q4_k_x8::matmul_interleaved(weights, rows, cols, x, n, y),
+        GgmlType::Q8_0 | GgmlType::Q5_0 => {
+            q8_0_x8::matmul_interleaved(ty, weights, rows, cols, x, n, y)
+        }
         _ => panic!("{} has no interleaved layout", ty.name()),
     }
 }
 
-/// One group of eight interleaved rows of `ty` times one input, already quantized in the block
-/// type `ty` pairs with (what [`super::matvec_many_quant`] prepares once per input).
-pub(super) fn dot_group(ty: GgmlType, group: &[u8], q8_k: &[BlockQ8K]) -> [f32; ROWS_TOGETHER] {
+/// One input row, quantized once for every matrix of a [`super::matvec_many_quant`] pass that
+/// takes it: in the block types its matrices pair with (empty where none does).
+#[derive(Clone, Copy)]
+pub(super) struct PreparedInput<'a> {
+    pub(super) q8_0: &'a [BlockQ8_0],
+    /// [`q8_0_x8::offsets`] of `q8_0`, for interleaved Q5_0.
+    pub(super) q5_0_offsets: &'a [i32],
+    pub(super) q8_k: &'a [BlockQ8K],
+}
+
+/// One group of eight interleaved rows of `ty` times one prepared input.
+pub(super) fn dot_group(
+    ty: GgmlType,
+    group: &[u8],
+    input: PreparedInput<'_>,
+) -> [f32; ROWS_TOGETHER] {
     match ty {
         GgmlType::Q4K => {
-            let [products] = q4_k_x8::dot_group(group, [q8_k]);
+            let [products] = q4_k_x8::dot_group(group, [input.q8_k]);
             products
+        }
+        GgmlType::Q8_0 | GgmlType::Q5_0 => {
+            let input = q8_0_x8::Input {
+                blocks: input.q8_0,
+                offsets: input.q5_0_offsets,
+            };
+            q8_0_x8::dot_group_one(ty, group, input)
         }
         _ => panic!("{} has no interleaved layout", ty.name()),
     }

@@ -10,7 +10,8 @@
 use rayon::prelude::*;
 
 use super::activations::{BlockQ8_0, BlockQ8K, QK_K, QK8_0};
-use super::interleaved::{self, ROWS_TOGETHER, RowLayout};
+use super::interleaved::{self, PreparedInput, ROWS_TOGETHER, RowLayout};
+use super::q8_0_x8;
 use super::matmul::{q8_0_inputs, q8_k_inputs};
 use super::{
     GgmlType, dot_q4_0_q8_0, dot_q4_k_q8_k, dot_q5_0_q8_0, dot_q5_k_q8_k, dot_q6_k_q8_k,
@@ -92,6 +93,19 @@ pub fn matvec_many_quant(jobs: &[MatVecJob], inputs: &[&[f32]], outs: &mut [&mut
             }
         })
         .collect();
+    let q5_0_offsets: Vec<Vec<i32>> = (0..inputs.len())
+        .map(|i| {
+            // Only Q5_0 reads them, but the interleaved 32-value kernels take them together.
+            let interleaved_32 = jobs.iter().any(|j| {
+                j.input == i && j.ty.block_len() == QK8_0 && j.layout == RowLayout::Interleaved
+            });
+            if interleaved_32 {
+                q8_0_x8::offsets(&q8_0[i])
+            } else {
+                Vec::new()
+            }
+        })
+        .collect();
     let mut tasks: Vec<(usize, usize, &mut [f32])> = Vec::new();
     for (index, out) in outs.iter_mut().enumerate() {
         for (chunk, values) in out.chunks_mut(ROWS_PER_TASK).enumerate() {
@@ -109,8 +123,13 @@ pub fn matvec_many_quant(jobs: &[MatVecJob], inputs: &[&[f32]], outs: &mut [&mut
                 let first = first_row * row_bytes;
                 let groups = job.weights[first..first + values.len() * row_bytes]
                     .chunks_exact(group_bytes);
+                let input = PreparedInput {
+                    q8_0: x0,
+                    q5_0_offsets: &q5_0_offsets[job.input],
+                    q8_k: xk,
+                };
                 for (group, values) in groups.zip(values.chunks_exact_mut(ROWS_TOGETHER)) {
-                    values.copy_from_slice(&interleaved::dot_group(job.ty, group, xk));
+                    values.copy_from_slice(&interleaved::dot_group(job.ty, group, input));
                 }
                 return;
             }

@@ -23,6 +23,7 @@ mod matvec_many;
 mod q4_0;
 mod q4_k;
 pub mod q4_k_x8;
+pub mod q8_0_x8;
 mod q5_0;
 mod q5_k;
 mod q6_k;

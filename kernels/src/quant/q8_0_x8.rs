@@ -1,0 +1,706 @@
+//! Q8_0 and Q5_0, the 32-value formats a Q4_K_M file keeps the experts' down projections in,
+//! with eight rows interleaved: the same blocks as a GGUF file's rows, rearranged so that one
+//! vector instruction works on eight rows at once. (Both meet Q8_0 inputs, hence the name.)
+//!
+//! A row-by-row product converts one f16 scale per block per row, adds up a row's eight lanes
+//! at the end and, in Q5_0, expands 32 fifth bits per block per row. With eight rows side by
+//! side, each 32-byte load holds a 4-value piece of every row and meets the input's four
+//! matching quants broadcast, the eight rows' scales convert in one instruction, and the lanes of
+//! the float accumulator are the eight rows' products. The layout is [`q4_k_x8`]'s idea (see
+//! there) for these formats.
+//!
+//! Layout: a matrix of `rows` (a multiple of 8) rows is `rows / 8` groups, each group the blocks
+//! of its eight rows in column order, one *group block* per column of blocks: eight blocks'
+//! bytes, so the matrix keeps its size. In Q8_0 (272 bytes):
+//!
+//! | bytes | what |
+//! |---|---|
+//! | 0..16 | the eight rows' `d` (f16), row r at 2r |
+//! | 16..272 | the quants: quants 4j..4j + 4 of row r at 16 + 32j + 4r |
+//!
+//! In Q5_0 (176 bytes), with q\[i\] in 0..=31 the 5-bit quant of value i of row r (its value
+//! is d (q\[i\] - 16)), and k in 0..4:
+//!
+//! | bytes | what |
+//! |---|---|
+//! | 0..16 | the eight rows' `d` (f16), row r at 2r |
+//! | 16..144 | four vectors V_p (p in 0..4) at 16 + 32p: byte 4r + k of V_p is q\[4p + k\] in its low five bits and q\[16 + 4p + k\] >> 2 in its top three |
+//! | 144..176 | byte 4r + k: bits 2p, 2p + 1 are q\[16 + 4p + k\] & 3, for p in 0..4 |
+//!
+//! The file's nibbles and fifth bits are repacked so that the kernel gets the 5-bit quants of
+//! eight rows' four values with one AND (values 0..16) or five operations (values 16..32):
+//! 23 per group block, where nibbles and a vector of fifth bits would take 35.
+//!
+//! [`q4_k_x8`]: super::q4_k_x8
+
+use super::GgmlType;
+use super::activations::{BlockQ8_0, QK8_0};
+use super::matmul::{SUB_BAND_BYTES, for_each_band, q8_0_inputs};
+
+/// Rows interleaved together.
+pub const ROWS: usize = 8;
+/// Where a group block's quants start, after the eight rows' f16 scales.
+const QUANTS_AT: usize = 16;
+
+/// What the shared code knows of a format: its block, where a row's block goes in a group
+/// block, and its share of the AVX2 kernel.
+trait Format {
+    const TYPE: GgmlType;
+    /// Bytes of one block of one row, as in a GGUF file.
+    const BLOCK_BYTES: usize;
+    const GROUP_BLOCK_BYTES: usize = ROWS * Self::BLOCK_BYTES;
+    /// Inputs a group meets at once when there are that many (1, 2 or 4; the rest go one at a
+    /// time): each shares the group's loads and unpacking among them.
+    const INPUTS_AT_ONCE: usize;
+
+    /// Writes `block` (row r's) into its places in `group_block`.
+    fn interleave_block(block: &[u8], r: usize, group_block: &mut [u8]);
+
+    /// Row r's block from `group_block`, into `block`: the inverse of
+    /// [`Format::interleave_block`].
+    fn deinterleave_block(group_block: &[u8], r: usize, block: &mut [u8]);
+
+    /// The row-by-row product of one row (file layout) and one input.
+    fn dot_row(row: &[u8], x: &[BlockQ8_0]) -> f32;
+
+    /// The eight rows' integer dot products with each input's block `b` (lane r: row r's), for
+    /// one group block. Every sum is exact.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2, FMA and F16C (implementations are compiled for them).
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn block_dots<const N: usize>(
+        group_block: &[u8],
+        inputs: &[Input<'_>; N],
+        b: usize,
+    ) -> [std::arch::x86_64::__m256i; N];
+}
+
+/// An input row as the kernels take it: its Q8_0 blocks and each block's [`q5_0_offset`] (which
+/// only Q5_0's kernel reads).
+#[derive(Clone, Copy)]
+pub(super) struct Input<'a> {
+    pub(super) blocks: &'a [BlockQ8_0],
+    pub(super) offsets: &'a [i32],
+}
+
+/// Q8_0's group block (see the module docs).
+struct Q8_0;
+
+impl Format for Q8_0 {
+    const TYPE: GgmlType = GgmlType::Q8_0;
+    const BLOCK_BYTES: usize = 34;
+    /// Inputs share only the loads and the magnitudes (16 of about 50 instructions per group
+    /// block and input), and with two, LLVM unrolls the piece loop and keeps an accumulator on
+    /// the stack across blocks; with four the loop stays a loop and nothing spills (same run, 1
+    /// thread, 2048x1408, n = 8: 640 us a call one at a time, 871 in pairs, 543 in fours).
+    const INPUTS_AT_ONCE: usize = 4;
+
+    fn interleave_block(block: &[u8], r: usize, group_block: &mut [u8]) {
+        group_block[2 * r..2 * r + 2].copy_from_slice(&block[..2]);
+        for (piece, quants) in block[2..].chunks_exact(4).enumerate() {
+            let to = QUANTS_AT + 32 * piece + 4 * r;
+            group_block[to..to + 4].copy_from_slice(quants);
+        }
+    }
+
+    fn deinterleave_block(group_block: &[u8], r: usize, block: &mut [u8]) {
+        block[..2].copy_from_slice(&group_block[2 * r..2 * r + 2]);
+        for (piece, quants) in block[2..].chunks_exact_mut(4).enumerate() {
+            let from = QUANTS_AT + 32 * piece + 4 * r;
+            quants.copy_from_slice(&group_block[from..from + 4]);
+        }
+    }
+
+    fn dot_row(row: &[u8], x: &[BlockQ8_0]) -> f32 {
+        super::dot_q8_0_q8_0(row, x)
+    }
+
+    /// Per piece: |w| as the unsigned operand of `maddubs` and w's sign moved onto the input's
+    /// quants, as the row-by-row kernel does. A pair of products is up to 2 * 128 * 127 = 32512
+    /// (a weight may be -128), so two pieces' pairs could pass i16: each piece's pairs widen to
+    /// i32 at once.
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn block_dots<const N: usize>(
+        group_block: &[u8],
+        inputs: &[Input<'_>; N],
+        b: usize,
+    ) -> [std::arch::x86_64::__m256i; N] {
+        use super::x86::*;
+        use std::arch::x86_64::*;
+        let mut sums = [_mm256_setzero_si256(); N];
+        for piece in 0..8 {
+            let weights = load_u8x32(&group_block[QUANTS_AT + 32 * piece..]);
+            let magnitudes = _mm256_sign_epi8(weights, weights);
+            for k in 0..N {
+                let quants = _mm256_set1_epi32(four_quants(&inputs[k].blocks[b].quants, 4 * piece));
+                sums[k] =
+                    _mm256_add_epi32(sums[k], dot_magnitudes_signs(magnitudes, weights, quants));
+            }
+        }
+        sums
+    }
+}
+
+/// Q5_0's group block (see the module docs).
+struct Q5_0;
+
+/// Where Q5_0's group block keeps the low two bits of the quants of values 16..32.
+const Q5_0_LOW_BITS_AT: usize = QUANTS_AT + 4 * 32;
+
+/// The 5-bit quants (0..=31) of a Q5_0 block: f16 d, a u32 whose bit i is value i's fifth bit,
+/// 16 bytes of nibbles (value i's low four bits in byte i % 16, low nibble for i < 16).
+fn q5_0_quants(block: &[u8]) -> [u8; QK8_0] {
+    let fifth_bits = u32::from_le_bytes([block[2], block[3], block[4], block[5]]);
+    std::array::from_fn(|i| {
+        let nibble = (block[6 + i % 16] >> (4 * (i / 16))) & 0x0F;
+        nibble | (((fifth_bits >> i) & 1) as u8) << 4
+    })
+}
+
+impl Format for Q5_0 {
+    const TYPE: GgmlType = GgmlType::Q5_0;
+    const BLOCK_BYTES: usize = 22;
+    /// Unpacking is a third of the work for one input; with four inputs the unrolled loop
+    /// spills (same run, 1 thread, 2048x1408, n = 8: 639 us a call one at a time, 483 in pairs,
+    /// 537 in fours).
+    const INPUTS_AT_ONCE: usize = 2;
+
+    fn interleave_block(block: &[u8], r: usize, group_block: &mut [u8]) {
+        group_block[2 * r..2 * r + 2].copy_from_slice(&block[..2]);
+        let q = q5_0_quants(block);
+        for k in 0..4 {
+            let mut low_bits = 0;
+            for p in 0..4 {
+                let (first, second) = (q[4 * p + k], q[16 + 4 * p + k]);
+                group_block[QUANTS_AT + 32 * p + 4 * r + k] = first | (second >> 2) << 5;
+                low_bits |= (second & 3) << (2 * p);
+            }
+            group_block[Q5_0_LOW_BITS_AT + 4 * r + k] = low_bits;
+        }
+    }
+
+    fn deinterleave_block(group_block: &[u8], r: usize, block: &mut [u8]) {
+        block[..2].copy_from_slice(&group_block[2 * r..2 * r + 2]);
+        let mut q = [0u8; QK8_0];
+        for k in 0..4 {
+            let low_bits = group_block[Q5_0_LOW_BITS_AT + 4 * r + k];
+            for p in 0..4 {
+                let packed = group_block[QUANTS_AT + 32 * p + 4 * r + k];
+                q[4 * p + k] = packed & 0x1F;
+                q[16 + 4 * p + k] = (packed >> 5) << 2 | ((low_bits >> (2 * p)) & 3);
+            }
+        }
+        let fifth_bits = (0..QK8_0).fold(0u32, |bits, i| bits | ((q[i] >> 4) as u32 & 1) << i);
+        block[2..6].copy_from_slice(&fifth_bits.to_le_bytes());
+        for i in 0..16 {
+            block[6 + i] = (q[i] & 0x0F) | (q[16 + i] & 0x0F) << 4;
+        }
+    }
+
+    fn dot_row(row: &[u8], x: &[BlockQ8_0]) -> f32 {
+        super::dot_q5_0_q8_0(row, x)
+    }
+
+    /// The quants go in unsigned (0..=31, what `maddubs` wants on that side), each piece's pairs
+    /// into one i16 sum per lane, and the input's [`q5_0_offset`] comes off before the sums
+    /// widen. A pair of products is at most 2 * 31 * 127 = 7874, so `maddubs` never saturates;
+    /// the eight pieces' total may pass i16, but the i16 additions wrap, and what is left after
+    /// the offset, a sum of 16 products (q - 16) a with |q - 16| <= 16, is at most
+    /// 16 * 16 * 127 = 32512 in magnitude: it fits, so the wrapped sum is the exact one.
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn block_dots<const N: usize>(
+        group_block: &[u8],
+        inputs: &[Input<'_>; N],
+        b: usize,
+    ) -> [std::arch::x86_64::__m256i; N] {
+        use super::x86::*;
+        use std::arch::x86_64::*;
+        let low_five = _mm256_set1_epi8(0x1F);
+        let bits_two_to_four = _mm256_set1_epi8(0x1C);
+        let low_two = _mm256_set1_epi8(0x03);
+        let low_bits = load_u8x32(&group_block[Q5_0_LOW_BITS_AT..]);
+        let mut sums = [_mm256_setzero_si256(); N];
+        for p in 0..4 {
+            let packed = load_u8x32(&group_block[QUANTS_AT + 32 * p..]);
+            let first = _mm256_and_si256(packed, low_five);
+            // A 16-bit shift moves the neighbour byte's bits in; the masks drop them.
+            let low_two_bits = match p {
+                0 => low_bits,
+                1 => _mm256_srli_epi16(low_bits, 2),
+                2 => _mm256_srli_epi16(low_bits, 4),
+                _ => _mm256_srli_epi16(low_bits, 6),
+            };
+            let second = _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16(packed, 3), bits_two_to_four),
+                _mm256_and_si256(low_two_bits, low_two),
+            );
+            for k in 0..N {
+                let quants = &inputs[k].blocks[b].quants;
+                let first_quants = _mm256_set1_epi32(four_quants(quants, 4 * p));
+                let second_quants = _mm256_set1_epi32(four_quants(quants, 16 + 4 * p));
+                sums[k] = _mm256_add_epi16(sums[k], _mm256_maddubs_epi16(first, first_quants));
+                sums[k] = _mm256_add_epi16(sums[k], _mm256_maddubs_epi16(second, second_quants));
+            }
+        }
+        let ones = _mm256_set1_epi16(1);
+        for k in 0..N {
+            let offset = _mm256_set1_epi32(inputs[k].offsets[b]);
+            sums[k] = _mm256_madd_epi16(_mm256_sub_epi16(sums[k], offset), ones);
+        }
+        sums
+    }
+}
+
+/// What Q5_0's kernel subtracts from its i16 sums for one input block, to turn the unsigned
+/// quants q into q - 16: 16 times the sum over the block's eight 4-value pieces of the piece's
+/// quants 0 and 1 (in the low i16) and of its quants 2 and 3 (in the high i16), the i16 lanes
+/// of `maddubs` over 4-byte pieces. Each is at most 16 * 16 * 127 = 32512 in magnitude.
+fn q5_0_offset(block: &BlockQ8_0) -> i32 {
+    let half = |h: usize| {
+        let sum: i32 = block
+            .quants
+            .chunks_exact(4)
+            .map(|piece| piece[2 * h] as i32 + piece[2 * h + 1] as i32)
+            .sum();
+        (16 * sum) as i16 as u16 as u32
+    };
+    (half(0) | half(1) << 16) as i32
+}
+
+/// The four quants from `first` on as one little-endian i32, to broadcast to every row's lane.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn four_quants(quants: &[i8; QK8_0], first: usize) -> i32 {
+    i32::from_le_bytes(std::array::from_fn(|i| quants[first + i] as u8))
+}
+
+/// The format for `ty`, or a panic for a type this module does not interleave.
+macro_rules! with_format {
+    ($ty:expr, $format:ident => $body:expr) => {
+        match $ty {
+            GgmlType::Q8_0 => {
+                type $format = Q8_0;
+                $body
+            }
+            GgmlType::Q5_0 => {
+                type $format = Q5_0;
+                $body
+            }
+            other => panic!(
+                "{} rows are not interleaved here (Q8_0 and Q5_0 are)",
+                other.name()
+            ),
+        }
+    };
+}
+
+/// Each block's [`q5_0_offset`]: an input row's [`Input::offsets`], computed once per row.
+pub(super) fn offsets(blocks: &[BlockQ8_0]) -> Vec<i32> {
+    blocks.iter().map(q5_0_offset).collect()
+}
+
+/// One group of eight interleaved rows of `ty` (Q8_0 or Q5_0) times one input: a decode step's
+/// share of [`super::matvec_many_quant`].
+pub(super) fn dot_group_one(ty: GgmlType, group: &[u8], input: Input<'_>) -> [f32; ROWS] {
+    with_format!(ty, F => dot_group::<F, 1>(group, [input])[0])
+}
+
+/// `rows` rows of Q8_0 or Q5_0 blocks (`row_bytes` each, as in a GGUF file) rearranged into
+/// groups of eight interleaved rows.
+///
+/// Panics unless `ty` is Q8_0 or Q5_0, `rows` is a multiple of 8 and `bytes` holds `rows` rows
+/// of whole blocks.
+pub fn interleave(ty: GgmlType, bytes: &[u8], rows: usize, row_bytes: usize) -> Vec<u8> {
+    with_format!(ty, F => interleave_rows::<F>(bytes, rows, row_bytes))
+}
+
+/// The inverse of [`interleave`]: the rows of each group as a GGUF file lays them out (for
+/// dequantizing, and for the portable kernel).
+///
+/// Panics as [`interleave`].
+pub fn deinterleave(ty: GgmlType, bytes: &[u8], rows: usize, row_bytes: usize) -> Vec<u8> {
+    with_format!(ty, F => deinterleave_rows::<F>(bytes, rows, row_bytes))
+}
+
+fn check_shape<F: Format>(bytes: &[u8], rows: usize, row_bytes: usize) {
+    assert!(
+        rows.is_multiple_of(ROWS),
+        "{rows} rows do not split into groups of {ROWS}"
+    );
+    assert!(
+        row_bytes.is_multiple_of(F::BLOCK_BYTES) && bytes.len() == rows * row_bytes,
+        "{} bytes are not {rows} rows of {row_bytes} bytes of {} blocks",
+        bytes.len(),
+        F::TYPE.name()
+    );
+}
+
+fn interleave_rows<F: Format>(bytes: &[u8], rows: usize, row_bytes: usize) -> Vec<u8> {
+    check_shape::<F>(bytes, rows, row_bytes);
+    let mut out = vec![0u8; bytes.len()];
+    for (source, target) in bytes
+        .chunks_exact(ROWS * row_bytes)
+        .zip(out.chunks_exact_mut(ROWS * row_bytes))
+    {
+        for (b, group_block) in target.chunks_exact_mut(F::GROUP_BLOCK_BYTES).enumerate() {
+            for r in 0..ROWS {
+                let at = r * row_bytes + b * F::BLOCK_BYTES;
+                F::interleave_block(&source[at..at + F::BLOCK_BYTES], r, group_block);
+            }
+        }
+    }
+    out
+}
+
+fn deinterleave_rows<F: Format>(bytes: &[u8], rows: usize, row_bytes: usize) -> Vec<u8> {
+    check_shape::<F>(bytes, rows, row_bytes);
+    let mut out = vec![0u8; bytes.len()];
+    for (source, target) in bytes
+        .chunks_exact(ROWS * row_bytes)
+        .zip(out.chunks_exact_mut(ROWS * row_bytes))
+    {
+        for (b, group_block) in source.chunks_exact(F::GROUP_BLOCK_BYTES).enumerate() {
+            for r in 0..ROWS {
+                let at = r * row_bytes + b * F::BLOCK_BYTES;
+                F::deinterleave_block(group_block, r, &mut target[at..at + F::BLOCK_BYTES]);
+            }
+        }
+    }
+    out
+}
+
+/// Writes X W^T into `y` ([n, rows]) for `n` input rows `x` ([n, cols]) and W (`ty`, Q8_0 or
+/// Q5_0) as [`interleave`] left it: [`super::matmul_rows_quant`] for interleaved rows. Each
+/// thread takes bands of whole groups; with more inputs than a group meets at once, a band goes
+/// in sub-bands that stay in cache while every few inputs pass over them.
+///
+/// Panics unless `ty` is Q8_0 or Q5_0, `rows` is a multiple of 8, `cols` of 32, and the slices
+/// hold what the sizes say (caller bugs).
+pub fn matmul_interleaved(
+    ty: GgmlType,
+    weights: &[u8],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    n: usize,
+    y: &mut [f32],
+) {
+    with_format!(ty, F => matmul::<F>(weights, rows, cols, x, n, y))
+}
+
+fn matmul<F: Format>(weights: &[u8], rows: usize, cols: usize, x: &[f32], n: usize, y: &mut [f32]) {
+    let name = F::TYPE.name();
+    assert!(
+        rows.is_multiple_of(ROWS) && cols.is_multiple_of(QK8_0),
+        "interleaved {name} takes rows in eights and columns in 32s, not {rows} x {cols}"
+    );
+    let row_bytes = cols / QK8_0 * F::BLOCK_BYTES;
+    assert_eq!(
+        weights.len(),
+        rows * row_bytes,
+        "{rows} x {cols} {name} values"
+    );
+    assert_eq!(x.len(), n * cols, "x must hold n x cols values");
+    assert_eq!(y.len(), n * rows, "y must hold n x rows values");
+    if rows == 0 || n == 0 {
+        return;
+    }
+    if cols == 0 {
+        y.fill(0.0);
+        return;
+    }
+    let blocks_of_inputs = q8_0_inputs(x);
+    let offsets = offsets(&blocks_of_inputs);
+    let blocks = cols / QK8_0;
+    let group_bytes = ROWS * row_bytes;
+    let sub_band = (SUB_BAND_BYTES / group_bytes).max(1) * group_bytes;
+    for_each_band(weights, row_bytes, ROWS, n, y, |band, out| {
+        for (sub_band, out) in band
+            .chunks(sub_band)
+            .zip(out.chunks_mut(sub_band / row_bytes * n))
+        {
+            let mut first = 0;
+            while first < n {
+                let take = if n - first >= F::INPUTS_AT_ONCE {
+                    F::INPUTS_AT_ONCE
+                } else {
+                    1
+                };
+                let input = |k: usize| {
+                    let these = (first + k) * blocks..(first + k + 1) * blocks;
+                    Input {
+                        blocks: &blocks_of_inputs[these.clone()],
+                        offsets: &offsets[these],
+                    }
+                };
+                for (group, out) in sub_band
+                    .chunks_exact(group_bytes)
+                    .zip(out.chunks_exact_mut(ROWS * n))
+                {
+                    // `out` is this group's rows of Y^T: row r's value for input i at r n + i.
+                    let mut write = |k: usize, products: [f32; ROWS]| {
+                        for (r, product) in products.into_iter().enumerate() {
+                            out[r * n + first + k] = product;
+                        }
+                    };
+                    match take {
+                        4 => {
+                            let inputs = [input(0), input(1), input(2), input(3)];
+                            for (k, products) in
+                                dot_group::<F, 4>(group, inputs).into_iter().enumerate()
+                            {
+                                write(k, products);
+                            }
+                        }
+                        2 => {
+                            let inputs = [input(0), input(1)];
+                            for (k, products) in
+                                dot_group::<F, 2>(group, inputs).into_iter().enumerate()
+                            {
+                                write(k, products);
+                            }
+                        }
+                        _ => write(0, dot_group::<F, 1>(group, [input(0)])[0]),
+                    }
+                }
+                first += take;
+            }
+        }
+    });
+}
+
+/// One group of eight interleaved rows times each of `inputs`: `result[k][r]` is row r times
+/// input k. The integer sums per block are exactly the row-by-row kernel's; the float sums run
+/// in another order, so results agree with it to rounding.
+///
+/// Panics unless the group holds one group block per block of each input, and each input one
+/// offset per block.
+fn dot_group<F: Format, const N: usize>(group: &[u8], inputs: [Input<'_>; N]) -> [[f32; ROWS]; N] {
+    for x in inputs {
+        assert!(
+            group.len() == x.blocks.len() * F::GROUP_BLOCK_BYTES
+                && x.offsets.len() == x.blocks.len(),
+            "a group of {} rows must hold one group block per activation block",
+            F::TYPE.name()
+        );
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        if super::x86::has_avx2_fma_f16c() {
+            // SAFETY: the CPU has the features the function is compiled for.
+            return unsafe { dot_group_avx2::<F, N>(group, inputs) };
+        }
+    }
+    dot_group_portable::<F, N>(group, inputs)
+}
+
+/// Row by row through the format's own kernel, on the group's rows put back in file order.
+fn dot_group_portable<F: Format, const N: usize>(
+    group: &[u8],
+    inputs: [Input<'_>; N],
+) -> [[f32; ROWS]; N] {
+    let row_bytes = group.len() / ROWS;
+    let rows = deinterleave_rows::<F>(group, ROWS, row_bytes);
+    inputs.map(|x| {
+        std::array::from_fn(|r| F::dot_row(&rows[r * row_bytes..(r + 1) * row_bytes], x.blocks))
+    })
+}
+
+/// Per group block: the eight rows' f16 scales in one conversion, the format's exact integer
+/// sums for the eight rows ([`Format::block_dots`]), and one multiply-add per input taking them
+/// into eight float lanes, one per row.
+// Inputs and their accumulators are indexed together.
+#[allow(clippy::needless_range_loop)]
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_group_avx2<F: Format, const N: usize>(
+    group: &[u8],
+    inputs: [Input<'_>; N],
+) -> [[f32; ROWS]; N] {
+    use super::x86::*;
+    use std::arch::x86_64::*;
+    let mut acc = [_mm256_setzero_ps(); N];
+    for (b, group_block) in group.chunks_exact(F::GROUP_BLOCK_BYTES).enumerate() {
+        let d = _mm256_cvtph_ps(load_u8x16(group_block));
+        // SAFETY: the features are on (this function is compiled for them).
+        let dots = unsafe { F::block_dots(group_block, &inputs, b) };
+        for k in 0..N {
+            let act_scale = _mm256_set1_ps(inputs[k].blocks[b].scale);
+            acc[k] = _mm256_fmadd_ps(
+                _mm256_mul_ps(d, act_scale),
+                _mm256_cvtepi32_ps(dots[k]),
+                acc[k],
+            );
+        }
+    }
+    acc.map(|lanes| {
+        let mut out = [0f32; ROWS];
+        // SAFETY: `out` holds 8 floats, and storeu has no alignment requirement.
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), lanes) };
+        out
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::activations::quantize_row_q8_0;
+    use crate::quant::test_support::{Rng, random_blocks};
+
+    fn random_input(blocks: usize, rng: &mut Rng) -> Vec<BlockQ8_0> {
+        let x: Vec<f32> = (0..blocks * QK8_0).map(|_| rng.signed_unit()).collect();
+        let mut out = vec![BlockQ8_0::ZERO; blocks];
+        quantize_row_q8_0(&x, &mut out);
+        out
+    }
+
+    #[test]
+    fn interleaving_round_trips() {
+        let (rows, blocks) = (16, 3);
+        for ty in [GgmlType::Q8_0, GgmlType::Q5_0] {
+            let row_bytes = blocks * ty.block_bytes();
+            let bytes = random_blocks(ty, rows * blocks, &mut Rng::new(7));
+            let packed = interleave(ty, &bytes, rows, row_bytes);
+            assert_ne!(packed, bytes);
+            assert_eq!(deinterleave(ty, &packed, rows, row_bytes), bytes);
+        }
+    }
+
+    /// Sum over the row of |w x|: the scale float rounding is measured against.
+    fn magnitude(ty: GgmlType, row: &[u8], x: &[BlockQ8_0]) -> f32 {
+        let mut w = vec![0f32; x.len() * QK8_0];
+        crate::quant::dequantize(ty, row, &mut w);
+        let x = x.iter().flat_map(|b| b.quants.map(|q| b.scale * q as f32));
+        w.iter().zip(x).map(|(w, x)| (w * x).abs()).sum()
+    }
+
+    /// Eight rows' blocks `bytes` times `inputs`, through the group kernel and the portable
+    /// road, against the row-by-row kernel.
+    fn check_rows<F: Format, const N: usize>(bytes: &[u8], inputs: &[Vec<BlockQ8_0>]) {
+        let row_bytes = bytes.len() / ROWS;
+        let blocks = row_bytes / F::BLOCK_BYTES;
+        let group = interleave_rows::<F>(bytes, ROWS, row_bytes);
+        let offsets: Vec<Vec<i32>> = inputs
+            .iter()
+            .map(|x| x.iter().map(q5_0_offset).collect())
+            .collect();
+        let xs: [Input<'_>; N] = std::array::from_fn(|k| Input {
+            blocks: &inputs[k],
+            offsets: &offsets[k],
+        });
+        let ours = dot_group::<F, N>(&group, xs);
+        let portable = dot_group_portable::<F, N>(&group, xs);
+        for k in 0..N {
+            for r in 0..ROWS {
+                let row = &bytes[r * row_bytes..(r + 1) * row_bytes];
+                let expected = F::dot_row(row, &inputs[k]);
+                // The portable road is the row-by-row kernel itself.
+                assert_eq!(portable[k][r].to_bits(), expected.to_bits());
+                let tolerance = 1e-5 * magnitude(F::TYPE, row, &inputs[k]);
+                assert!(
+                    (ours[k][r] - expected).abs() <= tolerance,
+                    "{} x {blocks} blocks, input {k}, row {r}: {} vs {expected} (tolerance {tolerance})",
+                    F::TYPE.name(),
+                    ours[k][r]
+                );
+            }
+        }
+    }
+
+    fn check_group<F: Format, const N: usize>(blocks: usize, rng: &mut Rng) {
+        let bytes = random_blocks(F::TYPE, ROWS * blocks, rng);
+        let inputs: Vec<Vec<BlockQ8_0>> = (0..N).map(|_| random_input(blocks, rng)).collect();
+        check_rows::<F, N>(&bytes, &inputs);
+    }
+
+    fn groups_match<F: Format>(seed: u64) {
+        let mut rng = Rng::new(seed);
+        for blocks in [1, 2, 5, 8, 44] {
+            check_group::<F, 1>(blocks, &mut rng);
+            check_group::<F, 2>(blocks, &mut rng);
+            check_group::<F, 3>(blocks, &mut rng);
+            check_group::<F, 4>(blocks, &mut rng);
+        }
+    }
+
+    #[test]
+    fn q8_0_groups_match_the_row_by_row_kernel() {
+        groups_match::<Q8_0>(11);
+    }
+
+    #[test]
+    fn q5_0_groups_match_the_row_by_row_kernel() {
+        groups_match::<Q5_0>(12);
+    }
+
+    /// The integer sums' bounds: every weight byte 0x00, 0x80 or 0xFF (Q8_0: 0, -128, -1; Q5_0:
+    /// every quant 0 or 31, every quant -16 for 0x00), scale 1, against inputs whose quants are all
+    /// +127 or all -127 or alternate.
+    fn extremes<F: Format>() {
+        let blocks = 3;
+        let inputs: Vec<Vec<BlockQ8_0>> = [[1.0, 1.0], [-1.0, -1.0], [1.0, -1.0]]
+            .iter()
+            .map(|signs| {
+                let x: Vec<f32> = (0..blocks * QK8_0).map(|i| signs[i % 2]).collect();
+                let mut out = vec![BlockQ8_0::ZERO; blocks];
+                quantize_row_q8_0(&x, &mut out);
+                out
+            })
+            .collect();
+        assert!(inputs[0][0].quants.iter().all(|&q| q == 127));
+        for fill in [0x00, 0x80, 0xFF] {
+            let mut bytes = vec![fill; ROWS * blocks * F::BLOCK_BYTES];
+            for block in bytes.chunks_exact_mut(F::BLOCK_BYTES) {
+                block[..2].copy_from_slice(&half::f16::ONE.to_le_bytes());
+            }
+            check_rows::<F, 3>(&bytes, &inputs);
+        }
+    }
+
+    #[test]
+    fn q8_0_extremes_are_exact() {
+        extremes::<Q8_0>();
+    }
+
+    #[test]
+    fn q5_0_extremes_are_exact() {
+        extremes::<Q5_0>();
+    }
+
+    #[test]
+    fn matmul_matches_the_row_by_row_matmul() {
+        let mut rng = Rng::new(13);
+        let (rows, cols) = (24, 5 * QK8_0);
+        for ty in [GgmlType::Q8_0, GgmlType::Q5_0] {
+            let row_bytes = ty.row_bytes(cols).unwrap();
+            let bytes = random_blocks(ty, rows * cols / QK8_0, &mut rng);
+            let packed = interleave(ty, &bytes, rows, row_bytes);
+            for n in [1, 2, 3, 5] {
+                let x: Vec<f32> = (0..n * cols).map(|_| rng.signed_unit()).collect();
+                let mut expected = vec![0f32; n * rows];
+                crate::quant::matmul_rows_quant(ty, &bytes, rows, cols, &x, n, &mut expected);
+                let mut ours = vec![f32::NAN; n * rows];
+                matmul_interleaved(ty, &packed, rows, cols, &x, n, &mut ours);
+                for i in 0..n {
+                    let mut input = vec![BlockQ8_0::ZERO; cols / QK8_0];
+                    quantize_row_q8_0(&x[i * cols..(i + 1) * cols], &mut input);
+                    for r in 0..rows {
+                        let row = &bytes[r * row_bytes..(r + 1) * row_bytes];
+                        let tolerance = 1e-5 * magnitude(ty, row, &input);
+                        let (got, want) = (ours[i * rows + r], expected[i * rows + r]);
+                        assert!(
+                            (got - want).abs() <= tolerance,
+                            "{} n={n}, input {i}, row {r}: {got} vs {want}",
+                            ty.name()
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
