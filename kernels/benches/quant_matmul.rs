@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use kernels::quant::{GgmlType, matmul_rows_quant, q4_k_x8};
+use kernels::quant::{GgmlType, interleaved, matmul_rows_quant};
 
 /// splitmix64: deterministic and dependency-free.
 struct Rng(u64);
@@ -80,16 +80,20 @@ fn main() {
         .num_threads(threads)
         .build()
         .unwrap();
-    // "x8": the same Q4_K matrix with its rows interleaved in eights (`q4_k_x8`).
-    let cases: [(GgmlType, &str, usize, usize); 11] = [
+    // "x8": the same matrix with its rows interleaved in eights (`kernels::quant::interleaved`).
+    let cases: [(GgmlType, &str, usize, usize); 15] = [
         (GgmlType::Q4K, "expert gate/up", 1408, 2048),
         (GgmlType::Q4K, "x8 expert gate/up", 1408, 2048),
         (GgmlType::Q4K, "dense gate/up", 10944, 2048),
         (GgmlType::Q4K, "x8 dense gate/up", 10944, 2048),
         (GgmlType::Q6K, "output", 102400, 2048),
+        (GgmlType::Q6K, "x8 output", 102400, 2048),
         (GgmlType::Q6K, "expert gate/up", 1408, 2048),
+        (GgmlType::Q6K, "x8 expert gate/up", 1408, 2048),
         (GgmlType::Q5_0, "expert down", 2048, 1408),
+        (GgmlType::Q5_0, "x8 expert down", 2048, 1408),
         (GgmlType::Q8_0, "expert down", 2048, 1408),
+        (GgmlType::Q8_0, "x8 expert down", 2048, 1408),
         (GgmlType::Q8_0, "dense down", 2048, 10944),
         (GgmlType::Q5K, "expert gate/up", 1408, 2048),
         (GgmlType::Q4_0, "expert down", 2048, 1408),
@@ -101,14 +105,14 @@ fn main() {
         if filter.as_ref().is_some_and(|f| !label.contains(f.as_str())) {
             continue;
         }
-        let interleaved = what.starts_with("x8");
+        let x8 = what.starts_with("x8");
         let mut w = weights(ty, rows, cols, &mut rng);
-        if interleaved {
-            w = q4_k_x8::interleave(&w, rows, w.len() / rows);
+        if x8 {
+            w = interleaved::interleave(ty, &w, rows, w.len() / rows);
         }
         let product = |x: &[f32], n: usize, y: &mut [f32]| {
-            if interleaved {
-                q4_k_x8::matmul_interleaved(&w, rows, cols, x, n, y)
+            if x8 {
+                interleaved::matmul_interleaved(ty, &w, rows, cols, x, n, y)
             } else {
                 matmul_rows_quant(ty, &w, rows, cols, x, n, y)
             }

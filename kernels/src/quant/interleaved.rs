@@ -6,7 +6,8 @@
 //! every product of a decode step or a prompt then reads eight rows per vector instruction.
 
 use super::activations::{BlockQ8_0, BlockQ8K};
-use super::{GgmlType, q4_k_x8, q8_0_x8};
+use super::matmul::{PREFETCH_ABOVE_BYTES, SUB_BAND_BYTES, for_each_band};
+use super::{GgmlType, q4_k_x8, q6_k_x8, q8_0_x8};
 
 /// Rows stored together in an interleaved layout.
 pub const ROWS_TOGETHER: usize = 8;
@@ -24,7 +25,10 @@ pub enum RowLayout {
 
 /// Whether `ty` has an interleaved layout and kernels for it.
 pub fn can_interleave(ty: GgmlType) -> bool {
-    matches!(ty, GgmlType::Q4K | GgmlType::Q8_0 | GgmlType::Q5_0)
+    matches!(
+        ty,
+        GgmlType::Q4K | GgmlType::Q6K | GgmlType::Q8_0 | GgmlType::Q5_0
+    )
 }
 
 /// `rows` rows of `ty` (`row_bytes` each, in file order) rearranged into interleaved groups of
@@ -35,6 +39,7 @@ pub fn can_interleave(ty: GgmlType) -> bool {
 pub fn interleave(ty: GgmlType, bytes: &[u8], rows: usize, row_bytes: usize) -> Vec<u8> {
     match ty {
         GgmlType::Q4K => q4_k_x8::interleave(bytes, rows, row_bytes),
+        GgmlType::Q6K => q6_k_x8::interleave(bytes, rows, row_bytes),
         GgmlType::Q8_0 | GgmlType::Q5_0 => q8_0_x8::interleave(ty, bytes, rows, row_bytes),
         _ => panic!("{} has no interleaved layout", ty.name()),
     }
@@ -44,6 +49,7 @@ pub fn interleave(ty: GgmlType, bytes: &[u8], rows: usize, row_bytes: usize) -> 
 pub fn deinterleave(ty: GgmlType, bytes: &[u8], rows: usize, row_bytes: usize) -> Vec<u8> {
     match ty {
         GgmlType::Q4K => q4_k_x8::deinterleave(bytes, rows, row_bytes),
+        GgmlType::Q6K => q6_k_x8::deinterleave(bytes, rows, row_bytes),
         GgmlType::Q8_0 | GgmlType::Q5_0 => q8_0_x8::deinterleave(ty, bytes, rows, row_bytes),
         _ => panic!("{} has no interleaved layout", ty.name()),
     }
@@ -61,6 +67,7 @@ pub fn matmul_interleaved(
 ) {
     match ty {
         GgmlType::Q4K => q4_k_x8::matmul_interleaved(weights, rows, cols, x, n, y),
+        GgmlType::Q6K => q6_k_x8::matmul_interleaved(weights, rows, cols, x, n, y),
         GgmlType::Q8_0 | GgmlType::Q5_0 => {
             q8_0_x8::matmul_interleaved(ty, weights, rows, cols, x, n, y)
         }
@@ -89,6 +96,10 @@ pub(super) fn dot_group(
             let [products] = q4_k_x8::dot_group(group, [input.q8_k]);
             products
         }
+        GgmlType::Q6K => {
+            let [products] = q6_k_x8::dot_group(group, [input.q8_k]);
+            products
+        }
         GgmlType::Q8_0 | GgmlType::Q5_0 => {
             let input = q8_0_x8::Input {
                 blocks: input.q8_0,
@@ -98,4 +109,95 @@ pub(super) fn dot_group(
         }
         _ => panic!("{} has no interleaved layout", ty.name()),
     }
+}
+
+/// The products of one group of eight rows with up to [`MOST_INPUTS_AT_ONCE`] inputs: entry k
+/// holds input k's, for as many inputs as were asked.
+pub(super) type GroupProducts = [[f32; ROWS_TOGETHER]; MOST_INPUTS_AT_ONCE];
+
+/// The most inputs a group kernel meets at once.
+pub(super) const MOST_INPUTS_AT_ONCE: usize = 4;
+
+/// The driver every interleaved format's matmul shares: checks the sizes, then each thread
+/// takes bands of whole groups, in sub-bands that stay in cache while the inputs pass over them
+/// `inputs_at_once` at a time (the rest one at a time). `group_products(group, first, take,
+/// from_memory)` gives the group's products with inputs `first..first + take` (the kernel has the
+/// quantized inputs); `from_memory` says the group comes straight from memory (a large matrix
+/// meeting its first inputs), for kernels that prefetch.
+///
+/// Panics unless `rows` is a multiple of 8, `cols` of `ty`'s block, and the slices hold what
+/// the sizes say (caller bugs).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn matmul_groups(
+    ty: GgmlType,
+    weights: &[u8],
+    rows: usize,
+    cols: usize,
+    n: usize,
+    y: &mut [f32],
+    inputs_at_once: usize,
+    group_products: impl Fn(&[u8], usize, usize, bool) -> GroupProducts + Sync,
+) {
+    let name = ty.name();
+    let row_bytes = ty
+        .row_bytes(cols)
+        .filter(|_| rows.is_multiple_of(ROWS_TOGETHER))
+        .unwrap_or_else(|| {
+            panic!(
+                "interleaved {name} takes rows in eights and columns in {}s, not {rows} x {cols}",
+                ty.block_len()
+            )
+        });
+    assert_eq!(
+        weights.len(),
+        rows * row_bytes,
+        "{rows} x {cols} {name} values"
+    );
+    assert_eq!(y.len(), n * rows, "y must hold n x rows values");
+    assert!((1..=MOST_INPUTS_AT_ONCE).contains(&inputs_at_once));
+    if rows == 0 || n == 0 {
+        return;
+    }
+    if cols == 0 {
+        y.fill(0.0);
+        return;
+    }
+    let group_bytes = ROWS_TOGETHER * row_bytes;
+    let sub_band = (SUB_BAND_BYTES / group_bytes).max(1) * group_bytes;
+    let large = weights.len() > PREFETCH_ABOVE_BYTES;
+    for_each_band(weights, row_bytes, ROWS_TOGETHER, n, y, |band, out| {
+        for (sub_band, out) in band
+            .chunks(sub_band)
+            .zip(out.chunks_mut(sub_band / row_bytes * n))
+        {
+            let mut first = 0;
+            while first < n {
+                let take = if n - first >= inputs_at_once {
+                    inputs_at_once
+                } else {
+                    1
+                };
+                for (group, out) in sub_band
+                    .chunks_exact(group_bytes)
+                    .zip(out.chunks_exact_mut(ROWS_TOGETHER * n))
+                {
+                    // The first inputs meet the sub-band straight from memory; the others find
+                    // it in cache.
+                    let products = group_products(group, first, take, large && first == 0);
+                    // `out` is this group's rows of Y^T: row r's value for input i at r n + i.
+                    for (k, products) in products[..take].iter().enumerate() {
+                        for (r, product) in products.iter().enumerate() {
+                            out[r * n + first + k] = *product;
+                        }
+                    }
+                }
+                first += take;
+            }
+        }
+    });
+}
+
+/// A kernel's products for N inputs as [`GroupProducts`] (zeros past N).
+pub(super) fn padded<const N: usize>(products: [[f32; ROWS_TOGETHER]; N]) -> GroupProducts {
+    std::array::from_fn(|k| products.get(k).copied().unwrap_or_default())
 }

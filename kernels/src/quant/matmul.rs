@@ -139,7 +139,7 @@ pub(super) const SUB_BAND_BYTES: usize = 128 * 1024;
 /// prefetches them a tile ahead (measured: Q6_K 102400 x 2048, n = 8, 2 threads: 71-76 -> 120-126
 /// GOP/s); smaller ones are left to the hardware (prefetching them cost the 32-value formats
 /// 10-25% in cache).
-const PREFETCH_ABOVE_BYTES: usize = 24 << 20;
+pub(super) const PREFETCH_ABOVE_BYTES: usize = 24 << 20;
 
 /// Y, written by bands of W's rows from several threads: band tasks write disjoint sets of
 /// elements (the columns of Y of their own rows).

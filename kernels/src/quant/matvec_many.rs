@@ -11,8 +11,8 @@ use rayon::prelude::*;
 
 use super::activations::{BlockQ8_0, BlockQ8K, QK_K, QK8_0};
 use super::interleaved::{self, PreparedInput, ROWS_TOGETHER, RowLayout};
-use super::q8_0_x8;
 use super::matmul::{q8_0_inputs, q8_k_inputs};
+use super::q8_0_x8;
 use super::{
     GgmlType, dot_q4_0_q8_0, dot_q4_k_q8_k, dot_q5_0_q8_0, dot_q5_k_q8_k, dot_q6_k_q8_k,
     dot_q8_0_q8_0,
@@ -121,8 +121,8 @@ pub fn matvec_many_quant(jobs: &[MatVecJob], inputs: &[&[f32]], outs: &mut [&mut
             if job.layout == RowLayout::Interleaved {
                 let group_bytes = ROWS_TOGETHER * row_bytes;
                 let first = first_row * row_bytes;
-                let groups = job.weights[first..first + values.len() * row_bytes]
-                    .chunks_exact(group_bytes);
+                let groups =
+                    job.weights[first..first + values.len() * row_bytes].chunks_exact(group_bytes);
                 let input = PreparedInput {
                     q8_0: x0,
                     q5_0_offsets: &q5_0_offsets[job.input],
@@ -216,8 +216,13 @@ mod tests {
     #[test]
     fn interleaved_jobs_match_their_rows_in_file_order() {
         let cols = 512;
-        let input: Vec<f32> = (0..cols).map(|c| ((c * 5) % 17) as f32 / 8.0 - 1.0).collect();
-        for ty in GgmlType::ALL.into_iter().filter(|&ty| interleaved::can_interleave(ty)) {
+        let input: Vec<f32> = (0..cols)
+            .map(|c| ((c * 5) % 17) as f32 / 8.0 - 1.0)
+            .collect();
+        for ty in GgmlType::ALL
+            .into_iter()
+            .filter(|&ty| interleaved::can_interleave(ty))
+        {
             // Three tasks' worth of rows, the last one short.
             let rows = 136;
             let row_bytes = ty.row_bytes(cols).unwrap();
@@ -226,7 +231,11 @@ mod tests {
             let jobs = [RowLayout::InFileOrder, RowLayout::Interleaved].map(|layout| MatVecJob {
                 ty,
                 layout,
-                weights: if layout == RowLayout::Interleaved { &packed } else { &bytes },
+                weights: if layout == RowLayout::Interleaved {
+                    &packed
+                } else {
+                    &bytes
+                },
                 rows,
                 input: 0,
             });

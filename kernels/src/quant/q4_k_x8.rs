@@ -24,8 +24,9 @@
 use rayon::prelude::*;
 
 use super::activations::{BlockQ8K, QK_K};
-use super::matmul::{SUB_BAND_BYTES, for_each_band, q8_k_inputs};
-use super::q4_k;
+use super::interleaved::{matmul_groups, padded};
+use super::matmul::q8_k_inputs;
+use super::{GgmlType, q4_k};
 
 /// Rows interleaved together.
 pub const ROWS: usize = 8;
@@ -114,61 +115,24 @@ pub fn matmul_interleaved(
     n: usize,
     y: &mut [f32],
 ) {
-    assert!(
-        rows.is_multiple_of(ROWS) && cols.is_multiple_of(QK_K),
-        "interleaved Q4_K takes rows in eights and columns in 256s, not {rows} x {cols}"
-    );
-    let row_bytes = cols / QK_K * BLOCK_BYTES;
-    assert_eq!(
-        weights.len(),
-        rows * row_bytes,
-        "{rows} x {cols} Q4_K values"
-    );
     assert_eq!(x.len(), n * cols, "x must hold n x cols values");
-    assert_eq!(y.len(), n * rows, "y must hold n x rows values");
-    if rows == 0 || n == 0 {
-        return;
-    }
-    if cols == 0 {
-        y.fill(0.0);
-        return;
-    }
     let inputs = q8_k_inputs(x);
     let blocks = cols / QK_K;
-    let group_bytes = ROWS * row_bytes;
-    let sub_band = (SUB_BAND_BYTES / group_bytes).max(1) * group_bytes;
-    for_each_band(weights, row_bytes, ROWS, n, y, |band, out| {
-        for (sub_band, out) in band
-            .chunks(sub_band)
-            .zip(out.chunks_mut(sub_band / row_bytes * n))
-        {
-            let mut first = 0;
-            while first < n {
-                let take = INPUTS_AT_ONCE.min(n - first);
-                let input = |k: usize| &inputs[(first + k) * blocks..(first + k + 1) * blocks];
-                for (group, out) in sub_band
-                    .chunks_exact(group_bytes)
-                    .zip(out.chunks_exact_mut(ROWS * n))
-                {
-                    // `out` is this group's rows of Y^T: row r's value for input i at r n + i.
-                    let mut write = |k: usize, products: [f32; ROWS]| {
-                        for (r, product) in products.into_iter().enumerate() {
-                            out[r * n + first + k] = product;
-                        }
-                    };
-                    if take == 2 {
-                        let [a, b] = dot_group(group, [input(0), input(1)]);
-                        write(0, a);
-                        write(1, b);
-                    } else {
-                        let [a] = dot_group(group, [input(0)]);
-                        write(0, a);
-                    }
-                }
-                first += take;
-            }
-        }
-    });
+    let input = |k: usize| &inputs[k * blocks..(k + 1) * blocks];
+    let products = |group: &[u8], first: usize, take: usize, _from_memory: bool| match take {
+        2 => padded(dot_group(group, [input(first), input(first + 1)])),
+        _ => padded(dot_group(group, [input(first)])),
+    };
+    matmul_groups(
+        GgmlType::Q4K,
+        weights,
+        rows,
+        cols,
+        n,
+        y,
+        INPUTS_AT_ONCE,
+        products,
+    );
 }
 
 /// One group of eight interleaved rows times each of `inputs`: `result[k][r]` is row r times

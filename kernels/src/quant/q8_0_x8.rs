@@ -35,7 +35,8 @@
 
 use super::GgmlType;
 use super::activations::{BlockQ8_0, QK8_0};
-use super::matmul::{SUB_BAND_BYTES, for_each_band, q8_0_inputs};
+use super::interleaved::{matmul_groups, padded};
+use super::matmul::q8_0_inputs;
 
 /// Rows interleaved together.
 pub const ROWS: usize = 8;
@@ -394,84 +395,35 @@ pub fn matmul_interleaved(
 }
 
 fn matmul<F: Format>(weights: &[u8], rows: usize, cols: usize, x: &[f32], n: usize, y: &mut [f32]) {
-    let name = F::TYPE.name();
-    assert!(
-        rows.is_multiple_of(ROWS) && cols.is_multiple_of(QK8_0),
-        "interleaved {name} takes rows in eights and columns in 32s, not {rows} x {cols}"
-    );
-    let row_bytes = cols / QK8_0 * F::BLOCK_BYTES;
-    assert_eq!(
-        weights.len(),
-        rows * row_bytes,
-        "{rows} x {cols} {name} values"
-    );
     assert_eq!(x.len(), n * cols, "x must hold n x cols values");
-    assert_eq!(y.len(), n * rows, "y must hold n x rows values");
-    if rows == 0 || n == 0 {
-        return;
-    }
-    if cols == 0 {
-        y.fill(0.0);
-        return;
-    }
     let blocks_of_inputs = q8_0_inputs(x);
     let offsets = offsets(&blocks_of_inputs);
     let blocks = cols / QK8_0;
-    let group_bytes = ROWS * row_bytes;
-    let sub_band = (SUB_BAND_BYTES / group_bytes).max(1) * group_bytes;
-    for_each_band(weights, row_bytes, ROWS, n, y, |band, out| {
-        for (sub_band, out) in band
-            .chunks(sub_band)
-            .zip(out.chunks_mut(sub_band / row_bytes * n))
-        {
-            let mut first = 0;
-            while first < n {
-                let take = if n - first >= F::INPUTS_AT_ONCE {
-                    F::INPUTS_AT_ONCE
-                } else {
-                    1
-                };
-                let input = |k: usize| {
-                    let these = (first + k) * blocks..(first + k + 1) * blocks;
-                    Input {
-                        blocks: &blocks_of_inputs[these.clone()],
-                        offsets: &offsets[these],
-                    }
-                };
-                for (group, out) in sub_band
-                    .chunks_exact(group_bytes)
-                    .zip(out.chunks_exact_mut(ROWS * n))
-                {
-                    // `out` is this group's rows of Y^T: row r's value for input i at r n + i.
-                    let mut write = |k: usize, products: [f32; ROWS]| {
-                        for (r, product) in products.into_iter().enumerate() {
-                            out[r * n + first + k] = product;
-                        }
-                    };
-                    match take {
-                        4 => {
-                            let inputs = [input(0), input(1), input(2), input(3)];
-                            for (k, products) in
-                                dot_group::<F, 4>(group, inputs).into_iter().enumerate()
-                            {
-                                write(k, products);
-                            }
-                        }
-                        2 => {
-                            let inputs = [input(0), input(1)];
-                            for (k, products) in
-                                dot_group::<F, 2>(group, inputs).into_iter().enumerate()
-                            {
-                                write(k, products);
-                            }
-                        }
-                        _ => write(0, dot_group::<F, 1>(group, [input(0)])[0]),
-                    }
-                }
-                first += take;
-            }
+    let input = |k: usize| {
+        let these = k * blocks..(k + 1) * blocks;
+        Input {
+            blocks: &blocks_of_inputs[these.clone()],
+            offsets: &offsets[these],
         }
-    });
+    };
+    let products = |group: &[u8], first: usize, take: usize, _from_memory: bool| match take {
+        4 => padded(dot_group::<F, 4>(
+            group,
+            std::array::from_fn(|k| input(first + k)),
+        )),
+        2 => padded(dot_group::<F, 2>(group, [input(first), input(first + 1)])),
+        _ => padded(dot_group::<F, 1>(group, [input(first)])),
+    };
+    matmul_groups(
+        F::TYPE,
+        weights,
+        rows,
+        cols,
+        n,
+        y,
+        F::INPUTS_AT_ONCE,
+        products,
+    );
 }
 
 /// One group of eight interleaved rows times each of `inputs`: `result[k][r]` is row r times

@@ -1,0 +1,566 @@
+//! Q6_K with eight rows interleaved: the same blocks as a GGUF file's Q6_K rows, rearranged so
+//! that one vector instruction works on eight rows at once.
+//!
+//! A row-by-row Q6_K product spends many instructions per block on work of its own row: widening
+//! and shuffling the sixteen scales, converting the f16 factor, and adding up the row's lanes at
+//! the end. With eight rows side by side each of those steps covers eight rows, and the lanes of
+//! the result are the eight rows' products, so nothing is summed across lanes. (As
+//! [`super::q4_k_x8`]; llama.cpp's CPU "repack" buffers do the same, the layout here is our own.)
+//!
+//! Layout: a matrix of `rows` (a multiple of 8) rows is `rows / 8` groups, each group the blocks
+//! of its eight rows in column order, one 1680-byte *group block* per column of Q6_K blocks:
+//!
+//! | bytes | what |
+//! |---|---|
+//! | 0..16 | the eight rows' `d` (f16), row r at 2r |
+//! | 16..144 | the `i8` scales, 16 bytes per pair of sub-blocks (2t, 2t + 1) at 16 + 16t: row r's scale of 2t + e (e = 0, 1) at 16 + 16t + 8 (r / 4) + 4e + r % 4 |
+//! | 144..1680 | the 6-bit quants, 96 bytes per sub-block j (16 values) at 144 + 96j: three 32-byte pieces P0, P1, P2, row r's 4 bytes of Pm at 144 + 96j + 32m + 4r |
+//!
+//! The scales' order is the one `cvtepi8_epi16` and an `unpacklo`/`unpackhi` of the result with
+//! itself turn into row r's scale in both i16 halves of 32-bit lane r, for a `madd` per
+//! sub-block.
+//!
+//! Within a sub-block the bits are rearranged too (ggml splits every quant into a nibble and a
+//! bit pair 64 bytes apart; putting them back together takes 17 instructions per four vectors
+//! of quants, against 11 here). Of row r's 16 quants q0..q15 of sub-block j, byte i
+//! (0..4) of its 4 bytes of piece Pm holds q(4m + i) in bits 0-5 and bits 2m, 2m + 1 of q(12 + i)
+//! in bits 6-7. So one `and` takes four quants of each of the eight rows out of a piece, and
+//! three masked shifts put the last four together.
+//!
+//! A group block holds exactly the bits of eight Q6_K blocks, so the matrix keeps its size.
+
+use super::activations::{BlockQ8K, QK_K};
+use super::interleaved::{matmul_groups, padded};
+use super::matmul::q8_k_inputs;
+use super::{GgmlType, q6_k};
+
+/// Rows interleaved together.
+pub const ROWS: usize = 8;
+const BLOCK_BYTES: usize = 210;
+const GROUP_BLOCK_BYTES: usize = ROWS * BLOCK_BYTES;
+/// Where a Q6_K block (in a file) keeps its scales and its f16 `d`.
+const BLOCK_SCALES: usize = 192;
+const BLOCK_D: usize = 208;
+/// Where a group block keeps its scales and its quants.
+const SCALES_AT: usize = 16;
+const QUANTS_AT: usize = 144;
+/// Bytes of a group block per sub-block of 16 values: three 32-byte pieces.
+const SUB_BLOCK_BYTES: usize = 96;
+
+/// The 256 quants (0..=63, before the offset of 32) of a Q6_K block in value order; see the
+/// layout in [`super::q6_k`].
+fn six_bit_quants(block: &[u8]) -> [u8; QK_K] {
+    std::array::from_fn(|i| {
+        let (half, quarter, l) = (i / 128, i / 32 % 4, i % 32);
+        let nibbles = &block[64 * half..64 * half + 64];
+        let bit_pairs = &block[128 + 32 * half..128 + 32 * half + 32];
+        let low = (nibbles[l + 32 * (quarter % 2)] >> (4 * (quarter / 2))) & 0x0F;
+        let high = (bit_pairs[l] >> (2 * quarter)) & 3;
+        low | (high << 4)
+    })
+}
+
+/// The inverse of [`six_bit_quants`]: writes the 128 nibble bytes and 64 bit-pair bytes.
+fn pack_six_bit_quants(quants: &[u8; QK_K], block: &mut [u8]) {
+    for half in 0..2 {
+        let q = &quants[128 * half..128 * half + 128];
+        for l in 0..32 {
+            block[64 * half + l] = (q[l] & 0x0F) | (q[l + 64] & 0x0F) << 4;
+            block[64 * half + 32 + l] = (q[l + 32] & 0x0F) | (q[l + 96] & 0x0F) << 4;
+            block[128 + 32 * half + l] =
+                (q[l] >> 4) | (q[l + 32] >> 4) << 2 | (q[l + 64] >> 4) << 4 | (q[l + 96] >> 4) << 6;
+        }
+    }
+}
+
+/// Where the scale of sub-block j of row r lies in a group block: the scales of a pair of
+/// sub-blocks (2t, 2t + 1) take 16 bytes, rows 0..4 in the first 8 and rows 4..8 in the last 8,
+/// each half the four rows' scales of 2t, then those of 2t + 1.
+fn scale_at(j: usize, r: usize) -> usize {
+    SCALES_AT + 16 * (j / 2) + 8 * (r / 4) + 4 * (j % 2) + r % 4
+}
+
+/// Where byte i of row r's share of piece `piece` of sub-block j lies in a group block.
+fn piece_at(j: usize, piece: usize, r: usize, i: usize) -> usize {
+    QUANTS_AT + SUB_BLOCK_BYTES * j + 32 * piece + 4 * r + i
+}
+
+/// Writes one Q6_K block as row r of a group block.
+fn put_row(source: &[u8], r: usize, target: &mut [u8]) {
+    target[2 * r..2 * r + 2].copy_from_slice(&source[BLOCK_D..BLOCK_D + 2]);
+    for j in 0..16 {
+        target[scale_at(j, r)] = source[BLOCK_SCALES + j];
+    }
+    let quants = six_bit_quants(source);
+    for (j, q) in quants.chunks_exact(16).enumerate() {
+        for i in 0..4 {
+            let last = q[12 + i];
+            for piece in 0..3 {
+                let top = (last >> (2 * piece)) & 3;
+                target[piece_at(j, piece, r, i)] = q[4 * piece + i] | top << 6;
+            }
+        }
+    }
+}
+
+/// Reads row r of a group block back as a Q6_K block (the inverse of [`put_row`]).
+fn take_row(source: &[u8], r: usize, target: &mut [u8]) {
+    target[BLOCK_D..BLOCK_D + 2].copy_from_slice(&source[2 * r..2 * r + 2]);
+    for j in 0..16 {
+        target[BLOCK_SCALES + j] = source[scale_at(j, r)];
+    }
+    let mut quants = [0u8; QK_K];
+    for (j, q) in quants.chunks_exact_mut(16).enumerate() {
+        for i in 0..4 {
+            let mut last = 0;
+            for piece in 0..3 {
+                let byte = source[piece_at(j, piece, r, i)];
+                q[4 * piece + i] = byte & 0x3F;
+                last |= (byte >> 6) << (2 * piece);
+            }
+            q[12 + i] = last;
+        }
+    }
+    pack_six_bit_quants(&quants, target);
+}
+
+/// `rows` rows of Q6_K blocks (`row_bytes` each, as in a GGUF file) rearranged into groups of
+/// eight interleaved rows.
+///
+/// Panics unless `rows` is a multiple of 8 and `bytes` holds `rows` rows of whole blocks.
+pub fn interleave(bytes: &[u8], rows: usize, row_bytes: usize) -> Vec<u8> {
+    assert!(
+        rows.is_multiple_of(ROWS),
+        "{rows} rows do not split into groups of {ROWS}"
+    );
+    assert!(row_bytes.is_multiple_of(BLOCK_BYTES) && bytes.len() == rows * row_bytes);
+    let mut out = vec![0u8; bytes.len()];
+    for (group, out) in out.chunks_exact_mut(ROWS * row_bytes).enumerate() {
+        for (b, target) in out.chunks_exact_mut(GROUP_BLOCK_BYTES).enumerate() {
+            for r in 0..ROWS {
+                let at = (group * ROWS + r) * row_bytes + b * BLOCK_BYTES;
+                put_row(&bytes[at..at + BLOCK_BYTES], r, target);
+            }
+        }
+    }
+    out
+}
+
+/// The inverse of [`interleave`]: the rows of a group as a GGUF file lays them out (for
+/// dequantizing, and for the portable kernel).
+pub fn deinterleave(bytes: &[u8], rows: usize, row_bytes: usize) -> Vec<u8> {
+    assert!(rows.is_multiple_of(ROWS) && row_bytes.is_multiple_of(BLOCK_BYTES));
+    assert_eq!(bytes.len(), rows * row_bytes);
+    let mut out = vec![0u8; bytes.len()];
+    for (group, source) in bytes.chunks_exact(ROWS * row_bytes).enumerate() {
+        for (b, block) in source.chunks_exact(GROUP_BLOCK_BYTES).enumerate() {
+            for r in 0..ROWS {
+                let at = (group * ROWS + r) * row_bytes + b * BLOCK_BYTES;
+                take_row(block, r, &mut out[at..at + BLOCK_BYTES]);
+            }
+        }
+    }
+    out
+}
+
+/// Inputs one group meets at once: their integer sums and accumulators, with the group's
+/// unpacked quants, fill the sixteen registers.
+const INPUTS_AT_ONCE: usize = 2;
+
+/// Writes X W^T into `y` ([n, rows]) for `n` input rows `x` ([n, cols]) and W as [`interleave`]
+/// left it: [`super::matmul_rows_quant`] for interleaved Q6_K. Each thread takes bands of whole
+/// groups; with more inputs than a group meets at once, a band goes in sub-bands that stay in
+/// cache while every pair of inputs passes over them.
+///
+/// Panics unless `rows` is a multiple of 8, `cols` of 256, and the slices hold what the sizes say
+/// (caller bugs).
+pub fn matmul_interleaved(
+    weights: &[u8],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    n: usize,
+    y: &mut [f32],
+) {
+    assert_eq!(x.len(), n * cols, "x must hold n x cols values");
+    let inputs = q8_k_inputs(x);
+    let blocks = cols / QK_K;
+    let input = |k: usize| &inputs[k * blocks..(k + 1) * blocks];
+    // A large matrix straight from memory is prefetched two group blocks ahead (measured on the
+    // shared 2-core machine, 102400 x 2048, n = 1, 2 threads, median of 8 runs: 10.7 -> 12.7
+    // GB/s); smaller ones are left to the hardware.
+    let products =
+        |group: &[u8], first: usize, take: usize, from_memory: bool| match (take, from_memory) {
+            (2, false) => padded(dot_group(group, [input(first), input(first + 1)])),
+            (2, true) => padded(dot_group_prefetching(
+                group,
+                [input(first), input(first + 1)],
+            )),
+            (_, false) => padded(dot_group(group, [input(first)])),
+            (_, true) => padded(dot_group_prefetching(group, [input(first)])),
+        };
+    matmul_groups(
+        GgmlType::Q6K,
+        weights,
+        rows,
+        cols,
+        n,
+        y,
+        INPUTS_AT_ONCE,
+        products,
+    );
+}
+
+/// One group of eight interleaved rows times each of `inputs`: `result[k][r]` is row r times
+/// input k. Each block's integer sum is exactly the row-by-row kernel's; the float sums run in
+/// another order, so results agree with [`q6_k::dot_q6_k_q8_k`] to rounding.
+///
+/// Panics unless the group holds one group block per block of each input.
+pub(super) fn dot_group<const N: usize>(
+    group: &[u8],
+    inputs: [&[BlockQ8K]; N],
+) -> [[f32; ROWS]; N] {
+    dot_group_with::<N, false>(group, inputs)
+}
+
+/// [`dot_group`], prefetching the weights two group blocks ahead (past the group's end: the
+/// next group of the band), for weights that come from memory.
+fn dot_group_prefetching<const N: usize>(
+    group: &[u8],
+    inputs: [&[BlockQ8K]; N],
+) -> [[f32; ROWS]; N] {
+    dot_group_with::<N, true>(group, inputs)
+}
+
+/// [`dot_group`] on the AVX2 kernel where the CPU has it, else row by row.
+fn dot_group_with<const N: usize, const PREFETCH: bool>(
+    group: &[u8],
+    inputs: [&[BlockQ8K]; N],
+) -> [[f32; ROWS]; N] {
+    for x in inputs {
+        assert_eq!(
+            group.len(),
+            x.len() * GROUP_BLOCK_BYTES,
+            "a group of Q6_K rows must hold one group block per activation block"
+        );
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        if super::x86::has_avx2_fma_f16c() {
+            // SAFETY: the CPU has the features the function is compiled for.
+            return unsafe { dot_group_avx2::<N, PREFETCH>(group, inputs) };
+        }
+    }
+    dot_group_portable(group, inputs)
+}
+
+/// Row by row through the Q6_K kernel, on the group's rows put back in file order.
+fn dot_group_portable<const N: usize>(group: &[u8], inputs: [&[BlockQ8K]; N]) -> [[f32; ROWS]; N] {
+    let row_bytes = group.len() / ROWS;
+    let rows = deinterleave(group, ROWS, row_bytes);
+    inputs.map(|x| {
+        std::array::from_fn(|r| q6_k::dot_q6_k_q8_k(&rows[r * row_bytes..(r + 1) * row_bytes], x))
+    })
+}
+
+/// Per group block, per sub-block of 16 values: three 32-byte loads (a 4-byte piece of each of
+/// the eight rows) give four vectors of unsigned 6-bit quants, each of which meets the input's
+/// four matching quants, broadcast to every row, with `maddubs`. Bounds: a `maddubs` pair sum is
+/// at most 2 * 63 * 127 = 16002 in magnitude, so two of them add up in i16 (32004 <= 32767) but
+/// four might not; each of the sub-block's two i16 sums meets the eight rows' scale for it with
+/// one `madd` (into i32: at most 2 * 128 * 32004 per lane). The offset of 32 is taken off once
+/// per block, as in the row-by-row kernel: 32 * sum over sub-blocks of scale * (the input's
+/// 16-value sum), one `madd` per pair of sub-blocks. A block's total per row is at most
+/// 16 * 128 * 16 * 63 * 127 + 32 * 16 * 128 * 16 * 127 (about 4e8) in magnitude: inside i32.
+/// One multiply-add per block takes the eight rows' totals into eight float lanes. With
+/// `PREFETCH`, each group block first asks for the one two ahead.
+///
+/// For one input, llvm-mca (znver3) puts the loop at about 15 cycles per pair of sub-blocks,
+/// bound by the four vector pipes (59 operations, the eight broadcasts of input quants
+/// included, each of which takes a shuffle slot as well as a load).
+// Inputs and their accumulators are indexed together.
+#[allow(clippy::needless_range_loop)]
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_group_avx2<const N: usize, const PREFETCH: bool>(
+    group: &[u8],
+    inputs: [&[BlockQ8K]; N],
+) -> [[f32; ROWS]; N] {
+    use super::x86::*;
+    use std::arch::x86_64::*;
+    let low_six = _mm256_set1_epi8(0x3F);
+    let top_two = _mm256_set1_epi8(0xC0u8 as i8);
+    let mut acc = [_mm256_setzero_ps(); N];
+    for (b, block) in group.chunks_exact(GROUP_BLOCK_BYTES).enumerate() {
+        let acts: [&BlockQ8K; N] = std::array::from_fn(|k| &inputs[k][b]);
+        if PREFETCH {
+            let ahead = block.as_ptr().wrapping_add(2 * GROUP_BLOCK_BYTES);
+            for line in (0..GROUP_BLOCK_BYTES).step_by(64) {
+                // A hint: it reads nothing and cannot fault, whatever the address (past the end
+                // of the weights it fetches nothing useful).
+                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line).cast());
+            }
+        }
+        let d = _mm256_cvtph_ps(load_u8x16(block));
+        // Per input: sum over sub-blocks of scale * products, and of scale * 16-value sum.
+        let mut products = [_mm256_setzero_si256(); N];
+        let mut offsets = [_mm256_setzero_si256(); N];
+        for pair in 0..8 {
+            // The pair's scales as i16 (rows 0..4 in the low 128-bit half, 4..8 in the high):
+            // unpacked with themselves, row r's scale of sub-block 2 pair (or 2 pair + 1) in
+            // both i16 of lane r, and blended, row r's two scales as the two i16 of lane r.
+            let both = _mm256_cvtepi8_epi16(load_u8x16(&block[SCALES_AT + 16 * pair..]));
+            let scales = [
+                _mm256_unpacklo_epi16(both, both),
+                _mm256_unpackhi_epi16(both, both),
+            ];
+            let scale_pairs = _mm256_blend_epi16(scales[0], scales[1], 0b1010_1010);
+            for k in 0..N {
+                // The input's 16-value sums of the pair as the two i16 of every lane: one
+                // `madd` gives each row s(2 pair) S(2 pair) + s(2 pair + 1) S(2 pair + 1).
+                let sums = &acts[k].sums[2 * pair..2 * pair + 2];
+                let sums = _mm256_set1_epi32((sums[0] as u16 as i32) | ((sums[1] as i32) << 16));
+                offsets[k] = _mm256_add_epi32(offsets[k], _mm256_madd_epi16(scale_pairs, sums));
+            }
+            for half in 0..2 {
+                let j = 2 * pair + half;
+                let scale = scales[half];
+                let at = QUANTS_AT + SUB_BLOCK_BYTES * j;
+                let first = load_u8x32(&block[at..]);
+                let second = load_u8x32(&block[at + 32..]);
+                let third = load_u8x32(&block[at + 64..]);
+                // The shifts are 16-bit wide, but the top-two mask leaves nothing that could
+                // cross into the neighbouring byte's bits that are kept.
+                let last = _mm256_or_si256(
+                    _mm256_or_si256(
+                        _mm256_srli_epi16(_mm256_and_si256(first, top_two), 6),
+                        _mm256_srli_epi16(_mm256_and_si256(second, top_two), 4),
+                    ),
+                    _mm256_srli_epi16(_mm256_and_si256(third, top_two), 2),
+                );
+                let quants = [
+                    _mm256_and_si256(first, low_six),
+                    _mm256_and_si256(second, low_six),
+                    _mm256_and_si256(third, low_six),
+                    last,
+                ];
+                for k in 0..N {
+                    let x = &acts[k].quants[16 * j..16 * j + 16];
+                    let piece = |m: usize| {
+                        _mm256_maddubs_epi16(quants[m], _mm256_set1_epi32(i32_at(&x[4 * m..])))
+                    };
+                    let front = _mm256_add_epi16(piece(0), piece(1));
+                    let back = _mm256_add_epi16(piece(2), piece(3));
+                    products[k] = _mm256_add_epi32(
+                        products[k],
+                        _mm256_add_epi32(
+                            _mm256_madd_epi16(front, scale),
+                            _mm256_madd_epi16(back, scale),
+                        ),
+                    );
+                }
+            }
+        }
+        for k in 0..N {
+            let total = _mm256_sub_epi32(products[k], _mm256_slli_epi32(offsets[k], 5));
+            let scale = _mm256_mul_ps(d, _mm256_set1_ps(acts[k].scale));
+            acc[k] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(total), acc[k]);
+        }
+    }
+    acc.map(|lanes| {
+        let mut out = [0f32; ROWS];
+        // SAFETY: `out` holds 8 floats, and storeu has no alignment requirement.
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), lanes) };
+        out
+    })
+}
+
+/// The four bytes at the start of `bytes` as a little-endian i32.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn i32_at(bytes: &[i8]) -> i32 {
+    i32::from_le_bytes([
+        bytes[0] as u8,
+        bytes[1] as u8,
+        bytes[2] as u8,
+        bytes[3] as u8,
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::GgmlType;
+    use crate::quant::activations::quantize_row_q8_k;
+    use crate::quant::test_support::{Rng, random_blocks};
+
+    fn random_input(blocks: usize, rng: &mut Rng) -> Vec<BlockQ8K> {
+        let x: Vec<f32> = (0..blocks * QK_K).map(|_| rng.signed_unit()).collect();
+        let mut out = vec![BlockQ8K::ZERO; blocks];
+        quantize_row_q8_k(&x, &mut out);
+        out
+    }
+
+    #[test]
+    fn six_bit_quants_are_the_row_by_row_quants() {
+        let bytes = random_blocks(GgmlType::Q6K, 2, &mut Rng::new(3));
+        let mut values = vec![0f32; 2 * QK_K];
+        crate::quant::dequantize(GgmlType::Q6K, &bytes, &mut values);
+        for (block, values) in bytes
+            .chunks_exact(BLOCK_BYTES)
+            .zip(values.chunks_exact(QK_K))
+        {
+            let d = half::f16::from_le_bytes([block[BLOCK_D], block[BLOCK_D + 1]]).to_f32();
+            let quants = six_bit_quants(block);
+            for (i, (&q, &value)) in quants.iter().zip(values).enumerate() {
+                let factor = d * (block[BLOCK_SCALES + i / 16] as i8) as f32;
+                assert_eq!(value, factor * (q as i32 - 32) as f32, "value {i}");
+            }
+            let mut packed = [0u8; 192];
+            pack_six_bit_quants(&quants, &mut packed);
+            assert_eq!(packed, block[..192]);
+        }
+    }
+
+    #[test]
+    fn interleaving_round_trips() {
+        let (rows, blocks) = (16, 3);
+        let bytes = random_blocks(GgmlType::Q6K, rows * blocks, &mut Rng::new(7));
+        let packed = interleave(&bytes, rows, blocks * BLOCK_BYTES);
+        assert_ne!(packed, bytes);
+        assert_eq!(deinterleave(&packed, rows, blocks * BLOCK_BYTES), bytes);
+    }
+
+    /// Sum over the row of |w x|: the scale float rounding is measured against.
+    fn magnitude(row: &[u8], x: &[BlockQ8K]) -> f32 {
+        let mut w = vec![0f32; x.len() * QK_K];
+        crate::quant::dequantize(GgmlType::Q6K, row, &mut w);
+        let x = x.iter().flat_map(|b| b.quants.map(|q| b.scale * q as f32));
+        w.iter().zip(x).map(|(w, x)| (w * x).abs()).sum()
+    }
+
+    fn check_group<const N: usize>(blocks: usize, rng: &mut Rng) {
+        let row_bytes = blocks * BLOCK_BYTES;
+        let bytes = random_blocks(GgmlType::Q6K, ROWS * blocks, rng);
+        let group = interleave(&bytes, ROWS, row_bytes);
+        let inputs: Vec<Vec<BlockQ8K>> = (0..N).map(|_| random_input(blocks, rng)).collect();
+        let xs: [&[BlockQ8K]; N] = std::array::from_fn(|k| inputs[k].as_slice());
+        let ours = dot_group(&group, xs);
+        let portable = dot_group_portable(&group, xs);
+        // Prefetching changes nothing but the timing.
+        let prefetching = dot_group_prefetching(&group, xs);
+        assert_eq!(
+            prefetching.map(|r| r.map(f32::to_bits)),
+            ours.map(|r| r.map(f32::to_bits))
+        );
+        for k in 0..N {
+            for r in 0..ROWS {
+                let row = &bytes[r * row_bytes..(r + 1) * row_bytes];
+                let expected = q6_k::dot_q6_k_q8_k(row, xs[k]);
+                // The portable road is the row-by-row kernel itself.
+                assert_eq!(portable[k][r].to_bits(), expected.to_bits());
+                let tolerance = 1e-5 * magnitude(row, xs[k]);
+                assert!(
+                    (ours[k][r] - expected).abs() <= tolerance,
+                    "{blocks} blocks, input {k}, row {r}: {} vs {expected} (tolerance {tolerance})",
+                    ours[k][r]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn groups_match_the_row_by_row_kernel() {
+        let mut rng = Rng::new(11);
+        for blocks in [1, 2, 5, 8] {
+            check_group::<1>(blocks, &mut rng);
+            check_group::<2>(blocks, &mut rng);
+            check_group::<3>(blocks, &mut rng);
+        }
+    }
+
+    /// Every quant at 0 or 63 and every scale at -128 or 127, against inputs at +-127: the
+    /// largest sums the bounds in `dot_group_avx2` allow, with no saturation.
+    #[test]
+    fn extreme_quants_and_scales_match_the_row_by_row_kernel() {
+        let blocks = 2;
+        let row_bytes = blocks * BLOCK_BYTES;
+        let mut rng = Rng::new(5);
+        for (fill, scale) in [(0xFF, 0x7F), (0xFF, 0x80), (0x00, 0x80), (0x00, 0x7F)] {
+            let mut bytes = random_blocks(GgmlType::Q6K, ROWS * blocks, &mut rng);
+            for block in bytes.chunks_exact_mut(BLOCK_BYTES) {
+                block[..BLOCK_SCALES].fill(fill);
+                block[BLOCK_SCALES..BLOCK_D].fill(scale);
+            }
+            let group = interleave(&bytes, ROWS, row_bytes);
+            let signs: [fn(usize) -> f32; 3] =
+                [|_| 1.0, |_| -1.0, |i| if i % 3 == 0 { -1.0 } else { 1.0 }];
+            for sign in signs {
+                let x: Vec<f32> = (0..blocks * QK_K).map(sign).collect();
+                let mut input = vec![BlockQ8K::ZERO; blocks];
+                quantize_row_q8_k(&x, &mut input);
+                let [ours] = dot_group(&group, [&input]);
+                for r in 0..ROWS {
+                    let row = &bytes[r * row_bytes..(r + 1) * row_bytes];
+                    let expected = q6_k::dot_q6_k_q8_k(row, &input);
+                    let tolerance = 1e-5 * magnitude(row, &input);
+                    assert!(
+                        (ours[r] - expected).abs() <= tolerance,
+                        "fill {fill:#x}, scale {scale:#x}, row {r}: {} vs {expected}",
+                        ours[r]
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_interleaved_matmul_matches_the_row_by_row_matmul() {
+        let mut rng = Rng::new(13);
+        // On one thread, 2560 rows of one block go in four bands of 80 groups, each more than
+        // a sub-band (78 groups of 1680 bytes).
+        let one_thread = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .expect("a thread pool");
+        for (rows, blocks, pool) in [(24, 3, None), (2560, 1, Some(&one_thread))] {
+            let cols = blocks * QK_K;
+            let row_bytes = blocks * BLOCK_BYTES;
+            let bytes = random_blocks(GgmlType::Q6K, rows * blocks, &mut rng);
+            let interleaved = interleave(&bytes, rows, row_bytes);
+            for n in [1, 2, 3, 5] {
+                let x: Vec<f32> = (0..n * cols).map(|_| rng.signed_unit()).collect();
+                let mut expected = vec![0f32; n * rows];
+                crate::quant::matmul_rows_quant(
+                    GgmlType::Q6K,
+                    &bytes,
+                    rows,
+                    cols,
+                    &x,
+                    n,
+                    &mut expected,
+                );
+                let mut ours = vec![f32::NAN; n * rows];
+                let mut product = || matmul_interleaved(&interleaved, rows, cols, &x, n, &mut ours);
+                match pool {
+                    Some(pool) => pool.install(product),
+                    None => product(),
+                }
+                let mut quantized = vec![BlockQ8K::ZERO; n * blocks];
+                quantize_row_q8_k(&x, &mut quantized);
+                for i in 0..n {
+                    let input = &quantized[i * blocks..(i + 1) * blocks];
+                    for r in 0..rows {
+                        let row = &bytes[r * row_bytes..(r + 1) * row_bytes];
+                        let tolerance = 1e-5 * magnitude(row, input);
+                        let (ours, expected) = (ours[i * rows + r], expected[i * rows + r]);
+                        assert!(
+                            (ours - expected).abs() <= tolerance,
+                            "{rows} rows, n = {n}, input {i}, row {r}: {ours} vs {expected}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
