@@ -5,6 +5,8 @@
 //! The layout is ours, not the file's: a loader rearranges a weight once, when it loads it, and
 //! every product of a decode step or a prompt then reads eight rows per vector instruction.
 
+use rayon::prelude::*;
+
 use super::activations::{BlockQ8_0, BlockQ8K};
 use super::matmul::{PREFETCH_ABOVE_BYTES, SUB_BAND_BYTES, for_each_band};
 use super::{GgmlType, q4_k_x8, q6_k_x8, q8_0_x8};
@@ -200,4 +202,72 @@ pub(super) fn matmul_groups(
 /// A kernel's products for N inputs as [`GroupProducts`] (zeros past N).
 pub(super) fn padded<const N: usize>(products: [[f32; ROWS_TOGETHER]; N]) -> GroupProducts {
     std::array::from_fn(|k| products.get(k).copied().unwrap_or_default())
+}
+
+/// How a format places one row's block in a group block, and reads it back: `put(block, r,
+/// group_block)` and `take(group_block, r, block)`.
+pub(super) struct GroupBlock {
+    pub(super) ty: GgmlType,
+    pub(super) put: fn(&[u8], usize, &mut [u8]),
+    pub(super) take: fn(&[u8], usize, &mut [u8]),
+}
+
+impl GroupBlock {
+    /// `rows` rows of `row_bytes` bytes (file order) as interleaved groups, groups in parallel
+    /// (a loader rearranges gigabytes of experts this way).
+    ///
+    /// Panics unless `rows` is a multiple of 8 and `bytes` holds `rows` rows of whole blocks.
+    pub(super) fn interleave(&self, bytes: &[u8], rows: usize, row_bytes: usize) -> Vec<u8> {
+        let block_bytes = self.check_shape(bytes, rows, row_bytes);
+        let mut out = vec![0u8; bytes.len()];
+        let group_bytes = (ROWS_TOGETHER * row_bytes).max(1);
+        out.par_chunks_mut(group_bytes)
+            .zip(bytes.par_chunks(group_bytes))
+            .for_each(|(target, source)| {
+                let group_blocks = target.chunks_exact_mut(ROWS_TOGETHER * block_bytes);
+                for (b, group_block) in group_blocks.enumerate() {
+                    for r in 0..ROWS_TOGETHER {
+                        let at = r * row_bytes + b * block_bytes;
+                        (self.put)(&source[at..at + block_bytes], r, group_block);
+                    }
+                }
+            });
+        out
+    }
+
+    /// The inverse of [`Self::interleave`].
+    pub(super) fn deinterleave(&self, bytes: &[u8], rows: usize, row_bytes: usize) -> Vec<u8> {
+        let block_bytes = self.check_shape(bytes, rows, row_bytes);
+        let mut out = vec![0u8; bytes.len()];
+        let group_bytes = (ROWS_TOGETHER * row_bytes).max(1);
+        out.par_chunks_mut(group_bytes)
+            .zip(bytes.par_chunks(group_bytes))
+            .for_each(|(target, source)| {
+                let group_blocks = source.chunks_exact(ROWS_TOGETHER * block_bytes);
+                for (b, group_block) in group_blocks.enumerate() {
+                    for r in 0..ROWS_TOGETHER {
+                        let at = r * row_bytes + b * block_bytes;
+                        (self.take)(group_block, r, &mut target[at..at + block_bytes]);
+                    }
+                }
+            });
+        out
+    }
+
+    /// The format's block size, after checking that `bytes` is `rows` (a multiple of 8) rows of
+    /// `row_bytes` bytes of whole blocks.
+    fn check_shape(&self, bytes: &[u8], rows: usize, row_bytes: usize) -> usize {
+        let block_bytes = self.ty.block_bytes();
+        assert!(
+            rows.is_multiple_of(ROWS_TOGETHER),
+            "{rows} rows do not split into groups of {ROWS_TOGETHER}"
+        );
+        assert!(
+            row_bytes.is_multiple_of(block_bytes) && bytes.len() == rows * row_bytes,
+            "{} bytes are not {rows} rows of {row_bytes} bytes of {} blocks",
+            bytes.len(),
+            self.ty.name()
+        );
+        block_bytes
+    }
 }

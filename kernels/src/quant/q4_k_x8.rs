@@ -21,10 +21,8 @@
 //! so every 32-byte load holds one piece of each of the eight rows. A group block is exactly
 //! eight Q4_K blocks, so the matrix keeps its size.
 
-use rayon::prelude::*;
-
 use super::activations::{BlockQ8K, QK_K};
-use super::interleaved::{matmul_groups, padded};
+use super::interleaved::{GroupBlock, matmul_groups, padded};
 use super::matmul::q8_k_inputs;
 use super::{GgmlType, q4_k};
 
@@ -40,60 +38,47 @@ const NIBBLES_AT: usize = 128;
 ///
 /// Panics unless `rows` is a multiple of 8 and `bytes` holds `rows` rows of whole blocks.
 pub fn interleave(bytes: &[u8], rows: usize, row_bytes: usize) -> Vec<u8> {
-    assert!(
-        rows.is_multiple_of(ROWS),
-        "{rows} rows do not split into groups of {ROWS}"
-    );
-    assert!(row_bytes.is_multiple_of(BLOCK_BYTES) && bytes.len() == rows * row_bytes);
-    let mut out = vec![0u8; bytes.len()];
-    // Groups in parallel: a loader rearranges gigabytes of experts this way.
-    let groups = out.par_chunks_mut(ROWS * row_bytes.max(1)).enumerate();
-    groups.for_each(|(group, out)| {
-        for (b, target) in out.chunks_exact_mut(GROUP_BLOCK_BYTES).enumerate() {
-            for r in 0..ROWS {
-                let row = group * ROWS + r;
-                let at = row * row_bytes + b * BLOCK_BYTES;
-                let source = &bytes[at..at + BLOCK_BYTES];
-                target[2 * r..2 * r + 2].copy_from_slice(&source[0..2]);
-                target[16 + 2 * r..16 + 2 * r + 2].copy_from_slice(&source[2..4]);
-                for w in 0..3 {
-                    let to = SCALES_AT + 32 * w + 4 * r;
-                    target[to..to + 4].copy_from_slice(&source[4 + 4 * w..8 + 4 * w]);
-                }
-                for piece in 0..32 {
-                    let to = NIBBLES_AT + 32 * piece + 4 * r;
-                    target[to..to + 4].copy_from_slice(&source[16 + 4 * piece..20 + 4 * piece]);
-                }
-            }
-        }
-    });
-    out
+    GROUP_BLOCK.interleave(bytes, rows, row_bytes)
 }
 
 /// The inverse of [`interleave`]: the rows of a group as a GGUF file lays them out (for
 /// dequantizing, and for the portable kernel).
 pub fn deinterleave(bytes: &[u8], rows: usize, row_bytes: usize) -> Vec<u8> {
-    assert!(rows.is_multiple_of(ROWS) && bytes.len() == rows * row_bytes);
-    let mut out = vec![0u8; bytes.len()];
-    for (group, source) in bytes.chunks_exact(ROWS * row_bytes).enumerate() {
-        for (b, block) in source.chunks_exact(GROUP_BLOCK_BYTES).enumerate() {
-            for r in 0..ROWS {
-                let at = (group * ROWS + r) * row_bytes + b * BLOCK_BYTES;
-                let target = &mut out[at..at + BLOCK_BYTES];
-                target[0..2].copy_from_slice(&block[2 * r..2 * r + 2]);
-                target[2..4].copy_from_slice(&block[16 + 2 * r..16 + 2 * r + 2]);
-                for w in 0..3 {
-                    let from = SCALES_AT + 32 * w + 4 * r;
-                    target[4 + 4 * w..8 + 4 * w].copy_from_slice(&block[from..from + 4]);
-                }
-                for piece in 0..32 {
-                    let from = NIBBLES_AT + 32 * piece + 4 * r;
-                    target[16 + 4 * piece..20 + 4 * piece].copy_from_slice(&block[from..from + 4]);
-                }
-            }
-        }
+    GROUP_BLOCK.deinterleave(bytes, rows, row_bytes)
+}
+
+const GROUP_BLOCK: GroupBlock = GroupBlock {
+    ty: GgmlType::Q4K,
+    put: put_row,
+    take: take_row,
+};
+
+/// Writes one Q4_K block as row r of a group block (see the module's table).
+fn put_row(source: &[u8], r: usize, target: &mut [u8]) {
+    target[2 * r..2 * r + 2].copy_from_slice(&source[0..2]);
+    target[16 + 2 * r..16 + 2 * r + 2].copy_from_slice(&source[2..4]);
+    for w in 0..3 {
+        let to = SCALES_AT + 32 * w + 4 * r;
+        target[to..to + 4].copy_from_slice(&source[4 + 4 * w..8 + 4 * w]);
     }
-    out
+    for piece in 0..32 {
+        let to = NIBBLES_AT + 32 * piece + 4 * r;
+        target[to..to + 4].copy_from_slice(&source[16 + 4 * piece..20 + 4 * piece]);
+    }
+}
+
+/// Reads row r of a group block back as a Q4_K block (the inverse of [`put_row`]).
+fn take_row(source: &[u8], r: usize, target: &mut [u8]) {
+    target[0..2].copy_from_slice(&source[2 * r..2 * r + 2]);
+    target[2..4].copy_from_slice(&source[16 + 2 * r..16 + 2 * r + 2]);
+    for w in 0..3 {
+        let from = SCALES_AT + 32 * w + 4 * r;
+        target[4 + 4 * w..8 + 4 * w].copy_from_slice(&source[from..from + 4]);
+    }
+    for piece in 0..32 {
+        let from = NIBBLES_AT + 32 * piece + 4 * r;
+        target[16 + 4 * piece..20 + 4 * piece].copy_from_slice(&source[from..from + 4]);
+    }
 }
 
 /// Inputs one group meets at once: their accumulators and the group's unpacked nibbles fill the

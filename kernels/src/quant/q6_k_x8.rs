@@ -30,7 +30,7 @@
 //! A group block holds exactly the bits of eight Q6_K blocks, so the matrix keeps its size.
 
 use super::activations::{BlockQ8K, QK_K};
-use super::interleaved::{matmul_groups, padded};
+use super::interleaved::{GroupBlock, matmul_groups, padded};
 use super::matmul::q8_k_inputs;
 use super::{GgmlType, q6_k};
 
@@ -129,39 +129,20 @@ fn take_row(source: &[u8], r: usize, target: &mut [u8]) {
 ///
 /// Panics unless `rows` is a multiple of 8 and `bytes` holds `rows` rows of whole blocks.
 pub fn interleave(bytes: &[u8], rows: usize, row_bytes: usize) -> Vec<u8> {
-    assert!(
-        rows.is_multiple_of(ROWS),
-        "{rows} rows do not split into groups of {ROWS}"
-    );
-    assert!(row_bytes.is_multiple_of(BLOCK_BYTES) && bytes.len() == rows * row_bytes);
-    let mut out = vec![0u8; bytes.len()];
-    for (group, out) in out.chunks_exact_mut(ROWS * row_bytes).enumerate() {
-        for (b, target) in out.chunks_exact_mut(GROUP_BLOCK_BYTES).enumerate() {
-            for r in 0..ROWS {
-                let at = (group * ROWS + r) * row_bytes + b * BLOCK_BYTES;
-                put_row(&bytes[at..at + BLOCK_BYTES], r, target);
-            }
-        }
-    }
-    out
+    GROUP_BLOCK.interleave(bytes, rows, row_bytes)
 }
 
 /// The inverse of [`interleave`]: the rows of a group as a GGUF file lays them out (for
 /// dequantizing, and for the portable kernel).
 pub fn deinterleave(bytes: &[u8], rows: usize, row_bytes: usize) -> Vec<u8> {
-    assert!(rows.is_multiple_of(ROWS) && row_bytes.is_multiple_of(BLOCK_BYTES));
-    assert_eq!(bytes.len(), rows * row_bytes);
-    let mut out = vec![0u8; bytes.len()];
-    for (group, source) in bytes.chunks_exact(ROWS * row_bytes).enumerate() {
-        for (b, block) in source.chunks_exact(GROUP_BLOCK_BYTES).enumerate() {
-            for r in 0..ROWS {
-                let at = (group * ROWS + r) * row_bytes + b * BLOCK_BYTES;
-                take_row(block, r, &mut out[at..at + BLOCK_BYTES]);
-            }
-        }
-    }
-    out
+    GROUP_BLOCK.deinterleave(bytes, rows, row_bytes)
 }
+
+const GROUP_BLOCK: GroupBlock = GroupBlock {
+    ty: GgmlType::Q6K,
+    put: put_row,
+    take: take_row,
+};
 
 /// Inputs one group meets at once: their integer sums and accumulators, with the group's
 /// unpacked quants, fill the sixteen registers.

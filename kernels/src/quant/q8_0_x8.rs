@@ -35,7 +35,7 @@
 
 use super::GgmlType;
 use super::activations::{BlockQ8_0, QK8_0};
-use super::interleaved::{matmul_groups, padded};
+use super::interleaved::{GroupBlock, matmul_groups, padded};
 use super::matmul::q8_0_inputs;
 
 /// Rows interleaved together.
@@ -300,6 +300,15 @@ macro_rules! with_format {
     };
 }
 
+/// Where `F` puts a row's block in a group block, for the shared rearranging.
+fn group_block<F: Format>() -> GroupBlock {
+    GroupBlock {
+        ty: F::TYPE,
+        put: F::interleave_block,
+        take: F::deinterleave_block,
+    }
+}
+
 /// Each block's [`q5_0_offset`]: an input row's [`Input::offsets`], computed once per row.
 pub(super) fn offsets(blocks: &[BlockQ8_0]) -> Vec<i32> {
     blocks.iter().map(q5_0_offset).collect()
@@ -317,7 +326,7 @@ pub(super) fn dot_group_one(ty: GgmlType, group: &[u8], input: Input<'_>) -> [f3
 /// Panics unless `ty` is Q8_0 or Q5_0, `rows` is a multiple of 8 and `bytes` holds `rows` rows
 /// of whole blocks.
 pub fn interleave(ty: GgmlType, bytes: &[u8], rows: usize, row_bytes: usize) -> Vec<u8> {
-    with_format!(ty, F => interleave_rows::<F>(bytes, rows, row_bytes))
+    with_format!(ty, F => group_block::<F>().interleave(bytes, rows, row_bytes))
 }
 
 /// The inverse of [`interleave`]: the rows of each group as a GGUF file lays them out (for
@@ -325,54 +334,7 @@ pub fn interleave(ty: GgmlType, bytes: &[u8], rows: usize, row_bytes: usize) -> 
 ///
 /// Panics as [`interleave`].
 pub fn deinterleave(ty: GgmlType, bytes: &[u8], rows: usize, row_bytes: usize) -> Vec<u8> {
-    with_format!(ty, F => deinterleave_rows::<F>(bytes, rows, row_bytes))
-}
-
-fn check_shape<F: Format>(bytes: &[u8], rows: usize, row_bytes: usize) {
-    assert!(
-        rows.is_multiple_of(ROWS),
-        "{rows} rows do not split into groups of {ROWS}"
-    );
-    assert!(
-        row_bytes.is_multiple_of(F::BLOCK_BYTES) && bytes.len() == rows * row_bytes,
-        "{} bytes are not {rows} rows of {row_bytes} bytes of {} blocks",
-        bytes.len(),
-        F::TYPE.name()
-    );
-}
-
-fn interleave_rows<F: Format>(bytes: &[u8], rows: usize, row_bytes: usize) -> Vec<u8> {
-    check_shape::<F>(bytes, rows, row_bytes);
-    let mut out = vec![0u8; bytes.len()];
-    for (source, target) in bytes
-        .chunks_exact(ROWS * row_bytes)
-        .zip(out.chunks_exact_mut(ROWS * row_bytes))
-    {
-        for (b, group_block) in target.chunks_exact_mut(F::GROUP_BLOCK_BYTES).enumerate() {
-            for r in 0..ROWS {
-                let at = r * row_bytes + b * F::BLOCK_BYTES;
-                F::interleave_block(&source[at..at + F::BLOCK_BYTES], r, group_block);
-            }
-        }
-    }
-    out
-}
-
-fn deinterleave_rows<F: Format>(bytes: &[u8], rows: usize, row_bytes: usize) -> Vec<u8> {
-    check_shape::<F>(bytes, rows, row_bytes);
-    let mut out = vec![0u8; bytes.len()];
-    for (source, target) in bytes
-        .chunks_exact(ROWS * row_bytes)
-        .zip(out.chunks_exact_mut(ROWS * row_bytes))
-    {
-        for (b, group_block) in source.chunks_exact(F::GROUP_BLOCK_BYTES).enumerate() {
-            for r in 0..ROWS {
-                let at = r * row_bytes + b * F::BLOCK_BYTES;
-                F::deinterleave_block(group_block, r, &mut target[at..at + F::BLOCK_BYTES]);
-            }
-        }
-    }
-    out
+    with_format!(ty, F => group_block::<F>().deinterleave(bytes, rows, row_bytes))
 }
 
 /// Writes X W^T into `y` ([n, rows]) for `n` input rows `x` ([n, cols]) and W (`ty`, Q8_0 or
@@ -457,7 +419,7 @@ fn dot_group_portable<F: Format, const N: usize>(
     inputs: [Input<'_>; N],
 ) -> [[f32; ROWS]; N] {
     let row_bytes = group.len() / ROWS;
-    let rows = deinterleave_rows::<F>(group, ROWS, row_bytes);
+    let rows = group_block::<F>().deinterleave(group, ROWS, row_bytes);
     inputs.map(|x| {
         std::array::from_fn(|r| F::dot_row(&rows[r * row_bytes..(r + 1) * row_bytes], x.blocks))
     })
@@ -536,7 +498,7 @@ mod tests {
     fn check_rows<F: Format, const N: usize>(bytes: &[u8], inputs: &[Vec<BlockQ8_0>]) {
         let row_bytes = bytes.len() / ROWS;
         let blocks = row_bytes / F::BLOCK_BYTES;
-        let group = interleave_rows::<F>(bytes, ROWS, row_bytes);
+        let group = group_block::<F>().interleave(bytes, ROWS, row_bytes);
         let offsets: Vec<Vec<i32>> = inputs
             .iter()
             .map(|x| x.iter().map(q5_0_offset).collect())
