@@ -27,7 +27,7 @@ use super::matmul::q8_k_inputs;
 use super::{GgmlType, q4_k};
 
 /// Rows interleaved together.
-pub const ROWS: usize = 8;
+pub const ROWS: usize = super::interleaved::ROWS_TOGETHER;
 const BLOCK_BYTES: usize = 144;
 const GROUP_BLOCK_BYTES: usize = ROWS * BLOCK_BYTES;
 const SCALES_AT: usize = 32;

@@ -35,7 +35,7 @@ use super::matmul::q8_k_inputs;
 use super::{GgmlType, q6_k};
 
 /// Rows interleaved together.
-pub const ROWS: usize = 8;
+pub const ROWS: usize = super::interleaved::ROWS_TOGETHER;
 const BLOCK_BYTES: usize = 210;
 const GROUP_BLOCK_BYTES: usize = ROWS * BLOCK_BYTES;
 /// Where a Q6_K block (in a file) keeps its scales and its f16 `d`.

@@ -39,7 +39,7 @@ use super::interleaved::{GroupBlock, matmul_groups, padded};
 use super::matmul::q8_0_inputs;
 
 /// Rows interleaved together.
-pub const ROWS: usize = 8;
+pub const ROWS: usize = super::interleaved::ROWS_TOGETHER;
 /// Where a group block's quants start, after the eight rows' f16 scales.
 const QUANTS_AT: usize = 16;
 
