@@ -11,9 +11,10 @@
 use std::sync::Arc;
 
 use candle_core::{DType, Tensor};
+use kernels::quant::interleaved::ROWS_TOGETHER;
 use kernels::quant::{GgmlType, MatVecJob, matvec_many_quant, quantize_q8_0};
 
-use crate::error::Result;
+use crate::error::{EngineError, Result};
 use crate::quantized::QuantizedWeight;
 
 /// The shapes of one layer's heads.
@@ -60,18 +61,20 @@ impl AbsorbedWeights {
         let w_uv = per_head.narrow(1, nope, v_dim)?;
         let block = GgmlType::Q8_0.block_len();
         if quantize && nope % block == 0 && kv_lora % block == 0 && kv_b.device().is_cpu() {
-            let as_q8_0 = |name: &str, matrix: &Tensor, rows: usize, cols: usize| {
+            let as_q8_0 = |name: &str, matrix: &Tensor, head_rows: usize, cols: usize| {
                 let values = matrix
                     .to_dtype(DType::F32)?
                     .contiguous()?
                     .flatten_all()?
                     .to_vec1::<f32>()?;
                 let bytes: Arc<Vec<u8>> = Arc::new(quantize_q8_0(&values));
-                QuantizedWeight::new(name, GgmlType::Q8_0, rows, cols, bytes, 0)
+                let rows = heads * head_rows;
+                let weight = QuantizedWeight::new(name, GgmlType::Q8_0, rows, cols, bytes, 0)?;
+                Ok::<_, EngineError>(interleaved_per_head(weight, head_rows))
             };
             return Ok(Self::Quantized {
-                uk_t: as_q8_0("W_UK^T", &w_uk.transpose(1, 2)?, heads * kv_lora, nope)?,
-                uv: as_q8_0("W_UV", &w_uv, heads * v_dim, kv_lora)?,
+                uk_t: as_q8_0("W_UK^T", &w_uk.transpose(1, 2)?, kv_lora, nope)?,
+                uv: as_q8_0("W_UV", &w_uv, v_dim, kv_lora)?,
             });
         }
         Ok(Self::Dense {
@@ -104,6 +107,16 @@ impl AbsorbedWeights {
             }
             Self::Quantized { uk_t, uv } => uk_t.bytes().len() + uv.bytes().len(),
         }
+    }
+}
+
+/// `weight` with its rows interleaved when each head's block of `head_rows` rows is whole groups
+/// of eight (each head's block is multiplied on its own), else as it is.
+pub(crate) fn interleaved_per_head(weight: QuantizedWeight, head_rows: usize) -> QuantizedWeight {
+    if head_rows.is_multiple_of(ROWS_TOGETHER) {
+        weight.interleaved()
+    } else {
+        weight
     }
 }
 

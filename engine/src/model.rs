@@ -15,7 +15,7 @@ use kernels::cuda::MlaShape;
 use kernels::paged_attention::{LatentPages, LatentQueries};
 use kernels::routing::{GroupLimit, Weighting, route_token};
 
-use crate::absorbed::{AbsorbedWeights, HeadShapes};
+use crate::absorbed::{AbsorbedWeights, HeadShapes, interleaved_per_head};
 use crate::config::{ModelConfig, MoeConfig, Routing};
 use crate::embedding::Embedding;
 use crate::error::{EngineError, Result};
@@ -26,7 +26,6 @@ use crate::page_pool::{DEFAULT_PAGE_TOKENS, PageLayout, PagePool};
 use crate::quantized::QuantizedWeight;
 use crate::rope::Rope;
 use crate::weights::{AbsorbedHalves, WeightSource};
-use kernels::quant::interleaved::ROWS_TOGETHER;
 use kernels::quant::matvec_many_quant;
 
 /// Which attention form a forward pass uses.
@@ -364,17 +363,9 @@ impl Loader<'_> {
         // uv's columns fix kv_lora, so uk_t's rows fix the heads.
         let fits = (uk_t.rows, uk_t.cols) == (shapes.heads * shapes.kv_lora, shapes.nope)
             && (uv.rows, uv.cols) == (shapes.heads * shapes.v_dim, shapes.kv_lora);
-        // Each head's block of rows is multiplied on its own: interleaved only in whole groups.
-        let by_head = |weight: QuantizedWeight, head_rows: usize| {
-            if head_rows.is_multiple_of(ROWS_TOGETHER) {
-                weight.interleaved()
-            } else {
-                weight
-            }
-        };
         Ok(fits.then(|| AbsorbedWeights::Quantized {
-            uk_t: by_head(uk_t, shapes.kv_lora),
-            uv: by_head(uv, shapes.v_dim),
+            uk_t: interleaved_per_head(uk_t, shapes.kv_lora),
+            uv: interleaved_per_head(uv, shapes.v_dim),
         }))
     }
 }
