@@ -82,7 +82,9 @@ fn take_row(source: &[u8], r: usize, target: &mut [u8]) {
 }
 
 /// Inputs one group meets at once: their accumulators and the group's unpacked nibbles fill the
-/// sixteen registers.
+/// sixteen registers. Measured (quant_matmul, 1 thread, 1408x2048, two runs each, n=8 / n=64
+/// GOP/s): one at a time 85.6-89.6 / 93.5-99.2, pairs 124.8-130.9 / 124.0-133.9, fours
+/// 130.5-142.4 / 128.3-132.1 (within the noise of pairs, with twice the registers).
 const INPUTS_AT_ONCE: usize = 2;
 
 /// Writes X W^T into `y` ([n, rows]) for `n` input rows `x` ([n, cols]) and W as [`interleave`]
