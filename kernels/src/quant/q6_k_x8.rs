@@ -50,14 +50,22 @@ const SUB_BLOCK_BYTES: usize = 96;
 /// The 256 quants (0..=63, before the offset of 32) of a Q6_K block in value order; see the
 /// layout in [`super::q6_k`].
 fn six_bit_quants(block: &[u8]) -> [u8; QK_K] {
-    std::array::from_fn(|i| {
-        let (half, quarter, l) = (i / 128, i / 32 % 4, i % 32);
-        let nibbles = &block[64 * half..64 * half + 64];
-        let bit_pairs = &block[128 + 32 * half..128 + 32 * half + 32];
-        let low = (nibbles[l + 32 * (quarter % 2)] >> (4 * (quarter / 2))) & 0x0F;
-        let high = (bit_pairs[l] >> (2 * quarter)) & 3;
-        low | (high << 4)
-    })
+    // Loops over whole arrays rather than a closure per value: the loader runs this over every
+    // block of the output matrix (a closure with a slice per value took a quarter of a load).
+    let block: &[u8; 210] = block[..210].try_into().expect("a whole Q6_K block");
+    let mut quants = [0u8; QK_K];
+    for half in 0..2 {
+        for quarter in 0..4 {
+            let nibbles = &block[64 * half + 32 * (quarter % 2)..][..32];
+            let bit_pairs = &block[128 + 32 * half..][..32];
+            let out = &mut quants[128 * half + 32 * quarter..][..32];
+            for ((q, &nibble), &pair) in out.iter_mut().zip(nibbles).zip(bit_pairs) {
+                let low = (nibble >> (4 * (quarter / 2))) & 0x0F;
+                *q = low | ((pair >> (2 * quarter)) & 3) << 4;
+            }
+        }
+    }
+    quants
 }
 
 /// The inverse of [`six_bit_quants`]: writes the 128 nibble bytes and 64 bit-pair bytes.
@@ -93,12 +101,12 @@ fn put_row(source: &[u8], r: usize, target: &mut [u8]) {
     }
     let quants = six_bit_quants(source);
     for (j, q) in quants.chunks_exact(16).enumerate() {
-        for i in 0..4 {
-            let last = q[12 + i];
-            for piece in 0..3 {
-                let top = (last >> (2 * piece)) & 3;
-                target[piece_at(j, piece, r, i)] = q[4 * piece + i] | top << 6;
-            }
+        for piece in 0..3 {
+            // Row r's four bytes of the piece, written at once.
+            let bytes: [u8; 4] =
+                std::array::from_fn(|i| q[4 * piece + i] | ((q[12 + i] >> (2 * piece)) & 3) << 6);
+            let at = piece_at(j, piece, r, 0);
+            target[at..at + 4].copy_from_slice(&bytes);
         }
     }
 }
