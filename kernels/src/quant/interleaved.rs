@@ -40,8 +40,8 @@ pub fn can_interleave(ty: GgmlType) -> bool {
 /// rows (caller bugs).
 pub fn interleave(ty: GgmlType, bytes: &[u8], rows: usize, row_bytes: usize) -> Vec<u8> {
     match ty {
-        GgmlType::Q4K => q4_k_x8::interleave(bytes, rows, row_bytes),
-        GgmlType::Q6K => q6_k_x8::interleave(bytes, rows, row_bytes),
+        GgmlType::Q4K => q4_k_x8::GROUP_BLOCK.interleave(bytes, rows, row_bytes),
+        GgmlType::Q6K => q6_k_x8::GROUP_BLOCK.interleave(bytes, rows, row_bytes),
         GgmlType::Q8_0 | GgmlType::Q5_0 => q8_0_x8::interleave(ty, bytes, rows, row_bytes),
         _ => panic!("{} has no interleaved layout", ty.name()),
     }
@@ -50,8 +50,8 @@ pub fn interleave(ty: GgmlType, bytes: &[u8], rows: usize, row_bytes: usize) -> 
 /// The inverse of [`interleave`]: the rows in file order again.
 pub fn deinterleave(ty: GgmlType, bytes: &[u8], rows: usize, row_bytes: usize) -> Vec<u8> {
     match ty {
-        GgmlType::Q4K => q4_k_x8::deinterleave(bytes, rows, row_bytes),
-        GgmlType::Q6K => q6_k_x8::deinterleave(bytes, rows, row_bytes),
+        GgmlType::Q4K => q4_k_x8::GROUP_BLOCK.deinterleave(bytes, rows, row_bytes),
+        GgmlType::Q6K => q6_k_x8::GROUP_BLOCK.deinterleave(bytes, rows, row_bytes),
         GgmlType::Q8_0 | GgmlType::Q5_0 => q8_0_x8::deinterleave(ty, bytes, rows, row_bytes),
         _ => panic!("{} has no interleaved layout", ty.name()),
     }
@@ -204,50 +204,62 @@ pub(super) fn padded<const N: usize>(products: [[f32; ROWS_TOGETHER]; N]) -> Gro
     std::array::from_fn(|k| products.get(k).copied().unwrap_or_default())
 }
 
-/// How a format places one row's block in a group block, and reads it back: `put(block, r,
-/// group_block)` and `take(group_block, r, block)`.
-pub(super) struct GroupBlock {
+/// How a format places one row's block in a group block and reads it back (`put(block, r,
+/// group_block)`, `take(group_block, r, block)`), and its row-by-row product with an input of
+/// `A` blocks: everything the shared rearranging and the portable products need.
+pub(super) struct GroupBlock<A: 'static> {
     pub(super) ty: GgmlType,
     pub(super) put: fn(&[u8], usize, &mut [u8]),
     pub(super) take: fn(&[u8], usize, &mut [u8]),
+    pub(super) dot_row: fn(&[u8], &[A]) -> f32,
 }
 
-impl GroupBlock {
+impl<A> GroupBlock<A> {
     /// `rows` rows of `row_bytes` bytes (file order) as interleaved groups, groups in parallel
     /// (a loader rearranges gigabytes of experts this way).
     ///
     /// Panics unless `rows` is a multiple of 8 and `bytes` holds `rows` rows of whole blocks.
     pub(super) fn interleave(&self, bytes: &[u8], rows: usize, row_bytes: usize) -> Vec<u8> {
-        let block_bytes = self.check_shape(bytes, rows, row_bytes);
-        let mut out = vec![0u8; bytes.len()];
-        let group_bytes = (ROWS_TOGETHER * row_bytes).max(1);
-        out.par_chunks_mut(group_bytes)
-            .zip(bytes.par_chunks(group_bytes))
-            .for_each(|(target, source)| {
-                let group_blocks = target.chunks_exact_mut(ROWS_TOGETHER * block_bytes);
-                for (b, group_block) in group_blocks.enumerate() {
-                    for r in 0..ROWS_TOGETHER {
-                        let at = r * row_bytes + b * block_bytes;
-                        (self.put)(&source[at..at + block_bytes], r, group_block);
-                    }
-                }
-            });
-        out
+        self.regroup(bytes, rows, row_bytes, true)
     }
 
     /// The inverse of [`Self::interleave`].
     pub(super) fn deinterleave(&self, bytes: &[u8], rows: usize, row_bytes: usize) -> Vec<u8> {
+        self.regroup(bytes, rows, row_bytes, false)
+    }
+
+    /// Each of the eight rows of `group` times each input through the row-by-row kernel, on the
+    /// rows put back in file order: the portable road of the group kernels.
+    pub(super) fn portable_products<const N: usize>(
+        &self,
+        group: &[u8],
+        inputs: [&[A]; N],
+    ) -> [[f32; ROWS_TOGETHER]; N] {
+        let row_bytes = group.len() / ROWS_TOGETHER;
+        let rows = self.deinterleave(group, ROWS_TOGETHER, row_bytes);
+        let rows: Vec<&[u8]> = rows.chunks_exact(row_bytes.max(1)).collect();
+        inputs.map(|x| std::array::from_fn(|r| (self.dot_row)(rows[r], x)))
+    }
+
+    /// Rows to groups (`into_groups`) or back, a group of rows per parallel task.
+    fn regroup(&self, bytes: &[u8], rows: usize, row_bytes: usize, into_groups: bool) -> Vec<u8> {
         let block_bytes = self.check_shape(bytes, rows, row_bytes);
+        let group_block_bytes = ROWS_TOGETHER * block_bytes;
         let mut out = vec![0u8; bytes.len()];
         let group_bytes = (ROWS_TOGETHER * row_bytes).max(1);
         out.par_chunks_mut(group_bytes)
             .zip(bytes.par_chunks(group_bytes))
             .for_each(|(target, source)| {
-                let group_blocks = source.chunks_exact(ROWS_TOGETHER * block_bytes);
-                for (b, group_block) in group_blocks.enumerate() {
+                for b in 0..row_bytes / block_bytes {
+                    let group_block = b * group_block_bytes..(b + 1) * group_block_bytes;
                     for r in 0..ROWS_TOGETHER {
                         let at = r * row_bytes + b * block_bytes;
-                        (self.take)(group_block, r, &mut target[at..at + block_bytes]);
+                        let row_block = at..at + block_bytes;
+                        if into_groups {
+                            (self.put)(&source[row_block], r, &mut target[group_block.clone()]);
+                        } else {
+                            (self.take)(&source[group_block.clone()], r, &mut target[row_block]);
+                        }
                     }
                 }
             });
@@ -269,5 +281,93 @@ impl GroupBlock {
             self.ty.name()
         );
         block_bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::activations::{QK_K, quantize_row_q8_0, quantize_row_q8_k};
+    use crate::quant::matmul_rows_quant;
+    use crate::quant::test_support::{Rng, abs_products, random_blocks};
+
+    fn interleaved_types() -> impl Iterator<Item = GgmlType> {
+        GgmlType::ALL.into_iter().filter(|&ty| can_interleave(ty))
+    }
+
+    #[test]
+    fn interleaving_round_trips() {
+        let (rows, blocks) = (16, 3);
+        for ty in interleaved_types() {
+            let row_bytes = blocks * ty.block_bytes();
+            let bytes = random_blocks(ty, rows * blocks, &mut Rng::new(7));
+            let packed = interleave(ty, &bytes, rows, row_bytes);
+            assert_ne!(packed, bytes, "{}", ty.name());
+            assert_eq!(
+                deinterleave(ty, &packed, rows, row_bytes),
+                bytes,
+                "{}",
+                ty.name()
+            );
+        }
+    }
+
+    /// Sum over `row` of |w x̂| for input x quantized as `ty` pairs it (Q8_K or Q8_0).
+    fn abs_products_of(ty: GgmlType, row: &[u8], x: &[f32]) -> f32 {
+        if ty.block_len() == QK_K {
+            let mut blocks = vec![BlockQ8K::ZERO; x.len() / QK_K];
+            quantize_row_q8_k(x, &mut blocks);
+            abs_products(ty, row, &blocks)
+        } else {
+            let mut blocks = vec![BlockQ8_0::ZERO; x.len() / ty.block_len()];
+            quantize_row_q8_0(x, &mut blocks);
+            abs_products(ty, row, &blocks)
+        }
+    }
+
+    #[test]
+    fn the_interleaved_matmul_matches_the_row_by_row_matmul() {
+        let mut rng = Rng::new(13);
+        // On one thread a band is a quarter of the rows: with one block a row, enough rows that
+        // a band holds more groups than a sub-band, so the sub-bands' outputs are cut too.
+        let one_thread = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .expect("a thread pool");
+        for ty in interleaved_types() {
+            let sub_band_groups = SUB_BAND_BYTES / (ROWS_TOGETHER * ty.block_bytes());
+            let many_rows = 4 * ROWS_TOGETHER * (sub_band_groups + 2);
+            for (rows, blocks, pool) in [(24, 3, None), (many_rows, 1, Some(&one_thread))] {
+                let cols = blocks * ty.block_len();
+                let row_bytes = blocks * ty.block_bytes();
+                let bytes = random_blocks(ty, rows * blocks, &mut rng);
+                let packed = interleave(ty, &bytes, rows, row_bytes);
+                for n in [1, 2, 3, 5] {
+                    let x: Vec<f32> = (0..n * cols).map(|_| rng.signed_unit()).collect();
+                    let mut expected = vec![0f32; n * rows];
+                    matmul_rows_quant(ty, &bytes, rows, cols, &x, n, &mut expected);
+                    let mut ours = vec![f32::NAN; n * rows];
+                    let mut product =
+                        || matmul_interleaved(ty, &packed, rows, cols, &x, n, &mut ours);
+                    match pool {
+                        Some(pool) => pool.install(product),
+                        None => product(),
+                    }
+                    for i in 0..n {
+                        let input = &x[i * cols..(i + 1) * cols];
+                        for r in 0..rows {
+                            let row = &bytes[r * row_bytes..(r + 1) * row_bytes];
+                            let tolerance = 1e-5 * abs_products_of(ty, row, input);
+                            let (got, want) = (ours[i * rows + r], expected[i * rows + r]);
+                            assert!(
+                                (got - want).abs() <= tolerance,
+                                "{} {rows} rows, n = {n}, input {i}, row {r}: {got} vs {want}",
+                                ty.name()
+                            );
+                        }
+                    }
+                }
+            }
+        }
     }
 }

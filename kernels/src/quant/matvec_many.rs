@@ -95,11 +95,10 @@ pub fn matvec_many_quant(jobs: &[MatVecJob], inputs: &[&[f32]], outs: &mut [&mut
         .collect();
     let q5_0_offsets: Vec<Vec<i32>> = (0..inputs.len())
         .map(|i| {
-            // Only Q5_0 reads them, but the interleaved 32-value kernels take them together.
-            let interleaved_32 = jobs.iter().any(|j| {
-                j.input == i && j.ty.block_len() == QK8_0 && j.layout == RowLayout::Interleaved
+            let interleaved_q5_0 = jobs.iter().any(|j| {
+                j.input == i && j.ty == GgmlType::Q5_0 && j.layout == RowLayout::Interleaved
             });
-            if interleaved_32 {
+            if interleaved_q5_0 {
                 q8_0_x8::offsets(&q8_0[i])
             } else {
                 Vec::new()

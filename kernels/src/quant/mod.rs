@@ -22,13 +22,13 @@ mod matmul;
 mod matvec_many;
 mod q4_0;
 mod q4_k;
-pub mod q4_k_x8;
+mod q4_k_x8;
 mod q5_0;
 mod q5_k;
 mod q6_k;
-pub mod q6_k_x8;
+mod q6_k_x8;
 mod q8_0;
-pub mod q8_0_x8;
+mod q8_0_x8;
 mod row_dot;
 #[cfg(test)]
 mod test_support;

@@ -132,24 +132,12 @@ fn take_row(source: &[u8], r: usize, target: &mut [u8]) {
     pack_six_bit_quants(&quants, target);
 }
 
-/// `rows` rows of Q6_K blocks (`row_bytes` each, as in a GGUF file) rearranged into groups of
-/// eight interleaved rows.
-///
-/// Panics unless `rows` is a multiple of 8 and `bytes` holds `rows` rows of whole blocks.
-pub fn interleave(bytes: &[u8], rows: usize, row_bytes: usize) -> Vec<u8> {
-    GROUP_BLOCK.interleave(bytes, rows, row_bytes)
-}
-
-/// The inverse of [`interleave`]: the rows of a group as a GGUF file lays them out (for
-/// dequantizing, and for the portable kernel).
-pub fn deinterleave(bytes: &[u8], rows: usize, row_bytes: usize) -> Vec<u8> {
-    GROUP_BLOCK.deinterleave(bytes, rows, row_bytes)
-}
-
-const GROUP_BLOCK: GroupBlock = GroupBlock {
+/// Where a row's block goes in a group block and back, and the row-by-row kernel.
+pub(super) const GROUP_BLOCK: GroupBlock<BlockQ8K> = GroupBlock {
     ty: GgmlType::Q6K,
     put: put_row,
     take: take_row,
+    dot_row: q6_k::dot_q6_k_q8_k,
 };
 
 /// Inputs one group meets at once: their integer sums and accumulators, with the group's
@@ -245,11 +233,7 @@ fn dot_group_with<const N: usize, const PREFETCH: bool>(
 
 /// Row by row through the Q6_K kernel, on the group's rows put back in file order.
 fn dot_group_portable<const N: usize>(group: &[u8], inputs: [&[BlockQ8K]; N]) -> [[f32; ROWS]; N] {
-    let row_bytes = group.len() / ROWS;
-    let rows = deinterleave(group, ROWS, row_bytes);
-    inputs.map(|x| {
-        std::array::from_fn(|r| q6_k::dot_q6_k_q8_k(&rows[r * row_bytes..(r + 1) * row_bytes], x))
-    })
+    GROUP_BLOCK.portable_products(group, inputs)
 }
 
 /// Per group block, per sub-block of 16 values: three 32-byte loads (a 4-byte piece of each of
@@ -336,7 +320,7 @@ fn dot_group_avx2<const N: usize, const PREFETCH: bool>(
                 for k in 0..N {
                     let x = &acts[k].quants[16 * j..16 * j + 16];
                     let piece = |m: usize| {
-                        _mm256_maddubs_epi16(quants[m], _mm256_set1_epi32(i32_at(&x[4 * m..])))
+                        _mm256_maddubs_epi16(quants[m], _mm256_set1_epi32(four_quants(&x[4 * m..])))
                     };
                     let front = _mm256_add_epi16(piece(0), piece(1));
                     let back = _mm256_add_epi16(piece(2), piece(3));
@@ -356,24 +340,7 @@ fn dot_group_avx2<const N: usize, const PREFETCH: bool>(
             acc[k] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(total), acc[k]);
         }
     }
-    acc.map(|lanes| {
-        let mut out = [0f32; ROWS];
-        // SAFETY: `out` holds 8 floats, and storeu has no alignment requirement.
-        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), lanes) };
-        out
-    })
-}
-
-/// The four bytes at the start of `bytes` as a little-endian i32.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn i32_at(bytes: &[i8]) -> i32 {
-    i32::from_le_bytes([
-        bytes[0] as u8,
-        bytes[1] as u8,
-        bytes[2] as u8,
-        bytes[3] as u8,
-    ])
+    acc.map(|lanes| lanes_f32x8(lanes))
 }
 
 #[cfg(test)]
@@ -381,14 +348,7 @@ mod tests {
     use super::*;
     use crate::quant::GgmlType;
     use crate::quant::activations::quantize_row_q8_k;
-    use crate::quant::test_support::{Rng, random_blocks};
-
-    fn random_input(blocks: usize, rng: &mut Rng) -> Vec<BlockQ8K> {
-        let x: Vec<f32> = (0..blocks * QK_K).map(|_| rng.signed_unit()).collect();
-        let mut out = vec![BlockQ8K::ZERO; blocks];
-        quantize_row_q8_k(&x, &mut out);
-        out
-    }
+    use crate::quant::test_support::{Rng, abs_products, random_blocks, random_quantized};
 
     #[test]
     fn six_bit_quants_are_the_row_by_row_quants() {
@@ -411,28 +371,13 @@ mod tests {
         }
     }
 
-    #[test]
-    fn interleaving_round_trips() {
-        let (rows, blocks) = (16, 3);
-        let bytes = random_blocks(GgmlType::Q6K, rows * blocks, &mut Rng::new(7));
-        let packed = interleave(&bytes, rows, blocks * BLOCK_BYTES);
-        assert_ne!(packed, bytes);
-        assert_eq!(deinterleave(&packed, rows, blocks * BLOCK_BYTES), bytes);
-    }
-
-    /// Sum over the row of |w x|: the scale float rounding is measured against.
-    fn magnitude(row: &[u8], x: &[BlockQ8K]) -> f32 {
-        let mut w = vec![0f32; x.len() * QK_K];
-        crate::quant::dequantize(GgmlType::Q6K, row, &mut w);
-        let x = x.iter().flat_map(|b| b.quants.map(|q| b.scale * q as f32));
-        w.iter().zip(x).map(|(w, x)| (w * x).abs()).sum()
-    }
-
     fn check_group<const N: usize>(blocks: usize, rng: &mut Rng) {
         let row_bytes = blocks * BLOCK_BYTES;
         let bytes = random_blocks(GgmlType::Q6K, ROWS * blocks, rng);
-        let group = interleave(&bytes, ROWS, row_bytes);
-        let inputs: Vec<Vec<BlockQ8K>> = (0..N).map(|_| random_input(blocks, rng)).collect();
+        let group = GROUP_BLOCK.interleave(&bytes, ROWS, row_bytes);
+        let inputs: Vec<Vec<BlockQ8K>> = (0..N)
+            .map(|_| random_quantized::<BlockQ8K>(blocks, rng))
+            .collect();
         let xs: [&[BlockQ8K]; N] = std::array::from_fn(|k| inputs[k].as_slice());
         let ours = dot_group(&group, xs);
         let portable = dot_group_portable(&group, xs);
@@ -448,7 +393,7 @@ mod tests {
                 let expected = q6_k::dot_q6_k_q8_k(row, xs[k]);
                 // The portable road is the row-by-row kernel itself.
                 assert_eq!(portable[k][r].to_bits(), expected.to_bits());
-                let tolerance = 1e-5 * magnitude(row, xs[k]);
+                let tolerance = 1e-5 * abs_products(GgmlType::Q6K, row, xs[k]);
                 assert!(
                     (ours[k][r] - expected).abs() <= tolerance,
                     "{blocks} blocks, input {k}, row {r}: {} vs {expected} (tolerance {tolerance})",
@@ -481,7 +426,7 @@ mod tests {
                 block[..BLOCK_SCALES].fill(fill);
                 block[BLOCK_SCALES..BLOCK_D].fill(scale);
             }
-            let group = interleave(&bytes, ROWS, row_bytes);
+            let group = GROUP_BLOCK.interleave(&bytes, ROWS, row_bytes);
             let signs: [fn(usize) -> f32; 3] =
                 [|_| 1.0, |_| -1.0, |i| if i % 3 == 0 { -1.0 } else { 1.0 }];
             for sign in signs {
@@ -492,62 +437,12 @@ mod tests {
                 for r in 0..ROWS {
                     let row = &bytes[r * row_bytes..(r + 1) * row_bytes];
                     let expected = q6_k::dot_q6_k_q8_k(row, &input);
-                    let tolerance = 1e-5 * magnitude(row, &input);
+                    let tolerance = 1e-5 * abs_products(GgmlType::Q6K, row, &input);
                     assert!(
                         (ours[r] - expected).abs() <= tolerance,
                         "fill {fill:#x}, scale {scale:#x}, row {r}: {} vs {expected}",
                         ours[r]
                     );
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn the_interleaved_matmul_matches_the_row_by_row_matmul() {
-        let mut rng = Rng::new(13);
-        // On one thread, 2560 rows of one block go in four bands of 80 groups, each more than
-        // a sub-band (78 groups of 1680 bytes).
-        let one_thread = rayon::ThreadPoolBuilder::new()
-            .num_threads(1)
-            .build()
-            .expect("a thread pool");
-        for (rows, blocks, pool) in [(24, 3, None), (2560, 1, Some(&one_thread))] {
-            let cols = blocks * QK_K;
-            let row_bytes = blocks * BLOCK_BYTES;
-            let bytes = random_blocks(GgmlType::Q6K, rows * blocks, &mut rng);
-            let interleaved = interleave(&bytes, rows, row_bytes);
-            for n in [1, 2, 3, 5] {
-                let x: Vec<f32> = (0..n * cols).map(|_| rng.signed_unit()).collect();
-                let mut expected = vec![0f32; n * rows];
-                crate::quant::matmul_rows_quant(
-                    GgmlType::Q6K,
-                    &bytes,
-                    rows,
-                    cols,
-                    &x,
-                    n,
-                    &mut expected,
-                );
-                let mut ours = vec![f32::NAN; n * rows];
-                let mut product = || matmul_interleaved(&interleaved, rows, cols, &x, n, &mut ours);
-                match pool {
-                    Some(pool) => pool.install(product),
-                    None => product(),
-                }
-                let mut quantized = vec![BlockQ8K::ZERO; n * blocks];
-                quantize_row_q8_k(&x, &mut quantized);
-                for i in 0..n {
-                    let input = &quantized[i * blocks..(i + 1) * blocks];
-                    for r in 0..rows {
-                        let row = &bytes[r * row_bytes..(r + 1) * row_bytes];
-                        let tolerance = 1e-5 * magnitude(row, input);
-                        let (ours, expected) = (ours[i * rows + r], expected[i * rows + r]);
-                        assert!(
-                            (ours - expected).abs() <= tolerance,
-                            "{rows} rows, n = {n}, input {i}, row {r}: {ours} vs {expected}"
-                        );
-                    }
                 }
             }
         }

@@ -53,6 +53,8 @@ trait Format {
     /// Inputs a group meets at once when there are that many (1, 2 or 4; the rest go one at a
     /// time): each shares the group's loads and unpacking among them.
     const INPUTS_AT_ONCE: usize;
+    /// Whether the kernel reads the inputs' [`q5_0_offset`]s (only Q5_0's does).
+    const READS_OFFSETS: bool = false;
 
     /// Writes `block` (row r's) into its places in `group_block`.
     fn interleave_block(block: &[u8], r: usize, group_block: &mut [u8]);
@@ -136,7 +138,8 @@ impl Format for Q8_0 {
             let weights = load_u8x32(&group_block[QUANTS_AT + 32 * piece..]);
             let magnitudes = _mm256_sign_epi8(weights, weights);
             for k in 0..N {
-                let quants = _mm256_set1_epi32(four_quants(&inputs[k].blocks[b].quants, 4 * piece));
+                let quants =
+                    _mm256_set1_epi32(four_quants(&inputs[k].blocks[b].quants[4 * piece..]));
                 sums[k] =
                     _mm256_add_epi32(sums[k], dot_magnitudes_signs(magnitudes, weights, quants));
             }
@@ -168,6 +171,7 @@ impl Format for Q5_0 {
     /// spills (same run, 1 thread, 2048x1408, n = 8: 639 us a call one at a time, 483 in pairs,
     /// 537 in fours).
     const INPUTS_AT_ONCE: usize = 2;
+    const READS_OFFSETS: bool = true;
 
     fn interleave_block(block: &[u8], r: usize, group_block: &mut [u8]) {
         group_block[2 * r..2 * r + 2].copy_from_slice(&block[..2]);
@@ -242,8 +246,8 @@ impl Format for Q5_0 {
             );
             for k in 0..N {
                 let quants = &inputs[k].blocks[b].quants;
-                let first_quants = _mm256_set1_epi32(four_quants(quants, 4 * p));
-                let second_quants = _mm256_set1_epi32(four_quants(quants, 16 + 4 * p));
+                let first_quants = _mm256_set1_epi32(four_quants(&quants[4 * p..]));
+                let second_quants = _mm256_set1_epi32(four_quants(&quants[16 + 4 * p..]));
                 sums[k] = _mm256_add_epi16(sums[k], _mm256_maddubs_epi16(first, first_quants));
                 sums[k] = _mm256_add_epi16(sums[k], _mm256_maddubs_epi16(second, second_quants));
             }
@@ -273,13 +277,6 @@ fn q5_0_offset(block: &BlockQ8_0) -> i32 {
     (half(0) | half(1) << 16) as i32
 }
 
-/// The four quants from `first` on as one little-endian i32, to broadcast to every row's lane.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn four_quants(quants: &[i8; QK8_0], first: usize) -> i32 {
-    i32::from_le_bytes(std::array::from_fn(|i| quants[first + i] as u8))
-}
-
 /// The format for `ty`, or a panic for a type this module does not interleave.
 macro_rules! with_format {
     ($ty:expr, $format:ident => $body:expr) => {
@@ -301,11 +298,12 @@ macro_rules! with_format {
 }
 
 /// Where `F` puts a row's block in a group block, for the shared rearranging.
-fn group_block<F: Format>() -> GroupBlock {
+fn group_block<F: Format>() -> GroupBlock<BlockQ8_0> {
     GroupBlock {
         ty: F::TYPE,
         put: F::interleave_block,
         take: F::deinterleave_block,
+        dot_row: F::dot_row,
     }
 }
 
@@ -359,13 +357,17 @@ pub fn matmul_interleaved(
 fn matmul<F: Format>(weights: &[u8], rows: usize, cols: usize, x: &[f32], n: usize, y: &mut [f32]) {
     assert_eq!(x.len(), n * cols, "x must hold n x cols values");
     let blocks_of_inputs = q8_0_inputs(x);
-    let offsets = offsets(&blocks_of_inputs);
     let blocks = cols / QK8_0;
+    let offsets = if F::READS_OFFSETS {
+        offsets(&blocks_of_inputs)
+    } else {
+        Vec::new()
+    };
     let input = |k: usize| {
         let these = k * blocks..(k + 1) * blocks;
         Input {
             blocks: &blocks_of_inputs[these.clone()],
-            offsets: &offsets[these],
+            offsets: offsets.get(these).unwrap_or_default(),
         }
     };
     let products = |group: &[u8], first: usize, take: usize, _from_memory: bool| match take {
@@ -393,12 +395,12 @@ fn matmul<F: Format>(weights: &[u8], rows: usize, cols: usize, x: &[f32], n: usi
 /// in another order, so results agree with it to rounding.
 ///
 /// Panics unless the group holds one group block per block of each input, and each input one
-/// offset per block.
+/// offset per block where the format reads them.
 fn dot_group<F: Format, const N: usize>(group: &[u8], inputs: [Input<'_>; N]) -> [[f32; ROWS]; N] {
     for x in inputs {
         assert!(
             group.len() == x.blocks.len() * F::GROUP_BLOCK_BYTES
-                && x.offsets.len() == x.blocks.len(),
+                && (!F::READS_OFFSETS || x.offsets.len() == x.blocks.len()),
             "a group of {} rows must hold one group block per activation block",
             F::TYPE.name()
         );
@@ -418,11 +420,7 @@ fn dot_group_portable<F: Format, const N: usize>(
     group: &[u8],
     inputs: [Input<'_>; N],
 ) -> [[f32; ROWS]; N] {
-    let row_bytes = group.len() / ROWS;
-    let rows = group_block::<F>().deinterleave(group, ROWS, row_bytes);
-    inputs.map(|x| {
-        std::array::from_fn(|r| F::dot_row(&rows[r * row_bytes..(r + 1) * row_bytes], x.blocks))
-    })
+    group_block::<F>().portable_products(group, inputs.map(|x| x.blocks))
 }
 
 /// Per group block: the eight rows' f16 scales in one conversion, the format's exact integer
@@ -452,46 +450,14 @@ fn dot_group_avx2<F: Format, const N: usize>(
             );
         }
     }
-    acc.map(|lanes| {
-        let mut out = [0f32; ROWS];
-        // SAFETY: `out` holds 8 floats, and storeu has no alignment requirement.
-        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), lanes) };
-        out
-    })
+    acc.map(|lanes| lanes_f32x8(lanes))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::quant::activations::quantize_row_q8_0;
-    use crate::quant::test_support::{Rng, random_blocks};
-
-    fn random_input(blocks: usize, rng: &mut Rng) -> Vec<BlockQ8_0> {
-        let x: Vec<f32> = (0..blocks * QK8_0).map(|_| rng.signed_unit()).collect();
-        let mut out = vec![BlockQ8_0::ZERO; blocks];
-        quantize_row_q8_0(&x, &mut out);
-        out
-    }
-
-    #[test]
-    fn interleaving_round_trips() {
-        let (rows, blocks) = (16, 3);
-        for ty in [GgmlType::Q8_0, GgmlType::Q5_0] {
-            let row_bytes = blocks * ty.block_bytes();
-            let bytes = random_blocks(ty, rows * blocks, &mut Rng::new(7));
-            let packed = interleave(ty, &bytes, rows, row_bytes);
-            assert_ne!(packed, bytes);
-            assert_eq!(deinterleave(ty, &packed, rows, row_bytes), bytes);
-        }
-    }
-
-    /// Sum over the row of |w x|: the scale float rounding is measured against.
-    fn magnitude(ty: GgmlType, row: &[u8], x: &[BlockQ8_0]) -> f32 {
-        let mut w = vec![0f32; x.len() * QK8_0];
-        crate::quant::dequantize(ty, row, &mut w);
-        let x = x.iter().flat_map(|b| b.quants.map(|q| b.scale * q as f32));
-        w.iter().zip(x).map(|(w, x)| (w * x).abs()).sum()
-    }
+    use crate::quant::test_support::{Rng, abs_products, random_blocks, random_quantized};
 
     /// Eight rows' blocks `bytes` times `inputs`, through the group kernel and the portable
     /// road, against the row-by-row kernel.
@@ -515,7 +481,7 @@ mod tests {
                 let expected = F::dot_row(row, &inputs[k]);
                 // The portable road is the row-by-row kernel itself.
                 assert_eq!(portable[k][r].to_bits(), expected.to_bits());
-                let tolerance = 1e-5 * magnitude(F::TYPE, row, &inputs[k]);
+                let tolerance = 1e-5 * abs_products(F::TYPE, row, &inputs[k]);
                 assert!(
                     (ours[k][r] - expected).abs() <= tolerance,
                     "{} x {blocks} blocks, input {k}, row {r}: {} vs {expected} (tolerance {tolerance})",
@@ -528,7 +494,9 @@ mod tests {
 
     fn check_group<F: Format, const N: usize>(blocks: usize, rng: &mut Rng) {
         let bytes = random_blocks(F::TYPE, ROWS * blocks, rng);
-        let inputs: Vec<Vec<BlockQ8_0>> = (0..N).map(|_| random_input(blocks, rng)).collect();
+        let inputs: Vec<Vec<BlockQ8_0>> = (0..N)
+            .map(|_| random_quantized::<BlockQ8_0>(blocks, rng))
+            .collect();
         check_rows::<F, N>(&bytes, &inputs);
     }
 
@@ -584,37 +552,5 @@ mod tests {
     #[test]
     fn q5_0_extremes_are_exact() {
         extremes::<Q5_0>();
-    }
-
-    #[test]
-    fn matmul_matches_the_row_by_row_matmul() {
-        let mut rng = Rng::new(13);
-        let (rows, cols) = (24, 5 * QK8_0);
-        for ty in [GgmlType::Q8_0, GgmlType::Q5_0] {
-            let row_bytes = ty.row_bytes(cols).unwrap();
-            let bytes = random_blocks(ty, rows * cols / QK8_0, &mut rng);
-            let packed = interleave(ty, &bytes, rows, row_bytes);
-            for n in [1, 2, 3, 5] {
-                let x: Vec<f32> = (0..n * cols).map(|_| rng.signed_unit()).collect();
-                let mut expected = vec![0f32; n * rows];
-                crate::quant::matmul_rows_quant(ty, &bytes, rows, cols, &x, n, &mut expected);
-                let mut ours = vec![f32::NAN; n * rows];
-                matmul_interleaved(ty, &packed, rows, cols, &x, n, &mut ours);
-                for i in 0..n {
-                    let mut input = vec![BlockQ8_0::ZERO; cols / QK8_0];
-                    quantize_row_q8_0(&x[i * cols..(i + 1) * cols], &mut input);
-                    for r in 0..rows {
-                        let row = &bytes[r * row_bytes..(r + 1) * row_bytes];
-                        let tolerance = 1e-5 * magnitude(ty, row, &input);
-                        let (got, want) = (ours[i * rows + r], expected[i * rows + r]);
-                        assert!(
-                            (got - want).abs() <= tolerance,
-                            "{} n={n}, input {i}, row {r}: {got} vs {want}",
-                            ty.name()
-                        );
-                    }
-                }
-            }
-        }
     }
 }

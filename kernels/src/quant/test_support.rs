@@ -137,6 +137,22 @@ fn random_input<A: ActivationBlock>(blocks: usize, rng: &mut Rng) -> (Vec<f32>, 
     (x, quantized, dequantized)
 }
 
+/// The quantized blocks of a random input row ([`random_input`]'s).
+pub(super) fn random_quantized<A: ActivationBlock>(blocks: usize, rng: &mut Rng) -> Vec<A> {
+    random_input::<A>(blocks, rng).1
+}
+
+/// Sum over a row of |w x̂|, for the dequantized row and input: the scale the interleaved
+/// kernels' float rounding is measured against.
+pub(super) fn abs_products<A: ActivationBlock>(ty: GgmlType, row: &[u8], x: &[A]) -> f32 {
+    let mut w = vec![0f32; x.len() * A::LEN];
+    dequantize(ty, row, &mut w);
+    let x_hat = x
+        .iter()
+        .flat_map(|b| b.quants().iter().map(|&q| b.scale() * q as f32));
+    w.iter().zip(x_hat).map(|(w, x)| (w * x).abs()).sum()
+}
+
 /// M of the module docs.
 fn magnitude(ty: GgmlType, weights: &[u8], w: &[f32], x_hat: &[f32]) -> f64 {
     let minimums = subtracted_minimums(ty, weights, w.len());

@@ -288,6 +288,28 @@ pub(super) fn load_i16x16(values: &[i16]) -> __m256i {
     unsafe { _mm256_loadu_si256(values.as_ptr().cast()) }
 }
 
+/// The four quants from the start of `quants` as one little-endian i32, to broadcast to every
+/// lane (the interleaved kernels' pieces are four values of each row).
+#[inline(always)]
+pub(super) fn four_quants(quants: &[i8]) -> i32 {
+    i32::from_le_bytes([
+        quants[0] as u8,
+        quants[1] as u8,
+        quants[2] as u8,
+        quants[3] as u8,
+    ])
+}
+
+/// The eight lanes, in order.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn lanes_f32x8(v: __m256) -> [f32; 8] {
+    let mut out = [0f32; 8];
+    // SAFETY: `out` holds 8 floats, and storeu has no alignment requirement.
+    unsafe { _mm256_storeu_ps(out.as_mut_ptr(), v) };
+    out
+}
+
 /// The sum of the eight lanes.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
