@@ -285,6 +285,42 @@ impl<A> GroupBlock<A> {
 }
 
 #[cfg(test)]
+impl<A: super::test_support::ActivationBlock> GroupBlock<A> {
+    /// Asserts what a group kernel gave, `ours`, for the eight rows `bytes` (file order) times
+    /// `inputs`: the portable road is the row-by-row kernel bit for bit, and `ours` agrees with
+    /// it within 1e-5 of the sum of |w x̂| (the integer sums are exact; the float sums run in
+    /// another order).
+    pub(super) fn check_products<const N: usize>(
+        &self,
+        bytes: &[u8],
+        inputs: [&[A]; N],
+        ours: [[f32; ROWS_TOGETHER]; N],
+    ) {
+        let row_bytes = bytes.len() / ROWS_TOGETHER;
+        let group = self.interleave(bytes, ROWS_TOGETHER, row_bytes);
+        let portable = self.portable_products(&group, inputs);
+        let name = self.ty.name();
+        for (k, x) in inputs.iter().enumerate() {
+            for (r, row) in bytes.chunks_exact(row_bytes).enumerate() {
+                let expected = (self.dot_row)(row, x);
+                assert_eq!(
+                    portable[k][r].to_bits(),
+                    expected.to_bits(),
+                    "{name} row {r}"
+                );
+                let tolerance = 1e-5 * super::test_support::abs_products(self.ty, row, x);
+                assert!(
+                    (ours[k][r] - expected).abs() <= tolerance,
+                    "{name} x {} blocks, input {k}, row {r}: {} vs {expected} (tolerance {tolerance})",
+                    x.len(),
+                    ours[k][r]
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::quant::activations::{QK_K, quantize_row_q8_0, quantize_row_q8_k};

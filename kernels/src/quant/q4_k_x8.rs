@@ -332,7 +332,7 @@ fn dot_group_avx2<const N: usize>(group: &[u8], inputs: [&[BlockQ8K]; N]) -> [[f
 mod tests {
     use super::*;
     use crate::quant::GgmlType;
-    use crate::quant::test_support::{Rng, abs_products, random_blocks, random_quantized};
+    use crate::quant::test_support::{Rng, random_blocks, random_quantized};
 
     fn check_group<const N: usize>(blocks: usize, rng: &mut Rng) {
         let row_bytes = blocks * BLOCK_BYTES;
@@ -342,22 +342,7 @@ mod tests {
             .map(|_| random_quantized::<BlockQ8K>(blocks, rng))
             .collect();
         let xs: [&[BlockQ8K]; N] = std::array::from_fn(|k| inputs[k].as_slice());
-        let ours = dot_group(&group, xs);
-        let portable = dot_group_portable(&group, xs);
-        for k in 0..N {
-            for r in 0..ROWS {
-                let row = &bytes[r * row_bytes..(r + 1) * row_bytes];
-                let expected = q4_k::dot_q4_k_q8_k(row, xs[k]);
-                // The portable road is the row-by-row kernel itself.
-                assert_eq!(portable[k][r].to_bits(), expected.to_bits());
-                let tolerance = 1e-5 * abs_products(GgmlType::Q4K, row, xs[k]);
-                assert!(
-                    (ours[k][r] - expected).abs() <= tolerance,
-                    "{blocks} blocks, input {k}, row {r}: {} vs {expected} (tolerance {tolerance})",
-                    ours[k][r]
-                );
-            }
-        }
+        GROUP_BLOCK.check_products(&bytes, xs, dot_group(&group, xs));
     }
 
     #[test]

@@ -348,7 +348,7 @@ mod tests {
     use super::*;
     use crate::quant::GgmlType;
     use crate::quant::activations::quantize_row_q8_k;
-    use crate::quant::test_support::{Rng, abs_products, random_blocks, random_quantized};
+    use crate::quant::test_support::{Rng, random_blocks, random_quantized};
 
     #[test]
     fn six_bit_quants_are_the_row_by_row_quants() {
@@ -380,27 +380,13 @@ mod tests {
             .collect();
         let xs: [&[BlockQ8K]; N] = std::array::from_fn(|k| inputs[k].as_slice());
         let ours = dot_group(&group, xs);
-        let portable = dot_group_portable(&group, xs);
         // Prefetching changes nothing but the timing.
         let prefetching = dot_group_prefetching(&group, xs);
         assert_eq!(
             prefetching.map(|r| r.map(f32::to_bits)),
             ours.map(|r| r.map(f32::to_bits))
         );
-        for k in 0..N {
-            for r in 0..ROWS {
-                let row = &bytes[r * row_bytes..(r + 1) * row_bytes];
-                let expected = q6_k::dot_q6_k_q8_k(row, xs[k]);
-                // The portable road is the row-by-row kernel itself.
-                assert_eq!(portable[k][r].to_bits(), expected.to_bits());
-                let tolerance = 1e-5 * abs_products(GgmlType::Q6K, row, xs[k]);
-                assert!(
-                    (ours[k][r] - expected).abs() <= tolerance,
-                    "{blocks} blocks, input {k}, row {r}: {} vs {expected} (tolerance {tolerance})",
-                    ours[k][r]
-                );
-            }
-        }
+        GROUP_BLOCK.check_products(&bytes, xs, ours);
     }
 
     #[test]
@@ -433,17 +419,7 @@ mod tests {
                 let x: Vec<f32> = (0..blocks * QK_K).map(sign).collect();
                 let mut input = vec![BlockQ8K::ZERO; blocks];
                 quantize_row_q8_k(&x, &mut input);
-                let [ours] = dot_group(&group, [&input]);
-                for r in 0..ROWS {
-                    let row = &bytes[r * row_bytes..(r + 1) * row_bytes];
-                    let expected = q6_k::dot_q6_k_q8_k(row, &input);
-                    let tolerance = 1e-5 * abs_products(GgmlType::Q6K, row, &input);
-                    assert!(
-                        (ours[r] - expected).abs() <= tolerance,
-                        "fill {fill:#x}, scale {scale:#x}, row {r}: {} vs {expected}",
-                        ours[r]
-                    );
-                }
+                GROUP_BLOCK.check_products(&bytes, [&input], dot_group(&group, [&input]));
             }
         }
     }

@@ -457,39 +457,19 @@ fn dot_group_avx2<F: Format, const N: usize>(
 mod tests {
     use super::*;
     use crate::quant::activations::quantize_row_q8_0;
-    use crate::quant::test_support::{Rng, abs_products, random_blocks, random_quantized};
+    use crate::quant::test_support::{Rng, random_blocks, random_quantized};
 
     /// Eight rows' blocks `bytes` times `inputs`, through the group kernel and the portable
     /// road, against the row-by-row kernel.
     fn check_rows<F: Format, const N: usize>(bytes: &[u8], inputs: &[Vec<BlockQ8_0>]) {
-        let row_bytes = bytes.len() / ROWS;
-        let blocks = row_bytes / F::BLOCK_BYTES;
-        let group = group_block::<F>().interleave(bytes, ROWS, row_bytes);
-        let offsets: Vec<Vec<i32>> = inputs
-            .iter()
-            .map(|x| x.iter().map(q5_0_offset).collect())
-            .collect();
+        let group = group_block::<F>().interleave(bytes, ROWS, bytes.len() / ROWS);
+        let offsets: Vec<Vec<i32>> = inputs.iter().map(|x| offsets(x)).collect();
         let xs: [Input<'_>; N] = std::array::from_fn(|k| Input {
             blocks: &inputs[k],
             offsets: &offsets[k],
         });
         let ours = dot_group::<F, N>(&group, xs);
-        let portable = dot_group_portable::<F, N>(&group, xs);
-        for k in 0..N {
-            for r in 0..ROWS {
-                let row = &bytes[r * row_bytes..(r + 1) * row_bytes];
-                let expected = F::dot_row(row, &inputs[k]);
-                // The portable road is the row-by-row kernel itself.
-                assert_eq!(portable[k][r].to_bits(), expected.to_bits());
-                let tolerance = 1e-5 * abs_products(F::TYPE, row, &inputs[k]);
-                assert!(
-                    (ours[k][r] - expected).abs() <= tolerance,
-                    "{} x {blocks} blocks, input {k}, row {r}: {} vs {expected} (tolerance {tolerance})",
-                    F::TYPE.name(),
-                    ours[k][r]
-                );
-            }
-        }
+        group_block::<F>().check_products(bytes, xs.map(|x| x.blocks), ours);
     }
 
     fn check_group<F: Format, const N: usize>(blocks: usize, rng: &mut Rng) {
