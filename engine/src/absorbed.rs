@@ -16,6 +16,7 @@ use kernels::quant::{GgmlType, MatVecJob, matvec_many_quant, quantize_q8_0};
 
 use crate::error::{EngineError, Result};
 use crate::quantized::QuantizedWeight;
+use crate::weight_arena::WeightArena;
 
 /// The shapes of one layer's heads.
 #[derive(Clone, Copy, Debug)]
@@ -41,14 +42,14 @@ pub(crate) enum AbsorbedWeights {
 }
 
 impl AbsorbedWeights {
-    /// From kv_b_proj's weight [H * (N + V), L]. `quantize`: keep them as Q8_0 (the caller asks
-    /// when the model's own weights are quantized); dense anyway when N or L is not a whole
-    /// number of Q8_0 blocks.
+    /// From kv_b_proj's weight [H * (N + V), L]. `quantize_into`: keep them as Q8_0 in that
+    /// arena's memory (the caller asks when the model's own weights are quantized); dense anyway
+    /// when N or L is not a whole number of Q8_0 blocks.
     pub(crate) fn new(
         kv_b: &Tensor,
         shapes: HeadShapes,
         dtype: DType,
-        quantize: bool,
+        quantize_into: Option<&WeightArena>,
     ) -> Result<Self> {
         let HeadShapes {
             heads,
@@ -60,7 +61,11 @@ impl AbsorbedWeights {
         let w_uk = per_head.narrow(1, 0, nope)?;
         let w_uv = per_head.narrow(1, nope, v_dim)?;
         let block = GgmlType::Q8_0.block_len();
-        if quantize && nope % block == 0 && kv_lora % block == 0 && kv_b.device().is_cpu() {
+        if let Some(arena) = quantize_into
+            && nope % block == 0
+            && kv_lora % block == 0
+            && kv_b.device().is_cpu()
+        {
             let as_q8_0 = |name: &str, matrix: &Tensor, head_rows: usize, cols: usize| {
                 let values = matrix
                     .to_dtype(DType::F32)?
@@ -70,7 +75,7 @@ impl AbsorbedWeights {
                 let bytes: Arc<Vec<u8>> = Arc::new(quantize_q8_0(&values));
                 let rows = heads * head_rows;
                 let weight = QuantizedWeight::new(name, GgmlType::Q8_0, rows, cols, bytes, 0)?;
-                Ok::<_, EngineError>(interleaved_per_head(weight, head_rows))
+                Ok::<_, EngineError>(interleaved_per_head(weight, head_rows, arena))
             };
             return Ok(Self::Quantized {
                 uk_t: as_q8_0("W_UK^T", &w_uk.transpose(1, 2)?, kv_lora, nope)?,
@@ -112,9 +117,13 @@ impl AbsorbedWeights {
 
 /// `weight` with its rows interleaved when each head's block of `head_rows` rows is whole groups
 /// of eight (each head's block is multiplied on its own), else as it is.
-pub(crate) fn interleaved_per_head(weight: QuantizedWeight, head_rows: usize) -> QuantizedWeight {
+pub(crate) fn interleaved_per_head(
+    weight: QuantizedWeight,
+    head_rows: usize,
+    arena: &WeightArena,
+) -> QuantizedWeight {
     if head_rows.is_multiple_of(ROWS_TOGETHER) {
-        weight.interleaved()
+        weight.interleaved(arena)
     } else {
         weight
     }
@@ -194,8 +203,9 @@ mod tests {
             kv_lora: 96,
         };
         let kv_b = random((1, 3 * (64 + 32), 96), 7).squeeze(0).unwrap();
-        let dense = AbsorbedWeights::new(&kv_b, shapes, DType::F32, false).unwrap();
-        let quantized = AbsorbedWeights::new(&kv_b, shapes, DType::F32, true).unwrap();
+        let dense = AbsorbedWeights::new(&kv_b, shapes, DType::F32, None).unwrap();
+        let quantized =
+            AbsorbedWeights::new(&kv_b, shapes, DType::F32, Some(&WeightArena::new())).unwrap();
         assert!(matches!(quantized, AbsorbedWeights::Quantized { .. }));
         // Q8_0: 34 bytes per 32 values instead of 128.
         assert_eq!(quantized.bytes() * 128, dense.bytes() * 34);
@@ -225,7 +235,8 @@ mod tests {
             kv_lora: 64,
         };
         let kv_b = random((1, 2 * 80, 64), 3).squeeze(0).unwrap();
-        let weights = AbsorbedWeights::new(&kv_b, shapes, DType::F32, true).unwrap();
+        let weights =
+            AbsorbedWeights::new(&kv_b, shapes, DType::F32, Some(&WeightArena::new())).unwrap();
         assert!(matches!(weights, AbsorbedWeights::Dense { .. }));
     }
 }

@@ -25,6 +25,7 @@ pub mod sampling;
 mod stop;
 pub mod synthetic;
 pub mod tokenizer;
+pub mod weight_arena;
 pub mod weights;
 mod worker;
 

@@ -25,6 +25,7 @@ use crate::linear::{Linear, LinearWeight};
 use crate::page_pool::{DEFAULT_PAGE_TOKENS, PageLayout, PagePool};
 use crate::quantized::QuantizedWeight;
 use crate::rope::Rope;
+use crate::weight_arena::WeightArena;
 use crate::weights::{AbsorbedHalves, WeightSource};
 use kernels::quant::matvec_many_quant;
 
@@ -87,6 +88,7 @@ impl Model {
             source,
             dtype,
             device,
+            arena: WeightArena::new(),
         };
         let embedding_name = "model.embed_tokens.weight";
         let embedding_shape = [config.vocab_size, config.hidden_size];
@@ -319,6 +321,8 @@ struct Loader<'a> {
     source: &'a dyn WeightSource,
     dtype: DType,
     device: &'a Device,
+    /// Where rearranged weights go.
+    arena: WeightArena,
 }
 
 impl Loader<'_> {
@@ -346,7 +350,7 @@ impl Loader<'_> {
             && let Some(weight) = self.source.quantized(&name, &[out_dim, in_dim])?
             && weight.ty.block_len() > 1
         {
-            return Ok(Linear::quantized(weight.interleaved(), bias));
+            return Ok(Linear::quantized(weight.interleaved(&self.arena), bias));
         }
         Ok(Linear::new(self.tensor(&name, &[out_dim, in_dim])?, bias))
     }
@@ -364,8 +368,8 @@ impl Loader<'_> {
         let fits = (uk_t.rows, uk_t.cols) == (shapes.heads * shapes.kv_lora, shapes.nope)
             && (uv.rows, uv.cols) == (shapes.heads * shapes.v_dim, shapes.kv_lora);
         Ok(fits.then(|| AbsorbedWeights::Quantized {
-            uk_t: interleaved_per_head(uk_t, shapes.kv_lora),
-            uv: interleaved_per_head(uv, shapes.v_dim),
+            uk_t: interleaved_per_head(uk_t, shapes.kv_lora, &self.arena),
+            uv: interleaved_per_head(uv, shapes.v_dim, &self.arena),
         }))
     }
 }
@@ -616,7 +620,8 @@ impl Mla {
             None => {
                 // A model whose weights are quantized keeps W_UK and W_UV quantized too.
                 let quantized = kv_a.is_quantized() || kv_b.is_quantized();
-                AbsorbedWeights::new(&kv_b.dense_weight()?, shapes, w.dtype, quantized)?
+                let arena = quantized.then_some(&w.arena);
+                AbsorbedWeights::new(&kv_b.dense_weight()?, shapes, w.dtype, arena)?
             }
         };
         Ok(Self {

@@ -9,6 +9,7 @@ use kernels::quant::interleaved::{self, ROWS_TOGETHER};
 use kernels::quant::{GgmlType, MatVecJob, RowLayout};
 
 use crate::error::{EngineError, Result};
+use crate::weight_arena::WeightArena;
 
 /// Bytes that outlive the source they came from (a memory-mapped file, or an owned buffer).
 pub type SharedBytes = Arc<dyn AsRef<[u8]> + Send + Sync>;
@@ -61,21 +62,24 @@ impl QuantizedWeight {
         })
     }
 
-    /// The same matrix with its rows interleaved in groups of eight, in memory of its own (the
-    /// mapped file's pages are no longer needed), when its type has such a layout and its rows
-    /// come in eights; otherwise itself. Every product gives the same values to float rounding,
-    /// several times faster (the `quant_matmul` bench's x8 cases).
-    pub fn interleaved(self) -> Self {
+    /// The same matrix with its rows interleaved in groups of eight, in memory of its own from
+    /// `arena` (the mapped file's pages are no longer needed), when its type has such a layout
+    /// and its rows come in eights; otherwise itself. Every product gives the same values to
+    /// float rounding, several times faster (the `quant_matmul` bench's x8 cases).
+    pub fn interleaved(self, arena: &WeightArena) -> Self {
         if self.layout == RowLayout::Interleaved
             || !interleaved::can_interleave(self.ty)
             || !self.rows.is_multiple_of(ROWS_TOGETHER)
         {
             return self;
         }
-        let bytes = interleaved::interleave(self.ty, self.bytes(), self.rows, self.row_bytes());
+        let (rows, row_bytes) = (self.rows, self.row_bytes());
+        let data = arena.place(self.bytes().len(), |out| {
+            interleaved::interleave_into(self.ty, self.bytes(), rows, row_bytes, out)
+        });
         Self {
             layout: RowLayout::Interleaved,
-            data: Arc::new(bytes),
+            data,
             start: 0,
             ..self
         }

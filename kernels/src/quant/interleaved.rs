@@ -39,22 +39,33 @@ pub fn can_interleave(ty: GgmlType) -> bool {
 /// Panics unless [`can_interleave`] says yes, `rows` is a multiple of 8 and `bytes` holds the
 /// rows (caller bugs).
 pub fn interleave(ty: GgmlType, bytes: &[u8], rows: usize, row_bytes: usize) -> Vec<u8> {
+    let mut out = vec![0u8; bytes.len()];
+    interleave_into(ty, bytes, rows, row_bytes, &mut out);
+    out
+}
+
+/// [`interleave`] into `out`, memory the caller chose (as long as `bytes`).
+pub fn interleave_into(ty: GgmlType, bytes: &[u8], rows: usize, row_bytes: usize, out: &mut [u8]) {
     match ty {
-        GgmlType::Q4K => q4_k_x8::GROUP_BLOCK.interleave(bytes, rows, row_bytes),
-        GgmlType::Q6K => q6_k_x8::GROUP_BLOCK.interleave(bytes, rows, row_bytes),
-        GgmlType::Q8_0 | GgmlType::Q5_0 => q8_0_x8::interleave(ty, bytes, rows, row_bytes),
+        GgmlType::Q4K => q4_k_x8::GROUP_BLOCK.regroup(bytes, rows, row_bytes, true, out),
+        GgmlType::Q6K => q6_k_x8::GROUP_BLOCK.regroup(bytes, rows, row_bytes, true, out),
+        GgmlType::Q8_0 | GgmlType::Q5_0 => q8_0_x8::regroup(ty, bytes, rows, row_bytes, true, out),
         _ => panic!("{} has no interleaved layout", ty.name()),
     }
 }
 
 /// The inverse of [`interleave`]: the rows in file order again.
 pub fn deinterleave(ty: GgmlType, bytes: &[u8], rows: usize, row_bytes: usize) -> Vec<u8> {
+    let mut out = vec![0u8; bytes.len()];
     match ty {
-        GgmlType::Q4K => q4_k_x8::GROUP_BLOCK.deinterleave(bytes, rows, row_bytes),
-        GgmlType::Q6K => q6_k_x8::GROUP_BLOCK.deinterleave(bytes, rows, row_bytes),
-        GgmlType::Q8_0 | GgmlType::Q5_0 => q8_0_x8::deinterleave(ty, bytes, rows, row_bytes),
+        GgmlType::Q4K => q4_k_x8::GROUP_BLOCK.regroup(bytes, rows, row_bytes, false, &mut out),
+        GgmlType::Q6K => q6_k_x8::GROUP_BLOCK.regroup(bytes, rows, row_bytes, false, &mut out),
+        GgmlType::Q8_0 | GgmlType::Q5_0 => {
+            q8_0_x8::regroup(ty, bytes, rows, row_bytes, false, &mut out)
+        }
         _ => panic!("{} has no interleaved layout", ty.name()),
     }
+    out
 }
 
 /// Y = X W^T for W stored as [`interleave`] left it: [`super::matmul_rows_quant`]'s contract.
@@ -87,19 +98,21 @@ pub(super) struct PreparedInput<'a> {
     pub(super) q8_k: &'a [BlockQ8K],
 }
 
-/// One group of eight interleaved rows of `ty` times one prepared input.
+/// One group of eight interleaved rows of `ty` times one prepared input (`from_memory`: the
+/// kernel prefetches the weights).
 pub(super) fn dot_group(
     ty: GgmlType,
     group: &[u8],
     input: PreparedInput<'_>,
+    from_memory: bool,
 ) -> [f32; ROWS_TOGETHER] {
     match ty {
         GgmlType::Q4K => {
-            let [products] = q4_k_x8::dot_group(group, [input.q8_k]);
+            let [products] = q4_k_x8::dot_group(group, [input.q8_k], from_memory);
             products
         }
         GgmlType::Q6K => {
-            let [products] = q6_k_x8::dot_group(group, [input.q8_k]);
+            let [products] = q6_k_x8::dot_group(group, [input.q8_k], from_memory);
             products
         }
         GgmlType::Q8_0 | GgmlType::Q5_0 => {
@@ -107,7 +120,7 @@ pub(super) fn dot_group(
                 blocks: input.q8_0,
                 offsets: input.q5_0_offsets,
             };
-            q8_0_x8::dot_group_one(ty, group, input)
+            q8_0_x8::dot_group_one(ty, group, input, from_memory)
         }
         _ => panic!("{} has no interleaved layout", ty.name()),
     }
@@ -124,8 +137,8 @@ pub(super) const MOST_INPUTS_AT_ONCE: usize = 4;
 /// takes bands of whole groups, in sub-bands that stay in cache while the inputs pass over them
 /// `inputs_at_once` at a time (the rest one at a time). `group_products(group, first, take,
 /// from_memory)` gives the group's products with inputs `first..first + take` (the kernel has the
-/// quantized inputs); `from_memory` says the group comes straight from memory (a large matrix
-/// meeting its first inputs), for kernels that prefetch.
+/// quantized inputs); `from_memory` says the group comes straight from memory (the first inputs
+/// of a large matrix, or a single input), for kernels that prefetch.
 ///
 /// Panics unless `rows` is a multiple of 8, `cols` of `ty`'s block, and the slices hold what
 /// the sizes say (caller bugs).
@@ -166,7 +179,9 @@ pub(super) fn matmul_groups(
     }
     let group_bytes = ROWS_TOGETHER * row_bytes;
     let sub_band = (SUB_BAND_BYTES / group_bytes).max(1) * group_bytes;
-    let large = weights.len() > PREFETCH_ABOVE_BYTES;
+    // A large matrix does not stay in cache; nor, in a decode step, does any (one input: the
+    // step reads every weight once, far more than the cache holds).
+    let from_memory = weights.len() > PREFETCH_ABOVE_BYTES || n == 1;
     for_each_band(weights, row_bytes, ROWS_TOGETHER, n, y, |band, out| {
         for (sub_band, out) in band
             .chunks(sub_band)
@@ -185,7 +200,7 @@ pub(super) fn matmul_groups(
                 {
                     // The first inputs meet the sub-band straight from memory; the others find
                     // it in cache.
-                    let products = group_products(group, first, take, large && first == 0);
+                    let products = group_products(group, first, take, from_memory && first == 0);
                     // `out` is this group's rows of Y^T: row r's value for input i at r n + i.
                     for (k, products) in products[..take].iter().enumerate() {
                         for (r, product) in products.iter().enumerate() {
@@ -215,17 +230,22 @@ pub(super) struct GroupBlock<A: 'static> {
 }
 
 impl<A> GroupBlock<A> {
-    /// `rows` rows of `row_bytes` bytes (file order) as interleaved groups, groups in parallel
-    /// (a loader rearranges gigabytes of experts this way).
+    /// `rows` rows of `row_bytes` bytes (file order) as interleaved groups (the tests' way to
+    /// [`Self::regroup`]).
     ///
     /// Panics unless `rows` is a multiple of 8 and `bytes` holds `rows` rows of whole blocks.
+    #[cfg(test)]
     pub(super) fn interleave(&self, bytes: &[u8], rows: usize, row_bytes: usize) -> Vec<u8> {
-        self.regroup(bytes, rows, row_bytes, true)
+        let mut out = vec![0u8; bytes.len()];
+        self.regroup(bytes, rows, row_bytes, true, &mut out);
+        out
     }
 
     /// The inverse of [`Self::interleave`].
     pub(super) fn deinterleave(&self, bytes: &[u8], rows: usize, row_bytes: usize) -> Vec<u8> {
-        self.regroup(bytes, rows, row_bytes, false)
+        let mut out = vec![0u8; bytes.len()];
+        self.regroup(bytes, rows, row_bytes, false, &mut out);
+        out
     }
 
     /// Each of the eight rows of `group` times each input through the row-by-row kernel, on the
@@ -241,11 +261,19 @@ impl<A> GroupBlock<A> {
         inputs.map(|x| std::array::from_fn(|r| (self.dot_row)(rows[r], x)))
     }
 
-    /// Rows to groups (`into_groups`) or back, a group of rows per parallel task.
-    fn regroup(&self, bytes: &[u8], rows: usize, row_bytes: usize, into_groups: bool) -> Vec<u8> {
+    /// Rows to groups (`into_groups`) or back, into `out` (as long as `bytes`; every byte is
+    /// written), a group of rows per parallel task.
+    pub(super) fn regroup(
+        &self,
+        bytes: &[u8],
+        rows: usize,
+        row_bytes: usize,
+        into_groups: bool,
+        out: &mut [u8],
+    ) {
         let block_bytes = self.check_shape(bytes, rows, row_bytes);
+        assert_eq!(out.len(), bytes.len(), "regrouped bytes keep their length");
         let group_block_bytes = ROWS_TOGETHER * block_bytes;
-        let mut out = vec![0u8; bytes.len()];
         let group_bytes = (ROWS_TOGETHER * row_bytes).max(1);
         out.par_chunks_mut(group_bytes)
             .zip(bytes.par_chunks(group_bytes))
@@ -263,7 +291,6 @@ impl<A> GroupBlock<A> {
                     }
                 }
             });
-        out
     }
 
     /// The format's block size, after checking that `bytes` is `rows` (a multiple of 8) rows of
@@ -286,18 +313,25 @@ impl<A> GroupBlock<A> {
 
 #[cfg(test)]
 impl<A: super::test_support::ActivationBlock> GroupBlock<A> {
-    /// Asserts what a group kernel gave, `ours`, for the eight rows `bytes` (file order) times
-    /// `inputs`: the portable road is the row-by-row kernel bit for bit, and `ours` agrees with
-    /// it within 1e-5 of the sum of |w x̂| (the integer sums are exact; the float sums run in
-    /// another order).
+    /// Asserts what a group kernel, `kernel(group, from_memory)`, gives for the eight rows
+    /// `bytes` (file order) times `inputs`: prefetching or not, the same bits; the portable road
+    /// is the row-by-row kernel bit for bit, and the kernel agrees with it within 1e-5 of the sum
+    /// of |w x̂| (the integer sums are exact; the float sums run in another order).
     pub(super) fn check_products<const N: usize>(
         &self,
         bytes: &[u8],
         inputs: [&[A]; N],
-        ours: [[f32; ROWS_TOGETHER]; N],
+        kernel: impl Fn(&[u8], bool) -> [[f32; ROWS_TOGETHER]; N],
     ) {
         let row_bytes = bytes.len() / ROWS_TOGETHER;
         let group = self.interleave(bytes, ROWS_TOGETHER, row_bytes);
+        let ours = kernel(&group, false);
+        assert_eq!(
+            kernel(&group, true).map(|r| r.map(f32::to_bits)),
+            ours.map(|r| r.map(f32::to_bits)),
+            "{}: prefetching changes nothing but the timing",
+            self.ty.name()
+        );
         let portable = self.portable_products(&group, inputs);
         let name = self.ty.name();
         for (k, x) in inputs.iter().enumerate() {

@@ -127,8 +127,9 @@ pub fn matvec_many_quant(jobs: &[MatVecJob], inputs: &[&[f32]], outs: &mut [&mut
                     q5_0_offsets: &q5_0_offsets[job.input],
                     q8_k: xk,
                 };
+                // A decode step reads each matrix once: it comes from memory.
                 for (group, values) in groups.zip(values.chunks_exact_mut(ROWS_TOGETHER)) {
-                    values.copy_from_slice(&interleaved::dot_group(job.ty, group, input));
+                    values.copy_from_slice(&interleaved::dot_group(job.ty, group, input, true));
                 }
                 return;
             }

@@ -97,9 +97,13 @@ pub fn matmul_interleaved(
     let inputs = q8_k_inputs(x);
     let blocks = cols / QK_K;
     let input = |k: usize| &inputs[k * blocks..(k + 1) * blocks];
-    let products = |group: &[u8], first: usize, take: usize, _from_memory: bool| match take {
-        2 => padded(dot_group(group, [input(first), input(first + 1)])),
-        _ => padded(dot_group(group, [input(first)])),
+    let products = |group: &[u8], first: usize, take: usize, from_memory: bool| match take {
+        2 => padded(dot_group(
+            group,
+            [input(first), input(first + 1)],
+            from_memory,
+        )),
+        _ => padded(dot_group(group, [input(first)], from_memory)),
     };
     matmul_groups(
         GgmlType::Q4K,
@@ -116,11 +120,13 @@ pub fn matmul_interleaved(
 /// One group of eight interleaved rows times each of `inputs`: `result[k][r]` is row r times
 /// input k. The integer sums per sub-block are exactly the row-by-row kernel's; the float sums
 /// run in another order, so results agree with [`q4_k::dot_q4_k_q8_k`] to rounding.
+/// `from_memory`: the weights come straight from memory, and the kernel prefetches them.
 ///
 /// Panics unless the group holds one group block per block of each input.
 pub(super) fn dot_group<const N: usize>(
     group: &[u8],
     inputs: [&[BlockQ8K]; N],
+    from_memory: bool,
 ) -> [[f32; ROWS]; N] {
     for x in inputs {
         assert_eq!(
@@ -133,7 +139,13 @@ pub(super) fn dot_group<const N: usize>(
     {
         if super::x86::has_avx2_fma_f16c() {
             // SAFETY: the CPU has the features the function is compiled for.
-            return unsafe { dot_group_avx2(group, inputs) };
+            return unsafe {
+                if from_memory {
+                    dot_group_avx2::<N, true>(group, inputs)
+                } else {
+                    dot_group_avx2::<N, false>(group, inputs)
+                }
+            };
         }
     }
     dot_group_portable(group, inputs)
@@ -149,12 +161,16 @@ fn dot_group_portable<const N: usize>(group: &[u8], inputs: [&[BlockQ8K]; N]) ->
 /// row with `maddubs`; a sub-block's eight pieces add up in i16 (at most 16 products of 15 * 127:
 /// 30480). Each sub-block's sums then meet the eight rows' scales for it with one `madd`, the
 /// minimums meet the input's 32-value sums two sub-blocks per `madd`, and one multiply-add per
-/// block takes the eight rows' products into eight float lanes.
+/// block takes the eight rows' products into eight float lanes. With `PREFETCH`, each group
+/// block first asks for the weights [`super::x86::PREFETCH_AHEAD_BYTES`] further on.
 // Inputs and their accumulators are indexed together.
 #[allow(clippy::needless_range_loop)]
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn dot_group_avx2<const N: usize>(group: &[u8], inputs: [&[BlockQ8K]; N]) -> [[f32; ROWS]; N] {
+fn dot_group_avx2<const N: usize, const PREFETCH: bool>(
+    group: &[u8],
+    inputs: [&[BlockQ8K]; N],
+) -> [[f32; ROWS]; N] {
     use super::x86::*;
     use std::arch::x86_64::*;
     let blocks = group.len() / GROUP_BLOCK_BYTES;
@@ -240,6 +256,9 @@ fn dot_group_avx2<const N: usize>(group: &[u8], inputs: [&[BlockQ8K]; N]) -> [[f
     let mut acc = [_mm256_setzero_ps(); N];
     for b in 0..blocks {
         let block = &group[b * GROUP_BLOCK_BYTES..(b + 1) * GROUP_BLOCK_BYTES];
+        if PREFETCH {
+            prefetch_ahead(block, PREFETCH_AHEAD_BYTES, GROUP_BLOCK_BYTES);
+        }
         let d = _mm256_cvtph_ps(load_u8x16(block));
         let dmin = _mm256_cvtph_ps(load_u8x16(&block[16..]));
         let first = load_u8x32(&block[SCALES_AT..]);
@@ -335,14 +354,14 @@ mod tests {
     use crate::quant::test_support::{Rng, random_blocks, random_quantized};
 
     fn check_group<const N: usize>(blocks: usize, rng: &mut Rng) {
-        let row_bytes = blocks * BLOCK_BYTES;
         let bytes = random_blocks(GgmlType::Q4K, ROWS * blocks, rng);
-        let group = GROUP_BLOCK.interleave(&bytes, ROWS, row_bytes);
         let inputs: Vec<Vec<BlockQ8K>> = (0..N)
             .map(|_| random_quantized::<BlockQ8K>(blocks, rng))
             .collect();
         let xs: [&[BlockQ8K]; N] = std::array::from_fn(|k| inputs[k].as_slice());
-        GROUP_BLOCK.check_products(&bytes, xs, dot_group(&group, xs));
+        GROUP_BLOCK.check_products(&bytes, xs, |group, from_memory| {
+            dot_group(group, xs, from_memory)
+        });
     }
 
     #[test]

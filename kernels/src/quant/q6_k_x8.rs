@@ -163,19 +163,14 @@ pub fn matmul_interleaved(
     let inputs = q8_k_inputs(x);
     let blocks = cols / QK_K;
     let input = |k: usize| &inputs[k * blocks..(k + 1) * blocks];
-    // A large matrix straight from memory is prefetched two group blocks ahead (measured on the
-    // shared 2-core machine, 102400 x 2048, n = 1, 2 threads, median of 8 runs: 10.7 -> 12.7
-    // GB/s); smaller ones are left to the hardware.
-    let products =
-        |group: &[u8], first: usize, take: usize, from_memory: bool| match (take, from_memory) {
-            (2, false) => padded(dot_group(group, [input(first), input(first + 1)])),
-            (2, true) => padded(dot_group_prefetching(
-                group,
-                [input(first), input(first + 1)],
-            )),
-            (_, false) => padded(dot_group(group, [input(first)])),
-            (_, true) => padded(dot_group_prefetching(group, [input(first)])),
-        };
+    let products = |group: &[u8], first: usize, take: usize, from_memory: bool| match take {
+        2 => padded(dot_group(
+            group,
+            [input(first), input(first + 1)],
+            from_memory,
+        )),
+        _ => padded(dot_group(group, [input(first)], from_memory)),
+    };
     matmul_groups(
         GgmlType::Q6K,
         weights,
@@ -188,31 +183,21 @@ pub fn matmul_interleaved(
     );
 }
 
+/// How far ahead the kernel asks for weights that come from memory: two group blocks (measured
+/// on the shared 2-core machine, 102400 x 2048, n = 1, 2 threads, median of 8 runs: 10.7 -> 12.7
+/// GB/s with the prefetch).
+const PREFETCH_AHEAD: usize = 2 * GROUP_BLOCK_BYTES;
+
 /// One group of eight interleaved rows times each of `inputs`: `result[k][r]` is row r times
 /// input k. Each block's integer sum is exactly the row-by-row kernel's; the float sums run in
 /// another order, so results agree with [`q6_k::dot_q6_k_q8_k`] to rounding.
+/// `from_memory`: the weights come straight from memory, and the kernel prefetches them.
 ///
 /// Panics unless the group holds one group block per block of each input.
 pub(super) fn dot_group<const N: usize>(
     group: &[u8],
     inputs: [&[BlockQ8K]; N],
-) -> [[f32; ROWS]; N] {
-    dot_group_with::<N, false>(group, inputs)
-}
-
-/// [`dot_group`], prefetching the weights two group blocks ahead (past the group's end: the
-/// next group of the band), for weights that come from memory.
-fn dot_group_prefetching<const N: usize>(
-    group: &[u8],
-    inputs: [&[BlockQ8K]; N],
-) -> [[f32; ROWS]; N] {
-    dot_group_with::<N, true>(group, inputs)
-}
-
-/// [`dot_group`] on the AVX2 kernel where the CPU has it, else row by row.
-fn dot_group_with<const N: usize, const PREFETCH: bool>(
-    group: &[u8],
-    inputs: [&[BlockQ8K]; N],
+    from_memory: bool,
 ) -> [[f32; ROWS]; N] {
     for x in inputs {
         assert_eq!(
@@ -225,7 +210,13 @@ fn dot_group_with<const N: usize, const PREFETCH: bool>(
     {
         if super::x86::has_avx2_fma_f16c() {
             // SAFETY: the CPU has the features the function is compiled for.
-            return unsafe { dot_group_avx2::<N, PREFETCH>(group, inputs) };
+            return unsafe {
+                if from_memory {
+                    dot_group_avx2::<N, true>(group, inputs)
+                } else {
+                    dot_group_avx2::<N, false>(group, inputs)
+                }
+            };
         }
     }
     dot_group_portable(group, inputs)
@@ -246,7 +237,7 @@ fn dot_group_portable<const N: usize>(group: &[u8], inputs: [&[BlockQ8K]; N]) ->
 /// 16-value sum), one `madd` per pair of sub-blocks. A block's total per row is at most
 /// 16 * 128 * 16 * 63 * 127 + 32 * 16 * 128 * 16 * 127 (about 4e8) in magnitude: inside i32.
 /// One multiply-add per block takes the eight rows' totals into eight float lanes. With
-/// `PREFETCH`, each group block first asks for the one two ahead.
+/// `PREFETCH`, each group block first asks for the one [`PREFETCH_AHEAD`] bytes further on.
 ///
 /// For one input, llvm-mca (znver3) puts the loop at about 15 cycles per pair of sub-blocks,
 /// bound by the four vector pipes (59 operations, the eight broadcasts of input quants
@@ -267,12 +258,7 @@ fn dot_group_avx2<const N: usize, const PREFETCH: bool>(
     for (b, block) in group.chunks_exact(GROUP_BLOCK_BYTES).enumerate() {
         let acts: [&BlockQ8K; N] = std::array::from_fn(|k| &inputs[k][b]);
         if PREFETCH {
-            let ahead = block.as_ptr().wrapping_add(2 * GROUP_BLOCK_BYTES);
-            for line in (0..GROUP_BLOCK_BYTES).step_by(64) {
-                // A hint: it reads nothing and cannot fault, whatever the address (past the end
-                // of the weights it fetches nothing useful).
-                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line).cast());
-            }
+            prefetch_ahead(block, PREFETCH_AHEAD, GROUP_BLOCK_BYTES);
         }
         let d = _mm256_cvtph_ps(load_u8x16(block));
         // Per input: sum over sub-blocks of scale * products, and of scale * 16-value sum.
@@ -372,21 +358,14 @@ mod tests {
     }
 
     fn check_group<const N: usize>(blocks: usize, rng: &mut Rng) {
-        let row_bytes = blocks * BLOCK_BYTES;
         let bytes = random_blocks(GgmlType::Q6K, ROWS * blocks, rng);
-        let group = GROUP_BLOCK.interleave(&bytes, ROWS, row_bytes);
         let inputs: Vec<Vec<BlockQ8K>> = (0..N)
             .map(|_| random_quantized::<BlockQ8K>(blocks, rng))
             .collect();
         let xs: [&[BlockQ8K]; N] = std::array::from_fn(|k| inputs[k].as_slice());
-        let ours = dot_group(&group, xs);
-        // Prefetching changes nothing but the timing.
-        let prefetching = dot_group_prefetching(&group, xs);
-        assert_eq!(
-            prefetching.map(|r| r.map(f32::to_bits)),
-            ours.map(|r| r.map(f32::to_bits))
-        );
-        GROUP_BLOCK.check_products(&bytes, xs, ours);
+        GROUP_BLOCK.check_products(&bytes, xs, |group, from_memory| {
+            dot_group(group, xs, from_memory)
+        });
     }
 
     #[test]
@@ -404,7 +383,6 @@ mod tests {
     #[test]
     fn extreme_quants_and_scales_match_the_row_by_row_kernel() {
         let blocks = 2;
-        let row_bytes = blocks * BLOCK_BYTES;
         let mut rng = Rng::new(5);
         for (fill, scale) in [(0xFF, 0x7F), (0xFF, 0x80), (0x00, 0x80), (0x00, 0x7F)] {
             let mut bytes = random_blocks(GgmlType::Q6K, ROWS * blocks, &mut rng);
@@ -412,14 +390,15 @@ mod tests {
                 block[..BLOCK_SCALES].fill(fill);
                 block[BLOCK_SCALES..BLOCK_D].fill(scale);
             }
-            let group = GROUP_BLOCK.interleave(&bytes, ROWS, row_bytes);
             let signs: [fn(usize) -> f32; 3] =
                 [|_| 1.0, |_| -1.0, |i| if i % 3 == 0 { -1.0 } else { 1.0 }];
             for sign in signs {
                 let x: Vec<f32> = (0..blocks * QK_K).map(sign).collect();
                 let mut input = vec![BlockQ8K::ZERO; blocks];
                 quantize_row_q8_k(&x, &mut input);
-                GROUP_BLOCK.check_products(&bytes, [&input], dot_group(&group, [&input]));
+                GROUP_BLOCK.check_products(&bytes, [&input], |group, from_memory| {
+                    dot_group(group, [&input], from_memory)
+                });
             }
         }
     }

@@ -313,26 +313,30 @@ pub(super) fn offsets(blocks: &[BlockQ8_0]) -> Vec<i32> {
 }
 
 /// One group of eight interleaved rows of `ty` (Q8_0 or Q5_0) times one input: a decode step's
-/// share of [`super::matvec_many_quant`].
-pub(super) fn dot_group_one(ty: GgmlType, group: &[u8], input: Input<'_>) -> [f32; ROWS] {
-    with_format!(ty, F => dot_group::<F, 1>(group, [input])[0])
+/// share of [`super::matvec_many_quant`] (`from_memory`: prefetch the weights).
+pub(super) fn dot_group_one(
+    ty: GgmlType,
+    group: &[u8],
+    input: Input<'_>,
+    from_memory: bool,
+) -> [f32; ROWS] {
+    with_format!(ty, F => dot_group::<F, 1>(group, [input], from_memory)[0])
 }
 
 /// `rows` rows of Q8_0 or Q5_0 blocks (`row_bytes` each, as in a GGUF file) rearranged into
-/// groups of eight interleaved rows.
+/// groups of eight interleaved rows (`into_groups`) or back, into `out`.
 ///
-/// Panics unless `ty` is Q8_0 or Q5_0, `rows` is a multiple of 8 and `bytes` holds `rows` rows
-/// of whole blocks.
-pub fn interleave(ty: GgmlType, bytes: &[u8], rows: usize, row_bytes: usize) -> Vec<u8> {
-    with_format!(ty, F => group_block::<F>().interleave(bytes, rows, row_bytes))
-}
-
-/// The inverse of [`interleave`]: the rows of each group as a GGUF file lays them out (for
-/// dequantizing, and for the portable kernel).
-///
-/// Panics as [`interleave`].
-pub fn deinterleave(ty: GgmlType, bytes: &[u8], rows: usize, row_bytes: usize) -> Vec<u8> {
-    with_format!(ty, F => group_block::<F>().deinterleave(bytes, rows, row_bytes))
+/// Panics unless `ty` is Q8_0 or Q5_0, `rows` is a multiple of 8, `bytes` holds `rows` rows
+/// of whole blocks and `out` as many bytes.
+pub(super) fn regroup(
+    ty: GgmlType,
+    bytes: &[u8],
+    rows: usize,
+    row_bytes: usize,
+    into_groups: bool,
+    out: &mut [u8],
+) {
+    with_format!(ty, F => group_block::<F>().regroup(bytes, rows, row_bytes, into_groups, out))
 }
 
 /// Writes X W^T into `y` ([n, rows]) for `n` input rows `x` ([n, cols]) and W (`ty`, Q8_0 or
@@ -370,13 +374,18 @@ fn matmul<F: Format>(weights: &[u8], rows: usize, cols: usize, x: &[f32], n: usi
             offsets: offsets.get(these).unwrap_or_default(),
         }
     };
-    let products = |group: &[u8], first: usize, take: usize, _from_memory: bool| match take {
+    let products = |group: &[u8], first: usize, take: usize, from_memory: bool| match take {
         4 => padded(dot_group::<F, 4>(
             group,
             std::array::from_fn(|k| input(first + k)),
+            from_memory,
         )),
-        2 => padded(dot_group::<F, 2>(group, [input(first), input(first + 1)])),
-        _ => padded(dot_group::<F, 1>(group, [input(first)])),
+        2 => padded(dot_group::<F, 2>(
+            group,
+            [input(first), input(first + 1)],
+            from_memory,
+        )),
+        _ => padded(dot_group::<F, 1>(group, [input(first)], from_memory)),
     };
     matmul_groups(
         F::TYPE,
@@ -392,11 +401,16 @@ fn matmul<F: Format>(weights: &[u8], rows: usize, cols: usize, x: &[f32], n: usi
 
 /// One group of eight interleaved rows times each of `inputs`: `result[k][r]` is row r times
 /// input k. The integer sums per block are exactly the row-by-row kernel's; the float sums run
-/// in another order, so results agree with it to rounding.
+/// in another order, so results agree with it to rounding. `from_memory`: the weights come
+/// straight from memory, and the kernel prefetches them.
 ///
 /// Panics unless the group holds one group block per block of each input, and each input one
 /// offset per block where the format reads them.
-fn dot_group<F: Format, const N: usize>(group: &[u8], inputs: [Input<'_>; N]) -> [[f32; ROWS]; N] {
+fn dot_group<F: Format, const N: usize>(
+    group: &[u8],
+    inputs: [Input<'_>; N],
+    from_memory: bool,
+) -> [[f32; ROWS]; N] {
     for x in inputs {
         assert!(
             group.len() == x.blocks.len() * F::GROUP_BLOCK_BYTES
@@ -409,7 +423,13 @@ fn dot_group<F: Format, const N: usize>(group: &[u8], inputs: [Input<'_>; N]) ->
     {
         if super::x86::has_avx2_fma_f16c() {
             // SAFETY: the CPU has the features the function is compiled for.
-            return unsafe { dot_group_avx2::<F, N>(group, inputs) };
+            return unsafe {
+                if from_memory {
+                    dot_group_avx2::<F, N, true>(group, inputs)
+                } else {
+                    dot_group_avx2::<F, N, false>(group, inputs)
+                }
+            };
         }
     }
     dot_group_portable::<F, N>(group, inputs)
@@ -425,12 +445,13 @@ fn dot_group_portable<F: Format, const N: usize>(
 
 /// Per group block: the eight rows' f16 scales in one conversion, the format's exact integer
 /// sums for the eight rows ([`Format::block_dots`]), and one multiply-add per input taking them
-/// into eight float lanes, one per row.
+/// into eight float lanes, one per row. With `PREFETCH`, each group block first asks for the
+/// weights [`super::x86::PREFETCH_AHEAD_BYTES`] further on.
 // Inputs and their accumulators are indexed together.
 #[allow(clippy::needless_range_loop)]
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn dot_group_avx2<F: Format, const N: usize>(
+fn dot_group_avx2<F: Format, const N: usize, const PREFETCH: bool>(
     group: &[u8],
     inputs: [Input<'_>; N],
 ) -> [[f32; ROWS]; N] {
@@ -438,6 +459,9 @@ fn dot_group_avx2<F: Format, const N: usize>(
     use std::arch::x86_64::*;
     let mut acc = [_mm256_setzero_ps(); N];
     for (b, group_block) in group.chunks_exact(F::GROUP_BLOCK_BYTES).enumerate() {
+        if PREFETCH {
+            prefetch_ahead(group_block, PREFETCH_AHEAD_BYTES, F::GROUP_BLOCK_BYTES);
+        }
         let d = _mm256_cvtph_ps(load_u8x16(group_block));
         // SAFETY: the features are on (this function is compiled for them).
         let dots = unsafe { F::block_dots(group_block, &inputs, b) };
@@ -462,14 +486,14 @@ mod tests {
     /// Eight rows' blocks `bytes` times `inputs`, through the group kernel and the portable
     /// road, against the row-by-row kernel.
     fn check_rows<F: Format, const N: usize>(bytes: &[u8], inputs: &[Vec<BlockQ8_0>]) {
-        let group = group_block::<F>().interleave(bytes, ROWS, bytes.len() / ROWS);
         let offsets: Vec<Vec<i32>> = inputs.iter().map(|x| offsets(x)).collect();
         let xs: [Input<'_>; N] = std::array::from_fn(|k| Input {
             blocks: &inputs[k],
             offsets: &offsets[k],
         });
-        let ours = dot_group::<F, N>(&group, xs);
-        group_block::<F>().check_products(bytes, xs.map(|x| x.blocks), ours);
+        group_block::<F>().check_products(bytes, xs.map(|x| x.blocks), |group, from_memory| {
+            dot_group::<F, N>(group, xs, from_memory)
+        });
     }
 
     fn check_group<F: Format, const N: usize>(blocks: usize, rng: &mut Rng) {
