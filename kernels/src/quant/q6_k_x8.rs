@@ -183,11 +183,6 @@ pub fn matmul_interleaved(
     );
 }
 
-/// How far ahead the kernel asks for weights that come from memory: two group blocks (measured
-/// on the shared 2-core machine, 102400 x 2048, n = 1, 2 threads, median of 8 runs: 10.7 -> 12.7
-/// GB/s with the prefetch).
-const PREFETCH_AHEAD: usize = 2 * GROUP_BLOCK_BYTES;
-
 /// One group of eight interleaved rows times each of `inputs`: `result[k][r]` is row r times
 /// input k. Each block's integer sum is exactly the row-by-row kernel's; the float sums run in
 /// another order, so results agree with [`q6_k::dot_q6_k_q8_k`] to rounding.
@@ -237,7 +232,8 @@ fn dot_group_portable<const N: usize>(group: &[u8], inputs: [&[BlockQ8K]; N]) ->
 /// 16-value sum), one `madd` per pair of sub-blocks. A block's total per row is at most
 /// 16 * 128 * 16 * 63 * 127 + 32 * 16 * 128 * 16 * 127 (about 4e8) in magnitude: inside i32.
 /// One multiply-add per block takes the eight rows' totals into eight float lanes. With
-/// `PREFETCH`, each group block first asks for the one [`PREFETCH_AHEAD`] bytes further on.
+/// `PREFETCH`, each group block first asks for the weights
+/// [`super::x86::PREFETCH_AHEAD_BYTES`] further on.
 ///
 /// For one input, llvm-mca (znver3) puts the loop at about 15 cycles per pair of sub-blocks,
 /// bound by the four vector pipes (59 operations, the eight broadcasts of input quants
@@ -258,7 +254,7 @@ fn dot_group_avx2<const N: usize, const PREFETCH: bool>(
     for (b, block) in group.chunks_exact(GROUP_BLOCK_BYTES).enumerate() {
         let acts: [&BlockQ8K; N] = std::array::from_fn(|k| &inputs[k][b]);
         if PREFETCH {
-            prefetch_ahead(block, PREFETCH_AHEAD, GROUP_BLOCK_BYTES);
+            prefetch_ahead(block, PREFETCH_AHEAD_BYTES, GROUP_BLOCK_BYTES);
         }
         let d = _mm256_cvtph_ps(load_u8x16(block));
         // Per input: sum over sub-blocks of scale * products, and of scale * 16-value sum.
