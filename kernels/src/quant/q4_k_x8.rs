@@ -351,6 +351,7 @@ fn dot_group_avx2<const N: usize, const PREFETCH: bool>(
 mod tests {
     use super::*;
     use crate::quant::GgmlType;
+    use crate::quant::activations::quantize_row_q8_k;
     use crate::quant::test_support::{Rng, random_blocks, random_quantized};
 
     fn check_group<const N: usize>(blocks: usize, rng: &mut Rng) {
@@ -371,6 +372,35 @@ mod tests {
             check_group::<1>(blocks, &mut rng);
             check_group::<2>(blocks, &mut rng);
             check_group::<3>(blocks, &mut rng);
+        }
+    }
+
+    /// Every nibble at 0 or 15 and every 6-bit scale and minimum at 0 or 63, against inputs at
+    /// +-127: the largest sums the bounds in `dot_group_avx2` allow (a sub-block's eight pieces
+    /// reach 30480 in i16), with no saturation.
+    #[test]
+    fn extreme_nibbles_scales_and_minimums_match_the_row_by_row_kernel() {
+        // A block: d and dmin (f16), 12 bytes of packed 6-bit scales and minimums, 128 of nibbles.
+        const PACKED_SCALES: std::ops::Range<usize> = 4..16;
+        const NIBBLES: std::ops::Range<usize> = 16..BLOCK_BYTES;
+        let blocks = 2;
+        let mut rng = Rng::new(5);
+        for (nibbles, scales) in [(0xFF, 0xFF), (0x00, 0xFF), (0xFF, 0x00), (0xF0, 0x3F)] {
+            let mut bytes = random_blocks(GgmlType::Q4K, ROWS * blocks, &mut rng);
+            for block in bytes.chunks_exact_mut(BLOCK_BYTES) {
+                block[PACKED_SCALES].fill(scales);
+                block[NIBBLES].fill(nibbles);
+            }
+            let signs: [fn(usize) -> f32; 3] =
+                [|_| 1.0, |_| -1.0, |i| if i % 3 == 0 { -1.0 } else { 1.0 }];
+            for sign in signs {
+                let x: Vec<f32> = (0..blocks * QK_K).map(sign).collect();
+                let mut input = vec![BlockQ8K::ZERO; blocks];
+                quantize_row_q8_k(&x, &mut input);
+                GROUP_BLOCK.check_products(&bytes, [&input], |group, from_memory| {
+                    dot_group(group, [&input], from_memory)
+                });
+            }
         }
     }
 }
