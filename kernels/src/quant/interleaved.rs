@@ -46,26 +46,33 @@ pub fn interleave(ty: GgmlType, bytes: &[u8], rows: usize, row_bytes: usize) -> 
 
 /// [`interleave`] into `out`, memory the caller chose (as long as `bytes`).
 pub fn interleave_into(ty: GgmlType, bytes: &[u8], rows: usize, row_bytes: usize, out: &mut [u8]) {
-    match ty {
-        GgmlType::Q4K => q4_k_x8::GROUP_BLOCK.regroup(bytes, rows, row_bytes, true, out),
-        GgmlType::Q6K => q6_k_x8::GROUP_BLOCK.regroup(bytes, rows, row_bytes, true, out),
-        GgmlType::Q8_0 | GgmlType::Q5_0 => q8_0_x8::regroup(ty, bytes, rows, row_bytes, true, out),
-        _ => panic!("{} has no interleaved layout", ty.name()),
-    }
+    regroup(ty, bytes, rows, row_bytes, true, out);
 }
 
 /// The inverse of [`interleave`]: the rows in file order again.
 pub fn deinterleave(ty: GgmlType, bytes: &[u8], rows: usize, row_bytes: usize) -> Vec<u8> {
     let mut out = vec![0u8; bytes.len()];
+    regroup(ty, bytes, rows, row_bytes, false, &mut out);
+    out
+}
+
+/// Rows to `ty`'s interleaved groups (`into_groups`) or back, into `out`.
+fn regroup(
+    ty: GgmlType,
+    bytes: &[u8],
+    rows: usize,
+    row_bytes: usize,
+    into_groups: bool,
+    out: &mut [u8],
+) {
     match ty {
-        GgmlType::Q4K => q4_k_x8::GROUP_BLOCK.regroup(bytes, rows, row_bytes, false, &mut out),
-        GgmlType::Q6K => q6_k_x8::GROUP_BLOCK.regroup(bytes, rows, row_bytes, false, &mut out),
+        GgmlType::Q4K => q4_k_x8::GROUP_BLOCK.regroup(bytes, rows, row_bytes, into_groups, out),
+        GgmlType::Q6K => q6_k_x8::GROUP_BLOCK.regroup(bytes, rows, row_bytes, into_groups, out),
         GgmlType::Q8_0 | GgmlType::Q5_0 => {
-            q8_0_x8::regroup(ty, bytes, rows, row_bytes, false, &mut out)
+            q8_0_x8::regroup(ty, bytes, rows, row_bytes, into_groups, out)
         }
         _ => panic!("{} has no interleaved layout", ty.name()),
     }
-    out
 }
 
 /// Y = X W^T for W stored as [`interleave`] left it: [`super::matmul_rows_quant`]'s contract.
