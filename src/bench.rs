@@ -167,6 +167,9 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
         "weight_gb_read_per_token": model.weight_bytes_per_token() as f64 / 1e9,
         "kv_bytes_per_token": model.kv_bytes_per_token(),
         "load_seconds": load_seconds,
+        // Whether Linux backed the rearranged weights with 2 MiB pages, as the loader asks.
+        "process_huge_page_gb": engine::weight_arena::process_huge_page_bytes()
+            .map(|bytes| bytes as f64 / 1e9),
     });
     if let Some(file) = &synthetic_file {
         report["gguf"] = file.report();

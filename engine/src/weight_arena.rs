@@ -128,6 +128,15 @@ impl WeightArena {
     }
 }
 
+/// Bytes of this process's anonymous memory in huge pages (Linux's `AnonHugePages`), to see
+/// whether the kernel granted the arena's advice; `None` where the system does not say.
+pub fn process_huge_page_bytes() -> Option<u64> {
+    let rollup = std::fs::read_to_string("/proc/self/smaps_rollup").ok()?;
+    let line = rollup.lines().find(|l| l.starts_with("AnonHugePages:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 impl Chunk {
     /// A map with at least `len` usable bytes from a 2 MiB boundary, advised huge pages.
     fn new(len: usize) -> Option<Self> {
@@ -180,6 +189,12 @@ mod tests {
             );
             assert_eq!(bytes.as_ptr() as usize % REGION_ALIGN, 0, "region {i}");
         }
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_process_reports_its_huge_pages() {
+        assert!(process_huge_page_bytes().is_some());
     }
 
     #[test]
