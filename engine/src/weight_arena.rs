@@ -53,7 +53,7 @@ struct Region {
 
 impl AsRef<[u8]> for Region {
     fn as_ref(&self) -> &[u8] {
-        // SAFETY: the bytes lie inside the map (`place` checked `start + len <= chunk.len`), the
+        // SAFETY: the bytes lie inside the map (`reserve` kept `start + len <= chunk.len`), the
         // map lives as long as `self.chunk`, and no one writes them any more: only `place`
         // wrote them, through the one `&mut` it made, before this region existed.
         unsafe {
