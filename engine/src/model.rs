@@ -350,7 +350,8 @@ impl Loader<'_> {
             && let Some(weight) = self.source.quantized(&name, &[out_dim, in_dim])?
             && weight.ty.block_len() > 1
         {
-            return Ok(Linear::quantized(weight.interleaved(&self.arena), bias));
+            let weight = self.rearranged(weight, |w| w.interleaved(&self.arena));
+            return Ok(Linear::quantized(weight, bias));
         }
         Ok(Linear::new(self.tensor(&name, &[out_dim, in_dim])?, bias))
     }
@@ -368,9 +369,26 @@ impl Loader<'_> {
         let fits = (uk_t.rows, uk_t.cols) == (shapes.heads * shapes.kv_lora, shapes.nope)
             && (uv.rows, uv.cols) == (shapes.heads * shapes.v_dim, shapes.kv_lora);
         Ok(fits.then(|| AbsorbedWeights::Quantized {
-            uk_t: interleaved_per_head(uk_t, shapes.kv_lora, &self.arena),
-            uv: interleaved_per_head(uv, shapes.v_dim, &self.arena),
+            uk_t: self.rearranged(uk_t, |w| {
+                interleaved_per_head(w, shapes.kv_lora, &self.arena)
+            }),
+            uv: self.rearranged(uv, |w| interleaved_per_head(w, shapes.v_dim, &self.arena)),
         }))
+    }
+
+    /// `weight` as `rearrange` leaves it; when that made a copy of its own, the source may drop
+    /// the stored bytes from memory (a mapped file's pages would otherwise count twice).
+    fn rearranged(
+        &self,
+        weight: QuantizedWeight,
+        rearrange: impl FnOnce(QuantizedWeight) -> QuantizedWeight,
+    ) -> QuantizedWeight {
+        let stored = weight.clone();
+        let kept = rearrange(weight);
+        if kept.layout != stored.layout {
+            self.source.done_with(stored.bytes());
+        }
+        kept
     }
 }
 

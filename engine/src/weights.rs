@@ -27,6 +27,9 @@ pub trait WeightSource: Send + Sync {
     fn quantized(&self, _name: &str, _shape: &[usize]) -> Result<Option<QuantizedWeight>> {
         Ok(None)
     }
+    /// `bytes`, which this source gave out, will not be read again (the model keeps its own
+    /// rearranged copy): a mapped file may drop their pages from the process's memory.
+    fn done_with(&self, _bytes: &[u8]) {}
     /// kv_b_proj `name` as the absorbed form's two halves, when the source stores them apart in
     /// a block format (as llama.cpp's converter writes `attn_k_b` and `attn_v_b`): W_UK^T
     /// [heads * kv_lora, nope] and W_UV [heads * v, kv_lora], each head's rows together.

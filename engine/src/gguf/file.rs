@@ -145,6 +145,45 @@ impl GgufFile {
     pub fn mapped(&self) -> &[u8] {
         &self.mmap
     }
+
+    /// Drops the whole pages of `bytes` (a range of [`Self::mapped`]; anything else is ignored)
+    /// from this process's memory: the loader calls it for tensors it has copied, so a model
+    /// does not count its weights twice. Nothing is lost: the map is read-only, and a later
+    /// read faults the pages in again from the file.
+    pub fn release(&self, bytes: &[u8]) {
+        let base = self.mmap.as_ptr() as usize;
+        let start = bytes.as_ptr() as usize;
+        if start < base || start + bytes.len() > base + self.mmap.len() {
+            return;
+        }
+        let page = page_size();
+        let first = (start - base).next_multiple_of(page);
+        let end = (start - base + bytes.len()) / page * page;
+        if end <= first {
+            return;
+        }
+        // SAFETY: `MADV_DONTNEED` on a read-only file mapping only unmaps the pages; the bytes
+        // stay the file's, and every slice of the map reads them again (faulting them back in).
+        // Only a hint: an error leaves the pages where they are.
+        #[cfg(unix)]
+        let _ = unsafe {
+            self.mmap
+                .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, first, end - first)
+        };
+    }
+}
+
+/// The system's page size (4 KiB where it cannot be asked).
+fn page_size() -> usize {
+    #[cfg(unix)]
+    {
+        // SAFETY: sysconf has no preconditions.
+        let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        if size > 0 {
+            return size as usize;
+        }
+    }
+    4096
 }
 
 struct Parsed {
@@ -441,5 +480,54 @@ mod tests {
                 corrupted[at] ^= flip;
             }
         }
+    }
+
+    /// Resident kilobytes of the mapping that holds `address` (`/proc/self/smaps`).
+    #[cfg(target_os = "linux")]
+    fn resident_kib_of_mapping(address: usize) -> u64 {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let mut inside = false;
+        for line in smaps.lines() {
+            if let Some((range, _)) = line.split_once(' ')
+                && let Some((low, high)) = range.split_once('-')
+                && let (Ok(low), Ok(high)) = (
+                    usize::from_str_radix(low, 16),
+                    usize::from_str_radix(high, 16),
+                )
+            {
+                inside = (low..high).contains(&address);
+            } else if inside && let Some(rest) = line.strip_prefix("Rss:") {
+                return rest.trim().trim_end_matches("kB").trim().parse().unwrap();
+            }
+        }
+        panic!("no mapping holds {address:#x}");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn released_pages_leave_the_process_and_read_back_the_same() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gguf/lite-q8_0.gguf");
+        let file = GgufFile::open(&path).unwrap();
+        let bytes = file.mapped();
+        let copy = bytes.to_vec();
+        let address = bytes.as_ptr() as usize;
+        let touched = resident_kib_of_mapping(address);
+        assert!(
+            touched * 1024 >= bytes.len() as u64 / 2,
+            "{touched} kB resident"
+        );
+        // A range that starts and ends inside pages: only whole pages inside it go.
+        file.release(&bytes[100..bytes.len() - 100]);
+        let released = resident_kib_of_mapping(address);
+        assert!(
+            released * 1024 <= 3 * page_size() as u64,
+            "{touched} kB resident before, {released} kB after"
+        );
+        assert!(
+            file.mapped() == copy.as_slice(),
+            "the bytes read back the same"
+        );
+        // Bytes from elsewhere are ignored.
+        file.release(&copy);
     }
 }

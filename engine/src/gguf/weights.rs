@@ -298,6 +298,10 @@ fn dequantized(ty: GgmlType, bytes: &[u8]) -> Vec<f32> {
 }
 
 impl WeightSource for GgufWeights {
+    fn done_with(&self, bytes: &[u8]) {
+        self.file.release(bytes);
+    }
+
     fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         match self.stored(name)? {
             Stored::SplitKvB { k_b, v_b } => self.joined_kv_b(name, &k_b, &v_b, shape),
