@@ -69,7 +69,7 @@ fn regroup(
         GgmlType::Q4K => q4_k_x8::GROUP_BLOCK.regroup(bytes, rows, row_bytes, into_groups, out),
         GgmlType::Q6K => q6_k_x8::GROUP_BLOCK.regroup(bytes, rows, row_bytes, into_groups, out),
         GgmlType::Q8_0 | GgmlType::Q5_0 => {
-            q8_0_x8::regroup(ty, bytes, rows, row_bytes, into_groups, out)
+            q8_0_x8::group_block_of(ty).regroup(bytes, rows, row_bytes, into_groups, out)
         }
         _ => panic!("{} has no interleaved layout", ty.name()),
     }

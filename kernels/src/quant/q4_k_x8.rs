@@ -257,7 +257,7 @@ fn dot_group_avx2<const N: usize, const PREFETCH: bool>(
     for b in 0..blocks {
         let block = &group[b * GROUP_BLOCK_BYTES..(b + 1) * GROUP_BLOCK_BYTES];
         if PREFETCH {
-            prefetch_ahead(block, PREFETCH_AHEAD_BYTES, GROUP_BLOCK_BYTES);
+            prefetch_ahead(block);
         }
         let d = _mm256_cvtph_ps(load_u8x16(block));
         let dmin = _mm256_cvtph_ps(load_u8x16(&block[16..]));
@@ -351,8 +351,7 @@ fn dot_group_avx2<const N: usize, const PREFETCH: bool>(
 mod tests {
     use super::*;
     use crate::quant::GgmlType;
-    use crate::quant::activations::quantize_row_q8_k;
-    use crate::quant::test_support::{Rng, random_blocks, random_quantized};
+    use crate::quant::test_support::{Rng, extreme_inputs, random_blocks, random_quantized};
 
     fn check_group<const N: usize>(blocks: usize, rng: &mut Rng) {
         let bytes = random_blocks(GgmlType::Q4K, ROWS * blocks, rng);
@@ -391,12 +390,7 @@ mod tests {
                 block[PACKED_SCALES].fill(scales);
                 block[NIBBLES].fill(nibbles);
             }
-            let signs: [fn(usize) -> f32; 3] =
-                [|_| 1.0, |_| -1.0, |i| if i % 3 == 0 { -1.0 } else { 1.0 }];
-            for sign in signs {
-                let x: Vec<f32> = (0..blocks * QK_K).map(sign).collect();
-                let mut input = vec![BlockQ8K::ZERO; blocks];
-                quantize_row_q8_k(&x, &mut input);
+            for input in extreme_inputs::<BlockQ8K>(blocks) {
                 GROUP_BLOCK.check_products(&bytes, [&input], |group, from_memory| {
                     dot_group(group, [&input], from_memory)
                 });

@@ -254,7 +254,7 @@ fn dot_group_avx2<const N: usize, const PREFETCH: bool>(
     for (b, block) in group.chunks_exact(GROUP_BLOCK_BYTES).enumerate() {
         let acts: [&BlockQ8K; N] = std::array::from_fn(|k| &inputs[k][b]);
         if PREFETCH {
-            prefetch_ahead(block, PREFETCH_AHEAD_BYTES, GROUP_BLOCK_BYTES);
+            prefetch_ahead(block);
         }
         let d = _mm256_cvtph_ps(load_u8x16(block));
         // Per input: sum over sub-blocks of scale * products, and of scale * 16-value sum.
@@ -329,8 +329,7 @@ fn dot_group_avx2<const N: usize, const PREFETCH: bool>(
 mod tests {
     use super::*;
     use crate::quant::GgmlType;
-    use crate::quant::activations::quantize_row_q8_k;
-    use crate::quant::test_support::{Rng, random_blocks, random_quantized};
+    use crate::quant::test_support::{Rng, extreme_inputs, random_blocks, random_quantized};
 
     #[test]
     fn six_bit_quants_are_the_row_by_row_quants() {
@@ -386,12 +385,7 @@ mod tests {
                 block[..BLOCK_SCALES].fill(fill);
                 block[BLOCK_SCALES..BLOCK_D].fill(scale);
             }
-            let signs: [fn(usize) -> f32; 3] =
-                [|_| 1.0, |_| -1.0, |i| if i % 3 == 0 { -1.0 } else { 1.0 }];
-            for sign in signs {
-                let x: Vec<f32> = (0..blocks * QK_K).map(sign).collect();
-                let mut input = vec![BlockQ8K::ZERO; blocks];
-                quantize_row_q8_k(&x, &mut input);
+            for input in extreme_inputs::<BlockQ8K>(blocks) {
                 GROUP_BLOCK.check_products(&bytes, [&input], |group, from_memory| {
                     dot_group(group, [&input], from_memory)
                 });

@@ -323,20 +323,10 @@ pub(super) fn dot_group_one(
     with_format!(ty, F => dot_group::<F, 1>(group, [input], from_memory)[0])
 }
 
-/// `rows` rows of Q8_0 or Q5_0 blocks (`row_bytes` each, as in a GGUF file) rearranged into
-/// groups of eight interleaved rows (`into_groups`) or back, into `out`.
-///
-/// Panics unless `ty` is Q8_0 or Q5_0, `rows` is a multiple of 8, `bytes` holds `rows` rows
-/// of whole blocks and `out` as many bytes.
-pub(super) fn regroup(
-    ty: GgmlType,
-    bytes: &[u8],
-    rows: usize,
-    row_bytes: usize,
-    into_groups: bool,
-    out: &mut [u8],
-) {
-    with_format!(ty, F => group_block::<F>().regroup(bytes, rows, row_bytes, into_groups, out))
+/// Where `ty` (Q8_0 or Q5_0; anything else panics) puts a row's block in a group block, for the
+/// shared rearranging.
+pub(super) fn group_block_of(ty: GgmlType) -> GroupBlock<BlockQ8_0> {
+    with_format!(ty, F => group_block::<F>())
 }
 
 /// Writes X W^T into `y` ([n, rows]) for `n` input rows `x` ([n, cols]) and W (`ty`, Q8_0 or
@@ -460,7 +450,7 @@ fn dot_group_avx2<F: Format, const N: usize, const PREFETCH: bool>(
     let mut acc = [_mm256_setzero_ps(); N];
     for (b, group_block) in group.chunks_exact(F::GROUP_BLOCK_BYTES).enumerate() {
         if PREFETCH {
-            prefetch_ahead(group_block, PREFETCH_AHEAD_BYTES, F::GROUP_BLOCK_BYTES);
+            prefetch_ahead(group_block);
         }
         let d = _mm256_cvtph_ps(load_u8x16(group_block));
         // SAFETY: the features are on (this function is compiled for them).
@@ -480,8 +470,7 @@ fn dot_group_avx2<F: Format, const N: usize, const PREFETCH: bool>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quant::activations::quantize_row_q8_0;
-    use crate::quant::test_support::{Rng, random_blocks, random_quantized};
+    use crate::quant::test_support::{Rng, extreme_inputs, random_blocks, random_quantized};
 
     /// Eight rows' blocks `bytes` times `inputs`, through the group kernel and the portable
     /// road, against the row-by-row kernel.
@@ -526,18 +515,10 @@ mod tests {
 
     /// The integer sums' bounds: every weight byte 0x00, 0x80 or 0xFF (Q8_0: 0, -128, -1; Q5_0:
     /// every quant 0 or 31, every quant -16 for 0x00), scale 1, against inputs whose quants are all
-    /// +127 or all -127 or alternate.
+    /// +127 or all -127 or mixed ([`extreme_inputs`]).
     fn extremes<F: Format>() {
         let blocks = 3;
-        let inputs: Vec<Vec<BlockQ8_0>> = [[1.0, 1.0], [-1.0, -1.0], [1.0, -1.0]]
-            .iter()
-            .map(|signs| {
-                let x: Vec<f32> = (0..blocks * QK8_0).map(|i| signs[i % 2]).collect();
-                let mut out = vec![BlockQ8_0::ZERO; blocks];
-                quantize_row_q8_0(&x, &mut out);
-                out
-            })
-            .collect();
+        let inputs = extreme_inputs::<BlockQ8_0>(blocks);
         assert!(inputs[0][0].quants.iter().all(|&q| q == 127));
         for fill in [0x00, 0x80, 0xFF] {
             let mut bytes = vec![fill; ROWS * blocks * F::BLOCK_BYTES];

@@ -142,6 +142,21 @@ pub(super) fn random_quantized<A: ActivationBlock>(blocks: usize, rng: &mut Rng)
     random_input::<A>(blocks, rng).1
 }
 
+/// Inputs of `blocks` blocks whose quants all sit at +-127 (every value +1, every value -1, and
+/// every third value -1): the extreme inputs the kernels' integer bounds are tested with.
+pub(super) fn extreme_inputs<A: ActivationBlock>(blocks: usize) -> Vec<Vec<A>> {
+    let signs: [fn(usize) -> f32; 3] = [|_| 1.0, |_| -1.0, |i| if i % 3 == 0 { -1.0 } else { 1.0 }];
+    signs
+        .iter()
+        .map(|sign| {
+            let x: Vec<f32> = (0..blocks * A::LEN).map(sign).collect();
+            let mut quantized = vec![A::ZERO; blocks];
+            A::quantize(&x, &mut quantized);
+            quantized
+        })
+        .collect()
+}
+
 /// Sum over a row of |w x̂|, for the dequantized row and input: the scale the interleaved
 /// kernels' float rounding is measured against.
 pub(super) fn abs_products<A: ActivationBlock>(ty: GgmlType, row: &[u8], x: &[A]) -> f32 {

@@ -332,12 +332,12 @@ pub(super) fn sum_f32x8(v: __m256) -> f32 {
 /// 6720 and 13440 (5 alternating runs each).
 pub(super) const PREFETCH_AHEAD_BYTES: usize = 1024;
 
-/// Asks the CPU to bring `[at + ahead, + len)` into cache: the weights a kernel streaming through
-/// memory will meet a little later.
+/// Asks the CPU to bring the bytes [`PREFETCH_AHEAD_BYTES`] past `block` into cache, as many as
+/// `block` holds: the weights a kernel streaming through memory meets a little later.
 #[inline(always)]
-pub(super) fn prefetch_ahead(at: &[u8], ahead: usize, len: usize) {
-    let ahead = at.as_ptr().wrapping_add(ahead);
-    for line in (0..len).step_by(64) {
+pub(super) fn prefetch_ahead(block: &[u8]) {
+    let ahead = block.as_ptr().wrapping_add(PREFETCH_AHEAD_BYTES);
+    for line in (0..block.len()).step_by(64) {
         // SAFETY: a prefetch is a hint: it reads nothing and cannot fault, whatever the address
         // (past the end of the weights it fetches nothing useful).
         unsafe { _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line).cast()) };
