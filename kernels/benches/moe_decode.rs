@@ -13,46 +13,13 @@ use std::time::Instant;
 
 use kernels::quant::{GgmlType, MatVecJob, RowLayout, interleaved, matvec_many_quant};
 
-/// splitmix64: deterministic and dependency-free.
-struct Rng(u64);
+mod support;
+use support::{Rng, random_weights};
 
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
-    }
-
-    fn values(&mut self, n: usize) -> Vec<f32> {
-        (0..n)
-            .map(|_| (self.next_u64() % 2001) as f32 / 1000.0 - 1.0)
-            .collect()
-    }
-}
-
-/// A random interleaved matrix with small finite f16 scales.
+/// A random interleaved matrix.
 fn matrix(ty: GgmlType, rows: usize, cols: usize, rng: &mut Rng) -> Vec<u8> {
-    let row_bytes = ty.row_bytes(cols).unwrap();
-    let mut bytes: Vec<u8> = (0..rows * row_bytes)
-        .map(|_| rng.next_u64() as u8)
-        .collect();
-    let scales: &[usize] = match ty {
-        GgmlType::Q4K => &[0, 2],
-        _ => &[0],
-    };
-    for block in bytes.chunks_exact_mut(ty.block_bytes()) {
-        for &at in scales {
-            let scale = half::f16::from_f32((rng.next_u64() % 1000) as f32 * 1e-5 + 1e-4);
-            block[at..at + 2].copy_from_slice(&scale.to_le_bytes());
-        }
-    }
-    interleaved::interleave(ty, &bytes, rows, row_bytes)
+    let bytes = random_weights(ty, rows, cols, rng);
+    interleaved::interleave(ty, &bytes, rows, bytes.len() / rows)
 }
 
 /// Every expert's matrix one after another, in a Vec or in a map advised 2 MiB pages.

@@ -10,37 +10,8 @@ use std::time::{Duration, Instant};
 
 use kernels::quant::{GgmlType, interleaved, matmul_rows_quant};
 
-/// splitmix64: deterministic and dependency-free.
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-}
-
-/// Random quant bytes with small finite f16 scales where the format keeps them.
-fn weights(ty: GgmlType, rows: usize, cols: usize, rng: &mut Rng) -> Vec<u8> {
-    let mut bytes: Vec<u8> = (0..rows * ty.row_bytes(cols).unwrap())
-        .map(|_| rng.next_u64() as u8)
-        .collect();
-    let offsets: &[usize] = match ty {
-        GgmlType::Q4K | GgmlType::Q5K => &[0, 2],
-        GgmlType::Q6K => &[208],
-        _ => &[0],
-    };
-    for block in bytes.chunks_exact_mut(ty.block_bytes()) {
-        for &o in offsets {
-            let scale = half::f16::from_f32((rng.next_u64() % 1000) as f32 * 1e-5 + 1e-4);
-            block[o..o + 2].copy_from_slice(&scale.to_le_bytes());
-        }
-    }
-    bytes
-}
+mod support;
+use support::{Rng, random_weights};
 
 /// Best seconds per call over `runs` runs of at least `min_time` each.
 fn best_seconds(runs: usize, min_time: Duration, mut f: impl FnMut()) -> f64 {
@@ -106,7 +77,7 @@ fn main() {
             continue;
         }
         let x8 = what.starts_with("x8");
-        let mut w = weights(ty, rows, cols, &mut rng);
+        let mut w = random_weights(ty, rows, cols, &mut rng);
         if x8 {
             w = interleaved::interleave(ty, &w, rows, w.len() / rows);
         }
@@ -119,9 +90,7 @@ fn main() {
         };
         let mut line = format!("{label:<34}");
         for &n in &ns {
-            let x: Vec<f32> = (0..n * cols)
-                .map(|_| (rng.next_u64() % 2001) as f32 / 1000.0 - 1.0)
-                .collect();
+            let x = rng.values(n * cols);
             let mut y = vec![0f32; n * rows];
             if let Some(calls) = calls {
                 pool.install(|| {
