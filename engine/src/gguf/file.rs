@@ -146,44 +146,29 @@ impl GgufFile {
         &self.mmap
     }
 
-    /// Drops the whole pages of `bytes` (a range of [`Self::mapped`]; anything else is ignored)
+    /// Drops the pages holding `bytes` (a range of [`Self::mapped`]; anything else is ignored)
     /// from this process's memory: the loader calls it for tensors it has copied, so a model
     /// does not count its weights twice. Nothing is lost: the map is read-only, and a later
-    /// read faults the pages in again from the file.
+    /// read (of these bytes, or of a neighbour's that shares their first or last page) faults
+    /// the pages in again from the file.
     pub fn release(&self, bytes: &[u8]) {
         let base = self.mmap.as_ptr() as usize;
         let start = bytes.as_ptr() as usize;
         if start < base || start + bytes.len() > base + self.mmap.len() {
             return;
         }
-        let page = page_size();
-        let first = (start - base).next_multiple_of(page);
-        let end = (start - base + bytes.len()) / page * page;
-        if end <= first {
-            return;
-        }
-        // SAFETY: `MADV_DONTNEED` on a read-only file mapping only unmaps the pages; the bytes
-        // stay the file's, and every slice of the map reads them again (faulting them back in).
-        // Only a hint: an error leaves the pages where they are.
+        // SAFETY: `MADV_DONTNEED` on a read-only file mapping only unmaps the pages (memmap2
+        // rounds the start down to one); the bytes stay the file's, and every slice of the map
+        // reads them again. Only a hint: an error leaves the pages where they are.
         #[cfg(unix)]
         let _ = unsafe {
-            self.mmap
-                .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, first, end - first)
+            self.mmap.unchecked_advise_range(
+                memmap2::UncheckedAdvice::DontNeed,
+                start - base,
+                bytes.len(),
+            )
         };
     }
-}
-
-/// The system's page size (4 KiB where it cannot be asked).
-fn page_size() -> usize {
-    #[cfg(unix)]
-    {
-        // SAFETY: sysconf has no preconditions.
-        let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-        if size > 0 {
-            return size as usize;
-        }
-    }
-    4096
 }
 
 struct Parsed {
@@ -516,11 +501,11 @@ mod tests {
             touched * 1024 >= bytes.len() as u64 / 2,
             "{touched} kB resident"
         );
-        // A range that starts and ends inside pages: only whole pages inside it go.
+        // A range that starts and ends inside pages: the pages holding it go.
         file.release(&bytes[100..bytes.len() - 100]);
         let released = resident_kib_of_mapping(address);
         assert!(
-            released * 1024 <= 3 * page_size() as u64,
+            released * 1024 <= bytes.len() as u64 / 8,
             "{touched} kB resident before, {released} kB after"
         );
         assert!(
