@@ -2,11 +2,12 @@
 //! anonymous maps, each region handed out once, that Linux is asked to back with 2 MiB pages.
 //!
 //! Why: a decode step streams every weight it uses once, straight from memory. In 4 KiB pages
-//! the hardware prefetchers stop at every page's end and each page costs a TLB miss; in 2 MiB
-//! pages a decode step's MoE products ran 15% faster (the `moe_decode` bench, 2 threads,
-//! interleaved runs: 16.1 -> 18.6 and 18.1 -> 21.2 GB/s without prefetching, 17.8 -> 20.6 and
-//! 19.0 -> 23.3 GB/s with it). Where the kernel says no (transparent huge pages off), the maps
-//! are ordinary memory and nothing else changes.
+//! the hardware prefetchers stop at every page's end and each page costs a TLB miss. On the
+//! shared 2-core development machine the gain is real but noisy: whole decode steps of a
+//! lite:4 Q4_K_M file took a median 21.79 ms in 2 MiB pages against 23.41 ms (8 alternating
+//! rounds, without the kernels' prefetching); the `moe_decode` bench's MoE products ran 0.98x
+//! to 1.14x as fast in 2 MiB pages as in 4 KiB pages (6 runs). Where the kernel says no
+//! (transparent huge pages off), the maps are ordinary memory and nothing else changes.
 
 use std::sync::{Arc, Mutex};
 
