@@ -8,7 +8,9 @@
 
 use std::time::{Duration, Instant};
 
-use kernels::quant::{GgmlType, interleaved, matmul_rows_quant};
+use kernels::quant::{
+    GgmlType, InstructionSet, interleaved, limit_instruction_set, matmul_rows_quant,
+};
 
 mod support;
 use support::{Rng, random_weights};
@@ -46,6 +48,12 @@ fn main() {
     // CALLS=k runs every case exactly k times untimed, for `perf stat` to count the CPU time (or
     // the cycles, where the machine counts them) of exactly that work.
     let calls: Option<usize> = std::env::var("CALLS").ok().and_then(|c| c.parse().ok());
+    // KERNELS=avx2 (or portable, avx512-vnni) holds the group kernels at most at that level.
+    if let Some(name) = std::env::var("KERNELS").ok().filter(|k| !k.is_empty()) {
+        let level = InstructionSet::from_name(&name)
+            .unwrap_or_else(|| panic!("KERNELS={name}: not portable, avx2 or avx512-vnni"));
+        limit_instruction_set(level);
+    }
     let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
@@ -69,7 +77,10 @@ fn main() {
         (GgmlType::Q5K, "expert gate/up", 1408, 2048),
         (GgmlType::Q4_0, "expert down", 2048, 1408),
     ];
-    println!("threads {threads}, best of {runs}");
+    println!(
+        "threads {threads}, best of {runs}, group kernels {}",
+        InstructionSet::in_use().name()
+    );
     let mut rng = Rng(1);
     for (ty, what, rows, cols) in cases {
         let label = format!("{} {what} {rows}x{cols}", ty.name());

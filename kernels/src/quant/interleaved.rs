@@ -9,7 +9,7 @@ use rayon::prelude::*;
 
 use super::activations::{BlockQ8_0, BlockQ8K};
 use super::matmul::{PREFETCH_ABOVE_BYTES, SUB_BAND_BYTES, for_each_band};
-use super::{GgmlType, q4_k_x8, q6_k_x8, q8_0_x8};
+use super::{GgmlType, InstructionSet, q4_k_x8, q6_k_x8, q8_0_x8};
 
 /// Rows stored together in an interleaved layout.
 pub const ROWS_TOGETHER: usize = 8;
@@ -100,9 +100,13 @@ pub fn matmul_interleaved(
 #[derive(Clone, Copy)]
 pub(super) struct PreparedInput<'a> {
     pub(super) q8_0: &'a [BlockQ8_0],
-    /// [`q8_0_x8::offsets`] of `q8_0`, for interleaved Q5_0.
+    /// [`q8_0_x8::offsets`] of `q8_0` for interleaved Q8_0 and Q5_0, for the kernels of
+    /// `level`.
+    pub(super) q8_0_offsets: &'a [i32],
     pub(super) q5_0_offsets: &'a [i32],
     pub(super) q8_k: &'a [BlockQ8K],
+    /// The instruction set the offsets are for, and the kernels run on.
+    pub(super) level: InstructionSet,
 }
 
 /// One group of eight interleaved rows of `ty` times one prepared input (`from_memory`: the
@@ -115,19 +119,24 @@ pub(super) fn dot_group(
 ) -> [f32; ROWS_TOGETHER] {
     match ty {
         GgmlType::Q4K => {
-            let [products] = q4_k_x8::dot_group(group, [input.q8_k], from_memory);
+            let [products] = q4_k_x8::dot_group(input.level, group, [input.q8_k], from_memory);
             products
         }
         GgmlType::Q6K => {
-            let [products] = q6_k_x8::dot_group(group, [input.q8_k], from_memory);
+            let [products] = q6_k_x8::dot_group(input.level, group, [input.q8_k], from_memory);
             products
         }
         GgmlType::Q8_0 | GgmlType::Q5_0 => {
-            let input = q8_0_x8::Input {
-                blocks: input.q8_0,
-                offsets: input.q5_0_offsets,
+            let offsets = if ty == GgmlType::Q8_0 {
+                input.q8_0_offsets
+            } else {
+                input.q5_0_offsets
             };
-            q8_0_x8::dot_group_one(ty, group, input, from_memory)
+            let q8_0_input = q8_0_x8::Input {
+                blocks: input.q8_0,
+                offsets,
+            };
+            q8_0_x8::dot_group_one(ty, input.level, group, q8_0_input, from_memory)
         }
         _ => panic!("{} has no interleaved layout", ty.name()),
     }

@@ -14,8 +14,8 @@ use super::interleaved::{self, PreparedInput, ROWS_TOGETHER, RowLayout};
 use super::matmul::{q8_0_inputs, q8_k_inputs};
 use super::q8_0_x8;
 use super::{
-    GgmlType, dot_q4_0_q8_0, dot_q4_k_q8_k, dot_q5_0_q8_0, dot_q5_k_q8_k, dot_q6_k_q8_k,
-    dot_q8_0_q8_0,
+    GgmlType, InstructionSet, dot_q4_0_q8_0, dot_q4_k_q8_k, dot_q5_0_q8_0, dot_q5_k_q8_k,
+    dot_q6_k_q8_k, dot_q8_0_q8_0,
 };
 
 /// Rows one task takes: enough that a task streams a good run of a matrix, few enough that a
@@ -93,18 +93,24 @@ pub fn matvec_many_quant(jobs: &[MatVecJob], inputs: &[&[f32]], outs: &mut [&mut
             }
         })
         .collect();
-    let q5_0_offsets: Vec<Vec<i32>> = (0..inputs.len())
-        .map(|i| {
-            let interleaved_q5_0 = jobs.iter().any(|j| {
-                j.input == i && j.ty == GgmlType::Q5_0 && j.layout == RowLayout::Interleaved
-            });
-            if interleaved_q5_0 {
-                q8_0_x8::offsets(&q8_0[i])
-            } else {
-                Vec::new()
-            }
-        })
-        .collect();
+    let level = InstructionSet::in_use();
+    // What the kernels of `level` subtract per block, for each input its interleaved `ty` jobs
+    // take.
+    let offsets_for = |ty: GgmlType| -> Vec<Vec<i32>> {
+        (0..inputs.len())
+            .map(|i| {
+                let interleaved = jobs
+                    .iter()
+                    .any(|j| j.input == i && j.ty == ty && j.layout == RowLayout::Interleaved);
+                if interleaved {
+                    q8_0_x8::offsets(ty, level, &q8_0[i])
+                } else {
+                    Vec::new()
+                }
+            })
+            .collect()
+    };
+    let (q8_0_offsets, q5_0_offsets) = (offsets_for(GgmlType::Q8_0), offsets_for(GgmlType::Q5_0));
     let mut tasks: Vec<(usize, usize, &mut [f32])> = Vec::new();
     for (index, out) in outs.iter_mut().enumerate() {
         for (chunk, values) in out.chunks_mut(ROWS_PER_TASK).enumerate() {
@@ -124,8 +130,10 @@ pub fn matvec_many_quant(jobs: &[MatVecJob], inputs: &[&[f32]], outs: &mut [&mut
                     job.weights[first..first + values.len() * row_bytes].chunks_exact(group_bytes);
                 let input = PreparedInput {
                     q8_0: x0,
+                    q8_0_offsets: &q8_0_offsets[job.input],
                     q5_0_offsets: &q5_0_offsets[job.input],
                     q8_k: xk,
+                    level,
                 };
                 // A decode step reads each matrix once: it comes from memory.
                 for (group, values) in groups.zip(values.chunks_exact_mut(ROWS_TOGETHER)) {

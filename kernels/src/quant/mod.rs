@@ -17,6 +17,7 @@ mod activations;
 mod dequantize;
 mod fields;
 mod floats;
+mod instruction_set;
 pub mod interleaved;
 mod matmul;
 mod matvec_many;
@@ -37,6 +38,7 @@ mod x86;
 
 pub use activations::{BlockQ8_0, BlockQ8K, QK_K, QK8_0, quantize_row_q8_0, quantize_row_q8_k};
 pub use dequantize::dequantize;
+pub use instruction_set::{InstructionSet, limit_instruction_set};
 pub use interleaved::RowLayout;
 pub use matmul::matmul_rows_quant;
 pub use matvec_many::{MatVecJob, matvec_many_quant};

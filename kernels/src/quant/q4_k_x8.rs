@@ -24,7 +24,7 @@
 use super::activations::{BlockQ8K, QK_K};
 use super::interleaved::{GroupBlock, matmul_groups, padded};
 use super::matmul::q8_k_inputs;
-use super::{GgmlType, q4_k};
+use super::{GgmlType, InstructionSet, q4_k};
 
 /// Rows interleaved together.
 pub const ROWS: usize = super::interleaved::ROWS_TOGETHER;
@@ -72,16 +72,21 @@ fn take_row(source: &[u8], r: usize, target: &mut [u8]) {
     }
 }
 
-/// Inputs one group meets at once: their accumulators and the group's unpacked nibbles fill the
-/// sixteen registers. Measured (quant_matmul, 1 thread, 1408x2048, two runs each, n=8 / n=64
-/// GOP/s): one at a time 85.6-89.6 / 93.5-99.2, pairs 124.8-130.9 / 124.0-133.9, fours
-/// 130.5-142.4 / 128.3-132.1 (within the noise of pairs, with twice the registers).
-const INPUTS_AT_ONCE: usize = 2;
+/// Inputs one group meets at once in the AVX2 kernel: their accumulators and the group's
+/// unpacked nibbles fill the sixteen registers. Measured (quant_matmul, 1 thread, 1408x2048, two
+/// runs each, n=8 / n=64 GOP/s): one at a time 85.6-89.6 / 93.5-99.2, pairs 124.8-130.9 /
+/// 124.0-133.9, fours 130.5-142.4 / 128.3-132.1 (within the noise of pairs, with twice the
+/// registers).
+const INPUTS_AT_ONCE_AVX2: usize = 2;
+
+/// Inputs one group meets at once in the AVX-512 VNNI kernel, which has 32 registers: four
+/// inputs' two sub-block accumulators, block sums and float sums take 16.
+const INPUTS_AT_ONCE_VNNI: usize = 4;
 
 /// Writes X W^T into `y` ([n, rows]) for `n` input rows `x` ([n, cols]) and W as [`interleave`]
 /// left it: [`super::matmul_rows_quant`] for interleaved Q4_K. Each thread takes bands of whole
 /// groups; with more inputs than a group meets at once, a band goes in sub-bands that stay in
-/// cache while every pair of inputs passes over them.
+/// cache while every few inputs pass over them.
 ///
 /// Panics unless `rows` is a multiple of 8, `cols` of 256, and the slices hold what the sizes say
 /// (caller bugs).
@@ -97,13 +102,26 @@ pub fn matmul_interleaved(
     let inputs = q8_k_inputs(x);
     let blocks = cols / QK_K;
     let input = |k: usize| &inputs[k * blocks..(k + 1) * blocks];
+    let level = InstructionSet::in_use();
     let products = |group: &[u8], first: usize, take: usize, from_memory: bool| match take {
+        4 => padded(dot_group(
+            level,
+            group,
+            std::array::from_fn::<_, 4, _>(|k| input(first + k)),
+            from_memory,
+        )),
         2 => padded(dot_group(
+            level,
             group,
             [input(first), input(first + 1)],
             from_memory,
         )),
-        _ => padded(dot_group(group, [input(first)], from_memory)),
+        _ => padded(dot_group(level, group, [input(first)], from_memory)),
+    };
+    let inputs_at_once = if level == InstructionSet::Avx512Vnni {
+        INPUTS_AT_ONCE_VNNI
+    } else {
+        INPUTS_AT_ONCE_AVX2
     };
     matmul_groups(
         GgmlType::Q4K,
@@ -112,18 +130,21 @@ pub fn matmul_interleaved(
         cols,
         n,
         y,
-        INPUTS_AT_ONCE,
+        inputs_at_once,
         products,
     );
 }
 
-/// One group of eight interleaved rows times each of `inputs`: `result[k][r]` is row r times
-/// input k. The integer sums per sub-block are exactly the row-by-row kernel's; the float sums
-/// run in another order, so results agree with [`q4_k::dot_q4_k_q8_k`] to rounding.
-/// `from_memory`: the weights come straight from memory, and the kernel prefetches them.
+/// One group of eight interleaved rows times each of `inputs`, on the kernel of `level`:
+/// `result[k][r]` is row r times input k. The integer sums per sub-block are exactly the
+/// row-by-row kernel's; the float sums run in another order, so results agree with
+/// [`q4_k::dot_q4_k_q8_k`] to rounding. `from_memory`: the weights come straight from memory,
+/// and the kernel prefetches them.
 ///
-/// Panics unless the group holds one group block per block of each input.
+/// Panics unless the CPU supports `level` and the group holds one group block per block of each
+/// input.
 pub(super) fn dot_group<const N: usize>(
+    level: InstructionSet,
     group: &[u8],
     inputs: [&[BlockQ8K]; N],
     from_memory: bool,
@@ -135,20 +156,27 @@ pub(super) fn dot_group<const N: usize>(
             "a group of Q4_K rows must hold one group block per activation block"
         );
     }
-    #[cfg(target_arch = "x86_64")]
-    {
-        if super::x86::has_avx2_fma_f16c() {
-            // SAFETY: the CPU has the features the function is compiled for.
-            return unsafe {
-                if from_memory {
-                    dot_group_avx2::<N, true>(group, inputs)
-                } else {
-                    dot_group_avx2::<N, false>(group, inputs)
-                }
-            };
-        }
+    assert!(level.is_supported(), "this CPU lacks {}", level.name());
+    match level {
+        // SAFETY (both arms): the CPU has the features the functions are compiled for.
+        #[cfg(target_arch = "x86_64")]
+        InstructionSet::Avx512Vnni => unsafe {
+            if from_memory {
+                dot_group_vnni::<N, true>(group, inputs)
+            } else {
+                dot_group_vnni::<N, false>(group, inputs)
+            }
+        },
+        #[cfg(target_arch = "x86_64")]
+        InstructionSet::Avx2 => unsafe {
+            if from_memory {
+                dot_group_avx2::<N, true>(group, inputs)
+            } else {
+                dot_group_avx2::<N, false>(group, inputs)
+            }
+        },
+        _ => dot_group_portable(group, inputs),
     }
-    dot_group_portable(group, inputs)
 }
 
 /// Row by row through the Q4_K kernel, on the group's rows put back in file order.
@@ -160,9 +188,9 @@ fn dot_group_portable<const N: usize>(group: &[u8], inputs: [&[BlockQ8K]; N]) ->
 /// 4-byte piece of all eight rows), meet each input's four matching quants broadcast to every
 /// row with `maddubs`; a sub-block's eight pieces add up in i16 (at most 16 products of 15 * 127:
 /// 30480). Each sub-block's sums then meet the eight rows' scales for it with one `madd`, the
-/// minimums meet the input's 32-value sums two sub-blocks per `madd`, and one multiply-add per
-/// block takes the eight rows' products into eight float lanes. With `PREFETCH`, each group
-/// block first asks for the weights [`super::x86::PREFETCH_AHEAD_BYTES`] further on.
+/// minimums meet the input's 32-value sums two sub-blocks per `madd` ([`minimums`]), and
+/// [`accumulate`] takes the eight rows' products into eight float lanes. With `PREFETCH`, each
+/// group block first asks for the weights [`super::x86::PREFETCH_AHEAD_BYTES`] further on.
 // Inputs and their accumulators are indexed together.
 #[allow(clippy::needless_range_loop)]
 #[cfg(target_arch = "x86_64")]
@@ -173,108 +201,16 @@ fn dot_group_avx2<const N: usize, const PREFETCH: bool>(
 ) -> [[f32; ROWS]; N] {
     use super::x86::*;
     use std::arch::x86_64::*;
-    let blocks = group.len() / GROUP_BLOCK_BYTES;
     let low_mask = _mm256_set1_epi8(0x0F);
-    let low_six = _mm256_set1_epi8(0x3F);
-    let two = _mm256_set1_epi8(0x03);
     // Byte k of every 4-byte lane into both i16 halves of the lane (zero above each byte).
-    let pick = |k: i8| {
-        _mm256_setr_epi8(
-            k,
-            -1,
-            k,
-            -1,
-            4 + k,
-            -1,
-            4 + k,
-            -1,
-            8 + k,
-            -1,
-            8 + k,
-            -1,
-            12 + k,
-            -1,
-            12 + k,
-            -1,
-            k,
-            -1,
-            k,
-            -1,
-            4 + k,
-            -1,
-            4 + k,
-            -1,
-            8 + k,
-            -1,
-            8 + k,
-            -1,
-            12 + k,
-            -1,
-            12 + k,
-            -1,
-        )
-    };
-    // Bytes k and k + 1 of every 4-byte lane as its two i16 halves.
-    let pick_two = |k: i8| {
-        _mm256_setr_epi8(
-            k,
-            -1,
-            k + 1,
-            -1,
-            4 + k,
-            -1,
-            5 + k,
-            -1,
-            8 + k,
-            -1,
-            9 + k,
-            -1,
-            12 + k,
-            -1,
-            13 + k,
-            -1,
-            k,
-            -1,
-            k + 1,
-            -1,
-            4 + k,
-            -1,
-            5 + k,
-            -1,
-            8 + k,
-            -1,
-            9 + k,
-            -1,
-            12 + k,
-            -1,
-            13 + k,
-            -1,
-        )
-    };
+    let pick = |k: i8| lane_bytes([k, -1, k, -1]);
     let picks = [pick(0), pick(1), pick(2), pick(3)];
-    let (pick_low_pair, pick_high_pair) = (pick_two(0), pick_two(2));
     let mut acc = [_mm256_setzero_ps(); N];
-    for b in 0..blocks {
-        let block = &group[b * GROUP_BLOCK_BYTES..(b + 1) * GROUP_BLOCK_BYTES];
+    for (b, block) in group.chunks_exact(GROUP_BLOCK_BYTES).enumerate() {
         if PREFETCH {
             prefetch_ahead(block);
         }
-        let d = _mm256_cvtph_ps(load_u8x16(block));
-        let dmin = _mm256_cvtph_ps(load_u8x16(&block[16..]));
-        let first = load_u8x32(&block[SCALES_AT..]);
-        let second = load_u8x32(&block[SCALES_AT + 32..]);
-        let third = load_u8x32(&block[SCALES_AT + 64..]);
-        // As `q4_k::scales_and_mins`, on eight rows' words at once.
-        let scales_0_4 = _mm256_and_si256(first, low_six);
-        let mins_0_4 = _mm256_and_si256(second, low_six);
-        let scales_4_8 = _mm256_or_si256(
-            _mm256_and_si256(third, low_mask),
-            _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(first, 6), two), 4),
-        );
-        let mins_4_8 = _mm256_or_si256(
-            _mm256_and_si256(_mm256_srli_epi32(third, 4), low_mask),
-            _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(second, 6), two), 4),
-        );
+        let [scales_0_4, mins_0_4, scales_4_8, mins_4_8] = scales_and_mins(block);
         let mut sums = [_mm256_setzero_si256(); N];
         for pair in 0..4 {
             let mut low = [_mm256_setzero_si256(); N];
@@ -306,45 +242,198 @@ fn dot_group_avx2<const N: usize, const PREFETCH: bool>(
                 );
             }
         }
-        // The minimums of sub-blocks (2t, 2t + 1) as each row's two i16 halves.
-        let min_pairs = [
-            _mm256_shuffle_epi8(mins_0_4, pick_low_pair),
-            _mm256_shuffle_epi8(mins_0_4, pick_high_pair),
-            _mm256_shuffle_epi8(mins_4_8, pick_low_pair),
-            _mm256_shuffle_epi8(mins_4_8, pick_high_pair),
-        ];
+        let min_pairs = minimum_pairs(mins_0_4, mins_4_8);
         for k in 0..N {
             let act = &inputs[k][b];
-            let sixteens = load_i16x16(&act.sums);
-            // The eight 32-value sums (at most 32 * 127 in magnitude), in order, in both halves.
-            let sub_block_sums = _mm256_broadcastsi128_si256(_mm_hadd_epi16(
-                _mm256_castsi256_si128(sixteens),
-                _mm256_extracti128_si256(sixteens, 1),
-            ));
-            let minimums = _mm256_add_epi32(
-                _mm256_add_epi32(
-                    _mm256_madd_epi16(min_pairs[0], _mm256_shuffle_epi32(sub_block_sums, 0x00)),
-                    _mm256_madd_epi16(min_pairs[1], _mm256_shuffle_epi32(sub_block_sums, 0x55)),
-                ),
-                _mm256_add_epi32(
-                    _mm256_madd_epi16(min_pairs[2], _mm256_shuffle_epi32(sub_block_sums, 0xAA)),
-                    _mm256_madd_epi16(min_pairs[3], _mm256_shuffle_epi32(sub_block_sums, 0xFF)),
-                ),
-            );
-            let act_scale = _mm256_set1_ps(act.scale);
-            acc[k] = _mm256_fmadd_ps(
-                _mm256_mul_ps(d, act_scale),
-                _mm256_cvtepi32_ps(sums[k]),
-                acc[k],
-            );
-            acc[k] = _mm256_fnmadd_ps(
-                _mm256_mul_ps(dmin, act_scale),
-                _mm256_cvtepi32_ps(minimums),
-                acc[k],
-            );
+            acc[k] = accumulate(acc[k], block, act, sums[k], minimums(&min_pairs, act));
         }
     }
     acc.map(|lanes| lanes_f32x8(lanes))
+}
+
+/// [`dot_group_avx2`] with VNNI: `dpbusd` multiplies a piece's nibbles (unsigned) by the
+/// input's quants (signed) and adds each row's four products into its i32 lane, one instruction
+/// where AVX2 takes `maddubs` and an add; a sub-block's sums stay in i32 (at most
+/// 32 * 15 * 127 = 60960) and meet the rows' scales (at most 63) with `mullo`, so a block's sum
+/// is at most 8 * 63 * 60960 = 30.7 million. With 32 registers, [`INPUTS_AT_ONCE_VNNI`] inputs
+/// share each unpacked piece.
+// Inputs and their accumulators are indexed together.
+#[allow(clippy::needless_range_loop)]
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+fn dot_group_vnni<const N: usize, const PREFETCH: bool>(
+    group: &[u8],
+    inputs: [&[BlockQ8K]; N],
+) -> [[f32; ROWS]; N] {
+    use super::x86::*;
+    use std::arch::x86_64::*;
+    let low_mask = _mm256_set1_epi8(0x0F);
+    // Byte k of every 4-byte lane as the lane's i32.
+    let widen = |k: i8| lane_bytes([k, -1, -1, -1]);
+    let widens = [widen(0), widen(1), widen(2), widen(3)];
+    let mut acc = [_mm256_setzero_ps(); N];
+    for (b, block) in group.chunks_exact(GROUP_BLOCK_BYTES).enumerate() {
+        if PREFETCH {
+            prefetch_ahead(block);
+        }
+        let [scales_0_4, mins_0_4, scales_4_8, mins_4_8] = scales_and_mins(block);
+        let mut sums = [_mm256_setzero_si256(); N];
+        for pair in 0..4 {
+            let mut low = [_mm256_setzero_si256(); N];
+            let mut high = [_mm256_setzero_si256(); N];
+            for piece in 0..8 {
+                let packed = load_u8x32(&block[NIBBLES_AT + 32 * (8 * pair + piece)..]);
+                let low_nibbles = _mm256_and_si256(packed, low_mask);
+                let high_nibbles = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low_mask);
+                for k in 0..N {
+                    let quants = &inputs[k][b].quants[64 * pair + 4 * piece..];
+                    let low_quants = _mm256_set1_epi32(four_quants(quants));
+                    let high_quants = _mm256_set1_epi32(four_quants(&quants[32..]));
+                    low[k] = _mm256_dpbusd_epi32(low[k], low_nibbles, low_quants);
+                    high[k] = _mm256_dpbusd_epi32(high[k], high_nibbles, high_quants);
+                }
+            }
+            let scales = if pair < 2 { scales_0_4 } else { scales_4_8 };
+            let low_scale = _mm256_shuffle_epi8(scales, widens[2 * pair % 4]);
+            let high_scale = _mm256_shuffle_epi8(scales, widens[(2 * pair + 1) % 4]);
+            for k in 0..N {
+                sums[k] = _mm256_add_epi32(
+                    sums[k],
+                    _mm256_add_epi32(
+                        _mm256_mullo_epi32(low[k], low_scale),
+                        _mm256_mullo_epi32(high[k], high_scale),
+                    ),
+                );
+            }
+        }
+        let min_pairs = minimum_pairs(mins_0_4, mins_4_8);
+        for k in 0..N {
+            let act = &inputs[k][b];
+            acc[k] = accumulate(acc[k], block, act, sums[k], minimums(&min_pairs, act));
+        }
+    }
+    acc.map(|lanes| lanes_f32x8(lanes))
+}
+
+/// A shuffle mask that applies the same four byte picks to each 4-byte lane: `picks[i]` is the
+/// lane's byte to put at position i (-1 for zero).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn lane_bytes(picks: [i8; 4]) -> std::arch::x86_64::__m256i {
+    let bytes: [i8; 32] = std::array::from_fn(|i| {
+        let pick = picks[i % 4];
+        if pick < 0 {
+            -1
+        } else {
+            pick + 4 * (i % 16 / 4) as i8
+        }
+    });
+    // SAFETY: `bytes` holds 32 bytes, and loadu has no alignment requirement.
+    unsafe { std::arch::x86_64::_mm256_loadu_si256(bytes.as_ptr().cast()) }
+}
+
+/// The eight rows' 6-bit scales and minimums of one group block, unpacked as
+/// `q4_k::scales_and_mins` does for one row: [scales of sub-blocks 0..4, their minimums, scales
+/// of 4..8, their minimums], byte j of row r's 4-byte lane holding sub-block j's (or 4 + j's).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn scales_and_mins(block: &[u8]) -> [std::arch::x86_64::__m256i; 4] {
+    use super::x86::load_u8x32;
+    use std::arch::x86_64::*;
+    let low_mask = _mm256_set1_epi8(0x0F);
+    let low_six = _mm256_set1_epi8(0x3F);
+    let two = _mm256_set1_epi8(0x03);
+    let first = load_u8x32(&block[SCALES_AT..]);
+    let second = load_u8x32(&block[SCALES_AT + 32..]);
+    let third = load_u8x32(&block[SCALES_AT + 64..]);
+    [
+        _mm256_and_si256(first, low_six),
+        _mm256_and_si256(second, low_six),
+        _mm256_or_si256(
+            _mm256_and_si256(third, low_mask),
+            _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(first, 6), two), 4),
+        ),
+        _mm256_or_si256(
+            _mm256_and_si256(_mm256_srli_epi32(third, 4), low_mask),
+            _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(second, 6), two), 4),
+        ),
+    ]
+}
+
+/// The minimums of sub-blocks (2t, 2t + 1), t in 0..4, as each row's two i16 halves, from
+/// [`scales_and_mins`]'s minimums.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn minimum_pairs(
+    mins_0_4: std::arch::x86_64::__m256i,
+    mins_4_8: std::arch::x86_64::__m256i,
+) -> [std::arch::x86_64::__m256i; 4] {
+    use std::arch::x86_64::_mm256_shuffle_epi8;
+    // Bytes k and k + 1 of every 4-byte lane as its two i16 halves.
+    let (low_pair, high_pair) = (lane_bytes([0, -1, 1, -1]), lane_bytes([2, -1, 3, -1]));
+    [
+        _mm256_shuffle_epi8(mins_0_4, low_pair),
+        _mm256_shuffle_epi8(mins_0_4, high_pair),
+        _mm256_shuffle_epi8(mins_4_8, low_pair),
+        _mm256_shuffle_epi8(mins_4_8, high_pair),
+    ]
+}
+
+/// Each row's sum over the eight sub-blocks of its minimum times the input's 32-value sum (the
+/// input's sums are at most 32 * 127 in magnitude), two sub-blocks per `madd`.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn minimums(
+    min_pairs: &[std::arch::x86_64::__m256i; 4],
+    act: &BlockQ8K,
+) -> std::arch::x86_64::__m256i {
+    use super::x86::load_i16x16;
+    use std::arch::x86_64::*;
+    let sixteens = load_i16x16(&act.sums);
+    // The eight 32-value sums, in order, in both halves.
+    let sub_block_sums = _mm256_broadcastsi128_si256(_mm_hadd_epi16(
+        _mm256_castsi256_si128(sixteens),
+        _mm256_extracti128_si256(sixteens, 1),
+    ));
+    _mm256_add_epi32(
+        _mm256_add_epi32(
+            _mm256_madd_epi16(min_pairs[0], _mm256_shuffle_epi32(sub_block_sums, 0x00)),
+            _mm256_madd_epi16(min_pairs[1], _mm256_shuffle_epi32(sub_block_sums, 0x55)),
+        ),
+        _mm256_add_epi32(
+            _mm256_madd_epi16(min_pairs[2], _mm256_shuffle_epi32(sub_block_sums, 0xAA)),
+            _mm256_madd_epi16(min_pairs[3], _mm256_shuffle_epi32(sub_block_sums, 0xFF)),
+        ),
+    )
+}
+
+/// `acc` plus one group block's products with one input block: d x̂ sums - dmin x̂ minimums per
+/// row, with the eight rows' f16 `d` and `dmin` from the group block's start.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn accumulate(
+    acc: std::arch::x86_64::__m256,
+    block: &[u8],
+    act: &BlockQ8K,
+    sums: std::arch::x86_64::__m256i,
+    minimums: std::arch::x86_64::__m256i,
+) -> std::arch::x86_64::__m256 {
+    use super::x86::load_u8x16;
+    use std::arch::x86_64::*;
+    let d = _mm256_cvtph_ps(load_u8x16(block));
+    let dmin = _mm256_cvtph_ps(load_u8x16(&block[16..]));
+    let act_scale = _mm256_set1_ps(act.scale);
+    let acc = _mm256_fmadd_ps(_mm256_mul_ps(d, act_scale), _mm256_cvtepi32_ps(sums), acc);
+    _mm256_fnmadd_ps(
+        _mm256_mul_ps(dmin, act_scale),
+        _mm256_cvtepi32_ps(minimums),
+        acc,
+    )
 }
 
 #[cfg(test)]
@@ -359,9 +448,11 @@ mod tests {
             .map(|_| random_quantized::<BlockQ8K>(blocks, rng))
             .collect();
         let xs: [&[BlockQ8K]; N] = std::array::from_fn(|k| inputs[k].as_slice());
-        GROUP_BLOCK.check_products(&bytes, xs, |group, from_memory| {
-            dot_group(group, xs, from_memory)
-        });
+        for level in InstructionSet::supported() {
+            GROUP_BLOCK.check_products(&bytes, xs, |group, from_memory| {
+                dot_group(level, group, xs, from_memory)
+            });
+        }
     }
 
     #[test]
@@ -371,6 +462,7 @@ mod tests {
             check_group::<1>(blocks, &mut rng);
             check_group::<2>(blocks, &mut rng);
             check_group::<3>(blocks, &mut rng);
+            check_group::<4>(blocks, &mut rng);
         }
     }
 
@@ -390,9 +482,11 @@ mod tests {
                 block[PACKED_SCALES].fill(scales);
                 block[NIBBLES].fill(nibbles);
             }
-            for input in extreme_inputs::<BlockQ8K>(blocks) {
-                GROUP_BLOCK.check_products(&bytes, [&input], |group, from_memory| {
-                    dot_group(group, [&input], from_memory)
+            let inputs = extreme_inputs::<BlockQ8K>(blocks);
+            let xs: [&[BlockQ8K]; 3] = std::array::from_fn(|k| inputs[k].as_slice());
+            for level in InstructionSet::supported() {
+                GROUP_BLOCK.check_products(&bytes, xs, |group, from_memory| {
+                    dot_group(level, group, xs, from_memory)
                 });
             }
         }

@@ -32,7 +32,7 @@
 use super::activations::{BlockQ8K, QK_K};
 use super::interleaved::{GroupBlock, matmul_groups, padded};
 use super::matmul::q8_k_inputs;
-use super::{GgmlType, q6_k};
+use super::{GgmlType, InstructionSet, q6_k};
 
 /// Rows interleaved together.
 pub const ROWS: usize = super::interleaved::ROWS_TOGETHER;
@@ -140,9 +140,12 @@ pub(super) const GROUP_BLOCK: GroupBlock<BlockQ8K> = GroupBlock {
     dot_row: q6_k::dot_q6_k_q8_k,
 };
 
-/// Inputs one group meets at once: their integer sums and accumulators, with the group's
-/// unpacked quants, fill the sixteen registers.
+/// Inputs one group meets at once in the AVX2 kernel: their integer sums and accumulators, with
+/// the group's unpacked quants, fill the sixteen registers.
 const INPUTS_AT_ONCE: usize = 2;
+
+/// Inputs one group meets at once in the AVX-512 VNNI kernel, which has 32 registers.
+const INPUTS_AT_ONCE_VNNI: usize = 4;
 
 /// Writes X W^T into `y` ([n, rows]) for `n` input rows `x` ([n, cols]) and W as [`interleave`]
 /// left it: [`super::matmul_rows_quant`] for interleaved Q6_K. Each thread takes bands of whole
@@ -163,13 +166,26 @@ pub fn matmul_interleaved(
     let inputs = q8_k_inputs(x);
     let blocks = cols / QK_K;
     let input = |k: usize| &inputs[k * blocks..(k + 1) * blocks];
+    let level = InstructionSet::in_use();
     let products = |group: &[u8], first: usize, take: usize, from_memory: bool| match take {
+        4 => padded(dot_group(
+            level,
+            group,
+            std::array::from_fn::<_, 4, _>(|k| input(first + k)),
+            from_memory,
+        )),
         2 => padded(dot_group(
+            level,
             group,
             [input(first), input(first + 1)],
             from_memory,
         )),
-        _ => padded(dot_group(group, [input(first)], from_memory)),
+        _ => padded(dot_group(level, group, [input(first)], from_memory)),
+    };
+    let inputs_at_once = if level == InstructionSet::Avx512Vnni {
+        INPUTS_AT_ONCE_VNNI
+    } else {
+        INPUTS_AT_ONCE
     };
     matmul_groups(
         GgmlType::Q6K,
@@ -178,18 +194,21 @@ pub fn matmul_interleaved(
         cols,
         n,
         y,
-        INPUTS_AT_ONCE,
+        inputs_at_once,
         products,
     );
 }
 
-/// One group of eight interleaved rows times each of `inputs`: `result[k][r]` is row r times
-/// input k. Each block's integer sum is exactly the row-by-row kernel's; the float sums run in
-/// another order, so results agree with [`q6_k::dot_q6_k_q8_k`] to rounding.
-/// `from_memory`: the weights come straight from memory, and the kernel prefetches them.
+/// One group of eight interleaved rows times each of `inputs`, on the kernel of `level`:
+/// `result[k][r]` is row r times input k. Each block's integer sum is exactly the row-by-row
+/// kernel's; the float sums run in another order, so results agree with
+/// [`q6_k::dot_q6_k_q8_k`] to rounding. `from_memory`: the weights come straight from memory,
+/// and the kernel prefetches them.
 ///
-/// Panics unless the group holds one group block per block of each input.
+/// Panics unless the CPU supports `level` and the group holds one group block per block of each
+/// input.
 pub(super) fn dot_group<const N: usize>(
+    level: InstructionSet,
     group: &[u8],
     inputs: [&[BlockQ8K]; N],
     from_memory: bool,
@@ -201,20 +220,27 @@ pub(super) fn dot_group<const N: usize>(
             "a group of Q6_K rows must hold one group block per activation block"
         );
     }
-    #[cfg(target_arch = "x86_64")]
-    {
-        if super::x86::has_avx2_fma_f16c() {
-            // SAFETY: the CPU has the features the function is compiled for.
-            return unsafe {
-                if from_memory {
-                    dot_group_avx2::<N, true>(group, inputs)
-                } else {
-                    dot_group_avx2::<N, false>(group, inputs)
-                }
-            };
-        }
+    assert!(level.is_supported(), "this CPU lacks {}", level.name());
+    match level {
+        // SAFETY (both arms): the CPU has the features the functions are compiled for.
+        #[cfg(target_arch = "x86_64")]
+        InstructionSet::Avx512Vnni => unsafe {
+            if from_memory {
+                dot_group_vnni::<N, true>(group, inputs)
+            } else {
+                dot_group_vnni::<N, false>(group, inputs)
+            }
+        },
+        #[cfg(target_arch = "x86_64")]
+        InstructionSet::Avx2 => unsafe {
+            if from_memory {
+                dot_group_avx2::<N, true>(group, inputs)
+            } else {
+                dot_group_avx2::<N, false>(group, inputs)
+            }
+        },
+        _ => dot_group_portable(group, inputs),
     }
-    dot_group_portable(group, inputs)
 }
 
 /// Row by row through the Q6_K kernel, on the group's rows put back in file order.
@@ -325,6 +351,85 @@ fn dot_group_avx2<const N: usize, const PREFETCH: bool>(
     acc.map(|lanes| lanes_f32x8(lanes))
 }
 
+/// [`dot_group_avx2`] with VNNI: a sub-block's four vectors of quants meet the input's quants
+/// in four `dpbusd` straight into i32 (at most 16 * 63 * 127 = 128016), which meet the rows'
+/// scales with `mullo` (a block's sum at most 16 * 128 * 128016, about 2.6e8, in magnitude);
+/// the offset of 32 comes off as in the AVX2 kernel. With 32 registers,
+/// [`INPUTS_AT_ONCE_VNNI`] inputs share each unpacked sub-block.
+// Inputs and their accumulators are indexed together.
+#[allow(clippy::needless_range_loop)]
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+fn dot_group_vnni<const N: usize, const PREFETCH: bool>(
+    group: &[u8],
+    inputs: [&[BlockQ8K]; N],
+) -> [[f32; ROWS]; N] {
+    use super::x86::*;
+    use std::arch::x86_64::*;
+    let low_six = _mm256_set1_epi8(0x3F);
+    let top_two = _mm256_set1_epi8(0xC0u8 as i8);
+    let mut acc = [_mm256_setzero_ps(); N];
+    for (b, block) in group.chunks_exact(GROUP_BLOCK_BYTES).enumerate() {
+        let acts: [&BlockQ8K; N] = std::array::from_fn(|k| &inputs[k][b]);
+        if PREFETCH {
+            prefetch_ahead(block);
+        }
+        let d = _mm256_cvtph_ps(load_u8x16(block));
+        let mut products = [_mm256_setzero_si256(); N];
+        let mut offsets = [_mm256_setzero_si256(); N];
+        for pair in 0..8 {
+            let both = _mm256_cvtepi8_epi16(load_u8x16(&block[SCALES_AT + 16 * pair..]));
+            let scales = [
+                _mm256_unpacklo_epi16(both, both),
+                _mm256_unpackhi_epi16(both, both),
+            ];
+            let scale_pairs = _mm256_blend_epi16(scales[0], scales[1], 0b1010_1010);
+            for k in 0..N {
+                let sums = &acts[k].sums[2 * pair..2 * pair + 2];
+                let sums = _mm256_set1_epi32((sums[0] as u16 as i32) | ((sums[1] as i32) << 16));
+                offsets[k] = _mm256_add_epi32(offsets[k], _mm256_madd_epi16(scale_pairs, sums));
+            }
+            for half in 0..2 {
+                let j = 2 * pair + half;
+                // Row r's scale in both i16 of lane r: the top one, shifted down with its sign.
+                let scale = _mm256_srai_epi32(scales[half], 16);
+                let at = QUANTS_AT + SUB_BLOCK_BYTES * j;
+                let first = load_u8x32(&block[at..]);
+                let second = load_u8x32(&block[at + 32..]);
+                let third = load_u8x32(&block[at + 64..]);
+                let last = _mm256_or_si256(
+                    _mm256_or_si256(
+                        _mm256_srli_epi16(_mm256_and_si256(first, top_two), 6),
+                        _mm256_srli_epi16(_mm256_and_si256(second, top_two), 4),
+                    ),
+                    _mm256_srli_epi16(_mm256_and_si256(third, top_two), 2),
+                );
+                let quants = [
+                    _mm256_and_si256(first, low_six),
+                    _mm256_and_si256(second, low_six),
+                    _mm256_and_si256(third, low_six),
+                    last,
+                ];
+                for k in 0..N {
+                    let x = &acts[k].quants[16 * j..16 * j + 16];
+                    let mut dot = _mm256_setzero_si256();
+                    for m in 0..4 {
+                        let four = _mm256_set1_epi32(four_quants(&x[4 * m..]));
+                        dot = _mm256_dpbusd_epi32(dot, quants[m], four);
+                    }
+                    products[k] = _mm256_add_epi32(products[k], _mm256_mullo_epi32(dot, scale));
+                }
+            }
+        }
+        for k in 0..N {
+            let total = _mm256_sub_epi32(products[k], _mm256_slli_epi32(offsets[k], 5));
+            let scale = _mm256_mul_ps(d, _mm256_set1_ps(acts[k].scale));
+            acc[k] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(total), acc[k]);
+        }
+    }
+    acc.map(|lanes| lanes_f32x8(lanes))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -358,9 +463,11 @@ mod tests {
             .map(|_| random_quantized::<BlockQ8K>(blocks, rng))
             .collect();
         let xs: [&[BlockQ8K]; N] = std::array::from_fn(|k| inputs[k].as_slice());
-        GROUP_BLOCK.check_products(&bytes, xs, |group, from_memory| {
-            dot_group(group, xs, from_memory)
-        });
+        for level in InstructionSet::supported() {
+            GROUP_BLOCK.check_products(&bytes, xs, |group, from_memory| {
+                dot_group(level, group, xs, from_memory)
+            });
+        }
     }
 
     #[test]
@@ -370,6 +477,7 @@ mod tests {
             check_group::<1>(blocks, &mut rng);
             check_group::<2>(blocks, &mut rng);
             check_group::<3>(blocks, &mut rng);
+            check_group::<4>(blocks, &mut rng);
         }
     }
 
@@ -385,9 +493,11 @@ mod tests {
                 block[..BLOCK_SCALES].fill(fill);
                 block[BLOCK_SCALES..BLOCK_D].fill(scale);
             }
-            for input in extreme_inputs::<BlockQ8K>(blocks) {
-                GROUP_BLOCK.check_products(&bytes, [&input], |group, from_memory| {
-                    dot_group(group, [&input], from_memory)
+            let inputs = extreme_inputs::<BlockQ8K>(blocks);
+            let xs: [&[BlockQ8K]; 3] = std::array::from_fn(|k| inputs[k].as_slice());
+            for level in InstructionSet::supported() {
+                GROUP_BLOCK.check_products(&bytes, xs, |group, from_memory| {
+                    dot_group(level, group, xs, from_memory)
                 });
             }
         }

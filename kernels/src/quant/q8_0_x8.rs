@@ -33,10 +33,10 @@
 //!
 //! [`q4_k_x8`]: super::q4_k_x8
 
-use super::GgmlType;
 use super::activations::{BlockQ8_0, QK8_0};
 use super::interleaved::{GroupBlock, matmul_groups, padded};
 use super::matmul::q8_0_inputs;
+use super::{GgmlType, InstructionSet};
 
 /// Rows interleaved together.
 pub const ROWS: usize = super::interleaved::ROWS_TOGETHER;
@@ -53,8 +53,11 @@ trait Format {
     /// Inputs a group meets at once when there are that many (1, 2 or 4; the rest go one at a
     /// time): each shares the group's loads and unpacking among them.
     const INPUTS_AT_ONCE: usize;
-    /// Whether the kernel reads the inputs' [`q5_0_offset`]s (only Q5_0's does).
-    const READS_OFFSETS: bool = false;
+    /// How far above the signed quant the unsigned byte the VNNI kernel multiplies lies (`dpbusd`
+    /// takes one operand unsigned): the kernel subtracts this times the input block's quant sum.
+    const VNNI_OFFSET: i32;
+    /// Whether the AVX2 kernel reads the inputs' [`q5_0_offset`]s (only Q5_0's does).
+    const AVX2_READS_OFFSETS: bool = false;
 
     /// Writes `block` (row r's) into its places in `group_block`.
     fn interleave_block(block: &[u8], r: usize, group_block: &mut [u8]);
@@ -77,10 +80,23 @@ trait Format {
         inputs: &[Input<'_>; N],
         b: usize,
     ) -> [std::arch::x86_64::__m256i; N];
+
+    /// [`Format::block_dots`] with AVX-512 VNNI: the quants as unsigned bytes
+    /// [`Format::VNNI_OFFSET`] above their signed values meet the inputs' quants in `dpbusd`,
+    /// and each input's [`Input::offsets`] (from [`offsets`]) comes off the sums.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2, FMA, F16C, AVX512F, AVX512VL and AVX512_VNNI.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn block_dots_vnni<const N: usize>(
+        group_block: &[u8],
+        inputs: &[Input<'_>; N],
+        b: usize,
+    ) -> [std::arch::x86_64::__m256i; N];
 }
 
-/// An input row as the kernels take it: its Q8_0 blocks and each block's [`q5_0_offset`] (which
-/// only Q5_0's kernel reads).
+/// An input row as the kernels take it: its Q8_0 blocks and what the kernel of one instruction
+/// set subtracts per block ([`offsets`]; empty where that kernel subtracts nothing).
 #[derive(Clone, Copy)]
 pub(super) struct Input<'a> {
     pub(super) blocks: &'a [BlockQ8_0],
@@ -98,6 +114,8 @@ impl Format for Q8_0 {
     /// the stack across blocks; with four the loop stays a loop and nothing spills (same run, 1
     /// thread, 2048x1408, n = 8: 640 us a call one at a time, 871 in pairs, 543 in fours).
     const INPUTS_AT_ONCE: usize = 4;
+    /// The sign bit flipped: w + 128.
+    const VNNI_OFFSET: i32 = 128;
 
     fn interleave_block(block: &[u8], r: usize, group_block: &mut [u8]) {
         group_block[2 * r..2 * r + 2].copy_from_slice(&block[..2]);
@@ -146,6 +164,45 @@ impl Format for Q8_0 {
         }
         sums
     }
+
+    /// Per piece: the weights with their sign bit flipped (w + 128, unsigned) meet four quants
+    /// of each input in one `dpbusd`; a block's sum is at most 32 * 255 * 127 = 1036320.
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+    unsafe fn block_dots_vnni<const N: usize>(
+        group_block: &[u8],
+        inputs: &[Input<'_>; N],
+        b: usize,
+    ) -> [std::arch::x86_64::__m256i; N] {
+        use super::x86::*;
+        use std::arch::x86_64::*;
+        let sign_bit = _mm256_set1_epi8(0x80u8 as i8);
+        let mut sums = [_mm256_setzero_si256(); N];
+        for piece in 0..8 {
+            let weights =
+                _mm256_xor_si256(load_u8x32(&group_block[QUANTS_AT + 32 * piece..]), sign_bit);
+            for k in 0..N {
+                let quants =
+                    _mm256_set1_epi32(four_quants(&inputs[k].blocks[b].quants[4 * piece..]));
+                sums[k] = _mm256_dpbusd_epi32(sums[k], weights, quants);
+            }
+        }
+        take_offsets(sums, inputs, b)
+    }
+}
+
+/// Each input's offset for block `b` off its sums (the VNNI kernels' last step).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn take_offsets<const N: usize>(
+    sums: [std::arch::x86_64::__m256i; N],
+    inputs: &[Input<'_>; N],
+    b: usize,
+) -> [std::arch::x86_64::__m256i; N] {
+    use std::arch::x86_64::*;
+    std::array::from_fn(|k| _mm256_sub_epi32(sums[k], _mm256_set1_epi32(inputs[k].offsets[b])))
 }
 
 /// Q5_0's group block (see the module docs).
@@ -171,7 +228,9 @@ impl Format for Q5_0 {
     /// spills (same run, 1 thread, 2048x1408, n = 8: 639 us a call one at a time, 483 in pairs,
     /// 537 in fours).
     const INPUTS_AT_ONCE: usize = 2;
-    const READS_OFFSETS: bool = true;
+    /// The quants are stored 0..=31 for q - 16.
+    const VNNI_OFFSET: i32 = 16;
+    const AVX2_READS_OFFSETS: bool = true;
 
     fn interleave_block(block: &[u8], r: usize, group_block: &mut [u8]) {
         group_block[2 * r..2 * r + 2].copy_from_slice(&block[..2]);
@@ -225,25 +284,10 @@ impl Format for Q5_0 {
     ) -> [std::arch::x86_64::__m256i; N] {
         use super::x86::*;
         use std::arch::x86_64::*;
-        let low_five = _mm256_set1_epi8(0x1F);
-        let bits_two_to_four = _mm256_set1_epi8(0x1C);
-        let low_two = _mm256_set1_epi8(0x03);
         let low_bits = load_u8x32(&group_block[Q5_0_LOW_BITS_AT..]);
         let mut sums = [_mm256_setzero_si256(); N];
         for p in 0..4 {
-            let packed = load_u8x32(&group_block[QUANTS_AT + 32 * p..]);
-            let first = _mm256_and_si256(packed, low_five);
-            // A 16-bit shift moves the neighbour byte's bits in; the masks drop them.
-            let low_two_bits = match p {
-                0 => low_bits,
-                1 => _mm256_srli_epi16(low_bits, 2),
-                2 => _mm256_srli_epi16(low_bits, 4),
-                _ => _mm256_srli_epi16(low_bits, 6),
-            };
-            let second = _mm256_or_si256(
-                _mm256_and_si256(_mm256_srli_epi16(packed, 3), bits_two_to_four),
-                _mm256_and_si256(low_two_bits, low_two),
-            );
+            let [first, second] = q5_0_piece_quants(group_block, low_bits, p);
             for k in 0..N {
                 let quants = &inputs[k].blocks[b].quants;
                 let first_quants = _mm256_set1_epi32(four_quants(&quants[4 * p..]));
@@ -259,6 +303,65 @@ impl Format for Q5_0 {
         }
         sums
     }
+
+    /// The quants unpacked as in [`Format::block_dots`] (0..=31) meet the inputs' quants in
+    /// `dpbusd`, straight into i32 (a block's sum is at most 32 * 31 * 127 = 125984).
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+    unsafe fn block_dots_vnni<const N: usize>(
+        group_block: &[u8],
+        inputs: &[Input<'_>; N],
+        b: usize,
+    ) -> [std::arch::x86_64::__m256i; N] {
+        use super::x86::*;
+        use std::arch::x86_64::*;
+        let low_bits = load_u8x32(&group_block[Q5_0_LOW_BITS_AT..]);
+        let mut sums = [_mm256_setzero_si256(); N];
+        for p in 0..4 {
+            let [first, second] = q5_0_piece_quants(group_block, low_bits, p);
+            for k in 0..N {
+                let quants = &inputs[k].blocks[b].quants;
+                let first_quants = _mm256_set1_epi32(four_quants(&quants[4 * p..]));
+                let second_quants = _mm256_set1_epi32(four_quants(&quants[16 + 4 * p..]));
+                sums[k] = _mm256_dpbusd_epi32(sums[k], first, first_quants);
+                sums[k] = _mm256_dpbusd_epi32(sums[k], second, second_quants);
+            }
+        }
+        take_offsets(sums, inputs, b)
+    }
+}
+
+/// The 5-bit quants (0..=31) of values 4p..4p + 4 and 16 + 4p..16 + 4p + 4 of the eight rows
+/// of a Q5_0 group block, from its vector V_p and its low bits (`low_bits`, loaded once).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q5_0_piece_quants(
+    group_block: &[u8],
+    low_bits: std::arch::x86_64::__m256i,
+    p: usize,
+) -> [std::arch::x86_64::__m256i; 2] {
+    use super::x86::*;
+    use std::arch::x86_64::*;
+    let low_five = _mm256_set1_epi8(0x1F);
+    let bits_two_to_four = _mm256_set1_epi8(0x1C);
+    let low_two = _mm256_set1_epi8(0x03);
+    let packed = load_u8x32(&group_block[QUANTS_AT + 32 * p..]);
+    // A 16-bit shift moves the neighbour byte's bits in; the masks drop them.
+    let low_two_bits = match p {
+        0 => low_bits,
+        1 => _mm256_srli_epi16(low_bits, 2),
+        2 => _mm256_srli_epi16(low_bits, 4),
+        _ => _mm256_srli_epi16(low_bits, 6),
+    };
+    [
+        _mm256_and_si256(packed, low_five),
+        _mm256_or_si256(
+            _mm256_and_si256(_mm256_srli_epi16(packed, 3), bits_two_to_four),
+            _mm256_and_si256(low_two_bits, low_two),
+        ),
+    ]
 }
 
 /// What Q5_0's kernel subtracts from its i16 sums for one input block, to turn the unsigned
@@ -307,20 +410,40 @@ fn group_block<F: Format>() -> GroupBlock<BlockQ8_0> {
     }
 }
 
-/// Each block's [`q5_0_offset`]: an input row's [`Input::offsets`], computed once per row.
-pub(super) fn offsets(blocks: &[BlockQ8_0]) -> Vec<i32> {
-    blocks.iter().map(q5_0_offset).collect()
+/// An input row's [`Input::offsets`] for the kernel of `level` on `ty` (Q8_0 or Q5_0), computed
+/// once per row: each block's quant sum times [`Format::VNNI_OFFSET`] for VNNI, Q5_0's
+/// [`q5_0_offset`] for AVX2, nothing where the kernel reads none.
+pub(super) fn offsets(ty: GgmlType, level: InstructionSet, blocks: &[BlockQ8_0]) -> Vec<i32> {
+    with_format!(ty, F => offsets_for::<F>(level, blocks))
 }
 
-/// One group of eight interleaved rows of `ty` (Q8_0 or Q5_0) times one input: a decode step's
-/// share of [`super::matvec_many_quant`] (`from_memory`: prefetch the weights).
+fn offsets_for<F: Format>(level: InstructionSet, blocks: &[BlockQ8_0]) -> Vec<i32> {
+    match level {
+        InstructionSet::Avx512Vnni => blocks
+            .iter()
+            .map(|block| F::VNNI_OFFSET * block.quants.iter().map(|&q| q as i32).sum::<i32>())
+            .collect(),
+        InstructionSet::Avx2 if F::AVX2_READS_OFFSETS => blocks.iter().map(q5_0_offset).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Whether the kernel of `level` on `F` reads [`Input::offsets`].
+fn reads_offsets<F: Format>(level: InstructionSet) -> bool {
+    level == InstructionSet::Avx512Vnni || (level == InstructionSet::Avx2 && F::AVX2_READS_OFFSETS)
+}
+
+/// One group of eight interleaved rows of `ty` (Q8_0 or Q5_0) times one input (its offsets from
+/// [`offsets`] for the same `level`): a decode step's share of [`super::matvec_many_quant`]
+/// (`from_memory`: prefetch the weights).
 pub(super) fn dot_group_one(
     ty: GgmlType,
+    level: InstructionSet,
     group: &[u8],
     input: Input<'_>,
     from_memory: bool,
 ) -> [f32; ROWS] {
-    with_format!(ty, F => dot_group::<F, 1>(group, [input], from_memory)[0])
+    with_format!(ty, F => dot_group::<F, 1>(level, group, [input], from_memory)[0])
 }
 
 /// Where `ty` (Q8_0 or Q5_0; anything else panics) puts a row's block in a group block, for the
@@ -350,13 +473,10 @@ pub fn matmul_interleaved(
 
 fn matmul<F: Format>(weights: &[u8], rows: usize, cols: usize, x: &[f32], n: usize, y: &mut [f32]) {
     assert_eq!(x.len(), n * cols, "x must hold n x cols values");
+    let level = InstructionSet::in_use();
     let blocks_of_inputs = q8_0_inputs(x);
     let blocks = cols / QK8_0;
-    let offsets = if F::READS_OFFSETS {
-        offsets(&blocks_of_inputs)
-    } else {
-        Vec::new()
-    };
+    let offsets = offsets_for::<F>(level, &blocks_of_inputs);
     let input = |k: usize| {
         let these = k * blocks..(k + 1) * blocks;
         Input {
@@ -366,37 +486,37 @@ fn matmul<F: Format>(weights: &[u8], rows: usize, cols: usize, x: &[f32], n: usi
     };
     let products = |group: &[u8], first: usize, take: usize, from_memory: bool| match take {
         4 => padded(dot_group::<F, 4>(
+            level,
             group,
             std::array::from_fn(|k| input(first + k)),
             from_memory,
         )),
         2 => padded(dot_group::<F, 2>(
+            level,
             group,
             [input(first), input(first + 1)],
             from_memory,
         )),
-        _ => padded(dot_group::<F, 1>(group, [input(first)], from_memory)),
+        _ => padded(dot_group::<F, 1>(level, group, [input(first)], from_memory)),
     };
-    matmul_groups(
-        F::TYPE,
-        weights,
-        rows,
-        cols,
-        n,
-        y,
-        F::INPUTS_AT_ONCE,
-        products,
-    );
+    // With 32 registers, four inputs' sums fit beside the unpacked quants in either format.
+    let inputs_at_once = if level == InstructionSet::Avx512Vnni {
+        4
+    } else {
+        F::INPUTS_AT_ONCE
+    };
+    matmul_groups(F::TYPE, weights, rows, cols, n, y, inputs_at_once, products);
 }
 
-/// One group of eight interleaved rows times each of `inputs`: `result[k][r]` is row r times
-/// input k. The integer sums per block are exactly the row-by-row kernel's; the float sums run
-/// in another order, so results agree with it to rounding. `from_memory`: the weights come
-/// straight from memory, and the kernel prefetches them.
+/// One group of eight interleaved rows times each of `inputs`, on the kernel of `level`:
+/// `result[k][r]` is row r times input k. The integer sums per block are exactly the row-by-row
+/// kernel's; the float sums run in another order, so results agree with it to rounding.
+/// `from_memory`: the weights come straight from memory, and the kernel prefetches them.
 ///
-/// Panics unless the group holds one group block per block of each input, and each input one
-/// offset per block where the format reads them.
+/// Panics unless the CPU supports `level`, the group holds one group block per block of each
+/// input, and each input one offset per block where the kernel reads them.
 fn dot_group<F: Format, const N: usize>(
+    level: InstructionSet,
     group: &[u8],
     inputs: [Input<'_>; N],
     from_memory: bool,
@@ -404,25 +524,32 @@ fn dot_group<F: Format, const N: usize>(
     for x in inputs {
         assert!(
             group.len() == x.blocks.len() * F::GROUP_BLOCK_BYTES
-                && (!F::READS_OFFSETS || x.offsets.len() == x.blocks.len()),
+                && (!reads_offsets::<F>(level) || x.offsets.len() == x.blocks.len()),
             "a group of {} rows must hold one group block per activation block",
             F::TYPE.name()
         );
     }
-    #[cfg(target_arch = "x86_64")]
-    {
-        if super::x86::has_avx2_fma_f16c() {
-            // SAFETY: the CPU has the features the function is compiled for.
-            return unsafe {
-                if from_memory {
-                    dot_group_avx2::<F, N, true>(group, inputs)
-                } else {
-                    dot_group_avx2::<F, N, false>(group, inputs)
-                }
-            };
-        }
+    assert!(level.is_supported(), "this CPU lacks {}", level.name());
+    match level {
+        // SAFETY (both arms): the CPU has the features the functions are compiled for.
+        #[cfg(target_arch = "x86_64")]
+        InstructionSet::Avx512Vnni => unsafe {
+            if from_memory {
+                dot_group_vnni::<F, N, true>(group, inputs)
+            } else {
+                dot_group_vnni::<F, N, false>(group, inputs)
+            }
+        },
+        #[cfg(target_arch = "x86_64")]
+        InstructionSet::Avx2 => unsafe {
+            if from_memory {
+                dot_group_avx2::<F, N, true>(group, inputs)
+            } else {
+                dot_group_avx2::<F, N, false>(group, inputs)
+            }
+        },
+        _ => dot_group_portable::<F, N>(group, inputs),
     }
-    dot_group_portable::<F, N>(group, inputs)
 }
 
 /// Row by row through the format's own kernel, on the group's rows put back in file order.
@@ -435,10 +562,8 @@ fn dot_group_portable<F: Format, const N: usize>(
 
 /// Per group block: the eight rows' f16 scales in one conversion, the format's exact integer
 /// sums for the eight rows ([`Format::block_dots`]), and one multiply-add per input taking them
-/// into eight float lanes, one per row. With `PREFETCH`, each group block first asks for the
-/// weights [`super::x86::PREFETCH_AHEAD_BYTES`] further on.
-// Inputs and their accumulators are indexed together.
-#[allow(clippy::needless_range_loop)]
+/// into eight float lanes, one per row ([`accumulate`]). With `PREFETCH`, each group block
+/// first asks for the weights [`super::x86::PREFETCH_AHEAD_BYTES`] further on.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn dot_group_avx2<F: Format, const N: usize, const PREFETCH: bool>(
@@ -452,19 +577,57 @@ fn dot_group_avx2<F: Format, const N: usize, const PREFETCH: bool>(
         if PREFETCH {
             prefetch_ahead(group_block);
         }
-        let d = _mm256_cvtph_ps(load_u8x16(group_block));
         // SAFETY: the features are on (this function is compiled for them).
         let dots = unsafe { F::block_dots(group_block, &inputs, b) };
-        for k in 0..N {
-            let act_scale = _mm256_set1_ps(inputs[k].blocks[b].scale);
-            acc[k] = _mm256_fmadd_ps(
-                _mm256_mul_ps(d, act_scale),
-                _mm256_cvtepi32_ps(dots[k]),
-                acc[k],
-            );
-        }
+        accumulate(&mut acc, group_block, dots, &inputs, b);
     }
     acc.map(|lanes| lanes_f32x8(lanes))
+}
+
+/// [`dot_group_avx2`] on [`Format::block_dots_vnni`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+fn dot_group_vnni<F: Format, const N: usize, const PREFETCH: bool>(
+    group: &[u8],
+    inputs: [Input<'_>; N],
+) -> [[f32; ROWS]; N] {
+    use super::x86::*;
+    use std::arch::x86_64::*;
+    let mut acc = [_mm256_setzero_ps(); N];
+    for (b, group_block) in group.chunks_exact(F::GROUP_BLOCK_BYTES).enumerate() {
+        if PREFETCH {
+            prefetch_ahead(group_block);
+        }
+        // SAFETY: the features are on (this function is compiled for them).
+        let dots = unsafe { F::block_dots_vnni(group_block, &inputs, b) };
+        accumulate(&mut acc, group_block, dots, &inputs, b);
+    }
+    acc.map(|lanes| lanes_f32x8(lanes))
+}
+
+/// Each input's float sums plus one group block's integer sums `dots` times the eight rows' f16
+/// scales (from the group block's start) and the input block's scale.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn accumulate<const N: usize>(
+    acc: &mut [std::arch::x86_64::__m256; N],
+    group_block: &[u8],
+    dots: [std::arch::x86_64::__m256i; N],
+    inputs: &[Input<'_>; N],
+    b: usize,
+) {
+    use super::x86::*;
+    use std::arch::x86_64::*;
+    let d = _mm256_cvtph_ps(load_u8x16(group_block));
+    for (k, acc) in acc.iter_mut().enumerate() {
+        let act_scale = _mm256_set1_ps(inputs[k].blocks[b].scale);
+        *acc = _mm256_fmadd_ps(
+            _mm256_mul_ps(d, act_scale),
+            _mm256_cvtepi32_ps(dots[k]),
+            *acc,
+        );
+    }
 }
 
 #[cfg(test)]
@@ -475,14 +638,17 @@ mod tests {
     /// Eight rows' blocks `bytes` times `inputs`, through the group kernel and the portable
     /// road, against the row-by-row kernel.
     fn check_rows<F: Format, const N: usize>(bytes: &[u8], inputs: &[Vec<BlockQ8_0>]) {
-        let offsets: Vec<Vec<i32>> = inputs.iter().map(|x| offsets(x)).collect();
-        let xs: [Input<'_>; N] = std::array::from_fn(|k| Input {
-            blocks: &inputs[k],
-            offsets: &offsets[k],
-        });
-        group_block::<F>().check_products(bytes, xs.map(|x| x.blocks), |group, from_memory| {
-            dot_group::<F, N>(group, xs, from_memory)
-        });
+        for level in InstructionSet::supported() {
+            let offsets: Vec<Vec<i32>> =
+                inputs.iter().map(|x| offsets_for::<F>(level, x)).collect();
+            let xs: [Input<'_>; N] = std::array::from_fn(|k| Input {
+                blocks: &inputs[k],
+                offsets: &offsets[k],
+            });
+            group_block::<F>().check_products(bytes, xs.map(|x| x.blocks), |group, from_memory| {
+                dot_group::<F, N>(level, group, xs, from_memory)
+            });
+        }
     }
 
     fn check_group<F: Format, const N: usize>(blocks: usize, rng: &mut Rng) {

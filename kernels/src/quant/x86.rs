@@ -17,6 +17,16 @@ pub(super) fn has_avx2_fma_f16c() -> bool {
         && std::arch::is_x86_feature_detected!("f16c")
 }
 
+/// Whether the CPU also runs the AVX-512 VNNI kernels (on 256-bit registers: VNNI's byte dot
+/// products with AVX512VL's encoding and its 32 registers), on top of [`has_avx2_fma_f16c`].
+#[inline]
+pub(super) fn has_avx512_vnni() -> bool {
+    has_avx2_fma_f16c()
+        && std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512vl")
+        && std::arch::is_x86_feature_detected!("avx512vnni")
+}
+
 /// The f16 at the start of `bytes` as f32, with one F16C instruction (the `half` crate would
 /// check the CPU on every call, once per block in the hot loop).
 #[inline]
