@@ -81,18 +81,19 @@ trait Format {
         b: usize,
     ) -> [std::arch::x86_64::__m256i; N];
 
-    /// [`Format::block_dots`] with AVX-512 VNNI: the quants as unsigned bytes
-    /// [`Format::VNNI_OFFSET`] above their signed values meet the inputs' quants in `dpbusd`,
-    /// and each input's [`Input::offsets`] (from [`offsets`]) comes off the sums.
+    /// One group of eight rows times each of `inputs` with AVX-512 VNNI: per group block, the
+    /// quants as unsigned bytes [`Format::VNNI_OFFSET`] above their signed values meet the
+    /// inputs' quants in `dpbusd`, each input's [`Input::offsets`] (from [`offsets`]) comes off
+    /// the sums ([`take_offsets`]), and [`accumulate`] takes them into the float sums. (The loop
+    /// over group blocks is the format's own: LLVM would not inline a per-block function.)
     ///
     /// # Safety
     /// The CPU must have AVX2, FMA, F16C, AVX512F, AVX512VL and AVX512_VNNI.
     #[cfg(target_arch = "x86_64")]
-    unsafe fn block_dots_vnni<const N: usize>(
-        group_block: &[u8],
-        inputs: &[Input<'_>; N],
-        b: usize,
-    ) -> [std::arch::x86_64::__m256i; N];
+    unsafe fn dot_group_vnni<const N: usize, const PREFETCH: bool>(
+        group: &[u8],
+        inputs: [Input<'_>; N],
+    ) -> [[f32; ROWS]; N];
 }
 
 /// An input row as the kernels take it: its Q8_0 blocks and what the kernel of one instruction
@@ -168,41 +169,53 @@ impl Format for Q8_0 {
     /// Per piece: the weights with their sign bit flipped (w + 128, unsigned) meet four quants
     /// of each input in one `dpbusd`; a block's sum is at most 32 * 255 * 127 = 1036320.
     #[cfg(target_arch = "x86_64")]
-    #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
-    unsafe fn block_dots_vnni<const N: usize>(
-        group_block: &[u8],
-        inputs: &[Input<'_>; N],
-        b: usize,
-    ) -> [std::arch::x86_64::__m256i; N] {
+    unsafe fn dot_group_vnni<const N: usize, const PREFETCH: bool>(
+        group: &[u8],
+        inputs: [Input<'_>; N],
+    ) -> [[f32; ROWS]; N] {
         use super::x86::*;
         use std::arch::x86_64::*;
         let sign_bit = _mm256_set1_epi8(0x80u8 as i8);
-        let mut sums = [_mm256_setzero_si256(); N];
-        for piece in 0..8 {
-            let weights =
-                _mm256_xor_si256(load_u8x32(&group_block[QUANTS_AT + 32 * piece..]), sign_bit);
-            for k in 0..N {
-                let quants =
-                    _mm256_set1_epi32(four_quants(&inputs[k].blocks[b].quants[4 * piece..]));
-                sums[k] = _mm256_dpbusd_epi32(sums[k], weights, quants);
+        let mut acc = [_mm256_setzero_ps(); N];
+        for (b, group_block) in group.chunks_exact(Self::GROUP_BLOCK_BYTES).enumerate() {
+            if PREFETCH {
+                prefetch_ahead(group_block);
             }
+            // Two sums per input, even and odd pieces: `dpbusd` takes several cycles to give
+            // its sum, and one chain of eight per input would wait on each.
+            let mut sums = [[_mm256_setzero_si256(); 2]; N];
+            for piece in 0..8 {
+                let weights =
+                    _mm256_xor_si256(load_u8x32(&group_block[QUANTS_AT + 32 * piece..]), sign_bit);
+                for k in 0..N {
+                    let quants = broadcast_four_quants(&inputs[k].blocks[b].quants[4 * piece..]);
+                    let sum = &mut sums[k][piece % 2];
+                    *sum = _mm256_dpbusd_epi32(*sum, weights, quants);
+                }
+            }
+            let dots = take_offsets(sums, &inputs, b);
+            accumulate(&mut acc, group_block, dots, &inputs, b);
         }
-        take_offsets(sums, inputs, b)
+        acc.map(|lanes| lanes_f32x8(lanes))
     }
 }
 
-/// Each input's offset for block `b` off its sums (the VNNI kernels' last step).
+/// Each input's two partial sums added, less its offset for block `b` (the VNNI kernels' last
+/// step).
 #[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn take_offsets<const N: usize>(
-    sums: [std::arch::x86_64::__m256i; N],
+    sums: [[std::arch::x86_64::__m256i; 2]; N],
     inputs: &[Input<'_>; N],
     b: usize,
 ) -> [std::arch::x86_64::__m256i; N] {
     use std::arch::x86_64::*;
-    std::array::from_fn(|k| _mm256_sub_epi32(sums[k], _mm256_set1_epi32(inputs[k].offsets[b])))
+    std::array::from_fn(|k| {
+        let sum = _mm256_add_epi32(sums[k][0], sums[k][1]);
+        _mm256_sub_epi32(sum, _mm256_set1_epi32(inputs[k].offsets[b]))
+    })
 }
 
 /// Q5_0's group block (see the module docs).
@@ -307,28 +320,35 @@ impl Format for Q5_0 {
     /// The quants unpacked as in [`Format::block_dots`] (0..=31) meet the inputs' quants in
     /// `dpbusd`, straight into i32 (a block's sum is at most 32 * 31 * 127 = 125984).
     #[cfg(target_arch = "x86_64")]
-    #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
-    unsafe fn block_dots_vnni<const N: usize>(
-        group_block: &[u8],
-        inputs: &[Input<'_>; N],
-        b: usize,
-    ) -> [std::arch::x86_64::__m256i; N] {
+    unsafe fn dot_group_vnni<const N: usize, const PREFETCH: bool>(
+        group: &[u8],
+        inputs: [Input<'_>; N],
+    ) -> [[f32; ROWS]; N] {
         use super::x86::*;
         use std::arch::x86_64::*;
-        let low_bits = load_u8x32(&group_block[Q5_0_LOW_BITS_AT..]);
-        let mut sums = [_mm256_setzero_si256(); N];
-        for p in 0..4 {
-            let [first, second] = q5_0_piece_quants(group_block, low_bits, p);
-            for k in 0..N {
-                let quants = &inputs[k].blocks[b].quants;
-                let first_quants = _mm256_set1_epi32(four_quants(&quants[4 * p..]));
-                let second_quants = _mm256_set1_epi32(four_quants(&quants[16 + 4 * p..]));
-                sums[k] = _mm256_dpbusd_epi32(sums[k], first, first_quants);
-                sums[k] = _mm256_dpbusd_epi32(sums[k], second, second_quants);
+        let mut acc = [_mm256_setzero_ps(); N];
+        for (b, group_block) in group.chunks_exact(Self::GROUP_BLOCK_BYTES).enumerate() {
+            if PREFETCH {
+                prefetch_ahead(group_block);
             }
+            let low_bits = load_u8x32(&group_block[Q5_0_LOW_BITS_AT..]);
+            // Two sums per input, as in Q8_0's.
+            let mut sums = [[_mm256_setzero_si256(); 2]; N];
+            for p in 0..4 {
+                let [first, second] = q5_0_piece_quants(group_block, low_bits, p);
+                for k in 0..N {
+                    let quants = &inputs[k].blocks[b].quants;
+                    let first_quants = broadcast_four_quants(&quants[4 * p..]);
+                    let second_quants = broadcast_four_quants(&quants[16 + 4 * p..]);
+                    sums[k][0] = _mm256_dpbusd_epi32(sums[k][0], first, first_quants);
+                    sums[k][1] = _mm256_dpbusd_epi32(sums[k][1], second, second_quants);
+                }
+            }
+            let dots = take_offsets(sums, &inputs, b);
+            accumulate(&mut acc, group_block, dots, &inputs, b);
         }
-        take_offsets(sums, inputs, b)
+        acc.map(|lanes| lanes_f32x8(lanes))
     }
 }
 
@@ -535,9 +555,9 @@ fn dot_group<F: Format, const N: usize>(
         #[cfg(target_arch = "x86_64")]
         InstructionSet::Avx512Vnni => unsafe {
             if from_memory {
-                dot_group_vnni::<F, N, true>(group, inputs)
+                F::dot_group_vnni::<N, true>(group, inputs)
             } else {
-                dot_group_vnni::<F, N, false>(group, inputs)
+                F::dot_group_vnni::<N, false>(group, inputs)
             }
         },
         #[cfg(target_arch = "x86_64")]
@@ -579,27 +599,6 @@ fn dot_group_avx2<F: Format, const N: usize, const PREFETCH: bool>(
         }
         // SAFETY: the features are on (this function is compiled for them).
         let dots = unsafe { F::block_dots(group_block, &inputs, b) };
-        accumulate(&mut acc, group_block, dots, &inputs, b);
-    }
-    acc.map(|lanes| lanes_f32x8(lanes))
-}
-
-/// [`dot_group_avx2`] on [`Format::block_dots_vnni`].
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
-fn dot_group_vnni<F: Format, const N: usize, const PREFETCH: bool>(
-    group: &[u8],
-    inputs: [Input<'_>; N],
-) -> [[f32; ROWS]; N] {
-    use super::x86::*;
-    use std::arch::x86_64::*;
-    let mut acc = [_mm256_setzero_ps(); N];
-    for (b, group_block) in group.chunks_exact(F::GROUP_BLOCK_BYTES).enumerate() {
-        if PREFETCH {
-            prefetch_ahead(group_block);
-        }
-        // SAFETY: the features are on (this function is compiled for them).
-        let dots = unsafe { F::block_dots_vnni(group_block, &inputs, b) };
         accumulate(&mut acc, group_block, dots, &inputs, b);
     }
     acc.map(|lanes| lanes_f32x8(lanes))

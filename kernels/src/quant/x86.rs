@@ -310,6 +310,17 @@ pub(super) fn four_quants(quants: &[i8]) -> i32 {
     ])
 }
 
+/// The four quants from the start of `quants` in every 32-bit lane, loaded straight into the
+/// vector (LLVM can fold it into the instruction that uses it as an AVX-512 broadcast operand,
+/// where [`four_quants`] may go through a general register).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn broadcast_four_quants(quants: &[i8]) -> __m256i {
+    let quants = &quants[..4];
+    // SAFETY: `quants` holds 4 readable bytes, and read_unaligned has no alignment requirement.
+    _mm256_set1_epi32(unsafe { quants.as_ptr().cast::<i32>().read_unaligned() })
+}
+
 /// The eight lanes, in order.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
