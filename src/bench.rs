@@ -111,7 +111,7 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
                 .into(),
         );
     }
-    let threads = args.runtime.apply_threads()?;
+    let threads = args.runtime.apply_cpu_settings()?;
     // The benches that report their own figures rather than a model's speed.
     let figures = match args.what {
         BenchKind::Lsp => Some(bench_lsp(&args)?),
@@ -161,6 +161,7 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
         "device": engine::device_name(model.device()),
         "dtype": format!("{:?}", model.dtype()).to_lowercase(),
         "threads": threads,
+        "cpu_kernels": engine::InstructionSet::in_use().name(),
         "attention_form": format!("{:?}", args.form).to_lowercase(),
         "layers": model.config().num_hidden_layers,
         "weight_gb": model.weight_bytes() as f64 / 1e9,

@@ -45,7 +45,7 @@ pub struct CompleteArgs {
 }
 
 pub fn run(args: CompleteArgs) -> Result<(), String> {
-    args.runtime.apply_threads()?;
+    args.runtime.apply_cpu_settings()?;
     let text = read_source(&args.file)?;
     if text.is_empty() {
         return Err(format!(

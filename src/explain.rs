@@ -27,7 +27,7 @@ pub struct ExplainArgs {
 }
 
 pub fn run(args: ExplainArgs) -> Result<(), String> {
-    args.runtime.apply_threads()?;
+    args.runtime.apply_cpu_settings()?;
     let text = read_source(&args.file)?;
     let (first, last) = parse_range(&args.lines)?;
     let lines: Vec<&str> = text.split_inclusive('\n').collect();

@@ -22,7 +22,7 @@ pub struct LogitsArgs {
 }
 
 pub fn run(args: LogitsArgs) -> Result<(), String> {
-    args.runtime.apply_threads()?;
+    args.runtime.apply_cpu_settings()?;
     let ids = parse_ids(&args.ids)?;
     if let Some(prefix) = args.prefix
         && prefix > ids.len()

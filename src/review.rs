@@ -205,7 +205,7 @@ pub fn review_change(
 
 /// Runs the review; `Ok(true)` when a finding reached `--fail-on` (exit 1).
 pub fn run(args: ReviewArgs) -> Result<bool, String> {
-    args.runtime.apply_threads()?;
+    args.runtime.apply_cpu_settings()?;
     let started = Instant::now();
     let folder = args.workspace.clone().unwrap_or_else(|| PathBuf::from("."));
     let change = read_change(&folder, &args.base, &args.head)?;

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 use clap::Args;
 use engine::{
-    DType, DeviceChoice, Engine, EngineOptions, LoadOptions, Model, SamplingParams, load_checkpoint,
+    DType, DeviceChoice, Engine, EngineOptions, InstructionSet, LoadOptions, Model, SamplingParams,
+    limit_instruction_set, load_checkpoint,
 };
 
 pub const MODEL_ENV: &str = "DEEPSEEK_LSP_MODEL";
@@ -33,15 +34,31 @@ pub struct RuntimeArgs {
     /// Worker threads for the CPU kernels. Default: every core.
     #[arg(long)]
     pub threads: Option<usize>,
+    /// The most capable vector instructions the CPU kernels may use: avx512-vnni, avx2 or
+    /// portable. Default: the best this CPU has (to compare levels, or to rule one out).
+    #[arg(long, value_name = "LEVEL", value_parser = parse_instruction_set)]
+    pub kernels: Option<InstructionSet>,
     /// Memory for the prefix cache of latent KV pages, for example 512M or 2G.
     /// Default: a quarter of the available memory, at most 2G.
     #[arg(long, value_name = "SIZE", value_parser = server::settings::parse_size)]
     pub cache_budget: Option<usize>,
 }
 
+/// An instruction-set level by its name, for `--kernels`.
+fn parse_instruction_set(name: &str) -> Result<InstructionSet, String> {
+    InstructionSet::from_name(name).ok_or_else(|| {
+        let names: Vec<&str> = InstructionSet::ALL.iter().map(|l| l.name()).collect();
+        format!("`{name}` is not one of {}", names.join(", "))
+    })
+}
+
 impl RuntimeArgs {
-    /// Applies --threads; call before any computation starts threads.
-    pub fn apply_threads(&self) -> Result<usize, String> {
+    /// Applies --threads and --kernels; call before any computation starts threads. Returns the
+    /// worker threads the kernels will use.
+    pub fn apply_cpu_settings(&self) -> Result<usize, String> {
+        if let Some(level) = self.kernels {
+            limit_instruction_set(level);
+        }
         if let Some(n) = self.threads {
             if n == 0 {
                 return Err("--threads must be at least 1".into());

@@ -13,7 +13,7 @@ pub struct ServeArgs {
 }
 
 pub fn run(args: ServeArgs) -> Result<(), String> {
-    args.runtime.apply_threads()?;
+    args.runtime.apply_cpu_settings()?;
     // Command-line values are the defaults; the client's settings override them.
     let mut settings = Settings {
         cache_budget: args.runtime.cache_budget,

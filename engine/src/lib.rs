@@ -50,6 +50,8 @@ pub use generation::{
     Generation, GenerationEvent, GenerationStats, PromptInput, Request, StopReason,
 };
 pub use gguf::{GgufFile, GgufModel, GgufWeights};
+/// The CPU kernels' instruction sets, and the switch that holds them at a lower one.
+pub use kernels::quant::{InstructionSet, limit_instruction_set};
 pub use latent_cache::LatentCache;
 pub use model::{AttentionForm, Logits, Model};
 pub use prompt::{ContextBlock, Prompt};

@@ -201,6 +201,28 @@ impl CustomOp2 for MatVec {
     }
 }
 
+/// X W^T ([n, rows]) for quantized W (its parts' rows one after another) and f32 X ([n, in],
+/// `in` every part's columns).
+pub(crate) fn quantized_matmul(parts: &[QuantizedWeight], x: &[f32], n: usize) -> Vec<f32> {
+    let rows = total_rows(parts);
+    let mut y = vec![0f32; n * rows];
+    if let [part] = parts {
+        part.matmul(x, n, &mut y);
+    } else {
+        // Each part into its own [n, part rows], then side by side in Y's rows.
+        let mut first = 0;
+        for part in parts {
+            let mut part_y = vec![0f32; n * part.rows];
+            part.matmul(x, n, &mut part_y);
+            for (row, values) in part_y.chunks_exact(part.rows).enumerate() {
+                y[row * rows + first..][..part.rows].copy_from_slice(values);
+            }
+            first += part.rows;
+        }
+    }
+    y
+}
+
 /// X W^T for quantized W (its parts' rows one after another) and f32 X [n, in] on the CPU.
 struct QuantizedMatmul<'a> {
     parts: &'a [QuantizedWeight],
@@ -219,24 +241,8 @@ impl CustomOp1 for QuantizedMatmul<'_> {
         if let Some(part) = self.parts.iter().find(|p| p.cols != cols) {
             candle_core::bail!("quantized matmul: weight {part:?} cannot take input [{n}, {cols}]");
         }
-        let x = &x[x0..x1];
-        let rows = total_rows(self.parts);
-        let mut y = vec![0f32; n * rows];
-        if let [part] = self.parts {
-            part.matmul(x, n, &mut y);
-        } else {
-            // Each part into its own [n, part rows], then side by side in Y's rows.
-            let mut first = 0;
-            for part in self.parts {
-                let mut part_y = vec![0f32; n * part.rows];
-                part.matmul(x, n, &mut part_y);
-                for (row, values) in part_y.chunks_exact(part.rows).enumerate() {
-                    y[row * rows + first..][..part.rows].copy_from_slice(values);
-                }
-                first += part.rows;
-            }
-        }
-        Ok((CpuStorage::F32(y), Shape::from((n, rows))))
+        let y = quantized_matmul(self.parts, &x[x0..x1], n);
+        Ok((CpuStorage::F32(y), Shape::from((n, total_rows(self.parts)))))
     }
 
     #[cfg(feature = "cuda")]
