@@ -440,10 +440,42 @@ impl Mlp {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if x.device().is_cpu()
+            && let Some((gate_up, down)) = self.quantized_parts()
+        {
+            let (n, hidden) = x.dims2()?;
+            let input = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+            let y = self.forward_quantized(gate_up, down, &input, n);
+            return Ok(Tensor::from_vec(y, (n, hidden), x.device())?.to_dtype(x.dtype())?);
+        }
         let gate_up = self.gate_up.forward(x)?;
         let gate = gate_up.narrow(D::Minus1, 0, self.intermediate)?;
         let up = gate_up.narrow(D::Minus1, self.intermediate, self.intermediate)?;
         self.down.forward(&(candle_nn::ops::silu(&gate)? * up)?)
+    }
+
+    /// [n, hidden] f32 rows through [`Self::quantized_parts`] on the CPU, on `Vec`s: the gate
+    /// and up products, silu(gate) * up in parallel over rows, the down product.
+    fn forward_quantized(
+        &self,
+        gate_up: &[QuantizedWeight],
+        down: &[QuantizedWeight],
+        input: &[f32],
+        n: usize,
+    ) -> Vec<f32> {
+        let width = self.intermediate;
+        let gate_up = quantized_matmul(gate_up, input, n);
+        let mut activated = vec![0f32; n * width];
+        activated
+            .par_chunks_mut(width)
+            .zip(gate_up.par_chunks(2 * width))
+            .for_each(|(out, row)| {
+                let (gate, up) = row.split_at(width);
+                for ((out, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+                    *out = g / (1.0 + (-g).exp()) * u;
+                }
+            });
+        quantized_matmul(down, &activated, n)
     }
 
     fn bytes(&self) -> usize {
@@ -1081,18 +1113,7 @@ impl Moe {
                 for &(token, _) in tokens {
                     gathered.extend_from_slice(&input[token * hidden..(token + 1) * hidden]);
                 }
-                let gate_up = quantized_matmul(gate_up, &gathered, n);
-                let width = mlp.intermediate;
-                let activated: Vec<f32> = gate_up
-                    .chunks_exact(2 * width)
-                    .flat_map(|row| {
-                        let (gate, up) = row.split_at(width);
-                        gate.iter()
-                            .zip(up)
-                            .map(|(&g, &u)| g / (1.0 + (-g).exp()) * u)
-                    })
-                    .collect();
-                quantized_matmul(down, &activated, n)
+                mlp.forward_quantized(gate_up, down, &gathered, n)
             })
             .collect();
         let mut sum = vec![0f32; t * hidden];
