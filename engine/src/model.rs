@@ -11,6 +11,7 @@
 //!   latent itself (cheap for few new tokens over a long cache: the decode case).
 
 use candle_core::{D, DType, Device, Tensor};
+use kernels::causal_attention::ExpandedAttention;
 use kernels::cuda::MlaShape;
 use kernels::paged_attention::{LatentPages, LatentQueries};
 use kernels::routing::{GroupLimit, Weighting, route_token};
@@ -772,7 +773,13 @@ impl Mla {
             } else {
                 self.latent_attention(&q_latent, &q_pe, layer, cache, step)?
             };
-            self.absorbed.latent_to_value(&attended)?
+            // [H, T, V] -> [T, H*V]
+            self.absorbed
+                .latent_to_value(&attended)?
+                .transpose(0, 1)?
+                .reshape((t, h * self.v_dim))?
+        } else if device.is_cpu() {
+            self.expanded_attention_cpu(&q_nope, &q_pe, layer, cache, step)?
         } else {
             let (c_kv_all, k_pe_all) = cache.gather(layer, total);
             let c_kv_all = Tensor::from_vec(c_kv_all, (total, self.kv_lora), x.device())?
@@ -794,11 +801,56 @@ impl Mla {
                 .matmul(&k_pe_all.t()?)?
                 .reshape((h, t, total))?;
             let probs = self.softmax(&(nope_scores + rope_scores)?, step)?;
-            probs.matmul(&v)?
+            // [H, T, V] -> [T, H*V]
+            probs
+                .matmul(&v)?
+                .transpose(0, 1)?
+                .reshape((t, h * self.v_dim))?
         };
-        // [H, T, V] -> [T, H*V]
-        let out = out.transpose(0, 1)?.reshape((t, h * self.v_dim))?;
         self.o_proj.forward(&out)
+    }
+
+    /// The expanded form on the CPU: W_UKV over every cached latent, then
+    /// `kernels::causal_attention` reads each head's keys and values where the product left
+    /// them, with no mask, per-head copy or [H, T, S] score tensor. Queries [H, T, N] and
+    /// [H, T, R]; gives [T, H*V].
+    fn expanded_attention_cpu(
+        &self,
+        q_nope: &Tensor,
+        q_pe: &Tensor,
+        layer: usize,
+        cache: &LatentCache,
+        step: &Step,
+    ) -> Result<Tensor> {
+        let (h, t, dtype) = (self.heads, step.len, q_nope.dtype());
+        let total = step.start + t;
+        let (c_kv_all, k_rope) = cache.gather(layer, total);
+        let c_kv_all =
+            Tensor::from_vec(c_kv_all, (total, self.kv_lora), q_nope.device())?.to_dtype(dtype)?;
+        let values = |x: &Tensor| -> Result<Vec<f32>> {
+            Ok(x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
+        };
+        // [S, H*(N+V)]
+        let kv = values(&self.kv_b.forward(&c_kv_all)?)?;
+        let (q_nope, q_rope) = (values(q_nope)?, values(q_pe)?);
+        let mut out = vec![0f32; t * h * self.v_dim];
+        kernels::causal_attention::expanded_attention(
+            &ExpandedAttention {
+                q_nope: &q_nope,
+                q_rope: &q_rope,
+                kv: &kv,
+                k_rope: &k_rope,
+                heads: h,
+                tokens: t,
+                nope: self.nope,
+                rope: self.rope,
+                v_dim: self.v_dim,
+                first_position: step.start,
+            },
+            self.scale as f32,
+            &mut out,
+        );
+        Ok(Tensor::from_vec(out, (t, h * self.v_dim), &Device::Cpu)?.to_dtype(dtype)?)
     }
 
     /// Absorbed attention of [H, T, L] latent queries and [H, T, R] roped queries over the cache's

@@ -4,6 +4,7 @@
 //! slices and sizes and returns numbers.
 
 pub mod bandwidth;
+pub mod causal_attention;
 pub mod cuda;
 pub mod grouped_matmul;
 pub mod matvec;
