@@ -1,6 +1,7 @@
 //! `deepseek-lsp`: the command line. Parses arguments, wires the layers together, maps errors to
 //! exit codes (0 success, 1 a finding the user asked about, 2 usage or setup error).
 
+mod allocator;
 mod bench;
 mod bench_context;
 mod bench_lsp;
@@ -66,6 +67,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    allocator::keep_freed_memory();
     let cli = Cli::parse();
     server::logging::init("warn");
     let command = cli
