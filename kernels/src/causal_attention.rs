@@ -34,9 +34,11 @@ pub struct ExpandedAttention<'a> {
     pub first_position: usize,
 }
 
-/// Query tokens per task: enough rows for efficient matrix products, while a 2-core machine
-/// still gets many tasks (heads x blocks) to balance.
-const BLOCK_TOKENS: usize = 32;
+/// Query tokens per task: enough rows for efficient matrix products (gemm packs each block's
+/// keys once), while 16 heads still give every core several tasks. Measured (lite:4 Q4_K_M,
+/// `bench prefill`, 2 threads, tok/s): 512 tokens: 32 rows 454-474, 64 rows 479-487, 128 rows
+/// 499-501; 2048 tokens: 351-369, 391-394, 398.
+const BLOCK_TOKENS: usize = 128;
 
 /// Writes the attention output, [tokens, heads, v_dim] (token-major: the output projection's
 /// input), into `out`.
@@ -233,11 +235,11 @@ mod tests {
         out
     }
 
-    /// Sizes that cut blocks unevenly (37 tokens: a block of 32 and one of 5), with and without
-    /// keys cached before the prompt, one and three heads.
+    /// Sizes that cut blocks unevenly (a block of 128 and one of 33), with and without keys
+    /// cached before the prompt, one and three heads.
     #[test]
     fn matches_the_definition() {
-        for (heads, tokens, first_position) in [(1, 1, 0), (3, 37, 0), (2, 5, 11), (3, 40, 7)] {
+        for (heads, tokens, first_position) in [(1, 1, 0), (3, 161, 0), (2, 5, 11), (2, 140, 7)] {
             let (nope, rope, v_dim) = (16, 8, 12);
             let keys = first_position + tokens;
             let q_nope = values(heads * tokens * nope, 1);
