@@ -49,8 +49,23 @@ impl InstructionSet {
         Self::ALL.into_iter().find(|level| level.name() == name)
     }
 
-    /// Whether this CPU runs the level's kernels.
+    /// Whether this CPU runs the level's kernels. One atomic load after the first call: the
+    /// kernels check it on every call (a group of rows at a time).
+    #[inline]
     pub fn is_supported(self) -> bool {
+        let mut levels = SUPPORTED.load(Ordering::Relaxed);
+        if levels == 0 {
+            levels = Self::ALL
+                .into_iter()
+                .filter(|level| level.detect())
+                .fold(DETECTED, |bits, level| bits | 1 << level as u8);
+            SUPPORTED.store(levels, Ordering::Relaxed);
+        }
+        levels & 1 << self as u8 != 0
+    }
+
+    /// Asks the CPU (std caches each feature, but a level takes several).
+    fn detect(self) -> bool {
         match self {
             InstructionSet::Portable => true,
             #[cfg(target_arch = "x86_64")]
@@ -93,6 +108,13 @@ impl InstructionSet {
 /// The most capable level the kernels may use, as an index into [`InstructionSet::ALL`].
 static LIMIT: AtomicU8 = AtomicU8::new(InstructionSet::Avx512Vnni as u8);
 
+/// Bit `level as u8` set for each level this CPU supports, and [`DETECTED`] once they were
+/// asked for (0: not yet).
+static SUPPORTED: AtomicU8 = AtomicU8::new(0);
+
+/// The bit in [`SUPPORTED`] that says the CPU was asked.
+const DETECTED: u8 = 1 << 7;
+
 /// Keeps every group kernel at or below `limit` from now on, for the whole process (a level
 /// the CPU lacks is never used anyway). Results differ between levels only in the order float
 /// sums run: every level's integer sums are exact.
@@ -115,5 +137,10 @@ mod tests {
         assert!(InstructionSet::Avx2 < InstructionSet::Avx512Vnni);
         assert!(InstructionSet::Portable.is_supported());
         assert!(InstructionSet::best_supported().is_supported());
+        for level in InstructionSet::ALL {
+            // The cached answer, asked twice (computed, then read back), is the CPU's.
+            assert_eq!(level.is_supported(), level.detect(), "{}", level.name());
+            assert_eq!(level.is_supported(), level.detect(), "{}", level.name());
+        }
     }
 }
