@@ -194,15 +194,16 @@ pub(super) fn matmul_groups(
         return;
     }
     let group_bytes = ROWS_TOGETHER * row_bytes;
-    let sub_band = (SUB_BAND_BYTES / group_bytes).max(1) * group_bytes;
+    let sub_band_bytes = (SUB_BAND_BYTES / group_bytes).max(1) * group_bytes;
     // A large matrix does not stay in cache; nor, in a decode step, does any (one input: the
     // step reads every weight once, far more than the cache holds).
     let from_memory = weights.len() > PREFETCH_ABOVE_BYTES || n == 1;
     for_each_band(weights, row_bytes, ROWS_TOGETHER, n, y, |band, out| {
-        for (sub_band, out) in band
-            .chunks(sub_band)
-            .zip(out.chunks_mut(sub_band / row_bytes * n))
-        {
+        // `out` is the band's part of Y, input by input: input i's value of the band's row r at
+        // i band_rows + r, so a group's eight products for one input are one 32-byte store.
+        let band_rows = band.len() / row_bytes;
+        for (sub_band_index, sub_band) in band.chunks(sub_band_bytes).enumerate() {
+            let first_row = sub_band_index * (sub_band_bytes / row_bytes);
             let mut first = 0;
             while first < n {
                 let take = if n - first >= inputs_at_once {
@@ -210,18 +211,14 @@ pub(super) fn matmul_groups(
                 } else {
                     1
                 };
-                for (group, out) in sub_band
-                    .chunks_exact(group_bytes)
-                    .zip(out.chunks_exact_mut(ROWS_TOGETHER * n))
-                {
+                for (g, group) in sub_band.chunks_exact(group_bytes).enumerate() {
                     // The first inputs meet the sub-band straight from memory; the others find
                     // it in cache.
                     let products = group_products(group, first, take, from_memory && first == 0);
-                    // `out` is this group's rows of Y^T: row r's value for input i at r n + i.
+                    let row = first_row + g * ROWS_TOGETHER;
                     for (k, products) in products[..take].iter().enumerate() {
-                        for (r, product) in products.iter().enumerate() {
-                            out[r * n + first + k] = *product;
-                        }
+                        out[(first + k) * band_rows + row..][..ROWS_TOGETHER]
+                            .copy_from_slice(products);
                     }
                 }
                 first += take;
