@@ -77,15 +77,6 @@ impl InstructionSet {
         }
     }
 
-    /// The most capable level this CPU supports.
-    pub fn best_supported() -> Self {
-        Self::ALL
-            .into_iter()
-            .rev()
-            .find(|level| level.is_supported())
-            .unwrap_or(InstructionSet::Portable)
-    }
-
     /// The level the kernels run on now: the best the CPU supports, at most the limit
     /// [`limit_instruction_set`] set. Cached by std and an atomic: two loads per call.
     #[inline]
@@ -136,7 +127,7 @@ mod tests {
         assert!(InstructionSet::Portable < InstructionSet::Avx2);
         assert!(InstructionSet::Avx2 < InstructionSet::Avx512Vnni);
         assert!(InstructionSet::Portable.is_supported());
-        assert!(InstructionSet::best_supported().is_supported());
+        assert!(InstructionSet::in_use().is_supported());
         for level in InstructionSet::ALL {
             // The cached answer, asked twice (computed, then read back), is the CPU's.
             assert_eq!(level.is_supported(), level.detect(), "{}", level.name());

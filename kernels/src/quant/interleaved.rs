@@ -9,7 +9,7 @@ use rayon::prelude::*;
 
 use super::activations::{BlockQ8_0, BlockQ8K};
 use super::matmul::{PREFETCH_ABOVE_BYTES, SUB_BAND_BYTES, for_each_band};
-use super::{GgmlType, InstructionSet, q4_k_x8, q6_k_x8, q8_0_x8};
+use super::{GgmlType, InstructionSet, q4_k_x8, q6_k_x8, q8_0_x8, q8_k_groups};
 
 /// Rows stored together in an interleaved layout.
 pub const ROWS_TOGETHER: usize = 8;
@@ -119,11 +119,21 @@ pub(super) fn dot_group(
 ) -> [f32; ROWS_TOGETHER] {
     match ty {
         GgmlType::Q4K => {
-            let [products] = q4_k_x8::dot_group(input.level, group, [input.q8_k], from_memory);
+            let [products] = q8_k_groups::dot_group::<q4_k_x8::Q4KGroups, 1>(
+                input.level,
+                group,
+                [input.q8_k],
+                from_memory,
+            );
             products
         }
         GgmlType::Q6K => {
-            let [products] = q6_k_x8::dot_group(input.level, group, [input.q8_k], from_memory);
+            let [products] = q8_k_groups::dot_group::<q6_k_x8::Q6KGroups, 1>(
+                input.level,
+                group,
+                [input.q8_k],
+                from_memory,
+            );
             products
         }
         GgmlType::Q8_0 | GgmlType::Q5_0 => {

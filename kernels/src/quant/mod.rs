@@ -30,6 +30,7 @@ mod q6_k;
 mod q6_k_x8;
 mod q8_0;
 mod q8_0_x8;
+mod q8_k_groups;
 mod row_dot;
 #[cfg(test)]
 mod test_support;

@@ -21,10 +21,10 @@
 //! so every 32-byte load holds one piece of each of the eight rows. A group block is exactly
 //! eight Q4_K blocks, so the matrix keeps its size.
 
-use super::activations::{BlockQ8K, QK_K};
-use super::interleaved::{GroupBlock, matmul_groups, padded};
-use super::matmul::q8_k_inputs;
-use super::{GgmlType, InstructionSet, q4_k};
+use super::activations::BlockQ8K;
+use super::interleaved::GroupBlock;
+use super::q8_k_groups::{self, Q8KGroups};
+use super::{GgmlType, q4_k};
 
 /// Rows interleaved together.
 pub const ROWS: usize = super::interleaved::ROWS_TOGETHER;
@@ -72,21 +72,42 @@ fn take_row(source: &[u8], r: usize, target: &mut [u8]) {
     }
 }
 
-/// Inputs one group meets at once in the AVX2 kernel: their accumulators and the group's
-/// unpacked nibbles fill the sixteen registers. Measured (quant_matmul, 1 thread, 1408x2048, two
-/// runs each, n=8 / n=64 GOP/s): one at a time 85.6-89.6 / 93.5-99.2, pairs 124.8-130.9 /
-/// 124.0-133.9, fours 130.5-142.4 / 128.3-132.1 (within the noise of pairs, with twice the
-/// registers).
-const INPUTS_AT_ONCE_AVX2: usize = 2;
+/// Q4_K's group kernels, for the shared dispatch and matmul of [`super::q8_k_groups`].
+pub(super) struct Q4KGroups;
 
-/// Inputs one group meets at once in the AVX-512 VNNI kernel, which has 32 registers: four
-/// inputs' two sub-block accumulators, block sums and float sums take 16.
-const INPUTS_AT_ONCE_VNNI: usize = 4;
+impl Q8KGroups for Q4KGroups {
+    const TYPE: GgmlType = GgmlType::Q4K;
+    /// Their accumulators and the group's unpacked nibbles fill the sixteen registers. Measured
+    /// (quant_matmul, 1 thread, 1408x2048, two runs each, n=8 / n=64 GOP/s): one at a time
+    /// 85.6-89.6 / 93.5-99.2, pairs 124.8-130.9 / 124.0-133.9, fours 130.5-142.4 / 128.3-132.1
+    /// (within the noise of pairs, with twice the registers).
+    const INPUTS_AT_ONCE_AVX2: usize = 2;
+
+    fn portable<const N: usize>(group: &[u8], inputs: [&[BlockQ8K]; N]) -> [[f32; ROWS]; N] {
+        GROUP_BLOCK.portable_products(group, inputs)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn avx2<const N: usize, const PREFETCH: bool>(
+        group: &[u8],
+        inputs: [&[BlockQ8K]; N],
+    ) -> [[f32; ROWS]; N] {
+        // SAFETY: the caller checked the features.
+        unsafe { dot_group_avx2::<N, PREFETCH>(group, inputs) }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn vnni<const N: usize, const PREFETCH: bool>(
+        group: &[u8],
+        inputs: [&[BlockQ8K]; N],
+    ) -> [[f32; ROWS]; N] {
+        // SAFETY: the caller checked the features.
+        unsafe { dot_group_vnni::<N, PREFETCH>(group, inputs) }
+    }
+}
 
 /// Writes X W^T into `y` ([n, rows]) for `n` input rows `x` ([n, cols]) and W as [`interleave`]
-/// left it: [`super::matmul_rows_quant`] for interleaved Q4_K. Each thread takes bands of whole
-/// groups; with more inputs than a group meets at once, a band goes in sub-bands that stay in
-/// cache while every few inputs pass over them.
+/// left it: [`super::matmul_rows_quant`] for interleaved Q4_K (see [`q8_k_groups::matmul`]).
 ///
 /// Panics unless `rows` is a multiple of 8, `cols` of 256, and the slices hold what the sizes say
 /// (caller bugs).
@@ -98,90 +119,7 @@ pub fn matmul_interleaved(
     n: usize,
     y: &mut [f32],
 ) {
-    assert_eq!(x.len(), n * cols, "x must hold n x cols values");
-    let inputs = q8_k_inputs(x);
-    let blocks = cols / QK_K;
-    let input = |k: usize| &inputs[k * blocks..(k + 1) * blocks];
-    let level = InstructionSet::in_use();
-    let products = |group: &[u8], first: usize, take: usize, from_memory: bool| match take {
-        4 => padded(dot_group(
-            level,
-            group,
-            std::array::from_fn::<_, 4, _>(|k| input(first + k)),
-            from_memory,
-        )),
-        2 => padded(dot_group(
-            level,
-            group,
-            [input(first), input(first + 1)],
-            from_memory,
-        )),
-        _ => padded(dot_group(level, group, [input(first)], from_memory)),
-    };
-    let inputs_at_once = if level == InstructionSet::Avx512Vnni {
-        INPUTS_AT_ONCE_VNNI
-    } else {
-        INPUTS_AT_ONCE_AVX2
-    };
-    matmul_groups(
-        GgmlType::Q4K,
-        weights,
-        rows,
-        cols,
-        n,
-        y,
-        inputs_at_once,
-        products,
-    );
-}
-
-/// One group of eight interleaved rows times each of `inputs`, on the kernel of `level`:
-/// `result[k][r]` is row r times input k. The integer sums per sub-block are exactly the
-/// row-by-row kernel's; the float sums run in another order, so results agree with
-/// [`q4_k::dot_q4_k_q8_k`] to rounding. `from_memory`: the weights come straight from memory,
-/// and the kernel prefetches them.
-///
-/// Panics unless the CPU supports `level` and the group holds one group block per block of each
-/// input.
-pub(super) fn dot_group<const N: usize>(
-    level: InstructionSet,
-    group: &[u8],
-    inputs: [&[BlockQ8K]; N],
-    from_memory: bool,
-) -> [[f32; ROWS]; N] {
-    for x in inputs {
-        assert_eq!(
-            group.len(),
-            x.len() * GROUP_BLOCK_BYTES,
-            "a group of Q4_K rows must hold one group block per activation block"
-        );
-    }
-    assert!(level.is_supported(), "this CPU lacks {}", level.name());
-    match level {
-        // SAFETY (both arms): the CPU has the features the functions are compiled for.
-        #[cfg(target_arch = "x86_64")]
-        InstructionSet::Avx512Vnni => unsafe {
-            if from_memory {
-                dot_group_vnni::<N, true>(group, inputs)
-            } else {
-                dot_group_vnni::<N, false>(group, inputs)
-            }
-        },
-        #[cfg(target_arch = "x86_64")]
-        InstructionSet::Avx2 => unsafe {
-            if from_memory {
-                dot_group_avx2::<N, true>(group, inputs)
-            } else {
-                dot_group_avx2::<N, false>(group, inputs)
-            }
-        },
-        _ => dot_group_portable(group, inputs),
-    }
-}
-
-/// Row by row through the Q4_K kernel, on the group's rows put back in file order.
-fn dot_group_portable<const N: usize>(group: &[u8], inputs: [&[BlockQ8K]; N]) -> [[f32; ROWS]; N] {
-    GROUP_BLOCK.portable_products(group, inputs)
+    q8_k_groups::matmul::<Q4KGroups>(weights, rows, cols, x, n, y)
 }
 
 /// Per group block: the nibbles of four pairs of sub-blocks, eight 32-byte loads a pair (each a
@@ -255,7 +193,7 @@ fn dot_group_avx2<const N: usize, const PREFETCH: bool>(
 /// input's quants (signed) and adds each row's four products into its i32 lane, one instruction
 /// where AVX2 takes `maddubs` and an add; a sub-block's sums stay in i32 (at most
 /// 32 * 15 * 127 = 60960) and meet the rows' scales (at most 63) with `mullo`, so a block's sum
-/// is at most 8 * 63 * 60960 = 30.7 million. With 32 registers, [`INPUTS_AT_ONCE_VNNI`] inputs
+/// is at most 8 * 63 * 60960 = 30.7 million. With 32 registers, four inputs
 /// share each unpacked piece.
 // Inputs and their accumulators are indexed together.
 #[allow(clippy::needless_range_loop)]
@@ -440,6 +378,7 @@ fn accumulate(
 mod tests {
     use super::*;
     use crate::quant::GgmlType;
+    use crate::quant::InstructionSet;
     use crate::quant::test_support::{Rng, extreme_inputs, random_blocks, random_quantized};
 
     fn check_group<const N: usize>(blocks: usize, rng: &mut Rng) {
@@ -450,7 +389,7 @@ mod tests {
         let xs: [&[BlockQ8K]; N] = std::array::from_fn(|k| inputs[k].as_slice());
         for level in InstructionSet::supported() {
             GROUP_BLOCK.check_products(&bytes, xs, |group, from_memory| {
-                dot_group(level, group, xs, from_memory)
+                q8_k_groups::dot_group::<Q4KGroups, N>(level, group, xs, from_memory)
             });
         }
     }
@@ -486,7 +425,7 @@ mod tests {
             let xs: [&[BlockQ8K]; 3] = std::array::from_fn(|k| inputs[k].as_slice());
             for level in InstructionSet::supported() {
                 GROUP_BLOCK.check_products(&bytes, xs, |group, from_memory| {
-                    dot_group(level, group, xs, from_memory)
+                    q8_k_groups::dot_group::<Q4KGroups, 3>(level, group, xs, from_memory)
                 });
             }
         }

@@ -30,9 +30,9 @@
 //! A group block holds exactly the bits of eight Q6_K blocks, so the matrix keeps its size.
 
 use super::activations::{BlockQ8K, QK_K};
-use super::interleaved::{GroupBlock, matmul_groups, padded};
-use super::matmul::q8_k_inputs;
-use super::{GgmlType, InstructionSet, q6_k};
+use super::interleaved::GroupBlock;
+use super::q8_k_groups::{self, Q8KGroups};
+use super::{GgmlType, q6_k};
 
 /// Rows interleaved together.
 pub const ROWS: usize = super::interleaved::ROWS_TOGETHER;
@@ -140,17 +140,40 @@ pub(super) const GROUP_BLOCK: GroupBlock<BlockQ8K> = GroupBlock {
     dot_row: q6_k::dot_q6_k_q8_k,
 };
 
-/// Inputs one group meets at once in the AVX2 kernel: their integer sums and accumulators, with
-/// the group's unpacked quants, fill the sixteen registers.
-const INPUTS_AT_ONCE: usize = 2;
+/// Q6_K's group kernels, for the shared dispatch and matmul of [`super::q8_k_groups`].
+pub(super) struct Q6KGroups;
 
-/// Inputs one group meets at once in the AVX-512 VNNI kernel, which has 32 registers.
-const INPUTS_AT_ONCE_VNNI: usize = 4;
+impl Q8KGroups for Q6KGroups {
+    const TYPE: GgmlType = GgmlType::Q6K;
+    /// Their integer sums and accumulators, with the group's unpacked quants, fill the sixteen
+    /// registers.
+    const INPUTS_AT_ONCE_AVX2: usize = 2;
+
+    fn portable<const N: usize>(group: &[u8], inputs: [&[BlockQ8K]; N]) -> [[f32; ROWS]; N] {
+        GROUP_BLOCK.portable_products(group, inputs)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn avx2<const N: usize, const PREFETCH: bool>(
+        group: &[u8],
+        inputs: [&[BlockQ8K]; N],
+    ) -> [[f32; ROWS]; N] {
+        // SAFETY: the caller checked the features.
+        unsafe { dot_group_avx2::<N, PREFETCH>(group, inputs) }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn vnni<const N: usize, const PREFETCH: bool>(
+        group: &[u8],
+        inputs: [&[BlockQ8K]; N],
+    ) -> [[f32; ROWS]; N] {
+        // SAFETY: the caller checked the features.
+        unsafe { dot_group_vnni::<N, PREFETCH>(group, inputs) }
+    }
+}
 
 /// Writes X W^T into `y` ([n, rows]) for `n` input rows `x` ([n, cols]) and W as [`interleave`]
-/// left it: [`super::matmul_rows_quant`] for interleaved Q6_K. Each thread takes bands of whole
-/// groups; with more inputs than a group meets at once, a band goes in sub-bands that stay in
-/// cache while every pair of inputs passes over them.
+/// left it: [`super::matmul_rows_quant`] for interleaved Q6_K (see [`q8_k_groups::matmul`]).
 ///
 /// Panics unless `rows` is a multiple of 8, `cols` of 256, and the slices hold what the sizes say
 /// (caller bugs).
@@ -162,90 +185,7 @@ pub fn matmul_interleaved(
     n: usize,
     y: &mut [f32],
 ) {
-    assert_eq!(x.len(), n * cols, "x must hold n x cols values");
-    let inputs = q8_k_inputs(x);
-    let blocks = cols / QK_K;
-    let input = |k: usize| &inputs[k * blocks..(k + 1) * blocks];
-    let level = InstructionSet::in_use();
-    let products = |group: &[u8], first: usize, take: usize, from_memory: bool| match take {
-        4 => padded(dot_group(
-            level,
-            group,
-            std::array::from_fn::<_, 4, _>(|k| input(first + k)),
-            from_memory,
-        )),
-        2 => padded(dot_group(
-            level,
-            group,
-            [input(first), input(first + 1)],
-            from_memory,
-        )),
-        _ => padded(dot_group(level, group, [input(first)], from_memory)),
-    };
-    let inputs_at_once = if level == InstructionSet::Avx512Vnni {
-        INPUTS_AT_ONCE_VNNI
-    } else {
-        INPUTS_AT_ONCE
-    };
-    matmul_groups(
-        GgmlType::Q6K,
-        weights,
-        rows,
-        cols,
-        n,
-        y,
-        inputs_at_once,
-        products,
-    );
-}
-
-/// One group of eight interleaved rows times each of `inputs`, on the kernel of `level`:
-/// `result[k][r]` is row r times input k. Each block's integer sum is exactly the row-by-row
-/// kernel's; the float sums run in another order, so results agree with
-/// [`q6_k::dot_q6_k_q8_k`] to rounding. `from_memory`: the weights come straight from memory,
-/// and the kernel prefetches them.
-///
-/// Panics unless the CPU supports `level` and the group holds one group block per block of each
-/// input.
-pub(super) fn dot_group<const N: usize>(
-    level: InstructionSet,
-    group: &[u8],
-    inputs: [&[BlockQ8K]; N],
-    from_memory: bool,
-) -> [[f32; ROWS]; N] {
-    for x in inputs {
-        assert_eq!(
-            group.len(),
-            x.len() * GROUP_BLOCK_BYTES,
-            "a group of Q6_K rows must hold one group block per activation block"
-        );
-    }
-    assert!(level.is_supported(), "this CPU lacks {}", level.name());
-    match level {
-        // SAFETY (both arms): the CPU has the features the functions are compiled for.
-        #[cfg(target_arch = "x86_64")]
-        InstructionSet::Avx512Vnni => unsafe {
-            if from_memory {
-                dot_group_vnni::<N, true>(group, inputs)
-            } else {
-                dot_group_vnni::<N, false>(group, inputs)
-            }
-        },
-        #[cfg(target_arch = "x86_64")]
-        InstructionSet::Avx2 => unsafe {
-            if from_memory {
-                dot_group_avx2::<N, true>(group, inputs)
-            } else {
-                dot_group_avx2::<N, false>(group, inputs)
-            }
-        },
-        _ => dot_group_portable(group, inputs),
-    }
-}
-
-/// Row by row through the Q6_K kernel, on the group's rows put back in file order.
-fn dot_group_portable<const N: usize>(group: &[u8], inputs: [&[BlockQ8K]; N]) -> [[f32; ROWS]; N] {
-    GROUP_BLOCK.portable_products(group, inputs)
+    q8_k_groups::matmul::<Q6KGroups>(weights, rows, cols, x, n, y)
 }
 
 /// Per group block, per sub-block of 16 values: three 32-byte loads (a 4-byte piece of each of
@@ -274,57 +214,22 @@ fn dot_group_avx2<const N: usize, const PREFETCH: bool>(
 ) -> [[f32; ROWS]; N] {
     use super::x86::*;
     use std::arch::x86_64::*;
-    let low_six = _mm256_set1_epi8(0x3F);
-    let top_two = _mm256_set1_epi8(0xC0u8 as i8);
     let mut acc = [_mm256_setzero_ps(); N];
     for (b, block) in group.chunks_exact(GROUP_BLOCK_BYTES).enumerate() {
         let acts: [&BlockQ8K; N] = std::array::from_fn(|k| &inputs[k][b]);
         if PREFETCH {
             prefetch_ahead(block);
         }
-        let d = _mm256_cvtph_ps(load_u8x16(block));
         // Per input: sum over sub-blocks of scale * products, and of scale * 16-value sum.
         let mut products = [_mm256_setzero_si256(); N];
         let mut offsets = [_mm256_setzero_si256(); N];
         for pair in 0..8 {
-            // The pair's scales as i16 (rows 0..4 in the low 128-bit half, 4..8 in the high):
-            // unpacked with themselves, row r's scale of sub-block 2 pair (or 2 pair + 1) in
-            // both i16 of lane r, and blended, row r's two scales as the two i16 of lane r.
-            let both = _mm256_cvtepi8_epi16(load_u8x16(&block[SCALES_AT + 16 * pair..]));
-            let scales = [
-                _mm256_unpacklo_epi16(both, both),
-                _mm256_unpackhi_epi16(both, both),
-            ];
-            let scale_pairs = _mm256_blend_epi16(scales[0], scales[1], 0b1010_1010);
-            for k in 0..N {
-                // The input's 16-value sums of the pair as the two i16 of every lane: one
-                // `madd` gives each row s(2 pair) S(2 pair) + s(2 pair + 1) S(2 pair + 1).
-                let sums = &acts[k].sums[2 * pair..2 * pair + 2];
-                let sums = _mm256_set1_epi32((sums[0] as u16 as i32) | ((sums[1] as i32) << 16));
-                offsets[k] = _mm256_add_epi32(offsets[k], _mm256_madd_epi16(scale_pairs, sums));
-            }
+            let scales = pair_scales(block, pair);
+            add_offsets(&mut offsets, scales, &acts, pair);
             for half in 0..2 {
                 let j = 2 * pair + half;
                 let scale = scales[half];
-                let at = QUANTS_AT + SUB_BLOCK_BYTES * j;
-                let first = load_u8x32(&block[at..]);
-                let second = load_u8x32(&block[at + 32..]);
-                let third = load_u8x32(&block[at + 64..]);
-                // The shifts are 16-bit wide, but the top-two mask leaves nothing that could
-                // cross into the neighbouring byte's bits that are kept.
-                let last = _mm256_or_si256(
-                    _mm256_or_si256(
-                        _mm256_srli_epi16(_mm256_and_si256(first, top_two), 6),
-                        _mm256_srli_epi16(_mm256_and_si256(second, top_two), 4),
-                    ),
-                    _mm256_srli_epi16(_mm256_and_si256(third, top_two), 2),
-                );
-                let quants = [
-                    _mm256_and_si256(first, low_six),
-                    _mm256_and_si256(second, low_six),
-                    _mm256_and_si256(third, low_six),
-                    last,
-                ];
+                let quants = sub_block_quants(block, j);
                 for k in 0..N {
                     let x = &acts[k].quants[16 * j..16 * j + 16];
                     let piece = |m: usize| {
@@ -342,11 +247,7 @@ fn dot_group_avx2<const N: usize, const PREFETCH: bool>(
                 }
             }
         }
-        for k in 0..N {
-            let total = _mm256_sub_epi32(products[k], _mm256_slli_epi32(offsets[k], 5));
-            let scale = _mm256_mul_ps(d, _mm256_set1_ps(acts[k].scale));
-            acc[k] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(total), acc[k]);
-        }
+        accumulate(&mut acc, block, products, offsets, &acts);
     }
     acc.map(|lanes| lanes_f32x8(lanes))
 }
@@ -355,7 +256,7 @@ fn dot_group_avx2<const N: usize, const PREFETCH: bool>(
 /// in four `dpbusd` straight into i32 (at most 16 * 63 * 127 = 128016), which meet the rows'
 /// scales with `mullo` (a block's sum at most 16 * 128 * 128016, about 2.6e8, in magnitude);
 /// the offset of 32 comes off as in the AVX2 kernel. With 32 registers,
-/// [`INPUTS_AT_ONCE_VNNI`] inputs share each unpacked sub-block.
+/// four inputs share each unpacked sub-block.
 // Inputs and their accumulators are indexed together.
 #[allow(clippy::needless_range_loop)]
 #[cfg(target_arch = "x86_64")]
@@ -366,50 +267,22 @@ fn dot_group_vnni<const N: usize, const PREFETCH: bool>(
 ) -> [[f32; ROWS]; N] {
     use super::x86::*;
     use std::arch::x86_64::*;
-    let low_six = _mm256_set1_epi8(0x3F);
-    let top_two = _mm256_set1_epi8(0xC0u8 as i8);
     let mut acc = [_mm256_setzero_ps(); N];
     for (b, block) in group.chunks_exact(GROUP_BLOCK_BYTES).enumerate() {
         let acts: [&BlockQ8K; N] = std::array::from_fn(|k| &inputs[k][b]);
         if PREFETCH {
             prefetch_ahead(block);
         }
-        let d = _mm256_cvtph_ps(load_u8x16(block));
         let mut products = [_mm256_setzero_si256(); N];
         let mut offsets = [_mm256_setzero_si256(); N];
         for pair in 0..8 {
-            let both = _mm256_cvtepi8_epi16(load_u8x16(&block[SCALES_AT + 16 * pair..]));
-            let scales = [
-                _mm256_unpacklo_epi16(both, both),
-                _mm256_unpackhi_epi16(both, both),
-            ];
-            let scale_pairs = _mm256_blend_epi16(scales[0], scales[1], 0b1010_1010);
-            for k in 0..N {
-                let sums = &acts[k].sums[2 * pair..2 * pair + 2];
-                let sums = _mm256_set1_epi32((sums[0] as u16 as i32) | ((sums[1] as i32) << 16));
-                offsets[k] = _mm256_add_epi32(offsets[k], _mm256_madd_epi16(scale_pairs, sums));
-            }
+            let scales = pair_scales(block, pair);
+            add_offsets(&mut offsets, scales, &acts, pair);
             for half in 0..2 {
                 let j = 2 * pair + half;
                 // Row r's scale in both i16 of lane r: the top one, shifted down with its sign.
                 let scale = _mm256_srai_epi32(scales[half], 16);
-                let at = QUANTS_AT + SUB_BLOCK_BYTES * j;
-                let first = load_u8x32(&block[at..]);
-                let second = load_u8x32(&block[at + 32..]);
-                let third = load_u8x32(&block[at + 64..]);
-                let last = _mm256_or_si256(
-                    _mm256_or_si256(
-                        _mm256_srli_epi16(_mm256_and_si256(first, top_two), 6),
-                        _mm256_srli_epi16(_mm256_and_si256(second, top_two), 4),
-                    ),
-                    _mm256_srli_epi16(_mm256_and_si256(third, top_two), 2),
-                );
-                let quants = [
-                    _mm256_and_si256(first, low_six),
-                    _mm256_and_si256(second, low_six),
-                    _mm256_and_si256(third, low_six),
-                    last,
-                ];
+                let quants = sub_block_quants(block, j);
                 for k in 0..N {
                     let x = &acts[k].quants[16 * j..16 * j + 16];
                     let mut dot = _mm256_setzero_si256();
@@ -421,19 +294,108 @@ fn dot_group_vnni<const N: usize, const PREFETCH: bool>(
                 }
             }
         }
-        for k in 0..N {
-            let total = _mm256_sub_epi32(products[k], _mm256_slli_epi32(offsets[k], 5));
-            let scale = _mm256_mul_ps(d, _mm256_set1_ps(acts[k].scale));
-            acc[k] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(total), acc[k]);
-        }
+        accumulate(&mut acc, block, products, offsets, &acts);
     }
     acc.map(|lanes| lanes_f32x8(lanes))
+}
+
+/// The scales of sub-blocks 2 pair and 2 pair + 1 of a group block's eight rows, as i16: the
+/// pair's 16 bytes widened (rows 0..4 in the low 128-bit half, 4..8 in the high) and unpacked
+/// with themselves, so that entry e holds row r's scale of sub-block 2 pair + e in both i16 of
+/// lane r.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn pair_scales(block: &[u8], pair: usize) -> [std::arch::x86_64::__m256i; 2] {
+    use super::x86::load_u8x16;
+    use std::arch::x86_64::*;
+    let both = _mm256_cvtepi8_epi16(load_u8x16(&block[SCALES_AT + 16 * pair..]));
+    [
+        _mm256_unpacklo_epi16(both, both),
+        _mm256_unpackhi_epi16(both, both),
+    ]
+}
+
+/// Adds each input's scale-weighted 16-value sums of one pair of sub-blocks to its `offsets`:
+/// with the rows' two scales blended as the two i16 of each lane and the input's two sums
+/// likewise, one `madd` gives each row s(2 pair) S(2 pair) + s(2 pair + 1) S(2 pair + 1).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn add_offsets<const N: usize>(
+    offsets: &mut [std::arch::x86_64::__m256i; N],
+    scales: [std::arch::x86_64::__m256i; 2],
+    acts: &[&BlockQ8K; N],
+    pair: usize,
+) {
+    use std::arch::x86_64::*;
+    let scale_pairs = _mm256_blend_epi16(scales[0], scales[1], 0b1010_1010);
+    for (offset, act) in offsets.iter_mut().zip(acts) {
+        let sums = &act.sums[2 * pair..2 * pair + 2];
+        let sums = _mm256_set1_epi32((sums[0] as u16 as i32) | ((sums[1] as i32) << 16));
+        *offset = _mm256_add_epi32(*offset, _mm256_madd_epi16(scale_pairs, sums));
+    }
+}
+
+/// The 6-bit quants (0..=63) of sub-block `j` of a group block's eight rows, four values of
+/// each row per vector: three 32-byte loads, the low six bits of each, and the three top-two
+/// bit pairs put together for the last four values.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn sub_block_quants(block: &[u8], j: usize) -> [std::arch::x86_64::__m256i; 4] {
+    use super::x86::load_u8x32;
+    use std::arch::x86_64::*;
+    let low_six = _mm256_set1_epi8(0x3F);
+    let top_two = _mm256_set1_epi8(0xC0u8 as i8);
+    let at = QUANTS_AT + SUB_BLOCK_BYTES * j;
+    let first = load_u8x32(&block[at..]);
+    let second = load_u8x32(&block[at + 32..]);
+    let third = load_u8x32(&block[at + 64..]);
+    // The shifts are 16-bit wide, but the top-two mask leaves nothing that could cross into
+    // the neighbouring byte's bits that are kept.
+    let last = _mm256_or_si256(
+        _mm256_or_si256(
+            _mm256_srli_epi16(_mm256_and_si256(first, top_two), 6),
+            _mm256_srli_epi16(_mm256_and_si256(second, top_two), 4),
+        ),
+        _mm256_srli_epi16(_mm256_and_si256(third, top_two), 2),
+    );
+    [
+        _mm256_and_si256(first, low_six),
+        _mm256_and_si256(second, low_six),
+        _mm256_and_si256(third, low_six),
+        last,
+    ]
+}
+
+/// Each input's float sums plus one group block's totals: products less 32 times the offsets,
+/// times the eight rows' f16 `d` (from the group block's start) and the input block's scale.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn accumulate<const N: usize>(
+    acc: &mut [std::arch::x86_64::__m256; N],
+    block: &[u8],
+    products: [std::arch::x86_64::__m256i; N],
+    offsets: [std::arch::x86_64::__m256i; N],
+    acts: &[&BlockQ8K; N],
+) {
+    use super::x86::load_u8x16;
+    use std::arch::x86_64::*;
+    let d = _mm256_cvtph_ps(load_u8x16(block));
+    for k in 0..N {
+        let total = _mm256_sub_epi32(products[k], _mm256_slli_epi32(offsets[k], 5));
+        let scale = _mm256_mul_ps(d, _mm256_set1_ps(acts[k].scale));
+        acc[k] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(total), acc[k]);
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::quant::GgmlType;
+    use crate::quant::InstructionSet;
     use crate::quant::test_support::{Rng, extreme_inputs, random_blocks, random_quantized};
 
     #[test]
@@ -465,7 +427,7 @@ mod tests {
         let xs: [&[BlockQ8K]; N] = std::array::from_fn(|k| inputs[k].as_slice());
         for level in InstructionSet::supported() {
             GROUP_BLOCK.check_products(&bytes, xs, |group, from_memory| {
-                dot_group(level, group, xs, from_memory)
+                q8_k_groups::dot_group::<Q6KGroups, N>(level, group, xs, from_memory)
             });
         }
     }
@@ -497,7 +459,7 @@ mod tests {
             let xs: [&[BlockQ8K]; 3] = std::array::from_fn(|k| inputs[k].as_slice());
             for level in InstructionSet::supported() {
                 GROUP_BLOCK.check_products(&bytes, xs, |group, from_memory| {
-                    dot_group(level, group, xs, from_memory)
+                    q8_k_groups::dot_group::<Q6KGroups, 3>(level, group, xs, from_memory)
                 });
             }
         }

@@ -34,7 +34,7 @@
 //! [`q4_k_x8`]: super::q4_k_x8
 
 use super::activations::{BlockQ8_0, QK8_0};
-use super::interleaved::{GroupBlock, matmul_groups, padded};
+use super::interleaved::{GroupBlock, MOST_INPUTS_AT_ONCE, matmul_groups, padded};
 use super::matmul::q8_0_inputs;
 use super::{GgmlType, InstructionSet};
 
@@ -521,7 +521,7 @@ fn matmul<F: Format>(weights: &[u8], rows: usize, cols: usize, x: &[f32], n: usi
     };
     // With 32 registers, four inputs' sums fit beside the unpacked quants in either format.
     let inputs_at_once = if level == InstructionSet::Avx512Vnni {
-        4
+        MOST_INPUTS_AT_ONCE
     } else {
         F::INPUTS_AT_ONCE
     };
