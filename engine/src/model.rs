@@ -470,13 +470,16 @@ impl Mlp {
         activated
             .par_chunks_mut(width)
             .zip(gate_up.par_chunks(2 * width))
-            .for_each(|(out, row)| {
-                let (gate, up) = row.split_at(width);
-                for ((out, &g), &u) in out.iter_mut().zip(gate).zip(up) {
-                    *out = g / (1.0 + (-g).exp()) * u;
-                }
-            });
+            .for_each(|(out, row)| silu_gate_times_up(row, out));
         quantized_matmul(down, &activated, n)
+    }
+
+    /// Every MLP's [`Self::quantized_parts`], or `None` when some MLP's weights are not all in
+    /// block formats.
+    fn all_quantized_parts<'a>(
+        mlps: impl Iterator<Item = &'a Mlp>,
+    ) -> Option<Vec<(&'a [QuantizedWeight], &'a [QuantizedWeight])>> {
+        mlps.map(Mlp::quantized_parts).collect()
     }
 
     fn bytes(&self) -> usize {
@@ -499,6 +502,15 @@ impl Mlp {
             ) => Some((gate_up, down)),
             _ => None,
         }
+    }
+}
+
+/// silu(gate) * up into `out`, for one row `[gate | up]` of the gate/up product (each half as
+/// long as `out`).
+fn silu_gate_times_up(gate_up: &[f32], out: &mut [f32]) {
+    let (gate, up) = gate_up.split_at(out.len());
+    for ((out, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+        *out = g / (1.0 + (-g).exp()) * u;
     }
 }
 
@@ -1076,11 +1088,7 @@ impl Moe {
             mlps.push((shared, 1.0));
         }
         // The loader keeps only block formats quantized, which matvec_many_quant takes.
-        let Some(parts) = mlps
-            .iter()
-            .map(|(mlp, _)| mlp.quantized_parts())
-            .collect::<Option<Vec<_>>>()
-        else {
+        let Some(parts) = Mlp::all_quantized_parts(mlps.iter().map(|(mlp, _)| *mlp)) else {
             return Ok(None);
         };
         let dtype = x.dtype();
@@ -1093,11 +1101,9 @@ impl Moe {
             .iter()
             .zip(&gate_ups)
             .map(|((mlp, _), values)| {
-                let (gate, up) = values.split_at(mlp.intermediate);
-                gate.iter()
-                    .zip(up)
-                    .map(|(&g, &u)| g / (1.0 + (-g).exp()) * u)
-                    .collect()
+                let mut activated = vec![0f32; mlp.intermediate];
+                silu_gate_times_up(values, &mut activated);
+                activated
             })
             .collect();
         let inputs: Vec<&[f32]> = hidden_states.iter().map(Vec::as_slice).collect();
@@ -1120,6 +1126,22 @@ impl Moe {
         ))
     }
 
+    /// Each expert some token chose, with the (token, weight) pairs that chose it in token
+    /// order.
+    fn tokens_per_expert(&self, routes: &[Vec<(usize, f32)>]) -> Vec<(usize, Vec<(usize, f32)>)> {
+        let mut per_expert: Vec<Vec<(usize, f32)>> = vec![Vec::new(); self.experts.len()];
+        for (token, chosen) in routes.iter().enumerate() {
+            for &(expert, weight) in chosen {
+                per_expert[expert].push((token, weight));
+            }
+        }
+        per_expert
+            .into_iter()
+            .enumerate()
+            .filter(|(_, tokens)| !tokens.is_empty())
+            .collect()
+    }
+
     /// Many tokens through their chosen experts and the shared ones when all their weights are
     /// quantized on the CPU (`None`: some weight is not, use the general path). Each expert's
     /// tokens are gathered into one batch, and the experts run in parallel, each batch's gate/up
@@ -1132,26 +1154,15 @@ impl Moe {
         }
         let (t, hidden) = x.dims2()?;
         // (mlp, its tokens with their weights); the shared experts take every token.
-        let mut batches: Vec<(&Mlp, Vec<(usize, f32)>)> = Vec::new();
-        let mut per_expert: Vec<Vec<(usize, f32)>> = vec![Vec::new(); self.experts.len()];
-        for (token, chosen) in routes.iter().enumerate() {
-            for &(expert, weight) in chosen {
-                per_expert[expert].push((token, weight));
-            }
-        }
-        for (expert, tokens) in per_expert.into_iter().enumerate() {
-            if !tokens.is_empty() {
-                batches.push((&self.experts[expert], tokens));
-            }
-        }
+        let mut batches: Vec<(&Mlp, Vec<(usize, f32)>)> = self
+            .tokens_per_expert(routes)
+            .into_iter()
+            .map(|(expert, tokens)| (&self.experts[expert], tokens))
+            .collect();
         if let Some(shared) = &self.shared {
             batches.push((shared, (0..t).map(|token| (token, 1.0)).collect()));
         }
-        let Some(parts) = batches
-            .iter()
-            .map(|(mlp, _)| mlp.quantized_parts())
-            .collect::<Option<Vec<_>>>()
-        else {
+        let Some(parts) = Mlp::all_quantized_parts(batches.iter().map(|(mlp, _)| *mlp)) else {
             return Ok(None);
         };
         let dtype = x.dtype();
@@ -1210,19 +1221,12 @@ impl Moe {
             return Ok(out);
         }
         // Gather each expert's tokens, run them as one batch, scatter-add back.
-        let mut per_expert: Vec<(Vec<u32>, Vec<f32>)> =
-            vec![(Vec::new(), Vec::new()); self.experts.len()];
-        for (token, chosen) in routes.iter().enumerate() {
-            for &(expert, weight) in chosen {
-                per_expert[expert].0.push(token as u32);
-                per_expert[expert].1.push(weight);
-            }
-        }
-        for (expert, (tokens, weights)) in per_expert.into_iter().enumerate() {
-            if tokens.is_empty() {
-                continue;
-            }
-            let n = tokens.len();
+        for (expert, chosen_by) in self.tokens_per_expert(&routes) {
+            let n = chosen_by.len();
+            let (tokens, weights): (Vec<u32>, Vec<f32>) = chosen_by
+                .into_iter()
+                .map(|(token, weight)| (token as u32, weight))
+                .unzip();
             let index = Tensor::from_vec(tokens, n, x.device())?;
             let weights = Tensor::from_vec(weights, (n, 1), x.device())?.to_dtype(x.dtype())?;
             let y = self.experts[expert]
