@@ -14,6 +14,8 @@
 
 use rayon::prelude::*;
 
+use crate::strided_gemm::{Strided, gemm_f32};
+
 /// The operands of one prompt's attention in one layer, as the projections leave them.
 pub struct ExpandedAttention<'a> {
     /// [heads, tokens, nope]
@@ -92,48 +94,20 @@ fn attend_block(a: &ExpandedAttention, softmax_scale: f32, h: usize, first: usiz
     // for c < v_dim; the last one read, j = visible - 1, ends inside `kv`.
     unsafe {
         // scores = q_nope . k_nope^T
-        gemm::gemm(
-            rows,
-            visible,
-            a.nope,
-            scores.as_mut_ptr(),
-            1,
-            visible as isize,
+        gemm_f32(
+            (rows, visible, a.nope),
+            Strided::row_major(scores.as_mut_ptr(), visible),
+            Strided::row_major(q_nope.as_ptr(), a.nope),
+            Strided::column_major(head_kv.as_ptr(), kv_row),
             false,
-            q_nope.as_ptr(),
-            1,
-            a.nope as isize,
-            head_kv.as_ptr(),
-            kv_row as isize,
-            1,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
         );
         // scores += q_rope . k_rope^T
-        gemm::gemm(
-            rows,
-            visible,
-            a.rope,
-            scores.as_mut_ptr(),
-            1,
-            visible as isize,
+        gemm_f32(
+            (rows, visible, a.rope),
+            Strided::row_major(scores.as_mut_ptr(), visible),
+            Strided::row_major(q_rope.as_ptr(), a.rope),
+            Strided::column_major(a.k_rope.as_ptr(), a.rope),
             true,
-            q_rope.as_ptr(),
-            1,
-            a.rope as isize,
-            a.k_rope.as_ptr(),
-            a.rope as isize,
-            1,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
         );
     }
     // Each row over the keys its token sees; the others weigh 0.
@@ -157,26 +131,12 @@ fn attend_block(a: &ExpandedAttention, softmax_scale: f32, h: usize, first: usiz
     // SAFETY: as above; `out` holds `rows x v_dim`.
     unsafe {
         // out = probabilities . v
-        gemm::gemm(
-            rows,
-            a.v_dim,
-            visible,
-            out.as_mut_ptr(),
-            1,
-            a.v_dim as isize,
+        gemm_f32(
+            (rows, a.v_dim, visible),
+            Strided::row_major(out.as_mut_ptr(), a.v_dim),
+            Strided::row_major(scores.as_ptr(), visible),
+            Strided::row_major(head_kv.as_ptr().add(a.nope), kv_row),
             false,
-            scores.as_ptr(),
-            1,
-            visible as isize,
-            head_kv.as_ptr().add(a.nope),
-            1,
-            kv_row as isize,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
         );
     }
     out
@@ -185,18 +145,7 @@ fn attend_block(a: &ExpandedAttention, softmax_scale: f32, h: usize, first: usiz
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn values(count: usize, seed: u64) -> Vec<f32> {
-        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..count)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                (state % 20_001) as f32 / 10_000.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::test_values::values;
 
     /// The definition in f64, one query and head at a time: [tokens, heads, v_dim].
     fn reference(a: &ExpandedAttention, scale: f32) -> Vec<f64> {

@@ -12,3 +12,6 @@ pub mod paged_attention;
 pub mod quant;
 pub mod routing;
 pub mod simd;
+mod strided_gemm;
+#[cfg(test)]
+mod test_values;

@@ -16,6 +16,7 @@
 use rayon::prelude::*;
 
 use crate::simd::{axpy, scale};
+use crate::strided_gemm::{Strided, gemm_f32};
 
 /// The cached keys of one layer, as a page table.
 pub struct LatentPages<'a> {
@@ -183,48 +184,20 @@ fn attend(
         // `count <= page_tokens` rows of `row_len` floats in the page, `rows x page_tokens` scores.
         unsafe {
             // scores = q_latent . c^T
-            gemm::gemm(
-                rows,
-                count,
-                kv_lora,
-                scores.as_mut_ptr(),
-                1,
-                page_tokens as isize,
+            gemm_f32(
+                (rows, count, kv_lora),
+                Strided::row_major(scores.as_mut_ptr(), page_tokens),
+                Strided::row_major(q_latent.as_ptr(), kv_lora),
+                Strided::column_major(keys_ptr, row_len),
                 false,
-                q_latent.as_ptr(),
-                1,
-                kv_lora as isize,
-                keys_ptr,
-                row_len as isize,
-                1,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
             );
             // scores += q_rope . k_pe^T
-            gemm::gemm(
-                rows,
-                count,
-                rope,
-                scores.as_mut_ptr(),
-                1,
-                page_tokens as isize,
+            gemm_f32(
+                (rows, count, rope),
+                Strided::row_major(scores.as_mut_ptr(), page_tokens),
+                Strided::row_major(q_rope.as_ptr(), rope),
+                Strided::column_major(keys_ptr.add(kv_lora), row_len),
                 true,
-                q_rope.as_ptr(),
-                1,
-                rope as isize,
-                keys_ptr.add(kv_lora),
-                row_len as isize,
-                1,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
             );
         }
         // Online softmax per row over the keys its token may see; masked keys weigh 0.
@@ -257,26 +230,12 @@ fn attend(
         // SAFETY: as above; `acc` holds `rows x kv_lora`.
         unsafe {
             // acc += weights . c
-            gemm::gemm(
-                rows,
-                kv_lora,
-                count,
-                acc.as_mut_ptr(),
-                1,
-                kv_lora as isize,
+            gemm_f32(
+                (rows, kv_lora, count),
+                Strided::row_major(acc.as_mut_ptr(), kv_lora),
+                Strided::row_major(scores.as_ptr(), page_tokens),
+                Strided::row_major(keys_ptr, row_len),
                 true,
-                scores.as_ptr(),
-                1,
-                page_tokens as isize,
-                keys_ptr,
-                1,
-                row_len as isize,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
             );
         }
     }
@@ -295,18 +254,7 @@ fn attend(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn values(count: usize, seed: u64) -> Vec<f32> {
-        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..count)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                (state % 20_001) as f32 / 10_000.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::test_values::values;
 
     /// Dense softmax in f64 over contiguous keys: the definition, not an algorithm.
     // It takes the kernel's own arguments, one by one, so a test reads like the call it checks.
