@@ -139,7 +139,6 @@ fn dot_group_avx2<const N: usize, const PREFETCH: bool>(
 ) -> [[f32; ROWS]; N] {
     use super::x86::*;
     use std::arch::x86_64::*;
-    let low_mask = _mm256_set1_epi8(0x0F);
     // Byte k of every 4-byte lane into both i16 halves of the lane (zero above each byte).
     let pick = |k: i8| lane_bytes([k, -1, k, -1]);
     let picks = [pick(0), pick(1), pick(2), pick(3)];
@@ -154,9 +153,7 @@ fn dot_group_avx2<const N: usize, const PREFETCH: bool>(
             let mut low = [_mm256_setzero_si256(); N];
             let mut high = [_mm256_setzero_si256(); N];
             for piece in 0..8 {
-                let packed = load_u8x32(&block[NIBBLES_AT + 32 * (8 * pair + piece)..]);
-                let low_nibbles = _mm256_and_si256(packed, low_mask);
-                let high_nibbles = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low_mask);
+                let [low_nibbles, high_nibbles] = piece_nibbles(block, 8 * pair + piece);
                 for k in 0..N {
                     let quants = &inputs[k][b].quants[64 * pair + 4 * piece..];
                     let low_quants = _mm256_set1_epi32(four_quants(quants));
@@ -181,10 +178,7 @@ fn dot_group_avx2<const N: usize, const PREFETCH: bool>(
             }
         }
         let min_pairs = minimum_pairs(mins_0_4, mins_4_8);
-        for k in 0..N {
-            let act = &inputs[k][b];
-            acc[k] = accumulate(acc[k], block, act, sums[k], minimums(&min_pairs, act));
-        }
+        accumulate(&mut acc, block, &inputs, b, sums, &min_pairs);
     }
     acc.map(|lanes| lanes_f32x8(lanes))
 }
@@ -205,7 +199,6 @@ fn dot_group_vnni<const N: usize, const PREFETCH: bool>(
 ) -> [[f32; ROWS]; N] {
     use super::x86::*;
     use std::arch::x86_64::*;
-    let low_mask = _mm256_set1_epi8(0x0F);
     // Byte k of every 4-byte lane as the lane's i32.
     let widen = |k: i8| lane_bytes([k, -1, -1, -1]);
     let widens = [widen(0), widen(1), widen(2), widen(3)];
@@ -220,9 +213,7 @@ fn dot_group_vnni<const N: usize, const PREFETCH: bool>(
             let mut low = [_mm256_setzero_si256(); N];
             let mut high = [_mm256_setzero_si256(); N];
             for piece in 0..8 {
-                let packed = load_u8x32(&block[NIBBLES_AT + 32 * (8 * pair + piece)..]);
-                let low_nibbles = _mm256_and_si256(packed, low_mask);
-                let high_nibbles = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low_mask);
+                let [low_nibbles, high_nibbles] = piece_nibbles(block, 8 * pair + piece);
                 for k in 0..N {
                     let quants = &inputs[k][b].quants[64 * pair + 4 * piece..];
                     let low_quants = _mm256_set1_epi32(four_quants(quants));
@@ -245,10 +236,7 @@ fn dot_group_vnni<const N: usize, const PREFETCH: bool>(
             }
         }
         let min_pairs = minimum_pairs(mins_0_4, mins_4_8);
-        for k in 0..N {
-            let act = &inputs[k][b];
-            acc[k] = accumulate(acc[k], block, act, sums[k], minimums(&min_pairs, act));
-        }
+        accumulate(&mut acc, block, &inputs, b, sums, &min_pairs);
     }
     acc.map(|lanes| lanes_f32x8(lanes))
 }
@@ -349,29 +337,54 @@ fn minimums(
     )
 }
 
-/// `acc` plus one group block's products with one input block: d x̂ sums - dmin x̂ minimums per
-/// row, with the eight rows' f16 `d` and `dmin` from the group block's start.
+/// Each input's float sums plus one group block's products with its block `b`: d x̂ sums -
+/// dmin x̂ minimums per row ([`minimums`] from the group block's `min_pairs`), with the eight
+/// rows' f16 `d` and `dmin` from the group block's start.
 #[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn accumulate(
-    acc: std::arch::x86_64::__m256,
+fn accumulate<const N: usize>(
+    acc: &mut [std::arch::x86_64::__m256; N],
     block: &[u8],
-    act: &BlockQ8K,
-    sums: std::arch::x86_64::__m256i,
-    minimums: std::arch::x86_64::__m256i,
-) -> std::arch::x86_64::__m256 {
+    inputs: &[&[BlockQ8K]; N],
+    b: usize,
+    sums: [std::arch::x86_64::__m256i; N],
+    min_pairs: &[std::arch::x86_64::__m256i; 4],
+) {
     use super::x86::load_u8x16;
     use std::arch::x86_64::*;
     let d = _mm256_cvtph_ps(load_u8x16(block));
     let dmin = _mm256_cvtph_ps(load_u8x16(&block[16..]));
-    let act_scale = _mm256_set1_ps(act.scale);
-    let acc = _mm256_fmadd_ps(_mm256_mul_ps(d, act_scale), _mm256_cvtepi32_ps(sums), acc);
-    _mm256_fnmadd_ps(
-        _mm256_mul_ps(dmin, act_scale),
-        _mm256_cvtepi32_ps(minimums),
-        acc,
-    )
+    for (k, acc) in acc.iter_mut().enumerate() {
+        let act = &inputs[k][b];
+        let act_scale = _mm256_set1_ps(act.scale);
+        *acc = _mm256_fmadd_ps(
+            _mm256_mul_ps(d, act_scale),
+            _mm256_cvtepi32_ps(sums[k]),
+            *acc,
+        );
+        *acc = _mm256_fnmadd_ps(
+            _mm256_mul_ps(dmin, act_scale),
+            _mm256_cvtepi32_ps(minimums(min_pairs, act)),
+            *acc,
+        );
+    }
+}
+
+/// The low and the high nibbles of piece `piece` (0..32) of a group block: four values of each
+/// of the eight rows, for the sub-blocks 2 (piece / 8) and 2 (piece / 8) + 1.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn piece_nibbles(block: &[u8], piece: usize) -> [std::arch::x86_64::__m256i; 2] {
+    use super::x86::load_u8x32;
+    use std::arch::x86_64::*;
+    let low_mask = _mm256_set1_epi8(0x0F);
+    let packed = load_u8x32(&block[NIBBLES_AT + 32 * piece..]);
+    [
+        _mm256_and_si256(packed, low_mask),
+        _mm256_and_si256(_mm256_srli_epi16(packed, 4), low_mask),
+    ]
 }
 
 #[cfg(test)]
