@@ -1172,6 +1172,11 @@ impl Moe {
             .zip(&parts)
             .map(|((mlp, tokens), (gate_up, down))| {
                 let n = tokens.len();
+                // A batch of every token (the shared experts') is the input itself: tokens come
+                // in order, each once.
+                if n == t {
+                    return mlp.forward_quantized(gate_up, down, &input, n);
+                }
                 let mut gathered = Vec::with_capacity(n * hidden);
                 for &(token, _) in tokens {
                     gathered.extend_from_slice(&input[token * hidden..(token + 1) * hidden]);
