@@ -25,14 +25,18 @@ pub enum InstructionSet {
     /// takes three, and 32 vector registers instead of 16 let a group of rows meet more inputs
     /// at once. Ice Lake, Sapphire Rapids, Zen 4 and later.
     Avx512Vnni,
+    /// AVX-512 VNNI plus the AMX tiles (AMX-TILE, AMX-BF16) for the products of many input rows
+    /// (a prompt's), where Linux grants the process the tile state. Sapphire Rapids and later.
+    Amx,
 }
 
 impl InstructionSet {
     /// Every level, least capable first.
-    pub const ALL: [InstructionSet; 3] = [
+    pub const ALL: [InstructionSet; 4] = [
         InstructionSet::Portable,
         InstructionSet::Avx2,
         InstructionSet::Avx512Vnni,
+        InstructionSet::Amx,
     ];
 
     /// The name a command line takes and prints.
@@ -41,6 +45,7 @@ impl InstructionSet {
             InstructionSet::Portable => "portable",
             InstructionSet::Avx2 => "avx2",
             InstructionSet::Avx512Vnni => "avx512-vnni",
+            InstructionSet::Amx => "amx",
         }
     }
 
@@ -72,6 +77,8 @@ impl InstructionSet {
             InstructionSet::Avx2 => super::x86::has_avx2_fma_f16c(),
             #[cfg(target_arch = "x86_64")]
             InstructionSet::Avx512Vnni => super::x86::has_avx512_vnni(),
+            #[cfg(target_arch = "x86_64")]
+            InstructionSet::Amx => super::x86::has_avx512_vnni() && super::amx::tiles_usable(),
             #[cfg(not(target_arch = "x86_64"))]
             _ => false,
         }
@@ -89,15 +96,31 @@ impl InstructionSet {
             .unwrap_or(InstructionSet::Portable)
     }
 
-    /// Every level this CPU supports, least capable first: the tests run each.
+    /// The level the vector (group) kernels run on: [`Self::in_use`], where AMX means its
+    /// vector level, AVX-512 VNNI (the tiles serve only products of many inputs).
+    #[inline]
+    pub fn vectors_in_use() -> Self {
+        Self::in_use().min(InstructionSet::Avx512Vnni)
+    }
+
+    /// Whether products of many input rows run on the AMX tiles now.
+    #[inline]
+    pub fn tiles_in_use() -> bool {
+        Self::in_use() == InstructionSet::Amx
+    }
+
+    /// Every vector level this CPU supports, least capable first: the group kernels' tests run
+    /// each (the tiles have their own).
     #[cfg(test)]
     pub(super) fn supported() -> impl Iterator<Item = Self> {
-        Self::ALL.into_iter().filter(|level| level.is_supported())
+        Self::ALL
+            .into_iter()
+            .filter(|level| *level <= InstructionSet::Avx512Vnni && level.is_supported())
     }
 }
 
 /// The most capable level the kernels may use, as an index into [`InstructionSet::ALL`].
-static LIMIT: AtomicU8 = AtomicU8::new(InstructionSet::Avx512Vnni as u8);
+static LIMIT: AtomicU8 = AtomicU8::new(InstructionSet::Amx as u8);
 
 /// Bit `level as u8` set for each level this CPU supports, and [`DETECTED`] once they were
 /// asked for (0: not yet).
@@ -126,6 +149,8 @@ mod tests {
         assert_eq!(InstructionSet::from_name("sse2"), None);
         assert!(InstructionSet::Portable < InstructionSet::Avx2);
         assert!(InstructionSet::Avx2 < InstructionSet::Avx512Vnni);
+        assert!(InstructionSet::Avx512Vnni < InstructionSet::Amx);
+        assert!(InstructionSet::vectors_in_use() <= InstructionSet::Avx512Vnni);
         assert!(InstructionSet::Portable.is_supported());
         assert!(InstructionSet::in_use().is_supported());
         for level in InstructionSet::ALL {

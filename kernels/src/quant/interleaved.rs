@@ -75,6 +75,25 @@ fn regroup(
     }
 }
 
+/// Whole interleaved groups of `ty` rows (`row_bytes` each) back in file order, into `rows` (as
+/// long as `groups`), on the calling thread: for a caller that must not hand work to other
+/// tasks meanwhile (the AMX driver, whose tile configuration a stolen task would release).
+pub(super) fn deinterleave_on_this_thread(
+    ty: GgmlType,
+    groups: &[u8],
+    row_bytes: usize,
+    rows: &mut [u8],
+) {
+    match ty {
+        GgmlType::Q4K => q4_k_x8::GROUP_BLOCK.deinterleave_on_this_thread(groups, row_bytes, rows),
+        GgmlType::Q6K => q6_k_x8::GROUP_BLOCK.deinterleave_on_this_thread(groups, row_bytes, rows),
+        GgmlType::Q8_0 | GgmlType::Q5_0 => {
+            q8_0_x8::group_block_of(ty).deinterleave_on_this_thread(groups, row_bytes, rows)
+        }
+        _ => panic!("{} has no interleaved layout", ty.name()),
+    }
+}
+
 /// Y = X W^T for W stored as [`interleave`] left it: [`super::matmul_rows_quant`]'s contract.
 pub fn matmul_interleaved(
     ty: GgmlType,
@@ -85,6 +104,14 @@ pub fn matmul_interleaved(
     n: usize,
     y: &mut [f32],
 ) {
+    #[cfg(target_arch = "x86_64")]
+    if super::amx::wanted(ty, n) {
+        let layout = RowLayout::Interleaved;
+        super::amx::matmul_quant_on::<super::amx::Hardware>(
+            ty, layout, weights, rows, cols, x, n, y,
+        );
+        return;
+    }
     match ty {
         GgmlType::Q4K => q4_k_x8::matmul_interleaved(weights, rows, cols, x, n, y),
         GgmlType::Q6K => q6_k_x8::matmul_interleaved(weights, rows, cols, x, n, y),
@@ -296,24 +323,47 @@ impl<A> GroupBlock<A> {
     ) {
         let block_bytes = self.check_shape(bytes, rows, row_bytes);
         assert_eq!(out.len(), bytes.len(), "regrouped bytes keep their length");
-        let group_block_bytes = ROWS_TOGETHER * block_bytes;
         let group_bytes = (ROWS_TOGETHER * row_bytes).max(1);
         out.par_chunks_mut(group_bytes)
             .zip(bytes.par_chunks(group_bytes))
             .for_each(|(target, source)| {
-                for b in 0..row_bytes / block_bytes {
-                    let group_block = b * group_block_bytes..(b + 1) * group_block_bytes;
-                    for r in 0..ROWS_TOGETHER {
-                        let at = r * row_bytes + b * block_bytes;
-                        let row_block = at..at + block_bytes;
-                        if into_groups {
-                            (self.put)(&source[row_block], r, &mut target[group_block.clone()]);
-                        } else {
-                            (self.take)(&source[group_block.clone()], r, &mut target[row_block]);
-                        }
-                    }
-                }
+                self.regroup_one(source, row_bytes, block_bytes, into_groups, target)
             });
+    }
+
+    /// One group of eight rows (`source`) to its group blocks or back, into `target`, on this
+    /// thread.
+    fn regroup_one(
+        &self,
+        source: &[u8],
+        row_bytes: usize,
+        block_bytes: usize,
+        into_groups: bool,
+        target: &mut [u8],
+    ) {
+        let group_block_bytes = ROWS_TOGETHER * block_bytes;
+        for b in 0..row_bytes / block_bytes {
+            let group_block = b * group_block_bytes..(b + 1) * group_block_bytes;
+            for r in 0..ROWS_TOGETHER {
+                let at = r * row_bytes + b * block_bytes;
+                let row_block = at..at + block_bytes;
+                if into_groups {
+                    (self.put)(&source[row_block], r, &mut target[group_block.clone()]);
+                } else {
+                    (self.take)(&source[group_block.clone()], r, &mut target[row_block]);
+                }
+            }
+        }
+    }
+
+    /// The whole groups in `groups` back in file order, into `rows`, on this thread (no parallel
+    /// tasks: see [`deinterleave_on_this_thread`]).
+    fn deinterleave_on_this_thread(&self, groups: &[u8], row_bytes: usize, rows: &mut [u8]) {
+        let block_bytes = self.check_shape(groups, groups.len() / row_bytes.max(1), row_bytes);
+        let group_bytes = (ROWS_TOGETHER * row_bytes).max(1);
+        for (source, target) in groups.chunks(group_bytes).zip(rows.chunks_mut(group_bytes)) {
+            self.regroup_one(source, row_bytes, block_bytes, false, target);
+        }
     }
 
     /// The format's block size, after checking that `bytes` is `rows` (a multiple of 8) rows of

@@ -62,6 +62,20 @@ pub fn matmul_rows_quant(
         y.fill(0.0);
         return;
     }
+    #[cfg(target_arch = "x86_64")]
+    if super::amx::wanted(ty, n) {
+        super::amx::matmul_quant_on::<super::amx::Hardware>(
+            ty,
+            super::RowLayout::InFileOrder,
+            weights,
+            rows,
+            cols,
+            x,
+            n,
+            y,
+        );
+        return;
+    }
     match ty {
         GgmlType::F32 => f32_weights(weights, rows, cols, x, n, y),
         GgmlType::F16 => converted_rows(weights, row_bytes, cols, x, n, y, f16_to_f32),

@@ -93,7 +93,7 @@ pub fn matvec_many_quant(jobs: &[MatVecJob], inputs: &[&[f32]], outs: &mut [&mut
             }
         })
         .collect();
-    let level = InstructionSet::in_use();
+    let level = InstructionSet::vectors_in_use();
     // What the kernels of `level` subtract per block, for each input its interleaved `ty` jobs
     // take.
     let offsets_for = |ty: GgmlType| -> Vec<Vec<i32>> {

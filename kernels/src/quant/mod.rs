@@ -14,6 +14,7 @@
 //! dequantization and its dot products (portable, and AVX2 where the CPU has it).
 
 mod activations;
+mod amx;
 mod dequantize;
 mod fields;
 mod floats;

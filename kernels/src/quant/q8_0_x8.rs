@@ -493,7 +493,7 @@ pub fn matmul_interleaved(
 
 fn matmul<F: Format>(weights: &[u8], rows: usize, cols: usize, x: &[f32], n: usize, y: &mut [f32]) {
     assert_eq!(x.len(), n * cols, "x must hold n x cols values");
-    let level = InstructionSet::in_use();
+    let level = InstructionSet::vectors_in_use();
     let blocks_of_inputs = q8_0_inputs(x);
     let blocks = cols / QK8_0;
     let offsets = offsets_for::<F>(level, &blocks_of_inputs);

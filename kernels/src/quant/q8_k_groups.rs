@@ -105,7 +105,7 @@ pub(super) fn matmul<K: Q8KGroups>(
     let inputs = q8_k_inputs(x);
     let blocks = cols / QK_K;
     let input = |k: usize| &inputs[k * blocks..(k + 1) * blocks];
-    let level = InstructionSet::in_use();
+    let level = InstructionSet::vectors_in_use();
     let products = |group: &[u8], first: usize, take: usize, from_memory: bool| -> GroupProducts {
         match take {
             4 => padded(dot_group::<K, 4>(

@@ -1,0 +1,298 @@
+//! Y = X W^T for a prompt's many input rows on AMX tiles, in bf16: every weight type is turned
+//! into bf16 a panel of 32 rows at a time, and the panel then meets every input row on the tile
+//! unit (`TDPBF16PS`: 16 x 16 x 32 products per instruction).
+//!
+//! Why bf16 and not the int8 tiles: a block-quantized row has a scale (and for the K types a
+//! minimum) per 16 or 32 values, so int8 tile sums would need a float correction after every 32
+//! values of every product; a bf16 panel needs none, serves every weight type with one kernel,
+//! and rounds the weights to 8 bits of mantissa (finer than any 4-8 bit quantization's step).
+//! Turning a panel into bf16 costs the same however many inputs meet it, so the tiles are worth
+//! it only for many inputs ([`TILE_MIN_INPUTS`]).
+//!
+//! The driver is generic over [`tiles::TileUnit`], so that its addressing, padding and packing
+//! run in the tests on any machine through the emulated tiles, and on an AMX machine through the
+//! real ones.
+
+mod support;
+mod tiles;
+
+use rayon::prelude::*;
+
+#[cfg(target_arch = "x86_64")]
+pub(super) use tiles::Hardware;
+use tiles::{TILE_FLOATS, TILE_ROW_BYTES, TILE_ROWS, TileUnit};
+
+use super::interleaved::deinterleave_on_this_thread;
+use super::matmul::for_each_band;
+use super::{GgmlType, InstructionSet, RowLayout, dequantize};
+
+/// Input rows from which a product goes to the tiles. A panel's conversion to bf16 costs about
+/// as much as 16-32 inputs' products on the tiles, and below this the int8 group kernels, which
+/// read the quantized blocks directly, have fewer inputs to amortise it over. An estimate from
+/// the instruction throughputs: no AMX machine was at hand to measure it (see the README).
+pub(super) const TILE_MIN_INPUTS: usize = 64;
+
+/// Weight rows per panel: two weight tiles' worth.
+const PANEL_ROWS: usize = 2 * TILE_ROWS;
+
+/// Values of a row per tile slice: one tile row of bf16.
+const SLICE: usize = TILE_ROW_BYTES / 2;
+
+/// Whether the tile kernels run in this process: the CPU and the OS allow the tiles, and they
+/// gave the right answer to one known product (a tile unit that computes wrongly, as an
+/// emulator or a hypervisor might, is never used). Asked once per process.
+pub(super) fn tiles_usable() -> bool {
+    static USABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *USABLE.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        if support::tiles_granted() {
+            return known_product_is_right::<Hardware>();
+        }
+        false
+    })
+}
+
+/// One panel times 32 inputs on `T`, on this thread (the answer is cached in a `OnceLock` that
+/// other tasks may wait on, so no work goes to them), with every value an exact small integer
+/// in f32 and bf16: inputs x[i][k] = i + 1 + k mod 2, weights w[r][k] = (r + 1) c(k) with c(k)
+/// = -1 where 3 divides k, else k mod 5. A misplaced input, row, column or pair changes some
+/// product.
+fn known_product_is_right<T: TileUnit>() -> bool {
+    let (n, cols) = (2 * TILE_ROWS, 2 * SLICE);
+    let weight = |r: usize, k: usize| {
+        let c = if k.is_multiple_of(3) { -1.0 } else { (k % 5) as f32 };
+        (r + 1) as f32 * c
+    };
+    let input = |i: usize, k: usize| (i + 1 + k % 2) as f32;
+    let values: Vec<f32> = (0..PANEL_ROWS * cols)
+        .map(|at| weight(at / cols, at % cols))
+        .collect();
+    let mut panel = vec![0u16; PANEL_ROWS * cols];
+    pack_panel(&values, cols, cols, &mut panel);
+    let mut inputs = vec![0u16; n * cols];
+    for (at, value) in inputs.iter_mut().enumerate() {
+        *value = half::bf16::from_f32(input(at / cols, at % cols)).to_bits();
+    }
+    let mut out = vec![f32::NAN; n * PANEL_ROWS];
+    let at = PanelOutput {
+        out: &mut out,
+        band_rows: PANEL_ROWS,
+        first_row: 0,
+        take: PANEL_ROWS,
+        n,
+    };
+    panel_times_inputs::<T>(&panel, &inputs, cols, at);
+    (0..n).all(|i| {
+        (0..PANEL_ROWS).all(|r| {
+            let exact: f32 = (0..cols).map(|k| weight(r, k) * input(i, k)).sum();
+            out[i * PANEL_ROWS + r] == exact
+        })
+    })
+}
+
+/// Whether a product of `n` input rows with weights of type `ty` goes to the tiles: the CPU and
+/// OS allow them, nobody limited the kernels below them, there are enough inputs, and the
+/// weights are not F32 (whose f32 products the tiles' bf16 would round).
+pub(super) fn wanted(ty: GgmlType, n: usize) -> bool {
+    n >= TILE_MIN_INPUTS && ty != GgmlType::F32 && InstructionSet::tiles_in_use()
+}
+
+/// [`super::matmul_rows_quant`]'s product (or [`super::interleaved::matmul_interleaved`]'s, by
+/// `layout`) on the tiles `T`.
+///
+/// Panics where those would (caller bugs).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn matmul_quant_on<T: TileUnit>(
+    ty: GgmlType,
+    layout: RowLayout,
+    weights: &[u8],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    n: usize,
+    y: &mut [f32],
+) {
+    let row_bytes = ty.row_bytes(cols).unwrap_or_else(|| {
+        panic!(
+            "{} rows hold blocks of {} values; {cols} columns is not a whole number of them",
+            ty.name(),
+            ty.block_len()
+        )
+    });
+    assert_eq!(
+        weights.len(),
+        rows * row_bytes,
+        "{rows} rows of {cols} {} values",
+        ty.name()
+    );
+    match layout {
+        RowLayout::InFileOrder => {
+            matmul_on::<T>(weights, row_bytes, cols, x, n, y, |bytes, values| {
+                dequantize(ty, bytes, values)
+            })
+        }
+        RowLayout::Interleaved => {
+            matmul_on::<T>(weights, row_bytes, cols, x, n, y, |bytes, values| {
+                let mut in_file_order = vec![0u8; bytes.len()];
+                deinterleave_on_this_thread(ty, bytes, row_bytes, &mut in_file_order);
+                dequantize(ty, &in_file_order, values)
+            })
+        }
+    }
+}
+
+/// Writes X W^T into `y` ([n, rows]) for `n` input rows `x` ([n, cols]) and W given as bytes:
+/// `rows` rows of `row_bytes` each, where `dequantize_rows(bytes, values)` writes the f32 values
+/// of whole rows (the bytes of a whole number of rows, a multiple of 8 at any row but the last)
+/// without handing work to other tasks (a task stolen meanwhile could release this thread's
+/// tiles).
+///
+/// Panics if a slice length disagrees with the sizes given (caller bugs).
+pub(super) fn matmul_on<T: TileUnit>(
+    weights: &[u8],
+    row_bytes: usize,
+    cols: usize,
+    x: &[f32],
+    n: usize,
+    y: &mut [f32],
+    dequantize_rows: impl Fn(&[u8], &mut [f32]) + Sync,
+) {
+    assert_eq!(x.len(), n * cols, "x must hold n x cols values");
+    assert_eq!(
+        weights.len() * n,
+        y.len() * row_bytes,
+        "y must hold n x rows values"
+    );
+    if n == 0 || y.is_empty() {
+        return;
+    }
+    let padded_cols = cols.next_multiple_of(SLICE);
+    let inputs = inputs_as_bf16(x, cols, padded_cols, n);
+    let inputs = &inputs[..];
+    for_each_band(weights, row_bytes, PANEL_ROWS, n, y, |band, out| {
+        let band_rows = band.len() / row_bytes;
+        let mut values = vec![0f32; PANEL_ROWS * cols];
+        let mut panel = vec![0u16; PANEL_ROWS * padded_cols];
+        for first_row in (0..band_rows).step_by(PANEL_ROWS) {
+            let take = PANEL_ROWS.min(band_rows - first_row);
+            dequantize_rows(
+                &band[first_row * row_bytes..(first_row + take) * row_bytes],
+                &mut values[..take * cols],
+            );
+            // Rows past `take` keep the last panel's values: their products are never read.
+            pack_panel(&values, cols, padded_cols, &mut panel);
+            let at = PanelOutput {
+                out: &mut *out,
+                band_rows,
+                first_row,
+                take,
+                n,
+            };
+            panel_times_inputs::<T>(&panel, inputs, padded_cols, at);
+        }
+    });
+}
+
+/// X in bf16, each row padded with zeros to `padded_cols`, and zero rows up to a multiple of
+/// 16 (a tile's rows).
+fn inputs_as_bf16(x: &[f32], cols: usize, padded_cols: usize, n: usize) -> Vec<u16> {
+    let mut inputs = vec![0u16; n.next_multiple_of(TILE_ROWS) * padded_cols];
+    inputs
+        .par_chunks_mut(padded_cols)
+        .zip(x.par_chunks(cols.max(1)))
+        .for_each(|(to, from)| {
+            for (to, &from) in to.iter_mut().zip(from) {
+                *to = half::bf16::from_f32(from).to_bits();
+            }
+        });
+    inputs
+}
+
+/// 32 rows of f32 (`values`, [32, cols]) into the layout the weight tiles load: for each half
+/// of the rows (16 rows, one tile's columns), for each slice of 32 values, 16 tile rows where
+/// row k holds values 2k and 2k + 1 of the slice for each of the 16 weight rows in turn. Values
+/// past `cols` stay zero: nothing writes them.
+fn pack_panel(values: &[f32], cols: usize, padded_cols: usize, panel: &mut [u16]) {
+    let slices = padded_cols / SLICE;
+    for (row, values) in values.chunks_exact(cols.max(1)).enumerate() {
+        let (half, row_in_tile) = (row / TILE_ROWS, row % TILE_ROWS);
+        for (slice, values) in values.chunks(SLICE).enumerate() {
+            let tile = &mut panel[(half * slices + slice) * TILE_ROWS * SLICE..];
+            for (pair, values) in values.chunks(2).enumerate() {
+                for (j, &value) in values.iter().enumerate() {
+                    tile[pair * SLICE + 2 * row_in_tile + j] =
+                        half::bf16::from_f32(value).to_bits();
+                }
+            }
+        }
+    }
+}
+
+/// Where a panel's products go: the band's part of Y input by input ([n, band_rows]), the
+/// panel's first row in the band and how many of its rows are real.
+struct PanelOutput<'a> {
+    out: &'a mut [f32],
+    band_rows: usize,
+    first_row: usize,
+    take: usize,
+    n: usize,
+}
+
+/// One packed panel times every input row, 32 inputs (two input tiles) at a time, into `at`.
+fn panel_times_inputs<T: TileUnit>(
+    panel: &[u16],
+    inputs: &[u16],
+    padded_cols: usize,
+    at: PanelOutput<'_>,
+) {
+    let slices = padded_cols / SLICE;
+    let second_half = slices * TILE_ROWS * SLICE;
+    let stride = padded_cols * 2;
+    let mut tiles = T::configured();
+    let mut products = [0f32; 4 * TILE_FLOATS];
+    for first_input in (0..at.n).step_by(2 * TILE_ROWS) {
+        // The inputs are padded to whole tiles: a second tile exists whenever any of its rows
+        // is real.
+        let both = at.n - first_input > TILE_ROWS;
+        tiles.zero_accumulators();
+        for slice in 0..slices {
+            let weights = slice * TILE_ROWS * SLICE;
+            let first = first_input * padded_cols + slice * SLICE;
+            // SAFETY: rows first_input..first_input + 16 (+ 16 more when `both`) of the padded
+            // inputs exist (their count is a multiple of 16 above n), and each row read is 64
+            // bytes from column slice * 32 of a row of padded_cols >= that + 32 values; each
+            // weight tile is 1 KiB inside the panel's half (slices tiles each).
+            unsafe {
+                tiles.load_inputs(
+                    inputs[first..].as_ptr(),
+                    inputs[first + TILE_ROWS * padded_cols * usize::from(both)..].as_ptr(),
+                    stride,
+                    both,
+                );
+                tiles.load_weights(
+                    panel[weights..weights + TILE_ROWS * SLICE].as_ptr(),
+                    panel[second_half + weights..second_half + weights + TILE_ROWS * SLICE]
+                        .as_ptr(),
+                );
+            }
+            tiles.multiply(both);
+        }
+        tiles.store_accumulators(&mut products);
+        for (tile, products) in products.chunks_exact(TILE_FLOATS).enumerate() {
+            let (input_half, row_half) = (tile / 2, tile % 2);
+            for (m, products) in products.chunks_exact(TILE_ROWS).enumerate() {
+                let input = first_input + input_half * TILE_ROWS + m;
+                let first = row_half * TILE_ROWS;
+                if input >= at.n || first >= at.take {
+                    continue;
+                }
+                let count = TILE_ROWS.min(at.take - first);
+                let start = input * at.band_rows + at.first_row + first;
+                at.out[start..start + count].copy_from_slice(&products[..count]);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
