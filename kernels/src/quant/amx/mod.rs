@@ -13,6 +13,9 @@
 //! run in the tests on any machine through the emulated tiles, and on an AMX machine through the
 //! real ones.
 
+mod panel;
+#[cfg(target_arch = "x86_64")]
+mod panel_avx512;
 mod support;
 mod tiles;
 
@@ -22,9 +25,9 @@ use rayon::prelude::*;
 pub(super) use tiles::Hardware;
 use tiles::{TILE_FLOATS, TILE_ROW_BYTES, TILE_ROWS, TileUnit};
 
-use super::interleaved::deinterleave_on_this_thread;
 use super::matmul::for_each_band;
-use super::{GgmlType, InstructionSet, RowLayout, dequantize};
+use super::{GgmlType, InstructionSet, RowLayout};
+use panel::{Scratch, pack_rows, pack_values};
 
 /// Input rows from which a product goes to the tiles. A panel's conversion to bf16 costs about
 /// as much as 16-32 inputs' products on the tiles, and below this the int8 group kernels, which
@@ -60,7 +63,11 @@ pub(super) fn tiles_usable() -> bool {
 fn known_product_is_right<T: TileUnit>() -> bool {
     let (n, cols) = (2 * TILE_ROWS, 2 * SLICE);
     let weight = |r: usize, k: usize| {
-        let c = if k.is_multiple_of(3) { -1.0 } else { (k % 5) as f32 };
+        let c = if k.is_multiple_of(3) {
+            -1.0
+        } else {
+            (k % 5) as f32
+        };
         (r + 1) as f32 * c
     };
     let input = |i: usize, k: usize| (i + 1 + k % 2) as f32;
@@ -68,7 +75,7 @@ fn known_product_is_right<T: TileUnit>() -> bool {
         .map(|at| weight(at / cols, at % cols))
         .collect();
     let mut panel = vec![0u16; PANEL_ROWS * cols];
-    pack_panel(&values, cols, cols, &mut panel);
+    pack_values(&values, cols, cols, &mut panel);
     let mut inputs = vec![0u16; n * cols];
     for (at, value) in inputs.iter_mut().enumerate() {
         *value = half::bf16::from_f32(input(at / cols, at % cols)).to_bits();
@@ -125,62 +132,25 @@ pub(super) fn matmul_quant_on<T: TileUnit>(
         "{rows} rows of {cols} {} values",
         ty.name()
     );
-    match layout {
-        RowLayout::InFileOrder => {
-            matmul_on::<T>(weights, row_bytes, cols, x, n, y, |bytes, values| {
-                dequantize(ty, bytes, values)
-            })
-        }
-        RowLayout::Interleaved => {
-            matmul_on::<T>(weights, row_bytes, cols, x, n, y, |bytes, values| {
-                let mut in_file_order = vec![0u8; bytes.len()];
-                deinterleave_on_this_thread(ty, bytes, row_bytes, &mut in_file_order);
-                dequantize(ty, &in_file_order, values)
-            })
-        }
-    }
-}
-
-/// Writes X W^T into `y` ([n, rows]) for `n` input rows `x` ([n, cols]) and W given as bytes:
-/// `rows` rows of `row_bytes` each, where `dequantize_rows(bytes, values)` writes the f32 values
-/// of whole rows (the bytes of a whole number of rows, a multiple of 8 at any row but the last)
-/// without handing work to other tasks (a task stolen meanwhile could release this thread's
-/// tiles).
-///
-/// Panics if a slice length disagrees with the sizes given (caller bugs).
-pub(super) fn matmul_on<T: TileUnit>(
-    weights: &[u8],
-    row_bytes: usize,
-    cols: usize,
-    x: &[f32],
-    n: usize,
-    y: &mut [f32],
-    dequantize_rows: impl Fn(&[u8], &mut [f32]) + Sync,
-) {
     assert_eq!(x.len(), n * cols, "x must hold n x cols values");
-    assert_eq!(
-        weights.len() * n,
-        y.len() * row_bytes,
-        "y must hold n x rows values"
-    );
-    if n == 0 || y.is_empty() {
+    assert_eq!(y.len(), n * rows, "y must hold n x rows values");
+    if n == 0 || rows == 0 {
         return;
     }
     let padded_cols = cols.next_multiple_of(SLICE);
     let inputs = inputs_as_bf16(x, cols, padded_cols, n);
     let inputs = &inputs[..];
     for_each_band(weights, row_bytes, PANEL_ROWS, n, y, |band, out| {
+        // Nothing here hands work to other tasks while the tiles are configured (a task stolen
+        // meanwhile would configure and release this thread's tiles).
         let band_rows = band.len() / row_bytes;
-        let mut values = vec![0f32; PANEL_ROWS * cols];
+        let mut scratch = Scratch::default();
         let mut panel = vec![0u16; PANEL_ROWS * padded_cols];
         for first_row in (0..band_rows).step_by(PANEL_ROWS) {
             let take = PANEL_ROWS.min(band_rows - first_row);
-            dequantize_rows(
-                &band[first_row * row_bytes..(first_row + take) * row_bytes],
-                &mut values[..take * cols],
-            );
-            // Rows past `take` keep the last panel's values: their products are never read.
-            pack_panel(&values, cols, padded_cols, &mut panel);
+            let bytes = &band[first_row * row_bytes..(first_row + take) * row_bytes];
+            let (scratch, panel) = (&mut scratch, &mut panel[..]);
+            pack_rows(ty, layout, bytes, take, cols, padded_cols, scratch, panel);
             let at = PanelOutput {
                 out: &mut *out,
                 band_rows,
@@ -188,7 +158,7 @@ pub(super) fn matmul_on<T: TileUnit>(
                 take,
                 n,
             };
-            panel_times_inputs::<T>(&panel, inputs, padded_cols, at);
+            panel_times_inputs::<T>(panel, inputs, padded_cols, at);
         }
     });
 }
@@ -206,26 +176,6 @@ fn inputs_as_bf16(x: &[f32], cols: usize, padded_cols: usize, n: usize) -> Vec<u
             }
         });
     inputs
-}
-
-/// 32 rows of f32 (`values`, [32, cols]) into the layout the weight tiles load: for each half
-/// of the rows (16 rows, one tile's columns), for each slice of 32 values, 16 tile rows where
-/// row k holds values 2k and 2k + 1 of the slice for each of the 16 weight rows in turn. Values
-/// past `cols` stay zero: nothing writes them.
-fn pack_panel(values: &[f32], cols: usize, padded_cols: usize, panel: &mut [u16]) {
-    let slices = padded_cols / SLICE;
-    for (row, values) in values.chunks_exact(cols.max(1)).enumerate() {
-        let (half, row_in_tile) = (row / TILE_ROWS, row % TILE_ROWS);
-        for (slice, values) in values.chunks(SLICE).enumerate() {
-            let tile = &mut panel[(half * slices + slice) * TILE_ROWS * SLICE..];
-            for (pair, values) in values.chunks(2).enumerate() {
-                for (j, &value) in values.iter().enumerate() {
-                    tile[pair * SLICE + 2 * row_in_tile + j] =
-                        half::bf16::from_f32(value).to_bits();
-                }
-            }
-        }
-    }
 }
 
 /// Where a panel's products go: the band's part of Y input by input ([n, band_rows]), the

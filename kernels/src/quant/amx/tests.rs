@@ -5,6 +5,7 @@
 //! each product is within (2^-8 + 2^-18) |w x|; the f32 sums add at most (cols + 8) 2^-24 of
 //! the sum of |w x| (the hardware's rounding order differs, within the same bound).
 
+use super::super::dequantize;
 use super::super::interleaved::{can_interleave, interleave};
 use super::super::test_support::{Rng, random_blocks};
 use super::tiles::{Emulated, TileUnit};
@@ -167,4 +168,99 @@ fn the_known_product_passes_on_correct_tiles_and_fails_on_wrong_ones() {
     }
     assert!(!known_product_is_right::<SwappedPairs>());
     assert_eq!(tiles_usable(), InstructionSet::Amx.is_supported());
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn the_avx512_panels_are_the_general_roads_bit_for_bit() {
+    use super::panel::{Scratch, pack_rows, pack_values};
+    let mut rng = Rng::new(5);
+    let mut checked = 0;
+    for ty in GgmlType::ALL {
+        if !super::panel_avx512::packs(ty) {
+            continue;
+        }
+        let cols: usize = if ty.block_len() == 256 { 768 } else { 160 };
+        let padded_cols = cols.next_multiple_of(SLICE);
+        for take in [PANEL_ROWS, 13, 24] {
+            let bytes = random_weights(ty, take, cols, &mut rng);
+            let mut values = vec![0f32; take * cols];
+            dequantize(ty, &bytes, &mut values);
+            let mut general = vec![0u16; PANEL_ROWS * padded_cols];
+            pack_values(&values, cols, padded_cols, &mut general);
+            let mut fast = vec![0u16; PANEL_ROWS * padded_cols];
+            // SAFETY: `packs` said the CPU has the features.
+            unsafe { super::panel_avx512::pack_rows(ty, &bytes, take, padded_cols, &mut fast) };
+            assert!(general == fast, "{} panel of {take} rows", ty.name());
+            checked += 1;
+            if can_interleave(ty) && take.is_multiple_of(8) {
+                let row_bytes = ty.row_bytes(cols).unwrap();
+                let groups = interleave(ty, &bytes, take, row_bytes);
+                let mut fast = vec![0u16; PANEL_ROWS * padded_cols];
+                let (layout, mut scratch) = (RowLayout::Interleaved, Scratch::default());
+                pack_rows(
+                    ty,
+                    layout,
+                    &groups,
+                    take,
+                    cols,
+                    padded_cols,
+                    &mut scratch,
+                    &mut fast,
+                );
+                assert!(
+                    general == fast,
+                    "interleaved {} panel of {take} rows",
+                    ty.name()
+                );
+            }
+        }
+    }
+    if checked == 0 {
+        eprintln!("skipped: this CPU lacks AVX-512 BF16");
+    }
+}
+
+#[test]
+#[ignore]
+fn time_panel_preparation() {
+    use super::panel::{Scratch, pack_rows};
+    let mut rng = Rng::new(3);
+    for ty in [GgmlType::Q4K, GgmlType::Q6K, GgmlType::Q8_0, GgmlType::Q5_0] {
+        let (rows, cols) = (1024, 2048);
+        let row_bytes = ty.row_bytes(cols).unwrap();
+        let in_file_order = std::env::var("FILE_ORDER").is_ok();
+        let mut bytes = random_weights(ty, rows, cols, &mut rng);
+        if !in_file_order {
+            bytes = interleave(ty, &bytes, rows, row_bytes);
+        }
+        let mut panel = vec![0u16; PANEL_ROWS * cols];
+        let mut scratch = Scratch::default();
+        for _ in 0..3 {
+            let start = std::time::Instant::now();
+            for p in bytes.chunks(PANEL_ROWS * row_bytes) {
+                let layout = if in_file_order {
+                    RowLayout::InFileOrder
+                } else {
+                    RowLayout::Interleaved
+                };
+                pack_rows(
+                    ty,
+                    layout,
+                    p,
+                    PANEL_ROWS,
+                    cols,
+                    cols,
+                    &mut scratch,
+                    &mut panel,
+                );
+            }
+            let per = 1e9 / (rows * cols) as f64;
+            eprintln!(
+                "{} {:.3} ns/value",
+                ty.name(),
+                start.elapsed().as_secs_f64() * per
+            );
+        }
+    }
 }
