@@ -34,8 +34,9 @@ pub struct RuntimeArgs {
     /// Worker threads for the CPU kernels. Default: every core.
     #[arg(long)]
     pub threads: Option<usize>,
-    /// The most capable vector instructions the CPU kernels may use: avx512-vnni, avx2 or
-    /// portable. Default: the best this CPU has (to compare levels, or to rule one out).
+    /// The most capable instructions the CPU kernels may use: amx (AMX tiles for prompts, where
+    /// Linux grants them), avx512-vnni, avx2 or portable. Default: the best this CPU has (to
+    /// compare levels, or to rule one out).
     #[arg(long, value_name = "LEVEL", value_parser = parse_instruction_set)]
     pub kernels: Option<InstructionSet>,
     /// Memory for the prefix cache of latent KV pages, for example 512M or 2G.

@@ -9,7 +9,8 @@
 use std::time::{Duration, Instant};
 
 use kernels::quant::{
-    GgmlType, InstructionSet, interleaved, limit_instruction_set, matmul_rows_quant,
+    GgmlType, InstructionSet, RowLayout, interleaved, limit_instruction_set, matmul_rows_quant,
+    pack_tile_panels,
 };
 
 mod support;
@@ -48,12 +49,15 @@ fn main() {
     // CALLS=k runs every case exactly k times untimed, for `perf stat` to count the CPU time (or
     // the cycles, where the machine counts them) of exactly that work.
     let calls: Option<usize> = std::env::var("CALLS").ok().and_then(|c| c.parse().ok());
-    // KERNELS=avx2 (or portable, avx512-vnni) holds the group kernels at most at that level.
+    // KERNELS=avx2 (or portable, avx512-vnni, amx) holds the kernels at most at that level.
     if let Some(name) = std::env::var("KERNELS").ok().filter(|k| !k.is_empty()) {
         let level = InstructionSet::from_name(&name)
-            .unwrap_or_else(|| panic!("KERNELS={name}: not portable, avx2 or avx512-vnni"));
+            .unwrap_or_else(|| panic!("KERNELS={name}: not portable, avx2, avx512-vnni or amx"));
         limit_instruction_set(level);
     }
+    // PANELS=1 times, instead, the part of an AMX tile product that does not depend on the inputs:
+    // turning the weights into bf16 panels (one thread, ns per weight value).
+    let panels = std::env::var("PANELS").is_ok_and(|p| p == "1");
     let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
@@ -100,6 +104,21 @@ fn main() {
             }
         };
         let mut line = format!("{label:<34}");
+        if panels {
+            let layout = if x8 {
+                RowLayout::Interleaved
+            } else {
+                RowLayout::InFileOrder
+            };
+            let s = best_seconds(runs, Duration::from_millis(250), || {
+                pack_tile_panels(ty, layout, &w, rows, cols)
+            });
+            println!(
+                "{line}  bf16 panels {:6.3} ns/value",
+                s * 1e9 / (rows * cols) as f64
+            );
+            continue;
+        }
         for &n in &ns {
             let x = rng.values(n * cols);
             let mut y = vec![0f32; n * rows];

@@ -29,11 +29,14 @@ use super::matmul::for_each_band;
 use super::{GgmlType, InstructionSet, RowLayout};
 use panel::{Scratch, pack_rows, pack_values};
 
-/// Input rows from which a product goes to the tiles. A panel's conversion to bf16 costs about
-/// as much as 16-32 inputs' products on the tiles, and below this the int8 group kernels, which
-/// read the quantized blocks directly, have fewer inputs to amortise it over. An estimate from
-/// the instruction throughputs: no AMX machine was at hand to measure it (see the README).
-pub(super) const TILE_MIN_INPUTS: usize = 64;
+/// Input rows from which a product goes to the tiles. Turning a panel into bf16 costs 0.16-0.25
+/// ns per weight value on one core (`PANELS=1` quant_matmul bench, interleaved Q4_K, Q6_K, Q8_0,
+/// Q5_0 on a Zen 4), whatever the number of inputs. Each input then costs about 0.002 ns per
+/// weight value on the tiles if they reach half of `TDPBF16PS`'s 512 products per cycle at 2 GHz,
+/// against about 0.011 ns in the int8 group kernels (46 products per cycle, measured): the tiles
+/// win from about 25 inputs. An estimate from those rates, with a margin for tiles slower than
+/// assumed: no AMX machine was at hand to measure it.
+pub(super) const TILE_MIN_INPUTS: usize = 32;
 
 /// Weight rows per panel: two weight tiles' worth.
 const PANEL_ROWS: usize = 2 * TILE_ROWS;
@@ -138,7 +141,8 @@ pub(super) fn matmul_quant_on<T: TileUnit>(
         return;
     }
     let padded_cols = cols.next_multiple_of(SLICE);
-    let inputs = inputs_as_bf16(x, cols, padded_cols, n);
+    let input_stride = input_row_length(padded_cols);
+    let inputs = inputs_as_bf16(x, cols, input_stride, n);
     let inputs = &inputs[..];
     for_each_band(weights, row_bytes, PANEL_ROWS, n, y, |band, out| {
         // Nothing here hands work to other tasks while the tiles are configured (a task stolen
@@ -158,17 +162,54 @@ pub(super) fn matmul_quant_on<T: TileUnit>(
                 take,
                 n,
             };
-            panel_times_inputs::<T>(panel, inputs, padded_cols, at);
+            panel_times_inputs::<T>(panel, inputs, input_stride, at);
         }
     });
 }
 
-/// X in bf16, each row padded with zeros to `padded_cols`, and zero rows up to a multiple of
-/// 16 (a tile's rows).
-fn inputs_as_bf16(x: &[f32], cols: usize, padded_cols: usize, n: usize) -> Vec<u16> {
-    let mut inputs = vec![0u16; n.next_multiple_of(TILE_ROWS) * padded_cols];
+/// Every 32-row panel of a weight matrix into the tiles' bf16 layout, one after another on this
+/// thread, and nothing else: the part of a tile product that costs the same for any number of
+/// inputs, for the `quant_matmul` bench to time (`PANELS=1`).
+#[doc(hidden)]
+pub fn pack_tile_panels(ty: GgmlType, layout: RowLayout, weights: &[u8], rows: usize, cols: usize) {
+    let row_bytes = weights.len() / rows.max(1);
+    let padded_cols = cols.next_multiple_of(SLICE);
+    let mut scratch = Scratch::default();
+    let mut panel = vec![0u16; PANEL_ROWS * padded_cols];
+    for bytes in weights.chunks(PANEL_ROWS * row_bytes.max(1)) {
+        let take = bytes.len() / row_bytes;
+        pack_rows(
+            ty,
+            layout,
+            bytes,
+            take,
+            cols,
+            padded_cols,
+            &mut scratch,
+            &mut panel,
+        );
+        std::hint::black_box(&panel);
+    }
+}
+
+/// Values per row of the bf16 inputs for rows of `padded_cols` values: one slice more where
+/// the rows' byte length is a multiple of 512, so that the 16 rows an input tile loads do not
+/// all fall into the same few sets of the L1 cache (4 KiB apart, as 2048 values are, they would
+/// share one set: 16 lines where it holds 12).
+fn input_row_length(padded_cols: usize) -> usize {
+    if (2 * padded_cols).is_multiple_of(512) {
+        padded_cols + SLICE
+    } else {
+        padded_cols
+    }
+}
+
+/// X in bf16, each row padded with zeros to `input_stride` values, and zero rows up to a
+/// multiple of 16 (a tile's rows).
+fn inputs_as_bf16(x: &[f32], cols: usize, input_stride: usize, n: usize) -> Vec<u16> {
+    let mut inputs = vec![0u16; n.next_multiple_of(TILE_ROWS) * input_stride];
     inputs
-        .par_chunks_mut(padded_cols)
+        .par_chunks_mut(input_stride)
         .zip(x.par_chunks(cols.max(1)))
         .for_each(|(to, from)| {
             for (to, &from) in to.iter_mut().zip(from) {
@@ -189,15 +230,17 @@ struct PanelOutput<'a> {
 }
 
 /// One packed panel times every input row, 32 inputs (two input tiles) at a time, into `at`.
+/// `inputs` holds the bf16 inputs, `input_stride` values per row, in rows up to a multiple of 16.
 fn panel_times_inputs<T: TileUnit>(
     panel: &[u16],
     inputs: &[u16],
-    padded_cols: usize,
+    input_stride: usize,
     at: PanelOutput<'_>,
 ) {
-    let slices = padded_cols / SLICE;
+    let slices = panel.len() / (PANEL_ROWS * SLICE);
     let second_half = slices * TILE_ROWS * SLICE;
-    let stride = padded_cols * 2;
+    assert!(input_stride >= slices * SLICE);
+    assert!(inputs.len() >= at.n.next_multiple_of(TILE_ROWS) * input_stride);
     let mut tiles = T::configured();
     let mut products = [0f32; 4 * TILE_FLOATS];
     for first_input in (0..at.n).step_by(2 * TILE_ROWS) {
@@ -207,16 +250,17 @@ fn panel_times_inputs<T: TileUnit>(
         tiles.zero_accumulators();
         for slice in 0..slices {
             let weights = slice * TILE_ROWS * SLICE;
-            let first = first_input * padded_cols + slice * SLICE;
-            // SAFETY: rows first_input..first_input + 16 (+ 16 more when `both`) of the padded
-            // inputs exist (their count is a multiple of 16 above n), and each row read is 64
-            // bytes from column slice * 32 of a row of padded_cols >= that + 32 values; each
-            // weight tile is 1 KiB inside the panel's half (slices tiles each).
+            let first = first_input * input_stride + slice * SLICE;
+            let second = first + TILE_ROWS * input_stride * usize::from(both);
+            // SAFETY: rows first_input..first_input + 16 (+ 16 more when `both`) of the inputs
+            // exist (asserted: their count is a multiple of 16 at or above n), and each row read
+            // is 64 bytes from column slice * 32 of a row of input_stride >= slices * 32 values
+            // (asserted); each weight tile is 1 KiB inside the panel's half.
             unsafe {
                 tiles.load_inputs(
                     inputs[first..].as_ptr(),
-                    inputs[first + TILE_ROWS * padded_cols * usize::from(both)..].as_ptr(),
-                    stride,
+                    inputs[second..].as_ptr(),
+                    2 * input_stride,
                     both,
                 );
                 tiles.load_weights(
