@@ -3,8 +3,7 @@
 //! the config against config.json, the older and fused layouts, the engine end to end. Broken
 //! files and the tokenizer have their own modules.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use engine::gguf::{self, GgufWeights};
@@ -13,7 +12,10 @@ use engine::{
     AttentionForm, Engine, GenerationEvent, LoadOptions, Model, ModelConfig, PromptInput, Request,
     load_checkpoint,
 };
-use support::{all_logits, max_abs_error, max_error, token_by_token_logits};
+use support::{
+    DenseOnly, Q8_0_IN_PLACE_TOLERANCE, ReferenceLogits, all_logits, gguf_fixture, max_abs_error,
+    max_error, median_row_error, reference_logits, token_by_token_logits,
+};
 
 #[path = "gguf/errors.rs"]
 mod errors;
@@ -26,29 +28,15 @@ mod writer;
 /// golden.rs's bar for f32 against transformers.
 const F32_TOLERANCE: f32 = 1e-4;
 
-pub fn gguf_fixture(name: &str) -> PathBuf {
-    support::fixture("gguf").join(name)
-}
-
-struct Reference {
-    input_ids: Vec<u32>,
-    /// [T, vocab]
-    logits: Vec<Vec<f32>>,
-}
-
 /// transformers' logits for the lite fixture (tools/make_golden.py).
-fn lite_reference() -> Reference {
-    let path = support::fixture("lite").join("reference.safetensors");
-    let t: HashMap<String, Tensor> = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
-    Reference {
-        input_ids: t["input_ids"]
-            .to_vec1::<i64>()
-            .unwrap()
-            .into_iter()
-            .map(|x| x as u32)
-            .collect(),
-        logits: t["logits"].to_vec2::<f32>().unwrap(),
-    }
+fn lite_reference() -> ReferenceLogits {
+    reference_logits(&support::fixture("lite").join("reference.safetensors"))
+}
+
+/// transformers' logits for the weights of a GGUF file as gguf-py dequantizes them, its YaRN
+/// read as llama.cpp reads it (tools/gguf_convert/dequantized_reference.py).
+fn torch_reference(name: &str) -> ReferenceLogits {
+    reference_logits(&gguf_fixture(name))
 }
 
 fn load(name: &str) -> Model {
@@ -69,36 +57,6 @@ fn f32_gguf_logits_match_transformers() {
         model.set_attention_form(form);
         let error = max_error(&all_logits(&model, &r.input_ids), &r.logits);
         assert!(error <= F32_TOLERANCE, "{form:?}: {error:e}");
-    }
-}
-
-/// transformers' logits for the weights of a GGUF file as gguf-py dequantizes them, its YaRN
-/// read as llama.cpp reads it (tools/gguf_convert/dequantized_reference.py).
-fn torch_reference(name: &str) -> Reference {
-    let path = gguf_fixture(name);
-    let t: HashMap<String, Tensor> = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
-    Reference {
-        input_ids: t["input_ids"]
-            .to_vec1::<i64>()
-            .unwrap()
-            .into_iter()
-            .map(|x| x as u32)
-            .collect(),
-        logits: t["logits"].to_vec2::<f32>().unwrap(),
-    }
-}
-
-/// A GGUF file's weights all handed out dense (dequantized to f32), so a model built from them
-/// computes exactly what torch computes on the same dequantized weights.
-struct DenseOnly(GgufWeights);
-
-impl WeightSource for DenseOnly {
-    fn tensor(&self, name: &str, shape: &[usize]) -> engine::Result<Tensor> {
-        self.0.tensor(name, shape)
-    }
-
-    fn contains(&self, name: &str) -> bool {
-        self.0.contains(name)
     }
 }
 
@@ -127,13 +85,6 @@ fn q8_0_gguf_logits_match_transformers_on_the_same_weights() {
     assert!(decode <= F32_TOLERANCE, "token by token: {decode:e}");
 }
 
-/// Loaded normally, a Q8_0 file's weights stay Q8_0 and meet inputs rounded to 8 bits per block
-/// of 32, as llama.cpp multiplies them. That second rounding is the same size as the weights'
-/// own, which moved this model's logits by 0.29 (see above): the bar for any position. And per
-/// position, typically, we must stay as close to torch on the same weights as llama.cpp itself
-/// does (its logits for this file: tools/gguf_convert/llama_cpp_logits.py).
-const Q8_0_IN_PLACE_TOLERANCE: f32 = 0.29;
-
 #[test]
 fn q8_0_gguf_multiplied_in_place_is_as_close_to_torch_as_llama_cpp_is() {
     let same_weights = torch_reference("lite-q8_0-reference.safetensors");
@@ -152,7 +103,14 @@ fn q8_0_gguf_multiplied_in_place_is_as_close_to_torch_as_llama_cpp_is() {
     // quantized paths.)
     let paths = max_error(&one_by_one, &ours);
     println!("token by token vs prefill: {paths:e}");
-    assert!(paths <= F32_TOLERANCE, "decode vs prefill: {paths:e}");
+    if engine::InstructionSet::tiles_in_use() {
+        // The prompt's products ran on the AMX tiles in bf16 and the decode's in int8: the two
+        // agree only as closely as each agrees with torch, checked below (gguf_tiles.rs checks
+        // the tiles' road on its own).
+        println!("the prompt's products ran on the AMX tiles");
+    } else {
+        assert!(paths <= F32_TOLERANCE, "decode vs prefill: {paths:e}");
+    }
     let ours_typical = median_row_error(&ours, &same_weights.logits);
     let theirs_typical = median_row_error(&llama_cpp.logits, &same_weights.logits);
     println!(
@@ -171,17 +129,6 @@ fn q8_0_gguf_multiplied_in_place_is_as_close_to_torch_as_llama_cpp_is() {
         ours_typical <= 1.5 * theirs_typical,
         "median {ours_typical:e} vs llama.cpp's {theirs_typical:e}"
     );
-}
-
-/// The median over positions of each position's largest logit error.
-fn median_row_error(ours: &[Vec<f32>], reference: &[Vec<f32>]) -> f32 {
-    let mut rows: Vec<f32> = ours
-        .iter()
-        .zip(reference)
-        .map(|(a, b)| max_abs_error(a, b))
-        .collect();
-    rows.sort_by(f32::total_cmp);
-    rows[rows.len() / 2]
 }
 
 /// The V2 shape (q_lora path, group-limited routing). Its config.json has mscale 1.0 beside

@@ -14,6 +14,78 @@ pub fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
+pub fn gguf_fixture(name: &str) -> PathBuf {
+    fixture("gguf").join(name)
+}
+
+/// A reference implementation's logits for a fixture's input ids.
+pub struct ReferenceLogits {
+    pub input_ids: Vec<u32>,
+    /// [T, vocab]
+    pub logits: Vec<Vec<f32>>,
+}
+
+/// The `input_ids` and `logits` of a reference file (tools/make_golden.py and the
+/// tools/gguf_convert scripts write them).
+pub fn reference_logits(path: &std::path::Path) -> ReferenceLogits {
+    let t: std::collections::HashMap<String, candle_core::Tensor> =
+        candle_core::safetensors::load(path, &candle_core::Device::Cpu).unwrap();
+    ReferenceLogits {
+        input_ids: t["input_ids"]
+            .to_vec1::<i64>()
+            .unwrap()
+            .into_iter()
+            .map(|x| x as u32)
+            .collect(),
+        logits: t["logits"].to_vec2::<f32>().unwrap(),
+    }
+}
+
+/// Loaded normally, a Q8_0 file's weights stay Q8_0 and meet inputs rounded to 8 bits per block
+/// of 32, as llama.cpp multiplies them. That second rounding is the same size as the weights'
+/// own, which moved the lite fixture's logits by 0.29 (gguf.rs): the bar for any position. And
+/// per position, typically, we must stay as close to torch on the same weights as llama.cpp
+/// itself does (its logits for this file: tools/gguf_convert/llama_cpp_logits.py).
+pub const Q8_0_IN_PLACE_TOLERANCE: f32 = 0.29;
+
+/// A GGUF file's weights all handed out dense (dequantized to f32), so a model built from them
+/// computes exactly what torch computes on the same dequantized weights.
+pub struct DenseOnly(pub engine::gguf::GgufWeights);
+
+impl engine::weights::WeightSource for DenseOnly {
+    fn tensor(&self, name: &str, shape: &[usize]) -> engine::Result<candle_core::Tensor> {
+        self.0.tensor(name, shape)
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.0.contains(name)
+    }
+}
+
+/// The model a GGUF file holds, every weight dequantized to f32 (see [`DenseOnly`]).
+pub fn dense_model(path: &std::path::Path) -> Model {
+    let (config, weights) = engine::gguf::open_weights(path).unwrap();
+    let device = candle_core::Device::Cpu;
+    Model::load(
+        config,
+        &DenseOnly(weights),
+        candle_core::DType::F32,
+        &device,
+    )
+    .unwrap()
+}
+
+/// The median over positions of each position's largest logit error.
+pub fn median_row_error(ours: &[Vec<f32>], reference: &[Vec<f32>]) -> f32 {
+    let mut rows: Vec<f32> = ours
+        .iter()
+        .zip(reference)
+        .map(|(a, b)| max_abs_error(a, b))
+        .collect();
+    rows.sort_by(f32::total_cmp);
+    rows[rows.len() / 2]
+}
+
 #[derive(Deserialize)]
 pub struct Case {
     #[serde(default)]

@@ -104,12 +104,9 @@ pub fn matmul_interleaved(
     n: usize,
     y: &mut [f32],
 ) {
-    #[cfg(target_arch = "x86_64")]
     if super::amx::wanted(ty, n) {
         let layout = RowLayout::Interleaved;
-        super::amx::matmul_quant_on::<super::amx::Hardware>(
-            ty, layout, weights, rows, cols, x, n, y,
-        );
+        super::amx::matmul_quant(ty, layout, weights, rows, cols, x, n, y);
         return;
     }
     match ty {

@@ -62,18 +62,9 @@ pub fn matmul_rows_quant(
         y.fill(0.0);
         return;
     }
-    #[cfg(target_arch = "x86_64")]
     if super::amx::wanted(ty, n) {
-        super::amx::matmul_quant_on::<super::amx::Hardware>(
-            ty,
-            super::RowLayout::InFileOrder,
-            weights,
-            rows,
-            cols,
-            x,
-            n,
-            y,
-        );
+        let layout = super::RowLayout::InFileOrder;
+        super::amx::matmul_quant(ty, layout, weights, rows, cols, x, n, y);
         return;
     }
     match ty {

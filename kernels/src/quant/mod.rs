@@ -40,7 +40,7 @@ mod x86;
 
 pub use activations::{BlockQ8_0, BlockQ8K, QK_K, QK8_0, quantize_row_q8_0, quantize_row_q8_k};
 #[doc(hidden)]
-pub use amx::pack_tile_panels;
+pub use amx::{emulate_tiles_for_tests, pack_tile_panels};
 pub use dequantize::dequantize;
 pub use instruction_set::{InstructionSet, limit_instruction_set};
 pub use interleaved::RowLayout;

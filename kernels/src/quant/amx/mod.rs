@@ -22,8 +22,8 @@ mod tiles;
 use rayon::prelude::*;
 
 #[cfg(target_arch = "x86_64")]
-pub(super) use tiles::Hardware;
-use tiles::{TILE_FLOATS, TILE_ROW_BYTES, TILE_ROWS, TileUnit};
+use tiles::Hardware;
+use tiles::{Emulated, TILE_FLOATS, TILE_ROW_BYTES, TILE_ROWS, TileUnit};
 
 use super::matmul::for_each_band;
 use super::{GgmlType, InstructionSet, RowLayout};
@@ -100,11 +100,46 @@ fn known_product_is_right<T: TileUnit>() -> bool {
     })
 }
 
+/// Set by [`emulate_tiles_for_tests`].
+static EMULATED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// From now on, for the whole process, every product the tile road takes runs on emulated tiles
+/// (plain Rust, slow), on any CPU: for tests that check the road end to end through a model on
+/// machines without AMX. Not for use outside tests.
+#[doc(hidden)]
+pub fn emulate_tiles_for_tests() {
+    EMULATED.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Whether a product of `n` input rows with weights of type `ty` goes to the tiles: the CPU and
-/// OS allow them, nobody limited the kernels below them, there are enough inputs, and the
-/// weights are not F32 (whose f32 products the tiles' bf16 would round).
+/// OS allow them (or a test asked for emulated ones), nobody limited the kernels below them, there
+/// are enough inputs, and the weights are not F32 (whose f32 products the tiles' bf16 would
+/// round).
 pub(super) fn wanted(ty: GgmlType, n: usize) -> bool {
-    n >= TILE_MIN_INPUTS && ty != GgmlType::F32 && InstructionSet::tiles_in_use()
+    n >= TILE_MIN_INPUTS
+        && ty != GgmlType::F32
+        && (EMULATED.load(std::sync::atomic::Ordering::Relaxed) || InstructionSet::tiles_in_use())
+}
+
+/// [`matmul_quant_on`] on the CPU's tiles, or on emulated ones where a test asked for them: for a
+/// product [`wanted`] said yes to.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn matmul_quant(
+    ty: GgmlType,
+    layout: RowLayout,
+    weights: &[u8],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    n: usize,
+    y: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if !EMULATED.load(std::sync::atomic::Ordering::Relaxed) {
+        matmul_quant_on::<Hardware>(ty, layout, weights, rows, cols, x, n, y);
+        return;
+    }
+    matmul_quant_on::<Emulated>(ty, layout, weights, rows, cols, x, n, y);
 }
 
 /// [`super::matmul_rows_quant`]'s product (or [`super::interleaved::matmul_interleaved`]'s, by

@@ -202,15 +202,15 @@ impl Drop for Hardware {
     }
 }
 
-#[cfg(test)]
 /// The tile instructions in plain Rust, as Intel's pseudo-code for `TILELOADD`, `TILESTORED`,
 /// `TILEZERO` and `TDPBF16PS` states them (each pair of bf16 products added to the f32 sum in
-/// order; the hardware's own rounding differs in the last bits, which the tests allow for).
+/// order; the hardware's own rounding differs in the last bits, which the tests allow for). The
+/// kernels' tests run the driver on it, and so do model tests through
+/// [`super::emulate_tiles_for_tests`].
 pub(in crate::quant) struct Emulated {
     tiles: [[u8; TILE_ROWS * TILE_ROW_BYTES]; 8],
 }
 
-#[cfg(test)]
 impl Emulated {
     /// 16 rows of 64 bytes, `stride` bytes apart from `from`, into `tile`.
     ///
@@ -252,7 +252,6 @@ impl Emulated {
     }
 }
 
-#[cfg(test)]
 impl TileUnit for Emulated {
     fn configured() -> Self {
         Emulated {
