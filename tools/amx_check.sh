@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# The checks that need a CPU with AMX (Sapphire Rapids or later): the tile road's tests on the
+# CPU's own tiles, the panel and matmul benches, and a Lite-shaped prompt with and without the
+# tiles. (CI and machines without AMX test the same road on emulated tiles.)
+#
+#   tools/amx_check.sh build   # here, any x86-64 Linux with Rust: binaries into .amx/ (ignored)
+#   tools/amx_check.sh run     # on the AMX machine, from the repository root (no Rust needed)
+#
+# `run` says first whether the CPU has AMX and whether the process got the tiles (`cpu_kernels`
+# in the bench output is `amx` when it did); without them it still runs everything, on AVX-512.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+executable_of() {
+    python3 -c '
+import json, sys
+for line in sys.stdin:
+    message = json.loads(line)
+    if message.get("reason") == "compiler-artifact" and message.get("executable"):
+        print(message["executable"])'
+}
+
+case "${1:-}" in
+build)
+    mkdir -p .amx
+    tests=$(cargo test -p kernels --release --lib --no-run --message-format=json | executable_of | tail -1)
+    bench=$(cargo bench -p kernels --bench quant_matmul --no-run --message-format=json | executable_of | tail -1)
+    cargo build --release -p deepseek-lsp
+    cp "$tests" .amx/kernels-tests
+    cp "$bench" .amx/quant-matmul-bench
+    cp target/release/deepseek-lsp .amx/deepseek-lsp
+    strip .amx/kernels-tests .amx/quant-matmul-bench .amx/deepseek-lsp
+    # Compressed, to fit what a device run carries (64 MiB).
+    xz -T0 -6 -f .amx/kernels-tests .amx/quant-matmul-bench .amx/deepseek-lsp
+    ls -la .amx
+    ;;
+run)
+    work=$(mktemp -d)
+    for binary in kernels-tests quant-matmul-bench deepseek-lsp; do
+        xz -dc ".amx/$binary.xz" > "$work/$binary"
+        chmod +x "$work/$binary"
+    done
+    echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-), $(nproc) cores"
+    echo "AMX flags: $(grep -o -w 'amx[a-z0-9_]*' /proc/cpuinfo | sort -u | tr '\n' ' ')"
+    status=0
+    "$work/kernels-tests" quant:: --test-threads=1 --nocapture 2>&1 | grep -E 'amx|test result|FAILED|skipped' || status=$?
+    threads=$(nproc)
+    for kernels in avx512-vnni amx; do
+        KERNELS=$kernels NS=64,512 THREADS=2 RUNS=3 "$work/quant-matmul-bench" "x8" || status=$?
+    done
+    PANELS=1 THREADS=1 RUNS=3 "$work/quant-matmul-bench" "x8" || status=$?
+    model="$work/lite4-q4k.gguf"
+    "$work/deepseek-lsp" bench decode --synthetic lite:4 --quant Q4_K --gguf-out "$model" \
+        --prompt 16 --tokens 4 > /dev/null || status=$?
+    for threads_now in 2 "$threads"; do
+        for round in 1 2; do
+            for kernels in avx512-vnni amx; do
+                echo "prefill, $threads_now threads, --kernels $kernels, round $round:"
+                "$work/deepseek-lsp" bench prefill --model "$model" --prompt 512 --repeats 3 \
+                    --threads "$threads_now" --kernels "$kernels" \
+                    | grep -E '"(cpu_kernels|tokens_per_second)"' || status=$?
+            done
+        done
+    done
+    rm -rf "$work"
+    exit "$status"
+    ;;
+*)
+    echo "usage: tools/amx_check.sh build|run" >&2
+    exit 2
+    ;;
+esac
