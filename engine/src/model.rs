@@ -63,6 +63,14 @@ pub struct Model {
     prefill_chunk: usize,
 }
 
+/// How a chunk of a forward pass ended.
+enum ChunkOutcome {
+    /// Every layer ran; the logits, if they were wanted.
+    Done(Option<Tensor>),
+    /// `stop` said yes before some layer; nothing was committed.
+    Stopped,
+}
+
 /// Tokens per prefill chunk: large enough for efficient matmuls, small enough that a 32K-token
 /// prompt never builds a 32K x 32K score matrix.
 pub const DEFAULT_PREFILL_CHUNK: usize = 512;
@@ -178,8 +186,11 @@ impl Model {
         Ok(logits.expect("never stopped"))
     }
 
-    /// [`Model::forward`] that asks `stop` before every chunk and returns `None` when it says
-    /// yes. The chunks already run stay in the cache (their latents are valid).
+    /// [`Model::forward`] that asks `stop` before every chunk and every layer, and returns
+    /// `None` when it says yes. The chunks already run stay in the cache (their latents are
+    /// valid); the chunk it stopped in is dropped (the cache keeps the length it had before it).
+    /// Asking per layer bounds the wait for a stale request to one layer of one chunk, not a
+    /// whole chunk (on a CPU, seconds for a 512-token chunk of a 27-layer model).
     pub fn forward_until(
         &self,
         tokens: &[u32],
@@ -212,8 +223,9 @@ impl Model {
                 Logits::Last if i + 1 == chunks.len() => Some(Logits::Last),
                 Logits::Last => None,
             };
-            match self.forward_chunk(chunk, cache, wanted) {
-                Ok(chunk_logits) => rows.extend(chunk_logits),
+            match self.forward_chunk(chunk, cache, wanted, stop) {
+                Ok(ChunkOutcome::Stopped) => return Ok(None),
+                Ok(ChunkOutcome::Done(chunk_logits)) => rows.extend(chunk_logits),
                 Err(e) => {
                     cache.truncate(start);
                     return Err(e);
@@ -224,27 +236,34 @@ impl Model {
     }
 
     /// One chunk at positions `cache.len()..`; commits its latents; logits only if `wanted`.
+    /// Asks `stop` before each layer: a chunk stopped part way commits nothing (the latents its
+    /// first layers wrote lie past the cache's length, where the next run overwrites them).
     fn forward_chunk(
         &self,
         tokens: &[u32],
         cache: &mut LatentCache,
         wanted: Option<Logits>,
-    ) -> Result<Option<Tensor>> {
+        stop: &dyn Fn() -> bool,
+    ) -> Result<ChunkOutcome> {
         let start = cache.len();
         let len = tokens.len();
         let mut hidden = self.embed_tokens.lookup(tokens, self.dtype, &self.device)?;
         let step = Step::new(self, start, len)?;
         for (index, layer) in self.layers.iter().enumerate() {
+            if stop() {
+                return Ok(ChunkOutcome::Stopped);
+            }
             hidden = layer.forward(&hidden, index, cache, &step)?;
         }
         cache.set_len(start + len);
         let hidden = match wanted {
-            None => return Ok(None),
+            None => return Ok(ChunkOutcome::Done(None)),
             Some(Logits::All) => hidden,
             Some(Logits::Last) => hidden.narrow(0, len - 1, 1)?,
         };
         let hidden = self.norm.forward(&hidden)?;
-        Ok(Some(self.lm_head.forward(&hidden)?.to_dtype(DType::F32)?))
+        let logits = self.lm_head.forward(&hidden)?.to_dtype(DType::F32)?;
+        Ok(ChunkOutcome::Done(Some(logits)))
     }
 
     /// Weight bytes one decoded token reads (embedding row, attention, the dense MLP or the

@@ -183,3 +183,40 @@ fn two_sequences_sharing_a_prefix_run_interleaved() {
         "no page leaked"
     );
 }
+
+/// A stop asked for inside a chunk (before its second layer) drops that chunk: the cache keeps
+/// the length it had, and running the tokens again gives the reference logits.
+#[test]
+fn a_stop_inside_a_chunk_commits_nothing_and_the_cache_still_serves() {
+    let g = golden("lite");
+    let mut cache = cache(&g.model, None);
+    let mut sequence = cache.match_prefix(&g.ids, 0);
+    let half = g.ids.len() / 2;
+    run_rest(&g.model, &mut cache, &mut sequence, &g.ids[..half]);
+    assert_eq!(sequence.len(), half);
+    let asked = std::cell::Cell::new(0);
+    cache
+        .make_room(sequence.pages_needed(g.ids.len() - half))
+        .unwrap();
+    // The first question comes before the chunk, the second before layer 0, the third before
+    // layer 1: stop there.
+    let stopped = g
+        .model
+        .forward_until(&g.ids[half..], &mut sequence, Logits::All, &|| {
+            asked.set(asked.get() + 1);
+            asked.get() == 3
+        })
+        .unwrap();
+    assert!(stopped.is_none());
+    assert_eq!(asked.get(), 3);
+    assert_eq!(sequence.len(), half, "the stopped chunk committed nothing");
+    let rest = run_rest(&g.model, &mut cache, &mut sequence, &g.ids);
+    for (position, (ours, reference)) in rest.iter().zip(&g.logits[half..]).enumerate() {
+        let error = max_abs_error(ours, reference);
+        assert!(
+            error <= TOLERANCE,
+            "position {}: {error:e}",
+            half + position
+        );
+    }
+}
