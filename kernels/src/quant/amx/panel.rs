@@ -33,8 +33,8 @@ pub(super) fn pack_rows(
     panel: &mut [u16],
 ) {
     #[cfg(target_arch = "x86_64")]
-    if layout == RowLayout::Interleaved && super::panel_avx512::packs_groups(ty) {
-        // SAFETY: `packs_groups` said the CPU has the features the function is compiled for.
+    if layout == RowLayout::Interleaved && super::panel_avx512::packs(ty) {
+        // SAFETY: `packs` said the CPU has the features the function is compiled for.
         unsafe { super::panel_avx512::pack_groups(ty, bytes, take, padded_cols, panel) };
         return;
     }

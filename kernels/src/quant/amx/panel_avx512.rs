@@ -23,7 +23,7 @@ use super::SLICE;
 use super::panel::tile_rows_of;
 use super::tiles::TILE_ROWS;
 
-/// Whether [`pack_rows`] takes `ty` on this CPU.
+/// Whether [`pack_rows`] and [`pack_groups`] take `ty` on this CPU.
 pub(super) fn packs(ty: GgmlType) -> bool {
     matches!(
         ty,
@@ -64,13 +64,8 @@ pub(super) unsafe fn pack_rows(
     }
 }
 
-/// Whether [`pack_groups`] takes `ty` (interleaved) on this CPU.
-pub(super) fn packs_groups(ty: GgmlType) -> bool {
-    packs(ty)
-}
-
 /// [`super::panel::pack_rows`] for the `take` rows (a multiple of 8) in `groups`, interleaved
-/// as [`crate::quant::interleaved`] leaves them, for a type [`packs_groups`] takes: each group
+/// as [`crate::quant::interleaved`] leaves them, for a type [`packs`] takes: each group
 /// block's eight rows are dequantized together (their pieces turned into rows by 8 x 8
 /// transposes), without putting the rows back in file order.
 ///
