@@ -162,6 +162,7 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
         "dtype": format!("{:?}", model.dtype()).to_lowercase(),
         "threads": threads,
         "cpu_kernels": engine::InstructionSet::in_use().name(),
+        "amx_tiles": engine::tile_status().describe(),
         "attention_form": format!("{:?}", args.form).to_lowercase(),
         "layers": model.config().num_hidden_layers,
         "weight_gb": model.weight_bytes() as f64 / 1e9,

@@ -60,6 +60,13 @@ impl RuntimeArgs {
         if let Some(level) = self.kernels {
             limit_instruction_set(level);
         }
+        // Asked here, on the main thread, so the answer (and the tiles' known product) comes
+        // before any work, and the log says why a CPU's tiles are not used.
+        tracing::info!(
+            "CPU kernels: {} (AMX tiles: {})",
+            engine::InstructionSet::in_use().name(),
+            engine::tile_status().describe()
+        );
         if let Some(n) = self.threads {
             if n == 0 {
                 return Err("--threads must be at least 1".into());

@@ -58,7 +58,7 @@ run)
                 echo "prefill, $threads_now threads, --kernels $kernels, round $round:"
                 "$work/deepseek-lsp" bench prefill --model "$model" --prompt 512 --repeats 3 \
                     --threads "$threads_now" --kernels "$kernels" \
-                    | grep -E '"(cpu_kernels|tokens_per_second)"' || status=$?
+                    | grep -E '"(cpu_kernels|amx_tiles|tokens_per_second)"' || status=$?
             done
         done
     done

@@ -51,7 +51,7 @@ pub use generation::{
 };
 pub use gguf::{GgufFile, GgufModel, GgufWeights};
 /// The CPU kernels' instruction sets, and the switch that holds them at a lower one.
-pub use kernels::quant::{InstructionSet, limit_instruction_set};
+pub use kernels::quant::{InstructionSet, TileStatus, limit_instruction_set, tile_status};
 pub use latent_cache::LatentCache;
 pub use model::{AttentionForm, Logits, Model};
 pub use prompt::{ContextBlock, Prompt};

@@ -39,6 +39,7 @@ mod test_support;
 mod x86;
 
 pub use activations::{BlockQ8_0, BlockQ8K, QK_K, QK8_0, quantize_row_q8_0, quantize_row_q8_k};
+pub use amx::{TileStatus, tile_status};
 #[doc(hidden)]
 pub use amx::{emulate_tiles_for_tests, pack_tile_panels};
 pub use dequantize::dequantize;

@@ -44,18 +44,58 @@ const PANEL_ROWS: usize = 2 * TILE_ROWS;
 /// Values of a row per tile slice: one tile row of bf16.
 const SLICE: usize = TILE_ROW_BYTES / 2;
 
-/// Whether the tile kernels run in this process: the CPU and the OS allow the tiles, and they
-/// gave the right answer to one known product (a tile unit that computes wrongly, as an
-/// emulator or a hypervisor might, is never used). Asked once per process.
-pub(super) fn tiles_usable() -> bool {
-    static USABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *USABLE.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        if support::tiles_granted() {
-            return known_product_is_right::<Hardware>();
+/// Whether the AMX tiles run a prompt's products in this process, and if not, why not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TileStatus {
+    /// They do (unless [`super::limit_instruction_set`] holds the kernels below AMX).
+    Usable,
+    /// The CPU has no AMX tiles with bf16 (AMX-TILE, AMX-BF16, 8 tiles of 16 x 64 bytes).
+    NotOnThisCpu,
+    /// The OS does not save the tiles' state on a context switch (XCR0 lacks it).
+    NotSavedByOs,
+    /// Linux refused this process the tile data state (`arch_prctl`; kernels before 5.16).
+    RefusedByLinux,
+    /// The tiles are only asked for on Linux on x86-64.
+    NotLinuxOnX86,
+    /// The tiles computed one known product wrongly, so they are not used.
+    WrongProduct,
+}
+
+impl TileStatus {
+    /// One line for a log or a report.
+    pub fn describe(self) -> &'static str {
+        match self {
+            TileStatus::Usable => "usable",
+            TileStatus::NotOnThisCpu => "this CPU has no AMX tiles with bf16",
+            TileStatus::NotSavedByOs => "the OS does not save the tiles' state",
+            TileStatus::RefusedByLinux => "Linux refused the tile state to this process",
+            TileStatus::NotLinuxOnX86 => "only asked for on Linux on x86-64",
+            TileStatus::WrongProduct => "the tiles computed a known product wrongly",
         }
-        false
+    }
+}
+
+/// Whether the tiles run in this process: the CPU and the OS allow them, and they gave the right
+/// answer to one known product (a tile unit that computes wrongly, as an emulator or a
+/// hypervisor might, is never used). Asked once per process; the binary asks at start, so its
+/// log says why a CPU's tiles are not used.
+pub fn tile_status() -> TileStatus {
+    static STATUS: std::sync::OnceLock<TileStatus> = std::sync::OnceLock::new();
+    *STATUS.get_or_init(|| {
+        if let Some(refused) = support::tiles_refused() {
+            return refused;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if known_product_is_right::<Hardware>() {
+            return TileStatus::Usable;
+        }
+        TileStatus::WrongProduct
     })
+}
+
+/// Whether the tile kernels run in this process ([`tile_status`] says usable).
+pub(super) fn tiles_usable() -> bool {
+    tile_status() == TileStatus::Usable
 }
 
 /// One panel times 32 inputs on `T`, on this thread (the answer is cached in a `OnceLock` that

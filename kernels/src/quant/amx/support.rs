@@ -8,22 +8,37 @@
 
 use std::sync::OnceLock;
 
-/// True when the CPU has the tiles and the OS lets this process run them. The first call asks
-/// the CPU and the OS (and requests the tile state from Linux); later calls read the cached
-/// answer.
+use super::TileStatus;
+
+/// Whether the CPU has the tiles and the OS lets this process run them: `None` when it does,
+/// else why not. The first call asks the CPU and the OS (and requests the tile state from
+/// Linux); later calls read the cached answer.
+pub(in crate::quant) fn tiles_refused() -> Option<TileStatus> {
+    static REFUSED: OnceLock<Option<TileStatus>> = OnceLock::new();
+    *REFUSED.get_or_init(ask_cpu_and_os)
+}
+
+/// True when the CPU has the tiles and the OS lets this process run them.
 pub(in crate::quant) fn tiles_granted() -> bool {
-    static GRANTED: OnceLock<bool> = OnceLock::new();
-    *GRANTED.get_or_init(ask_cpu_and_os)
+    tiles_refused().is_none()
 }
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-fn ask_cpu_and_os() -> bool {
-    cpu_has_tiles() && os_saves_tile_state() && linux_grants_tile_data()
+fn ask_cpu_and_os() -> Option<TileStatus> {
+    if !cpu_has_tiles() {
+        Some(TileStatus::NotOnThisCpu)
+    } else if !os_saves_tile_state() {
+        Some(TileStatus::NotSavedByOs)
+    } else if !linux_grants_tile_data() {
+        Some(TileStatus::RefusedByLinux)
+    } else {
+        None
+    }
 }
 
 #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
-fn ask_cpu_and_os() -> bool {
-    false
+fn ask_cpu_and_os() -> Option<TileStatus> {
+    Some(TileStatus::NotLinuxOnX86)
 }
 
 /// CPUID: AMX-TILE and AMX-BF16, and a palette 1 with room for the tiles the kernel configures

@@ -220,3 +220,24 @@ fn the_avx512_panels_are_the_general_roads_bit_for_bit() {
         eprintln!("skipped: this CPU lacks AVX-512 BF16");
     }
 }
+
+/// Linux's own reading of the CPU (/proc/cpuinfo) against ours: without its amx_tile and
+/// amx_bf16 flags the status must say the CPU has no tiles.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+#[test]
+fn the_status_agrees_with_the_kernels_cpu_flags() {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap();
+    let flags: Vec<&str> = cpuinfo
+        .lines()
+        .find(|line| line.starts_with("flags"))
+        .map(|line| line.split_whitespace().collect())
+        .unwrap_or_default();
+    let has = |flag: &str| flags.contains(&flag);
+    let status = tile_status();
+    println!("AMX tiles: {}", status.describe());
+    if !(has("amx_tile") && has("amx_bf16")) {
+        assert_eq!(status, TileStatus::NotOnThisCpu);
+    }
+    assert_eq!(status == TileStatus::Usable, tiles_usable());
+    assert_eq!(tiles_usable(), InstructionSet::Amx.is_supported());
+}
