@@ -103,6 +103,7 @@ pub(super) fn tiles_usable() -> bool {
 /// in f32 and bf16: inputs x[i][k] = i + 1 + k mod 2, weights w[r][k] = (r + 1) c(k) with c(k)
 /// = -1 where 3 divides k, else k mod 5. A misplaced input, row, column or pair changes some
 /// product.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 fn known_product_is_right<T: TileUnit>() -> bool {
     let (n, cols) = (2 * TILE_ROWS, 2 * SLICE);
     let weight = |r: usize, k: usize| {
