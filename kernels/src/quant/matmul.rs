@@ -39,29 +39,9 @@ pub fn matmul_rows_quant(
     n: usize,
     y: &mut [f32],
 ) {
-    let row_bytes = ty.row_bytes(cols).unwrap_or_else(|| {
-        panic!(
-            "{} rows hold blocks of {} values; {cols} columns is not a whole number of them",
-            ty.name(),
-            ty.block_len()
-        )
-    });
-    assert_eq!(
-        weights.len(),
-        rows * row_bytes,
-        "{rows} rows of {cols} {} values take {} bytes",
-        ty.name(),
-        rows * row_bytes
-    );
-    assert_eq!(x.len(), n * cols, "x must hold n x cols values");
-    assert_eq!(y.len(), n * rows, "y must hold n x rows values");
-    if rows == 0 || n == 0 {
+    let Some(row_bytes) = row_bytes_of_work(ty, weights, rows, cols, x, n, y) else {
         return;
-    }
-    if cols == 0 {
-        y.fill(0.0);
-        return;
-    }
+    };
     if super::amx::wanted(ty, n) {
         let layout = super::RowLayout::InFileOrder;
         super::amx::matmul_quant(ty, layout, weights, rows, cols, x, n, y);
@@ -78,6 +58,43 @@ pub fn matmul_rows_quant(
         GgmlType::Q5K => quantized_rows::<q5_k::Kernel>(weights, row_bytes, &q8_k_inputs(x), n, y),
         GgmlType::Q6K => quantized_rows::<q6_k::Kernel>(weights, row_bytes, &q8_k_inputs(x), n, y),
     }
+}
+
+/// The bytes of one row of `cols` values of `ty`, after checking what every product of `n`
+/// inputs `x` with `rows` such rows (`weights`) into `y` needs: whole blocks per row, and slices
+/// as long as the sizes say. `None` when there is nothing to multiply (no rows or inputs; with
+/// no columns, Y is all zeros and written here).
+///
+/// Panics when a check fails (caller bugs).
+pub(super) fn row_bytes_of_work(
+    ty: GgmlType,
+    weights: &[u8],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    n: usize,
+    y: &mut [f32],
+) -> Option<usize> {
+    let row_bytes = ty.row_bytes(cols).unwrap_or_else(|| {
+        panic!(
+            "{} rows hold blocks of {} values; {cols} columns is not a whole number of them",
+            ty.name(),
+            ty.block_len()
+        )
+    });
+    assert_eq!(
+        weights.len(),
+        rows * row_bytes,
+        "{rows} rows of {cols} {} values take {} bytes",
+        ty.name(),
+        rows * row_bytes
+    );
+    assert_eq!(x.len(), n * cols, "x must hold n x cols values");
+    assert_eq!(y.len(), n * rows, "y must hold n x rows values");
+    if cols == 0 {
+        y.fill(0.0);
+    }
+    (rows > 0 && n > 0 && cols > 0).then_some(row_bytes)
 }
 
 /// The input rows (one after another) as Q8_0 blocks: the rows' lengths are whole blocks, so the

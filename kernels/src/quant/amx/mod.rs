@@ -25,7 +25,7 @@ use rayon::prelude::*;
 use tiles::Hardware;
 use tiles::{Emulated, TILE_FLOATS, TILE_ROW_BYTES, TILE_ROWS, TileUnit};
 
-use super::matmul::for_each_band;
+use super::matmul::{for_each_band, row_bytes_of_work};
 use super::{GgmlType, InstructionSet, RowLayout};
 use panel::{Scratch, pack_rows, pack_values};
 
@@ -198,39 +198,22 @@ pub(super) fn matmul_quant_on<T: TileUnit>(
     n: usize,
     y: &mut [f32],
 ) {
-    let row_bytes = ty.row_bytes(cols).unwrap_or_else(|| {
-        panic!(
-            "{} rows hold blocks of {} values; {cols} columns is not a whole number of them",
-            ty.name(),
-            ty.block_len()
-        )
-    });
-    assert_eq!(
-        weights.len(),
-        rows * row_bytes,
-        "{rows} rows of {cols} {} values",
-        ty.name()
-    );
-    assert_eq!(x.len(), n * cols, "x must hold n x cols values");
-    assert_eq!(y.len(), n * rows, "y must hold n x rows values");
-    if n == 0 || rows == 0 {
+    let Some(row_bytes) = row_bytes_of_work(ty, weights, rows, cols, x, n, y) else {
         return;
-    }
+    };
     let padded_cols = cols.next_multiple_of(SLICE);
     let input_stride = input_row_length(padded_cols);
     let inputs = inputs_as_bf16(x, cols, input_stride, n);
     let inputs = &inputs[..];
+    let panels = PanelSource {
+        ty,
+        layout,
+        row_bytes,
+        cols,
+    };
     for_each_band(weights, row_bytes, PANEL_ROWS, n, y, |band, out| {
-        // Nothing here hands work to other tasks while the tiles are configured (a task stolen
-        // meanwhile would configure and release this thread's tiles).
         let band_rows = band.len() / row_bytes;
-        let mut scratch = Scratch::default();
-        let mut panel = vec![0u16; PANEL_ROWS * padded_cols];
-        for first_row in (0..band_rows).step_by(PANEL_ROWS) {
-            let take = PANEL_ROWS.min(band_rows - first_row);
-            let bytes = &band[first_row * row_bytes..(first_row + take) * row_bytes];
-            let (scratch, panel) = (&mut scratch, &mut panel[..]);
-            pack_rows(ty, layout, bytes, take, cols, padded_cols, scratch, panel);
+        panels.for_each(band, |first_row, take, panel| {
             let at = PanelOutput {
                 out: &mut *out,
                 band_rows,
@@ -239,8 +222,45 @@ pub(super) fn matmul_quant_on<T: TileUnit>(
                 n,
             };
             panel_times_inputs::<T>(panel, inputs, input_stride, at);
-        }
+        });
     });
+}
+
+/// A weight matrix's rows as the tiles' panels.
+struct PanelSource {
+    ty: GgmlType,
+    layout: RowLayout,
+    row_bytes: usize,
+    cols: usize,
+}
+
+impl PanelSource {
+    /// Each panel of up to 32 of the whole rows in `rows`, packed in turn into one reused
+    /// buffer and handed to `use_panel(first row, rows in it, panel)`. Nothing here hands work
+    /// to other tasks (a task stolen while `use_panel` has the tiles configured would configure
+    /// and release this thread's tiles).
+    fn for_each(&self, rows: &[u8], mut use_panel: impl FnMut(usize, usize, &[u16])) {
+        let padded_cols = self.cols.next_multiple_of(SLICE);
+        let mut scratch = Scratch::default();
+        let mut panel = vec![0u16; PANEL_ROWS * padded_cols];
+        let row_count = rows.len() / self.row_bytes;
+        for first_row in (0..row_count).step_by(PANEL_ROWS) {
+            let take = PANEL_ROWS.min(row_count - first_row);
+            let bytes = &rows[first_row * self.row_bytes..(first_row + take) * self.row_bytes];
+            let (ty, layout, cols) = (self.ty, self.layout, self.cols);
+            pack_rows(
+                ty,
+                layout,
+                bytes,
+                take,
+                cols,
+                padded_cols,
+                &mut scratch,
+                &mut panel,
+            );
+            use_panel(first_row, take, &panel);
+        }
+    }
 }
 
 /// Every 32-row panel of a weight matrix into the tiles' bf16 layout, one after another on this
@@ -249,23 +269,18 @@ pub(super) fn matmul_quant_on<T: TileUnit>(
 #[doc(hidden)]
 pub fn pack_tile_panels(ty: GgmlType, layout: RowLayout, weights: &[u8], rows: usize, cols: usize) {
     let row_bytes = weights.len() / rows.max(1);
-    let padded_cols = cols.next_multiple_of(SLICE);
-    let mut scratch = Scratch::default();
-    let mut panel = vec![0u16; PANEL_ROWS * padded_cols];
-    for bytes in weights.chunks(PANEL_ROWS * row_bytes.max(1)) {
-        let take = bytes.len() / row_bytes;
-        pack_rows(
-            ty,
-            layout,
-            bytes,
-            take,
-            cols,
-            padded_cols,
-            &mut scratch,
-            &mut panel,
-        );
-        std::hint::black_box(&panel);
+    if row_bytes == 0 {
+        return;
     }
+    let panels = PanelSource {
+        ty,
+        layout,
+        row_bytes,
+        cols,
+    };
+    panels.for_each(weights, |_, _, panel| {
+        std::hint::black_box(panel);
+    });
 }
 
 /// Values per row of the bf16 inputs for rows of `padded_cols` values: one slice more where

@@ -1,6 +1,7 @@
 //! Weight rows into the bf16 panels the tiles load, for any weight type: the layout, the
 //! general road (dequantize to f32, then round and place each value), and the choice of the
-//! AVX-512 road ([`super::panel_avx512`]) where the CPU and the type have one.
+//! AVX-512 road ([`super::panel_avx512`]) for interleaved rows where the CPU and the type have
+//! one.
 //!
 //! A panel is 32 weight rows. For each half of the rows (16 rows: one tile's columns), for each
 //! slice of 32 values, one weight tile of 16 rows x 64 bytes, where tile row k holds values 2k and
@@ -47,12 +48,6 @@ pub(super) fn pack_rows(
             &scratch.in_file_order[..]
         }
     };
-    #[cfg(target_arch = "x86_64")]
-    if super::panel_avx512::packs(ty) {
-        // SAFETY: `packs` said the CPU has the features the function is compiled for.
-        unsafe { super::panel_avx512::pack_rows(ty, rows, take, padded_cols, panel) };
-        return;
-    }
     scratch.values.resize(take * cols, 0.0);
     dequantize(ty, rows, &mut scratch.values);
     pack_values(&scratch.values, cols, padded_cols, panel);

@@ -1,29 +1,28 @@
-//! Quantized rows straight into a bf16 panel with AVX-512: each 32-value chunk of a row is
-//! dequantized in two registers (the same products, in the same order, as
-//! [`crate::quant::dequantize`], so the same f32 bits), rounded to bf16 by one instruction
-//! (`VCVTNE2PS2BF16`: nearest, ties to even, as the general road) and scattered as 16 pairs into
-//! the 16 tile rows of its slice.
+//! Interleaved quantized rows straight into a bf16 panel with AVX-512, a group of eight rows at
+//! a time: a group block's pieces of eight rows become each row's quants through 8 x 8
+//! transposes, each 32-value chunk is dequantized in two registers (the same products, in the
+//! same order, as [`crate::quant::dequantize`], so the same f32 bits) and rounded to bf16 by one
+//! instruction (`VCVTNE2PS2BF16`: nearest, ties to even, as the general road), and each slice's
+//! 16 tile rows get the group's eight rows in one 32-byte store each.
 //!
-//! Every AMX CPU has these instructions. Interleaved groups are read in place: a group block's
-//! pieces of eight rows become the rows' values through 8 x 8 transposes, and each slice's 16
-//! tile rows get the group's eight rows in one store each.
+//! Every AMX CPU has these instructions. Only the interleaved layout has this road: the loader
+//! interleaves every matrix of these types whose rows come in eights (all of DeepSeek-V2's), and
+//! the rest take the general road.
 //!
 //! Measured (`PANELS=1` quant_matmul bench, one thread of a Zen 4, ns per weight value): the
 //! general road (put rows back in file order, dequantize, place each value) took 1.19 (Q8_0),
-//! 1.59 (Q4_K), 1.70 (Q5_0) and 2.85 (Q6_K); this one takes 0.163-0.249 for interleaved rows and
-//! about 0.3 for rows in file order (one scatter per 32 values).
+//! 1.59 (Q4_K), 1.70 (Q5_0) and 2.85 (Q6_K); this one takes 0.163-0.249.
 
 use std::arch::x86_64::*;
 
 use super::super::GgmlType;
 use super::super::interleaved::ROWS_TOGETHER;
 use super::super::q4_k::scales_and_mins;
-use super::super::x86::f16_at;
 use super::SLICE;
 use super::panel::tile_rows_of;
 use super::tiles::TILE_ROWS;
 
-/// Whether [`pack_rows`] and [`pack_groups`] take `ty` on this CPU.
+/// Whether [`pack_groups`] takes `ty` on this CPU.
 pub(super) fn packs(ty: GgmlType) -> bool {
     matches!(
         ty,
@@ -35,33 +34,6 @@ pub(super) fn packs(ty: GgmlType) -> bool {
         && is_x86_feature_detected!("avx2")
         && is_x86_feature_detected!("fma")
         && is_x86_feature_detected!("f16c")
-}
-
-/// [`super::panel::pack_rows`] for the `take` rows in `rows` (file order), for a type [`packs`]
-/// takes.
-///
-/// # Safety
-/// The CPU must have the features [`packs`] checks.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma,f16c")]
-pub(super) unsafe fn pack_rows(
-    ty: GgmlType,
-    rows: &[u8],
-    take: usize,
-    padded_cols: usize,
-    panel: &mut [u16],
-) {
-    let slices = padded_cols / SLICE;
-    let row_bytes = rows.len() / take.max(1);
-    for (r, row) in rows.chunks_exact(row_bytes.max(1)).enumerate() {
-        let out = tile_rows_of(r, slices, panel);
-        match ty {
-            GgmlType::Q4K => q4_k(row, out),
-            GgmlType::Q6K => q6_k(row, out),
-            GgmlType::Q8_0 => q8_0(row, out),
-            GgmlType::Q5_0 => q5_0(row, out),
-            _ => unreachable!("packs() does not take {}", ty.name()),
-        }
-    }
 }
 
 /// [`super::panel::pack_rows`] for the `take` rows (a multiple of 8) in `groups`, interleaved
@@ -135,7 +107,8 @@ fn bf16_pairs(low: __m512, high: __m512) -> __m512i {
     unsafe { std::mem::transmute(_mm512_cvtne2ps_pbh(high, low)) }
 }
 
-/// The eight f16 values at the start of `bytes` as f32 (the same conversion as [`f16_at`]).
+/// The eight f16 values at the start of `bytes` as f32 (the same conversion as the scalar
+/// road's F16C one).
 #[inline]
 #[target_feature(enable = "avx2,f16c")]
 fn eight_f16(bytes: &[u8]) -> [f32; ROWS] {
@@ -333,22 +306,6 @@ fn transpose_8x8(v: [__m256i; 8]) -> [__m256i; 8] {
     ]
 }
 
-/// One 32-value chunk (values 0-15 in `low`, 16-31 in `high`) as bf16 pairs into slice `slice`
-/// of a row's tile rows (`out`, from [`tile_rows_of`]): pair k at tile row k.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
-fn put_slice(out: &mut [u16], slice: usize, low: __m512, high: __m512) {
-    let tile = &mut out[slice * TILE_ROWS * SLICE..];
-    assert!(tile.len() >= (TILE_ROWS - 1) * SLICE + 2);
-    let pairs = bf16_pairs(low, high);
-    // Tile row k is 32 bf16 (16 pairs of them) after row k - 1.
-    let rows = _mm512_setr_epi32(
-        0, 16, 32, 48, 64, 80, 96, 112, 128, 144, 160, 176, 192, 208, 224, 240,
-    );
-    // SAFETY: the 16 pairs land at tile[32 k..32 k + 2] for k < 16, inside `tile` (asserted).
-    unsafe { _mm512_i32scatter_epi32::<4>(tile.as_mut_ptr().cast(), rows, pairs) };
-}
-
 /// 32 unsigned bytes as two vectors of 16 f32.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
@@ -374,111 +331,4 @@ fn load_32(bytes: &[u8], at: usize) -> __m256i {
     let bytes = &bytes[at..at + 32];
     // SAFETY: 32 readable bytes (sliced above); unaligned loads are allowed.
     unsafe { _mm256_loadu_si256(bytes.as_ptr().cast()) }
-}
-
-/// Q4_K: per sub-block of 32, `d scale q - dmin min` (the factors first, as ggml).
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma,f16c")]
-fn q4_k(row: &[u8], out: &mut [u16]) {
-    let low_four = _mm256_set1_epi8(0x0F);
-    for (b, block) in row.chunks_exact(GgmlType::Q4K.block_bytes()).enumerate() {
-        let (d, dmin) = (f16_at(block), f16_at(&block[2..]));
-        let (scales, mins) = scales_and_mins(&block[4..]);
-        for pair in 0..4 {
-            let quants = load_32(block, 16 + 32 * pair);
-            let low = _mm256_and_si256(quants, low_four);
-            let high = _mm256_and_si256(_mm256_srli_epi16::<4>(quants), low_four);
-            for (sub, nibbles) in [(2 * pair, low), (2 * pair + 1, high)] {
-                let scale = _mm512_set1_ps(d * scales[sub] as f32);
-                let min = _mm512_set1_ps(dmin * mins[sub] as f32);
-                let (first, second) = unsigned_bytes_to_f32(nibbles);
-                let first = _mm512_sub_ps(_mm512_mul_ps(scale, first), min);
-                let second = _mm512_sub_ps(_mm512_mul_ps(scale, second), min);
-                put_slice(out, 8 * b + sub, first, second);
-            }
-        }
-    }
-}
-
-/// Q6_K: per half block of 128, four quarters of 32 values from the low nibbles (64 bytes) and
-/// the bit pairs (32 bytes), minus 32, times `d scale` per 16 values.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma,f16c")]
-fn q6_k(row: &[u8], out: &mut [u16]) {
-    const SCALES: usize = 192;
-    let (low_four, two) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(3));
-    let thirty_two = _mm512_set1_ps(32.0);
-    for (b, block) in row.chunks_exact(GgmlType::Q6K.block_bytes()).enumerate() {
-        let d = f16_at(&block[208..]);
-        for half in 0..2 {
-            let nibbles = [load_32(block, 64 * half), load_32(block, 64 * half + 32)];
-            let bit_pairs = load_32(block, 128 + 32 * half);
-            for quarter in 0..4 {
-                let source = nibbles[quarter % 2];
-                let low = if quarter < 2 {
-                    _mm256_and_si256(source, low_four)
-                } else {
-                    _mm256_and_si256(_mm256_srli_epi16::<4>(source), low_four)
-                };
-                let high = match quarter {
-                    0 => _mm256_and_si256(bit_pairs, two),
-                    1 => _mm256_and_si256(_mm256_srli_epi16::<2>(bit_pairs), two),
-                    2 => _mm256_and_si256(_mm256_srli_epi16::<4>(bit_pairs), two),
-                    _ => _mm256_and_si256(_mm256_srli_epi16::<6>(bit_pairs), two),
-                };
-                let quants = _mm256_or_si256(low, _mm256_slli_epi16::<4>(high));
-                let (first, second) = unsigned_bytes_to_f32(quants);
-                // q - 32 is exact in f32, as the scalar road's (q - 32) as f32.
-                let (first, second) = (
-                    _mm512_sub_ps(first, thirty_two),
-                    _mm512_sub_ps(second, thirty_two),
-                );
-                let scale = |g: usize| {
-                    _mm512_set1_ps(d * block[SCALES + 8 * half + 2 * quarter + g] as i8 as f32)
-                };
-                let first = _mm512_mul_ps(scale(0), first);
-                let second = _mm512_mul_ps(scale(1), second);
-                put_slice(out, 8 * b + 4 * half + quarter, first, second);
-            }
-        }
-    }
-}
-
-/// Q8_0: `d q` for each of 32 signed bytes.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma,f16c")]
-fn q8_0(row: &[u8], out: &mut [u16]) {
-    for (b, block) in row.chunks_exact(GgmlType::Q8_0.block_bytes()).enumerate() {
-        let d = _mm512_set1_ps(f16_at(block));
-        let (first, second) = signed_bytes_to_f32(load_32(block, 2));
-        put_slice(out, b, _mm512_mul_ps(d, first), _mm512_mul_ps(d, second));
-    }
-}
-
-/// Q5_0: low nibbles for values 0-15, high nibbles for 16-31, each with its fifth bit from the
-/// 32-bit word, minus 16, times `d`.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma,f16c")]
-fn q5_0(row: &[u8], out: &mut [u16]) {
-    let lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    let (one, low_four, sixteen) = (
-        _mm512_set1_epi32(1),
-        _mm512_set1_epi32(0x0F),
-        _mm512_set1_epi32(16),
-    );
-    for (b, block) in row.chunks_exact(GgmlType::Q5_0.block_bytes()).enumerate() {
-        let d = _mm512_set1_ps(f16_at(block));
-        let fifth_bits =
-            _mm512_set1_epi32(i32::from_le_bytes([block[2], block[3], block[4], block[5]]));
-        let nibbles = &block[6..22];
-        // SAFETY: 16 readable bytes (the slice above).
-        let bytes = _mm512_cvtepu8_epi32(unsafe { _mm_loadu_si128(nibbles.as_ptr().cast()) });
-        let value = |nibble: __m512i, first_bit: __m512i| {
-            let bit = _mm512_and_si512(_mm512_srlv_epi32(fifth_bits, first_bit), one);
-            let q = _mm512_or_si512(nibble, _mm512_slli_epi32::<4>(bit));
-            _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_sub_epi32(q, sixteen)))
-        };
-        let first = value(_mm512_and_si512(bytes, low_four), lanes);
-        let second = value(
-            _mm512_srli_epi32::<4>(bytes),
-            _mm512_add_epi32(lanes, sixteen),
-        );
-        put_slice(out, b, first, second);
-    }
 }

@@ -142,18 +142,3 @@ unsafe fn arch_prctl(code: u64, argument: u64) -> i64 {
     }
     result
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_answer_is_stable_and_consistent_with_the_cpu() {
-        let first = tiles_granted();
-        assert_eq!(tiles_granted(), first);
-        #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-        if first {
-            assert!(cpu_has_tiles() && os_saves_tile_state());
-        }
-    }
-}
