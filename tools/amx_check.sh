@@ -11,14 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-executable_of() {
-    python3 -c '
-import json, sys
-for line in sys.stdin:
-    message = json.loads(line)
-    if message.get("reason") == "compiler-artifact" and message.get("executable"):
-        print(message["executable"])'
-}
+source tools/executable_of.sh
 
 case "${1:-}" in
 build)
