@@ -1017,8 +1017,10 @@ impl Mla {
 
 /// DeepSeekMoE: softmax router (f32), top-k routed experts, shared experts added ungated.
 struct Moe {
-    /// [E, hidden], kept in f32 like the reference.
-    router: Tensor,
+    /// [E, hidden], kept in f32 like the reference; a `Linear` so that a decode step streams it
+    /// instead of packing it for a matmul of one row.
+    router: Linear,
+    router_values: usize,
     experts: Vec<Mlp>,
     shared: Option<Mlp>,
     top_k: usize,
@@ -1053,12 +1055,14 @@ impl Moe {
                 )
             })
             .transpose()?;
+        let router = w.tensor_as(
+            &format!("{prefix}.gate.weight"),
+            &[moe.n_routed_experts, c.hidden_size],
+            DType::F32,
+        )?;
         Ok(Self {
-            router: w.tensor_as(
-                &format!("{prefix}.gate.weight"),
-                &[moe.n_routed_experts, c.hidden_size],
-                DType::F32,
-            )?,
+            router_values: router.elem_count(),
+            router: Linear::new(router, None),
             experts,
             shared,
             top_k: moe.num_experts_per_tok,
@@ -1078,22 +1082,22 @@ impl Moe {
     }
 
     fn weight_bytes(&self) -> usize {
-        self.router.elem_count() * 4
+        self.router_values * 4
             + self.experts.iter().map(Mlp::bytes).sum::<usize>()
             + self.shared.as_ref().map_or(0, Mlp::bytes)
     }
 
     fn bytes_read_per_token(&self) -> usize {
-        self.router.elem_count() * 4
+        self.router_values * 4
             + self.top_k * self.experts.first().map_or(0, Mlp::bytes)
             + self.shared.as_ref().map_or(0, Mlp::bytes)
     }
 
     /// The chosen (expert, weight) pairs of every token.
     fn route(&self, x: &Tensor) -> Result<Vec<Vec<(usize, f32)>>> {
-        let logits = x
-            .to_dtype(DType::F32)?
-            .matmul(&self.router.t()?)?
+        let logits = self
+            .router
+            .forward(&x.to_dtype(DType::F32)?)?
             .to_vec2::<f32>()?;
         let weighting = self.weighting();
         Ok(logits
@@ -1431,7 +1435,8 @@ mod tests {
 
     fn moe(norm_topk_prob: bool, routed_scaling_factor: f64, top_k: usize) -> Moe {
         Moe {
-            router: Tensor::zeros((1, 1), DType::F32, &Device::Cpu).unwrap(),
+            router: Linear::new(Tensor::zeros((1, 1), DType::F32, &Device::Cpu).unwrap(), None),
+            router_values: 1,
             experts: Vec::new(),
             shared: None,
             top_k,

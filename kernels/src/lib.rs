@@ -8,6 +8,7 @@ pub mod causal_attention;
 pub mod cuda;
 pub mod grouped_matmul;
 pub mod matvec;
+mod page_products;
 pub mod paged_attention;
 pub mod quant;
 pub mod routing;

@@ -15,7 +15,8 @@
 
 use rayon::prelude::*;
 
-use crate::simd::{axpy, scale};
+use crate::page_products::{self, PageOperands, accumulate_latents, page_scores};
+use crate::simd::{axpy, exp_shifted_sum, scale};
 use crate::strided_gemm::{Strided, gemm_f32};
 
 /// The cached keys of one layer, as a page table.
@@ -175,30 +176,46 @@ fn attend(
     let mut sum = vec![0f32; rows];
     let mut acc = vec![0f32; rows * kv_lora];
     let mut scores = vec![0f32; rows * page_tokens];
+    // A few rows (a decode step) multiply each page in place; more take packed products.
+    let in_place = rows <= page_products::MAX_ROWS && page_products::available(kv_lora, rope);
     let last_visible = queries.first_position + task.first_token + task.tokens; // exclusive, last token
     for page in task.pages.clone() {
         let first_key = page * page_tokens;
         let count = page_tokens.min(last_visible - first_key);
-        let keys_ptr = keys.pages[page].as_ptr();
-        // SAFETY: every operand lies inside its slice: `rows` rows of `kv_lora`/`rope` queries,
-        // `count <= page_tokens` rows of `row_len` floats in the page, `rows x page_tokens` scores.
-        unsafe {
-            // scores = q_latent . c^T
-            gemm_f32(
-                (rows, count, kv_lora),
-                Strided::row_major(scores.as_mut_ptr(), page_tokens),
-                Strided::row_major(q_latent.as_ptr(), kv_lora),
-                Strided::column_major(keys_ptr, row_len),
-                false,
-            );
-            // scores += q_rope . k_pe^T
-            gemm_f32(
-                (rows, count, rope),
-                Strided::row_major(scores.as_mut_ptr(), page_tokens),
-                Strided::row_major(q_rope.as_ptr(), rope),
-                Strided::column_major(keys_ptr.add(kv_lora), row_len),
-                true,
-            );
+        let operands = PageOperands {
+            q_latent,
+            q_rope,
+            keys: keys.pages[page],
+            rows,
+            count,
+            kv_lora,
+            rope,
+        };
+        if in_place {
+            page_scores(&operands, &mut scores, page_tokens);
+        } else {
+            let keys_ptr = keys.pages[page].as_ptr();
+            // SAFETY: every operand lies inside its slice: `rows` rows of `kv_lora`/`rope`
+            // queries, `count <= page_tokens` rows of `row_len` floats in the page,
+            // `rows x page_tokens` scores.
+            unsafe {
+                // scores = q_latent . c^T
+                gemm_f32(
+                    (rows, count, kv_lora),
+                    Strided::row_major(scores.as_mut_ptr(), page_tokens),
+                    Strided::row_major(q_latent.as_ptr(), kv_lora),
+                    Strided::column_major(keys_ptr, row_len),
+                    false,
+                );
+                // scores += q_rope . k_pe^T
+                gemm_f32(
+                    (rows, count, rope),
+                    Strided::row_major(scores.as_mut_ptr(), page_tokens),
+                    Strided::row_major(q_rope.as_ptr(), rope),
+                    Strided::column_major(keys_ptr.add(kv_lora), row_len),
+                    true,
+                );
+            }
         }
         // Online softmax per row over the keys its token may see; masked keys weigh 0.
         for r in 0..rows {
@@ -221,22 +238,23 @@ fn attend(
                 sum[r] *= rescale;
                 max[r] = new_max;
             }
-            for s in &mut row_scores[..visible] {
-                *s = (*s - new_max).exp();
-                sum[r] += *s;
-            }
+            sum[r] += exp_shifted_sum(&mut row_scores[..visible], new_max);
             row_scores[visible..].fill(0.0);
         }
-        // SAFETY: as above; `acc` holds `rows x kv_lora`.
-        unsafe {
-            // acc += weights . c
-            gemm_f32(
-                (rows, kv_lora, count),
-                Strided::row_major(acc.as_mut_ptr(), kv_lora),
-                Strided::row_major(scores.as_ptr(), page_tokens),
-                Strided::row_major(keys_ptr, row_len),
-                true,
-            );
+        if in_place {
+            accumulate_latents(&operands, &scores, page_tokens, &mut acc);
+        } else {
+            // SAFETY: as above; `acc` holds `rows x kv_lora`.
+            unsafe {
+                // acc += weights . c
+                gemm_f32(
+                    (rows, kv_lora, count),
+                    Strided::row_major(acc.as_mut_ptr(), kv_lora),
+                    Strided::row_major(scores.as_ptr(), page_tokens),
+                    Strided::row_major(keys.pages[page].as_ptr(), row_len),
+                    true,
+                );
+            }
         }
     }
     (0..task.tokens)
@@ -372,6 +390,19 @@ mod tests {
                 check(1, 3, 16, 4, first, 8, threads);
             }
         }
+    }
+
+    /// Sizes in whole 16-float vectors take the in-place page products where the CPU has them
+    /// (a decode step's few rows), and the packed products past `MAX_ROWS` rows.
+    #[test]
+    fn vector_sized_heads_match_dense_softmax() {
+        for first in [0, 5, 31, 32, 70] {
+            for (heads, threads) in [(1, 1), (3, 2), (16, 2), (5, 3)] {
+                check(1, heads, 80, 16, first, 32, threads);
+            }
+        }
+        check(3, 16, 32, 32, 9, 8, 2);
+        check(6, 16, 32, 16, 40, 16, 1);
     }
 
     #[test]
