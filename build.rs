@@ -1,6 +1,7 @@
 //! Embeds the default model, `models/tiny-coder/`, when its files are present: config.json,
-//! tokenizer.json and model.safetensors. Without them the binary is built without a default
-//! model and asks for `--model`.
+//! tokenizer.json and model.safetensors. Without them, or with `DEEPSEEK_LSP_EMBED_MODEL=0` in
+//! the build's environment (the device checks' binaries, which must travel small), the binary is
+//! built without a default model and asks for `--model`.
 
 use std::path::Path;
 
@@ -9,6 +10,8 @@ const FILES: [&str; 3] = ["config.json", "tokenizer.json", "model.safetensors"];
 
 fn main() {
     println!("cargo:rerun-if-changed={MODEL_DIR}");
+    println!("cargo:rerun-if-env-changed=DEEPSEEK_LSP_EMBED_MODEL");
+    let wanted = std::env::var("DEEPSEEK_LSP_EMBED_MODEL").map_or(true, |v| v != "0");
     for file in FILES {
         println!("cargo:rerun-if-changed={MODEL_DIR}/{file}");
     }
@@ -17,7 +20,7 @@ fn main() {
     let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
     let root = Path::new(&manifest_dir).join(MODEL_DIR);
     let complete = FILES.iter().all(|f| root.join(f).is_file());
-    let entries: String = if complete {
+    let entries: String = if wanted && complete {
         FILES
             .iter()
             .map(|f| format!("    ({f:?}, include_bytes!({:?})),\n", root.join(f)))

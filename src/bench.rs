@@ -184,7 +184,10 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
     if let Some(weight_rate) = report["decode"]["weight_gb_per_second"].as_f64() {
         // Decode streams every active weight once per token: the machine's read bandwidth
         // bounds it, and the fraction reached says how much is left on the table.
-        let bandwidth = engine::bench::memory_read_gb_per_second(BANDWIDTH_BUFFER_BYTES);
+        // On a GPU, HBM's: bytes read and written per second by a copy on the device.
+        let bandwidth =
+            engine::bench::device_bandwidth_gb_per_second(model.device(), BANDWIDTH_BUFFER_BYTES)
+                .map_err(|e| e.to_string())?;
         report["memory_read_gb_per_second"] = json!(bandwidth);
         report["decode"]["roofline_fraction"] = json!(weight_rate / bandwidth);
     }

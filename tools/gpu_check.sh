@@ -1,12 +1,21 @@
 #!/usr/bin/env bash
-# The GPU checks that need no CUDA at build time: every CUDA kernel against its CPU reference
-# (kernels/tests/gpu.rs) and the attention kernel's bench (kernels/benches/gpu_attention.rs).
+# Everything issue 11 needs a GPU for, as one prepared run:
+#   1. every CUDA kernel against its CPU reference (kernels/tests/gpu.rs) and the attention
+#      kernel's bench (kernels/benches/gpu_attention.rs): these need no CUDA at build time;
+#   2. with a CUDA build (`--features cuda`, made here when the CUDA toolkit can be fetched):
+#      the golden fixtures on the GPU (engine/tests/gpu.rs: f32 within 1e-4 on every path, bf16
+#      within its bar), then decode, prefill and keystroke figures for a Lite-shaped bf16 model
+#      with the fraction of HBM bandwidth decode reaches.
 #
 #   tools/gpu_check.sh build   # here, any x86-64 Linux with Rust: binaries into .gpu/ (ignored)
 #   tools/gpu_check.sh run     # on the GPU machine, from the repository root (no Rust needed)
 #
-# `run` finds NVRTC through DEEPSEEK_LSP_NVRTC, else in a CUDA toolkit or a pip-installed
-# nvidia-cuda-nvrtc, and the driver through the loader (libcuda.so.1).
+# A device run carries `.gpu` (`carry: [".gpu"]`); everything in it is compressed to fit the
+# 64 MiB a run's working tree may hold, and the CUDA binaries are built without the embedded
+# default model. `run` finds NVRTC through DEEPSEEK_LSP_NVRTC, else in a CUDA toolkit or in the
+# pip-installed nvidia-* packages, whose lib folders also give the CUDA build its cuBLAS, cuRAND
+# and runtime; the driver comes through the loader (libcuda.so.1). LAYERS (default 8) sets the
+# synthetic model's depth: Lite's 27 layers take minutes to make on the host.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,28 +24,58 @@ source tools/executable_of.sh
 case "${1:-}" in
 build)
     mkdir -p .gpu
+    rm -f .gpu/*
     test=$(cargo test -p kernels --release --test gpu --no-run --message-format=json | executable_of | tail -1)
     bench=$(cargo bench -p kernels --bench gpu_attention --no-run --message-format=json | executable_of | tail -1)
     cp "$test" .gpu/kernels-gpu-tests
     cp "$bench" .gpu/gpu-attention-bench
-    strip .gpu/kernels-gpu-tests .gpu/gpu-attention-bench
+    if toolkit=$(python3 tools/cuda_toolkit.py); then
+        eval "$toolkit"
+        export DEEPSEEK_LSP_EMBED_MODEL=0 CARGO_TARGET_DIR=${CUDA_TARGET_DIR:-target/cuda}
+        engine=$(cargo test -p engine --release --features cuda --test gpu --no-run --message-format=json | executable_of | tail -1)
+        cargo build --release --features cuda -p deepseek-lsp
+        cp "$engine" .gpu/engine-gpu-tests
+        cp "$CARGO_TARGET_DIR/release/deepseek-lsp" .gpu/deepseek-lsp
+    else
+        echo "no CUDA toolkit: only the kernel checks are built" >&2
+    fi
+    strip .gpu/*
+    xz -T0 -6 -f .gpu/*
     ls -la .gpu
     ;;
 run)
+    work=$(mktemp -d)
+    for packed in .gpu/*.xz; do
+        binary="$work/$(basename "$packed" .xz)"
+        xz -dc "$packed" > "$binary"
+        chmod +x "$binary"
+    done
+    site=$(python3 -c 'import site; print(" ".join(site.getsitepackages()))' 2>/dev/null || true)
+    libraries=$(for dir in $site; do ls -d "$dir"/nvidia/*/lib "$dir"/nvidia/cu*/lib 2>/dev/null; done | sort -u | tr '\n' ':')
+    export LD_LIBRARY_PATH="${libraries}/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
     if [ -z "${DEEPSEEK_LSP_NVRTC:-}" ]; then
-        for candidate in /usr/local/cuda/lib64/libnvrtc.so.* /usr/local/cuda-*/lib64/libnvrtc.so.* \
-            $(python3 -c 'import site; print(" ".join(site.getsitepackages()))' 2>/dev/null | tr ' ' '\n' | sed 's|$|/nvidia/*/lib/libnvrtc.so.*|'); do
-            for path in $candidate; do
-                case "$path" in *builtins*|*alt*) continue ;; esac
-                if [ -f "$path" ]; then export DEEPSEEK_LSP_NVRTC="$path"; break 2; fi
-            done
+        for path in /usr/local/cuda/lib64/libnvrtc.so.* /usr/local/cuda-*/lib64/libnvrtc.so.* \
+            $(echo "$libraries" | tr ':' '\n' | sed 's|$|/libnvrtc.so.*|'); do
+            case "$path" in *builtins*|*alt*) continue ;; esac
+            if [ -f "$path" ]; then export DEEPSEEK_LSP_NVRTC="$path"; break; fi
         done
     fi
     echo "NVRTC: ${DEEPSEEK_LSP_NVRTC:-not found}"
+    echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-), $(nproc) cores, AMX flags: $(grep -o -w 'amx[a-z0-9_]*' /proc/cpuinfo | sort -u | tr '\n' ' ')"
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
     status=0
-    .gpu/kernels-gpu-tests --ignored --nocapture --test-threads=1 || status=$?
-    .gpu/gpu-attention-bench || status=$?
+    "$work/kernels-gpu-tests" --ignored --nocapture --test-threads=1 || status=$?
+    "$work/gpu-attention-bench" || status=$?
+    if [ -x "$work/deepseek-lsp" ]; then
+        ENGINE_FIXTURES=engine/tests/fixtures "$work/engine-gpu-tests" --ignored --nocapture \
+            --test-threads=1 || status=$?
+        layers=${LAYERS:-8}
+        "$work/deepseek-lsp" bench all --synthetic "lite:$layers" --dtype bf16 --device cuda \
+            --prompt 512 --tokens 64 || status=$?
+        "$work/deepseek-lsp" bench keystroke --synthetic "lite:$layers" --dtype bf16 --device cuda \
+            --context 2048 || status=$?
+    fi
+    rm -rf "$work"
     exit "$status"
     ;;
 *)

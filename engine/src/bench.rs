@@ -194,6 +194,29 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[rank - 1]
 }
 
+/// The memory bandwidth decode on `device` is bounded by, in GB/s: on the CPU, the read
+/// bandwidth over a `bytes` buffer ([`memory_read_gb_per_second`]); on a GPU, the bytes read and
+/// written per second by a device-to-device copy of `bytes` (best of five, after one unmeasured
+/// copy), which is how HBM bandwidth is quoted.
+pub fn device_bandwidth_gb_per_second(device: &candle_core::Device, bytes: usize) -> Result<f64> {
+    if device.is_cpu() {
+        return Ok(memory_read_gb_per_second(bytes));
+    }
+    let source = candle_core::Tensor::zeros(bytes / 4, candle_core::DType::F32, device)?;
+    let mut best = f64::INFINITY;
+    for round in 0..6 {
+        device.synchronize()?;
+        let started = Instant::now();
+        let copy = source.copy()?;
+        device.synchronize()?;
+        if round > 0 {
+            best = best.min(started.elapsed().as_secs_f64());
+        }
+        drop(copy);
+    }
+    Ok(2.0 * (bytes / 4 * 4) as f64 / best / 1e9)
+}
+
 /// The machine's read bandwidth over a `bytes` buffer on all worker threads (best of three), in
 /// GB/s: the bound decode's `weight_gb_per_second` is measured against.
 pub fn memory_read_gb_per_second(bytes: usize) -> f64 {

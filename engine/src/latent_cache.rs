@@ -12,6 +12,9 @@
 
 use std::sync::Arc;
 
+use candle_core::{Device, Tensor};
+
+use crate::device_latents::DeviceLatents;
 use crate::error::Result;
 use crate::page_pool::{Page, PageLayout, PagePool};
 
@@ -19,6 +22,8 @@ pub struct LatentCache {
     pool: Arc<PagePool>,
     pages: Vec<Arc<Page>>,
     len: usize,
+    /// The rows mirrored on a GPU, when the model runs on one (empty otherwise).
+    device: DeviceLatents,
 }
 
 impl LatentCache {
@@ -28,13 +33,19 @@ impl LatentCache {
             pool,
             pages: Vec::new(),
             len: 0,
+            device: DeviceLatents::default(),
         }
     }
 
     /// A cache whose first `len` positions are these (possibly shared) pages.
     pub(crate) fn from_pages(pool: Arc<PagePool>, pages: Vec<Arc<Page>>, len: usize) -> Self {
         debug_assert_eq!(pages.len(), len.div_ceil(pool.layout().page_tokens));
-        Self { pool, pages, len }
+        Self {
+            pool,
+            pages,
+            len,
+            device: DeviceLatents::default(),
+        }
     }
 
     pub fn layout(&self) -> &PageLayout {
@@ -59,6 +70,7 @@ impl LatentCache {
         self.len = self.len.min(len);
         self.pages
             .truncate(self.len.div_ceil(self.layout().page_tokens));
+        self.device.forget_from(self.len);
     }
 
     /// Bytes per cached token: (kv_lora_rank + qk_rope_head_dim) x layers x 4.
@@ -114,6 +126,7 @@ impl LatentCache {
     pub(crate) fn write(&mut self, layer: usize, start: usize, rows: &[f32]) {
         let layout = *self.layout();
         let row = layout.row();
+        self.device.forget_layer_from(layer, start);
         for (i, values) in rows.chunks_exact(row).enumerate() {
             let position = start + i;
             let page = Arc::get_mut(&mut self.pages[position / layout.page_tokens])
@@ -126,6 +139,32 @@ impl LatentCache {
     /// One layer of every page: the page table the attention kernel reads.
     pub(crate) fn layer_pages(&self, layer: usize) -> Vec<&[f32]> {
         self.pages.iter().map(|p| p.layer(layer)).collect()
+    }
+
+    /// One layer's rows on `device` (a GPU), `[pages x page_tokens, kv_lora + rope]`: its first
+    /// `visible` rows are positions `0..visible` (written, if not yet committed), the rest of the
+    /// last page is garbage. Only rows written since the last call are copied to the device.
+    pub(crate) fn device_rows(
+        &mut self,
+        layer: usize,
+        visible: usize,
+        device: &Device,
+    ) -> Result<Tensor> {
+        let layout = *self.layout();
+        let room = self.pages.len() * layout.page_tokens;
+        assert!(visible <= room, "rows past the reserved pages");
+        let pages = &self.pages;
+        self.device
+            .rows(layer, visible, room, layout.row(), device, |from, to| {
+                let mut values = Vec::with_capacity((to - from) * layout.row());
+                for position in from..to {
+                    let page = pages[position / layout.page_tokens].layer(layer);
+                    values.extend_from_slice(
+                        &page[(position % layout.page_tokens) * layout.row()..][..layout.row()],
+                    );
+                }
+                values
+            })
     }
 
     /// One layer's first `len` rows copied out contiguously: ([len x kv_lora], [len x rope]).

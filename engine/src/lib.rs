@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod detokenize;
 pub mod device;
+mod device_latents;
 mod embedding;
 pub mod error;
 pub mod generation;

@@ -836,11 +836,18 @@ impl Mla {
         } else if device.is_cpu() {
             self.expanded_attention_cpu(&q_nope, &q_pe, layer, cache, step)?
         } else {
-            let (c_kv_all, k_pe_all) = cache.gather(layer, total);
-            let c_kv_all = Tensor::from_vec(c_kv_all, (total, self.kv_lora), x.device())?
+            // Every cached row, mirrored on the device (only this step's rows are copied there).
+            let rows = cache
+                .device_rows(layer, total, x.device())?
+                .narrow(0, 0, total)?;
+            let c_kv_all = rows
+                .narrow(1, 0, self.kv_lora)?
+                .contiguous()?
                 .to_dtype(x.dtype())?;
-            let k_pe_all =
-                Tensor::from_vec(k_pe_all, (total, self.rope), x.device())?.to_dtype(x.dtype())?;
+            let k_pe_all = rows
+                .narrow(1, self.kv_lora, self.rope)?
+                .contiguous()?
+                .to_dtype(x.dtype())?;
             // [S, H*(N+V)] -> [H, S, N+V]
             let kv = self
                 .kv_b
@@ -961,18 +968,12 @@ impl Mla {
         q_latent: &Tensor,
         q_pe: &Tensor,
         layer: usize,
-        cache: &LatentCache,
+        cache: &mut LatentCache,
         step: &Step,
     ) -> Result<Tensor> {
         let (device, dtype) = (q_latent.device(), q_latent.dtype());
         let page_tokens = cache.layout().page_tokens;
-        let pages = cache.layer_pages(layer);
-        let rows: Vec<f32> = pages.concat();
-        let rows = Tensor::from_vec(
-            rows,
-            (pages.len() * page_tokens, self.kv_lora + self.rope),
-            device,
-        )?;
+        let rows = cache.device_rows(layer, step.start + step.len, device)?;
         let token_major = |q: &Tensor| -> Result<Tensor> {
             Ok(q.transpose(0, 1)?.to_dtype(DType::F32)?.contiguous()?)
         };
@@ -1435,7 +1436,10 @@ mod tests {
 
     fn moe(norm_topk_prob: bool, routed_scaling_factor: f64, top_k: usize) -> Moe {
         Moe {
-            router: Linear::new(Tensor::zeros((1, 1), DType::F32, &Device::Cpu).unwrap(), None),
+            router: Linear::new(
+                Tensor::zeros((1, 1), DType::F32, &Device::Cpu).unwrap(),
+                None,
+            ),
             router_values: 1,
             experts: Vec::new(),
             shared: None,
@@ -1542,25 +1546,34 @@ mod tests {
         .unwrap();
         let q_pe =
             Tensor::from_vec(random(heads * 3 * rope, 8), (heads, 3, rope), &Device::Cpu).unwrap();
-        for layer in 0..2 {
-            let paged = mla
-                .paged_attention(&q_latent, &q_pe, layer, &cache, &step)
-                .unwrap();
-            let through_op = mla
-                .latent_attention(&q_latent, &q_pe, layer, &cache, &step)
-                .unwrap();
-            assert_eq!(through_op.dims(), &[heads, 3, kv_lora]);
-            let worst = (paged - through_op)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-            assert!(worst <= 1e-6, "layer {layer}: {worst}");
+        // Twice: the second time positions 8.. hold new values (the step rewrote them, as after
+        // an edit), which the op's copy of the rows (the device mirror) must pick up.
+        for round in 0..2u64 {
+            if round == 1 {
+                for layer in 0..2 {
+                    cache.write(layer, 8, &random(3 * (kv_lora + rope), 10 + layer as u64));
+                }
+            }
+            for layer in 0..2 {
+                let paged = mla
+                    .paged_attention(&q_latent, &q_pe, layer, &cache, &step)
+                    .unwrap();
+                let through_op = mla
+                    .latent_attention(&q_latent, &q_pe, layer, &mut cache, &step)
+                    .unwrap();
+                assert_eq!(through_op.dims(), &[heads, 3, kv_lora]);
+                let worst = (paged - through_op)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .max(0)
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                assert!(worst <= 1e-6, "round {round} layer {layer}: {worst}");
+            }
         }
     }
 

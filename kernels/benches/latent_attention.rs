@@ -53,7 +53,10 @@ fn main() {
     let q_latent = values(HEADS * KV_LORA, 2);
     let q_rope = values(HEADS * ROPE, 3);
     let mut out = vec![0f32; HEADS * KV_LORA];
-    println!("{{\"threads\": {threads}, \"in_place_level\": \"{}\", \"rows\": [", in_place_level.name());
+    println!(
+        "{{\"threads\": {threads}, \"in_place_level\": \"{}\", \"rows\": [",
+        in_place_level.name()
+    );
     for (index, &context) in contexts.iter().enumerate() {
         let pages_per_layer = context.div_ceil(PAGE_TOKENS);
         let caches: Vec<Vec<Vec<f32>>> = (0..LAYERS)
@@ -70,7 +73,10 @@ fn main() {
         let steps = (4096 * 8 / context).clamp(LAYERS, 512);
         let mut seconds = [0f64; 2];
         for _ in 0..ROUNDS {
-            for (road, level) in [in_place_level, InstructionSet::Avx2].into_iter().enumerate() {
+            for (road, level) in [in_place_level, InstructionSet::Avx2]
+                .into_iter()
+                .enumerate()
+            {
                 limit_instruction_set(level);
                 let started = Instant::now();
                 pool.install(|| {
@@ -99,7 +105,8 @@ fn main() {
         }
         limit_instruction_set(InstructionSet::Amx);
         let bytes = (context * row * 4 * steps * ROUNDS) as f64;
-        let [in_place, packed] = seconds.map(|s| (s * 1e6 / (steps * ROUNDS) as f64, bytes / s / 1e9));
+        let [in_place, packed] =
+            seconds.map(|s| (s * 1e6 / (steps * ROUNDS) as f64, bytes / s / 1e9));
         println!(
             "  {{\"context\": {context}, \"in_place_us\": {:.1}, \"in_place_gb_per_s\": {:.2}, \
              \"packed_us\": {:.1}, \"packed_gb_per_s\": {:.2}, \"packed_over_in_place\": {:.3}}}{}",

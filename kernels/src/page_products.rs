@@ -49,13 +49,19 @@ impl PageOperands<'_> {
                 || self.count == 0,
             "{what}: too short"
         );
-        assert!(self.q_latent.len() >= self.rows * self.kv_lora, "latent queries");
+        assert!(
+            self.q_latent.len() >= self.rows * self.kv_lora,
+            "latent queries"
+        );
         assert!(self.q_rope.len() >= self.rows * self.rope, "rope queries");
         assert!(
             self.keys.len() >= self.count * (self.kv_lora + self.rope),
             "keys"
         );
-        assert!(available(self.kv_lora, self.rope), "page products unavailable");
+        assert!(
+            available(self.kv_lora, self.rope),
+            "page products unavailable"
+        );
     }
 }
 
@@ -339,13 +345,19 @@ mod tests {
                         continue;
                     }
                     let want = want_scores[r * count + j];
-                    assert!((got - want).abs() < 1e-4, "{case}: score [{r}, {j}] {got} vs {want}");
+                    assert!(
+                        (got - want).abs() < 1e-4,
+                        "{case}: score [{r}, {j}] {got} vs {want}"
+                    );
                 }
                 for c in 0..kv_lora {
                     let i = r * kv_lora + c;
                     let want = start[i] as f64 + want_sums[i];
                     let got = sums[i] as f64;
-                    assert!((got - want).abs() < 1e-4, "{case}: sum [{r}, {c}] {got} vs {want}");
+                    assert!(
+                        (got - want).abs() < 1e-4,
+                        "{case}: sum [{r}, {c}] {got} vs {want}"
+                    );
                 }
             }
         }

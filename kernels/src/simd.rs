@@ -209,9 +209,15 @@ mod tests {
             for (got, v) in lanes.iter().zip(&original) {
                 let want = (*v as f64 - 0.25).exp();
                 want_total += want;
-                assert!((*got as f64 - want).abs() <= 2.5e-7 * want, "n {n}: {got} vs {want}");
+                assert!(
+                    (*got as f64 - want).abs() <= 2.5e-7 * want,
+                    "n {n}: {got} vs {want}"
+                );
             }
-            assert!((total as f64 - want_total).abs() <= 1e-6 * want_total.max(1.0), "n {n}");
+            assert!(
+                (total as f64 - want_total).abs() <= 1e-6 * want_total.max(1.0),
+                "n {n}"
+            );
         }
     }
 

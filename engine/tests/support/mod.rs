@@ -8,9 +8,12 @@ use std::time::{Duration, Instant};
 use engine::{Engine, GenerationEvent, LoadOptions, Logits, Model, Prompt, PromptInput, Request};
 use serde::Deserialize;
 
+/// `engine/tests/fixtures/NAME`, or `$ENGINE_FIXTURES/NAME` where a prebuilt test binary runs
+/// away from the checkout it was built in (tools/gpu_check.sh).
 pub fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
+    std::env::var_os("ENGINE_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"))
         .join(name)
 }
 
