@@ -51,7 +51,7 @@ run)
         chmod +x "$binary"
     done
     site=$(python3 -c 'import site; print(" ".join(site.getsitepackages()))' 2>/dev/null || true)
-    libraries=$(for dir in $site; do ls -d "$dir"/nvidia/*/lib "$dir"/nvidia/cu*/lib 2>/dev/null; done | sort -u | tr '\n' ':')
+    libraries=$(for dir in $site; do ls -d "$dir"/nvidia/*/lib 2>/dev/null || true; done | sort -u | tr '\n' ':')
     export LD_LIBRARY_PATH="${libraries}/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
     if [ -z "${DEEPSEEK_LSP_NVRTC:-}" ]; then
         for path in /usr/local/cuda/lib64/libnvrtc.so.* /usr/local/cuda-*/lib64/libnvrtc.so.* \

@@ -81,7 +81,12 @@ fn open_cuda(ordinal: usize) -> Result<Device, String> {
             "{found}this build has no CUDA support (build with `cargo build --release --features cuda`)"
         ));
     }
-    Device::new_cuda(ordinal).map_err(|e| format!("cannot open CUDA device {ordinal}: {e}"))
+    Device::new_cuda(ordinal).map_err(|e| {
+        // candle appends a backtrace when RUST_BACKTRACE is set: the user needs the first line.
+        let error = e.to_string();
+        let reason = error.lines().next().unwrap_or_default();
+        format!("cannot open CUDA device {ordinal}: {reason}")
+    })
 }
 
 #[cfg(test)]

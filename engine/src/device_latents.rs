@@ -111,12 +111,12 @@ mod tests {
             )
             .unwrap();
         assert_eq!(rows.dims(), &[visible.next_multiple_of(4), 2]);
-        rows.narrow(0, 0, visible)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap()
+        first_rows(&rows, visible)
+    }
+
+    fn first_rows(rows: &Tensor, count: usize) -> Vec<f32> {
+        let first = rows.narrow(0, 0, count).unwrap();
+        first.flatten_all().unwrap().to_vec1().unwrap()
     }
 
     #[test]
@@ -146,14 +146,7 @@ mod tests {
                 host(from, to, 1.0)
             })
             .unwrap();
-        let got: Vec<f32> = rows
-            .narrow(0, 0, 7)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        assert_eq!(got, want);
+        assert_eq!(first_rows(&rows, 7), want);
         // Growth past the first capacity keeps the synced rows and reads only the rest.
         let far = FIRST_CAPACITY + 3;
         latents
@@ -171,13 +164,6 @@ mod tests {
             .unwrap();
         let mut want = host(0, 2, 0.0);
         want.extend(host(2, far, 2.0));
-        let got: Vec<f32> = rows
-            .narrow(0, 0, far)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        assert_eq!(got, want);
+        assert_eq!(first_rows(&rows, far), want);
     }
 }

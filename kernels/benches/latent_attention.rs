@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use kernels::paged_attention::{LatentPages, LatentQueries, absorbed_attention};
 use kernels::quant::{InstructionSet, limit_instruction_set};
+use kernels::test_values::values;
 
 const HEADS: usize = 16;
 const KV_LORA: usize = 512;
@@ -21,18 +22,6 @@ const ROPE: usize = 64;
 const PAGE_TOKENS: usize = 32;
 const LAYERS: usize = 8;
 const ROUNDS: usize = 5;
-
-fn values(count: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..count)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state % 20_001) as f32 / 10_000.0 - 1.0
-        })
-        .collect()
-}
 
 fn environment(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_string())

@@ -14,5 +14,6 @@ pub mod quant;
 pub mod routing;
 pub mod simd;
 mod strided_gemm;
-#[cfg(test)]
-mod test_values;
+/// Seeded inputs for this crate's tests and benches; not an API.
+#[doc(hidden)]
+pub mod test_values;
