@@ -22,6 +22,7 @@ pub mod prompt;
 pub mod quantized;
 pub mod radix_cache;
 pub mod rope;
+pub mod routing_trace;
 pub mod sampling;
 mod stop;
 pub mod synthetic;

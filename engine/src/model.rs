@@ -27,6 +27,7 @@ use crate::linear::{Linear, LinearWeight, quantized_matmul};
 use crate::page_pool::{DEFAULT_PAGE_TOKENS, PageLayout, PagePool};
 use crate::quantized::QuantizedWeight;
 use crate::rope::Rope;
+use crate::routing_trace;
 use crate::weight_arena::WeightArena;
 use crate::weights::{AbsorbedHalves, WeightSource};
 use kernels::quant::matvec_many_quant;
@@ -1101,14 +1102,24 @@ impl Moe {
             .forward(&x.to_dtype(DType::F32)?)?
             .to_vec2::<f32>()?;
         let weighting = self.weighting();
-        Ok(logits
+        let routes: Vec<Vec<(usize, f32)>> = logits
             .iter()
             .map(|logits| {
                 let mut chosen = Vec::with_capacity(self.top_k + 1);
                 route_token(logits, self.top_k, self.limit, weighting, &mut chosen);
                 chosen
             })
-            .collect())
+            .collect();
+        if routing_trace::tracing() {
+            routing_trace::record(routing_trace::RoutedStep {
+                chosen: routes
+                    .iter()
+                    .map(|chosen| chosen.iter().map(|&(expert, _)| expert).collect())
+                    .collect(),
+                logits,
+            });
+        }
+        Ok(routes)
     }
 
     /// DeepSeek-V2's rule: renormalise the chosen weights (when more than one is chosen), or
