@@ -60,13 +60,9 @@ impl DeviceLatents {
         }
         let room = room.max(visible);
         let slot = &mut self.layers[layer];
-        let fits = slot
-            .as_ref()
-            .is_some_and(|m| m.rows.dim(0).is_ok_and(|capacity| capacity >= room));
-        if !fits {
-            let capacity = room
-                .max(FIRST_CAPACITY)
-                .max(slot.as_ref().map_or(0, |m| 2 * m.rows.dims()[0]));
+        let capacity = slot.as_ref().map_or(0, |m| m.rows.dims()[0]);
+        if capacity < room {
+            let capacity = room.max(FIRST_CAPACITY).max(2 * capacity);
             let rows = Tensor::zeros((capacity, row), DType::F32, device)?;
             let synced = match slot.take() {
                 Some(old) if old.synced > 0 => {

@@ -158,10 +158,7 @@ impl LatentCache {
             .rows(layer, visible, room, layout.row(), device, |from, to| {
                 let mut values = Vec::with_capacity((to - from) * layout.row());
                 for position in from..to {
-                    let page = pages[position / layout.page_tokens].layer(layer);
-                    values.extend_from_slice(
-                        &page[(position % layout.page_tokens) * layout.row()..][..layout.row()],
-                    );
+                    values.extend_from_slice(row_of(pages, &layout, layer, position));
                 }
                 values
             })
@@ -170,12 +167,11 @@ impl LatentCache {
     /// One layer's first `len` rows copied out contiguously: ([len x kv_lora], [len x rope]).
     pub(crate) fn gather(&self, layer: usize, len: usize) -> (Vec<f32>, Vec<f32>) {
         let layout = *self.layout();
-        let (kv_lora, row) = (layout.kv_lora, layout.row());
+        let kv_lora = layout.kv_lora;
         let mut c_kv = Vec::with_capacity(len * kv_lora);
         let mut k_pe = Vec::with_capacity(len * layout.rope);
         for position in 0..len {
-            let page = self.pages[position / layout.page_tokens].layer(layer);
-            let values = &page[(position % layout.page_tokens) * row..][..row];
+            let values = row_of(&self.pages, &layout, layer, position);
             c_kv.extend_from_slice(&values[..kv_lora]);
             k_pe.extend_from_slice(&values[kv_lora..]);
         }
@@ -192,4 +188,15 @@ impl LatentCache {
     pub(crate) fn into_pages(self) -> Vec<Arc<Page>> {
         self.pages
     }
+}
+
+/// `[c_kv | k_pe]` of `position` in `layer`, inside its page.
+fn row_of<'a>(
+    pages: &'a [Arc<Page>],
+    layout: &PageLayout,
+    layer: usize,
+    position: usize,
+) -> &'a [f32] {
+    let page = pages[position / layout.page_tokens].layer(layer);
+    &page[(position % layout.page_tokens) * layout.row()..][..layout.row()]
 }

@@ -1022,7 +1022,6 @@ struct Moe {
     /// [E, hidden], kept in f32 like the reference; a `Linear` so that a decode step streams it
     /// instead of packing it for a matmul of one row.
     router: Linear,
-    router_values: usize,
     experts: Vec<Mlp>,
     shared: Option<Mlp>,
     top_k: usize,
@@ -1063,7 +1062,6 @@ impl Moe {
             DType::F32,
         )?;
         Ok(Self {
-            router_values: router.elem_count(),
             router: Linear::new(router, None),
             experts,
             shared,
@@ -1084,13 +1082,13 @@ impl Moe {
     }
 
     fn weight_bytes(&self) -> usize {
-        self.router_values * 4
+        self.router.bytes()
             + self.experts.iter().map(Mlp::bytes).sum::<usize>()
             + self.shared.as_ref().map_or(0, Mlp::bytes)
     }
 
     fn bytes_read_per_token(&self) -> usize {
-        self.router_values * 4
+        self.router.bytes()
             + self.top_k * self.experts.first().map_or(0, Mlp::bytes)
             + self.shared.as_ref().map_or(0, Mlp::bytes)
     }
@@ -1451,7 +1449,6 @@ mod tests {
                 Tensor::zeros((1, 1), DType::F32, &Device::Cpu).unwrap(),
                 None,
             ),
-            router_values: 1,
             experts: Vec::new(),
             shared: None,
             top_k,

@@ -11,7 +11,9 @@
 use candle_core::{DType, Device};
 use engine::routing_trace::trace_routing;
 use engine::{AttentionForm, LoadOptions, Logits, Model, load_checkpoint};
-use support::{ReferenceLogits, all_logits, fixture, max_error, reference_logits};
+use support::{
+    ReferenceLogits, all_logits, fixture, max_error, reference_logits, token_by_token_logits,
+};
 
 mod support;
 
@@ -73,11 +75,10 @@ fn f32_on_the_gpu_matches_transformers_on_every_path() {
         );
         // One token at a time: the absorbed form through our paged kernel, over the rows the
         // cache mirrors on the device (one new row per layer and step).
-        let ones = vec![1; ids.len()];
         assert_close(
             name,
             "token by token",
-            &in_chunks(&model, ids, &ones),
+            &token_by_token_logits(&model, ids),
             expected,
             F32_TOLERANCE,
         );
