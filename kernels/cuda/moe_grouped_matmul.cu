@@ -1,17 +1,21 @@
 // The experts' projections for a prompt, all experts in one launch: the tokens routed to each
-// expert are gathered into consecutive rows of x (expert 0's rows, then expert 1's...), and
+// expert are consecutive rows (expert 0's rows, then expert 1's...), and
 //
-//   y[r, :] = x[r, :] W_e^T   for the rows r of expert e,   W_e = w[e] ([n, k], as a Linear's)
+//   y[r, :] = x[s(r), :] W_e^T   for the rows r of expert e,   W_e = w[e] ([n, k], as a Linear's)
+//
+// where s(r) = row_token[r] when row_token is given (the gather of each row's token is read in
+// place, moe_expert_rows.cu lists them) and s(r) = r when it is null (x already in row order).
 //
 // Tiles of 64 rows x 64 outputs, 256 threads each computing 4 x 4, k in steps of 16 through
 // shared memory; a tile never spans two experts (each expert's rows start a new tile), and the
-// host lists where each expert's tiles start (tile_offsets), so idle experts cost nothing.
+// tiles of each expert are listed in tile_offsets, so idle experts cost nothing.
 //
-// CPU reference: kernels::grouped_matmul::grouped_matmul. Weights are f32
-// (moe_grouped_matmul_f32) or bf16 bits (moe_grouped_matmul_bf16); x and y are f32 and the
-// sums are kept in f32.
+// CPU reference: kernels::grouped_matmul::grouped_matmul, of x's rows gathered by row_token.
+// Weights are f32 (moe_grouped_matmul_f32) or bf16 bits (moe_grouped_matmul_bf16); x and y are
+// f32 and the sums are kept in f32.
 //
-// Launch: grid (ceil(n / 64), tile_offsets[experts]), block (256).
+// Launch: grid (ceil(n / 64), at least tile_offsets[experts]), block (256). Tiles past the last
+// exit at once, so a launch may be sized before the routing is known (most_row_tiles).
 
 #define TILE_ROWS 64
 #define TILE_COLS 64
@@ -27,6 +31,7 @@ __device__ __forceinline__ float weight_value(const unsigned short* w, size_t i)
 
 template <typename Weight>
 __device__ void grouped_matmul(const float* __restrict__ x, const Weight* __restrict__ w,
+                               const int* __restrict__ row_token,
                                const int* __restrict__ row_offsets,
                                const int* __restrict__ tile_offsets, int experts, int n, int k,
                                float* __restrict__ y) {
@@ -35,6 +40,7 @@ __device__ void grouped_matmul(const float* __restrict__ x, const Weight* __rest
 
     // Which expert this row tile belongs to: the last whose tiles start at or before it.
     const int tile = blockIdx.y;
+    if (tile >= tile_offsets[experts]) return;
     int expert = 0;
     while (expert + 1 < experts && tile_offsets[expert + 1] <= tile) ++expert;
     const int first_row = row_offsets[expert] + (tile - tile_offsets[expert]) * TILE_ROWS;
@@ -51,7 +57,9 @@ __device__ void grouped_matmul(const float* __restrict__ x, const Weight* __rest
         for (int i = tid; i < TILE_ROWS * TILE_K; i += THREADS) {
             const int r = i / TILE_K, kk = i % TILE_K;
             const int row = first_row + r, col = k0 + kk;
-            x_tile[kk][r] = (row < end_row && col < k) ? x[(size_t)row * k + col] : 0.0f;
+            x_tile[kk][r] = (row < end_row && col < k)
+                                ? x[(size_t)(row_token ? row_token[row] : row) * k + col]
+                                : 0.0f;
             const int out = first_col + r;
             w_tile[kk][r] =
                 (out < n && col < k) ? weight_value(expert_w, (size_t)out * k + col) : 0.0f;
@@ -85,20 +93,22 @@ __device__ void grouped_matmul(const float* __restrict__ x, const Weight* __rest
     }
 }
 
-// x [rows, k] f32 (rows grouped by expert), w [experts, n, k] f32, row_offsets [experts + 1],
-// tile_offsets [experts + 1] (expert e's row tiles are tile_offsets[e]..tile_offsets[e + 1]),
-// y [rows, n] f32.
+// x [rows, k] f32 (rows grouped by expert), or [tokens, k] with row_token [rows] naming each
+// row's token; w [experts, n, k] f32, row_offsets [experts + 1], tile_offsets [experts + 1]
+// (expert e's row tiles are tile_offsets[e]..tile_offsets[e + 1]), y [rows, n] f32.
 extern "C" __global__ void __launch_bounds__(THREADS)
 moe_grouped_matmul_f32(const float* __restrict__ x, const float* __restrict__ w,
-                       const int* __restrict__ row_offsets, const int* __restrict__ tile_offsets,
-                       int experts, int n, int k, float* __restrict__ y) {
-    grouped_matmul(x, w, row_offsets, tile_offsets, experts, n, k, y);
+                       const int* __restrict__ row_token, const int* __restrict__ row_offsets,
+                       const int* __restrict__ tile_offsets, int experts, int n, int k,
+                       float* __restrict__ y) {
+    grouped_matmul(x, w, row_token, row_offsets, tile_offsets, experts, n, k, y);
 }
 
 // As moe_grouped_matmul_f32 with w as bf16 bits.
 extern "C" __global__ void __launch_bounds__(THREADS)
 moe_grouped_matmul_bf16(const float* __restrict__ x, const unsigned short* __restrict__ w,
-                        const int* __restrict__ row_offsets, const int* __restrict__ tile_offsets,
-                        int experts, int n, int k, float* __restrict__ y) {
-    grouped_matmul(x, w, row_offsets, tile_offsets, experts, n, k, y);
+                        const int* __restrict__ row_token, const int* __restrict__ row_offsets,
+                        const int* __restrict__ tile_offsets, int experts, int n, int k,
+                        float* __restrict__ y) {
+    grouped_matmul(x, w, row_token, row_offsets, tile_offsets, experts, n, k, y);
 }

@@ -6,6 +6,7 @@
 pub mod bandwidth;
 pub mod causal_attention;
 pub mod cuda;
+pub mod expert_rows;
 pub mod grouped_matmul;
 pub mod matvec;
 mod page_products;

@@ -14,6 +14,7 @@ use kernels::cuda::MlaShape;
 use kernels::cuda::driver::Gpu;
 use kernels::cuda::launch::GpuKernels;
 use kernels::cuda::nvrtc::Nvrtc;
+use kernels::expert_rows::{combine_expert_rows, expert_rows};
 use kernels::grouped_matmul::{ExpertWeights, grouped_matmul};
 use kernels::paged_attention::{LatentPages, LatentQueries, absorbed_attention};
 use kernels::routing::{GroupLimit, Weighting, route_token};
@@ -231,7 +232,7 @@ fn the_grouped_expert_matmul_matches_the_cpu_reference() {
         let bits: Vec<u16> = w.iter().map(|v| (v.to_bits() >> 16) as u16).collect();
         for weights in [ExpertWeights::F32(&w), ExpertWeights::Bf16(&bits)] {
             let on_gpu = kernels
-                .grouped_matmul(&x, &row_offsets, weights, n, k)
+                .grouped_matmul(&x, None, &row_offsets, weights, n, k)
                 .unwrap();
             let mut on_cpu = vec![0f32; rows * n];
             grouped_matmul(&x, &row_offsets, weights, n, k, &mut on_cpu);
@@ -243,5 +244,126 @@ fn the_grouped_expert_matmul_matches_the_cpu_reference() {
                 "[{n}, {k}]: {worst:e} of {largest:e}"
             );
         }
+    }
+}
+
+/// Seeded choices of `top_k` distinct experts per token, skewed so that a few experts take most
+/// tokens (some past a tile of 64 rows) and some take none.
+fn skewed_choices(tokens: usize, top_k: usize, experts: usize, seed: u64) -> Vec<u32> {
+    let draws = random(tokens * experts, seed);
+    draws
+        .chunks_exact(experts)
+        .flat_map(|draw| {
+            let mut order: Vec<usize> = (0..experts).collect();
+            // Low experts score higher: expert e's key is its draw minus e / experts.
+            order.sort_by(|&a, &b| {
+                let key = |e: usize| draw[e] - 1.5 * e as f32 / experts as f32;
+                key(b).total_cmp(&key(a))
+            });
+            order.into_iter().take(top_k).map(|e| e as u32)
+        })
+        .collect()
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: cargo test -p kernels --test gpu -- --ignored"]
+fn expert_rows_place_every_choice_as_the_cpu_reference_does() {
+    let (gpu, nvrtc) = (gpu(), nvrtc());
+    let kernels = GpuKernels::compile(&gpu, &nvrtc, TINY).unwrap();
+    // (tokens, top_k, experts): a decode step of Lite, a prompt of Lite, DeepSeek-V2's 160
+    // experts, more choices than the block has threads.
+    for (tokens, top_k, experts) in [(1, 6, 64), (300, 6, 64), (77, 6, 160), (2000, 2, 12)] {
+        let chosen = skewed_choices(tokens, top_k, experts, tokens as u64);
+        let on_cpu = expert_rows(&chosen, experts, top_k);
+        let on_gpu = kernels.expert_rows(&chosen, experts, top_k).unwrap();
+        assert_eq!(on_gpu.row_offsets, on_cpu.row_offsets, "{tokens} x {top_k}");
+        assert_eq!(
+            on_gpu.tile_offsets, on_cpu.tile_offsets,
+            "{tokens} x {top_k}"
+        );
+        // Every choice has its own row, inside its expert's rows, holding its token.
+        let mut taken = vec![false; chosen.len()];
+        for (choice, (&row, &expert)) in on_gpu.choice_row.iter().zip(&chosen).enumerate() {
+            let row = row as usize;
+            let expert = expert as usize;
+            assert!(!std::mem::replace(&mut taken[row], true), "row {row} twice");
+            assert!(
+                (on_cpu.row_offsets[expert]..on_cpu.row_offsets[expert + 1])
+                    .contains(&(row as u32))
+            );
+            assert_eq!(on_gpu.row_token[row] as usize, choice / top_k);
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: cargo test -p kernels --test gpu -- --ignored"]
+fn a_moe_layer_through_rows_on_the_gpu_matches_the_cpu_reference() {
+    let (gpu, nvrtc) = (gpu(), nvrtc());
+    let kernels = GpuKernels::compile(&gpu, &nvrtc, TINY).unwrap();
+    // The engine's road for a layer's routed experts: the GPU places the rows, the grouped
+    // matmul reads each row's token in place, the rows are combined back with their weights.
+    for (tokens, top_k, experts, n, k) in [
+        (1, 6, 64, 1408, 2048),
+        (150, 6, 64, 96, 80),
+        (9, 2, 5, 33, 47),
+    ] {
+        let chosen = skewed_choices(tokens, top_k, experts, 3 * tokens as u64);
+        let x = random(tokens * k, n as u64);
+        let w = random(experts * n * k, k as u64);
+        let weights: Vec<f32> = random(chosen.len(), 5).iter().map(|v| v.abs()).collect();
+        let base = random(tokens * n, 11);
+
+        let on_gpu = kernels.expert_rows(&chosen, experts, top_k).unwrap();
+        let row_offsets: Vec<usize> = on_gpu.row_offsets.iter().map(|&r| r as usize).collect();
+        let rows = kernels
+            .grouped_matmul(
+                &x,
+                Some(&on_gpu.row_token),
+                &row_offsets,
+                ExpertWeights::F32(&w),
+                n,
+                k,
+            )
+            .unwrap();
+        let combined = kernels
+            .combine_expert_rows(&rows, &on_gpu.choice_row, &weights, top_k, Some(&base), n)
+            .unwrap();
+
+        let on_cpu = expert_rows(&chosen, experts, top_k);
+        let gathered: Vec<f32> = on_cpu
+            .row_token
+            .iter()
+            .flat_map(|&token| {
+                x[token as usize * k..(token as usize + 1) * k]
+                    .iter()
+                    .copied()
+            })
+            .collect();
+        let mut cpu_rows = vec![0f32; chosen.len() * n];
+        let cpu_offsets: Vec<usize> = on_cpu.row_offsets.iter().map(|&r| r as usize).collect();
+        grouped_matmul(
+            &gathered,
+            &cpu_offsets,
+            ExpertWeights::F32(&w),
+            n,
+            k,
+            &mut cpu_rows,
+        );
+        let mut expected = vec![0f32; tokens * n];
+        combine_expert_rows(
+            &cpu_rows,
+            &on_cpu.choice_row,
+            &weights,
+            top_k,
+            Some(&base),
+            &mut expected,
+        );
+
+        let (worst, largest) = worst_and_largest(&combined, &expected);
+        eprintln!(
+            "moe rows {tokens} x {top_k} of {experts}, [{n}, {k}]: worst {worst:e} of {largest:e}"
+        );
+        assert!(worst <= 1e-5 * largest, "{worst:e} of {largest:e}");
     }
 }

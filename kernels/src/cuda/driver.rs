@@ -337,6 +337,8 @@ impl Drop for Buffer<'_> {
 #[derive(Clone, Copy)]
 pub enum Arg<'a> {
     Buffer(&'a Buffer<'a>),
+    /// A null pointer, for a kernel's optional buffer.
+    Null,
     I32(i32),
     F32(f32),
 }
@@ -373,6 +375,7 @@ impl Kernels<'_> {
                 let mut slot = [0u8; 8];
                 match arg {
                     Arg::Buffer(buffer) => slot.copy_from_slice(&buffer.pointer.to_ne_bytes()),
+                    Arg::Null => {}
                     Arg::I32(value) => slot[..4].copy_from_slice(&value.to_ne_bytes()),
                     Arg::F32(value) => slot[..4].copy_from_slice(&value.to_ne_bytes()),
                 }

@@ -8,14 +8,19 @@ use super::sources::{
     KernelSource, MLA_THREADS, MlaShape, RoutingLimits, SOURCES, attention_splits,
     mla_compile_options,
 };
+use crate::expert_rows::{EXPERT_TILE_ROWS, ExpertRows, most_row_tiles};
 use crate::grouped_matmul::ExpertWeights;
 use crate::routing::{GroupLimit, Weighting};
 
 /// Warps, so tokens, per routing block (`WARPS_PER_BLOCK` in moe_routing.cu).
 const ROUTING_WARPS: u32 = 4;
-/// Rows and outputs of a grouped-matmul tile, and its threads (moe_grouped_matmul.cu).
-const GROUPED_TILE: usize = 64;
+/// Outputs of a grouped-matmul tile (its rows are `EXPERT_TILE_ROWS`), and its threads
+/// (moe_grouped_matmul.cu).
+const GROUPED_TILE_COLUMNS: usize = 64;
 const GROUPED_THREADS: u32 = 256;
+/// Threads of moe_expert_rows' one block and of each moe_combine block.
+const EXPERT_ROWS_THREADS: u32 = 1024;
+const COMBINE_THREADS: u32 = 256;
 
 /// The kernels compiled for one GPU and one model's attention shape.
 pub struct GpuKernels<'gpu> {
@@ -23,6 +28,7 @@ pub struct GpuKernels<'gpu> {
     routing: Kernels<'gpu>,
     attention: Kernels<'gpu>,
     grouped: Kernels<'gpu>,
+    expert_rows: Kernels<'gpu>,
     shape: MlaShape,
     heads_per_block: usize,
 }
@@ -57,6 +63,7 @@ impl<'gpu> GpuKernels<'gpu> {
                 mla_compile_options(shape).map_err(CudaError)?,
             )?,
             grouped: build("moe_grouped_matmul.cu", Vec::new())?,
+            expert_rows: build("moe_expert_rows.cu", Vec::new())?,
             shape,
             heads_per_block,
         })
@@ -142,12 +149,15 @@ impl<'gpu> GpuKernels<'gpu> {
             .collect())
     }
 
-    /// Every expert's rows of `x` [rows, k] times its own W^T ([n, k] in `weights`, expert
-    /// after expert), rows grouped by `row_offsets`: [rows, n], as
-    /// [`crate::grouped_matmul::grouped_matmul`] computes it.
+    /// Every expert's rows times its own W^T ([n, k] in `weights`, expert after expert), rows
+    /// grouped by `row_offsets`: [rows, n], as [`crate::grouped_matmul::grouped_matmul`]
+    /// computes it. Row r is `x`'s row `row_token[r]` when given (x is then [tokens, k], read in
+    /// place), else `x`'s row r (x is [rows, k]). The grid is sized for the most tiles any
+    /// routing of these rows could take, as the engine sizes it before the routing is known.
     pub fn grouped_matmul(
         &self,
         x: &[f32],
+        row_token: Option<&[u32]>,
         row_offsets: &[usize],
         weights: ExpertWeights,
         n: usize,
@@ -158,7 +168,14 @@ impl<'gpu> GpuKernels<'gpu> {
         let weight_values = weights.values();
         let ordered =
             row_offsets.first() == Some(&0) && row_offsets.windows(2).all(|w| w[0] <= w[1]);
-        if !ordered || x.len() != rows * k || weight_values != experts * n * k {
+        let x_rows = match row_token {
+            Some(tokens) if tokens.len() == rows => x.len() / k.max(1),
+            Some(_) => usize::MAX,
+            None => rows,
+        };
+        let tokens_in_x =
+            row_token.is_none_or(|tokens| tokens.iter().all(|&t| (t as usize) < x_rows));
+        if !ordered || x.len() != x_rows * k || !tokens_in_x || weight_values != experts * n * k {
             return Err(CudaError(format!(
                 "grouped matmul sizes disagree: {} x values for {rows} rows of {k}, {weight_values} \
                  weights for {experts} experts of [{n}, {k}]",
@@ -167,15 +184,18 @@ impl<'gpu> GpuKernels<'gpu> {
         }
         let mut tile_offsets = vec![0i32];
         for rows in row_offsets.windows(2) {
-            let tiles = (rows[1] - rows[0]).div_ceil(GROUPED_TILE) as i32;
+            let tiles = (rows[1] - rows[0]).div_ceil(EXPERT_TILE_ROWS) as i32;
             tile_offsets.push(tile_offsets.last().copied().unwrap_or(0) + tiles);
         }
-        let tiles = *tile_offsets.last().unwrap_or(&0) as u32;
+        let tiles = most_row_tiles(rows, experts) as u32;
         if tiles == 0 || n == 0 {
             return Ok(vec![0.0; rows * n]);
         }
         let offsets: Vec<i32> = row_offsets.iter().map(|&r| r as i32).collect();
         let input = self.gpu.upload(x)?;
+        let row_token = row_token
+            .map(|tokens| self.gpu.upload(tokens))
+            .transpose()?;
         let (entry, weights) = match weights {
             ExpertWeights::F32(w) => ("moe_grouped_matmul_f32", self.gpu.upload(w)?),
             ExpertWeights::Bf16(w) => ("moe_grouped_matmul_bf16", self.gpu.upload(w)?),
@@ -186,18 +206,128 @@ impl<'gpu> GpuKernels<'gpu> {
         self.grouped.launch(
             entry,
             LaunchShape {
-                grid: (n.div_ceil(GROUPED_TILE) as u32, tiles, 1),
+                grid: (n.div_ceil(GROUPED_TILE_COLUMNS) as u32, tiles, 1),
                 block: GROUPED_THREADS,
                 shared_bytes: 0,
             },
             &[
                 Arg::Buffer(&input),
                 Arg::Buffer(&weights),
+                row_token.as_ref().map_or(Arg::Null, Arg::Buffer),
                 Arg::Buffer(&row_offsets),
                 Arg::Buffer(&tile_offsets),
                 Arg::I32(experts as i32),
                 Arg::I32(n as i32),
                 Arg::I32(k as i32),
+                Arg::Buffer(&out),
+            ],
+        )?;
+        self.gpu.synchronize()?;
+        out.download()
+    }
+
+    /// The rows of each token's choices (`chosen`: `top_k` experts per token, token after
+    /// token), as [`crate::expert_rows::expert_rows`] places them up to the order of an
+    /// expert's rows.
+    pub fn expert_rows(
+        &self,
+        chosen: &[u32],
+        experts: usize,
+        top_k: usize,
+    ) -> Result<ExpertRows, CudaError> {
+        if top_k == 0 || !chosen.len().is_multiple_of(top_k) || experts == 0 {
+            return Err(CudaError(format!(
+                "{} choices are not whole tokens of {top_k} over {experts} experts",
+                chosen.len()
+            )));
+        }
+        let chosen_buffer = self.gpu.upload(chosen)?;
+        let offsets = |count: usize| self.gpu.alloc(count * 4);
+        let (row_offsets, tile_offsets) = (offsets(experts + 1)?, offsets(experts + 1)?);
+        let (row_token, choice_row) =
+            (offsets(chosen.len().max(1))?, offsets(chosen.len().max(1))?);
+        self.expert_rows.launch(
+            "moe_expert_rows",
+            LaunchShape {
+                grid: (1, 1, 1),
+                block: EXPERT_ROWS_THREADS,
+                shared_bytes: 2 * experts as u32 * 4,
+            },
+            &[
+                Arg::Buffer(&chosen_buffer),
+                Arg::I32(chosen.len() as i32),
+                Arg::I32(experts as i32),
+                Arg::I32(top_k as i32),
+                Arg::Buffer(&row_offsets),
+                Arg::Buffer(&tile_offsets),
+                Arg::Buffer(&row_token),
+                Arg::Buffer(&choice_row),
+            ],
+        )?;
+        self.gpu.synchronize()?;
+        let mut rows = ExpertRows {
+            row_offsets: row_offsets.download()?,
+            tile_offsets: tile_offsets.download()?,
+            row_token: row_token.download()?,
+            choice_row: choice_row.download()?,
+        };
+        rows.row_token.truncate(chosen.len());
+        rows.choice_row.truncate(chosen.len());
+        Ok(rows)
+    }
+
+    /// Each token's choices' `rows` summed with their `weights` after `base`, as
+    /// [`crate::expert_rows::combine_expert_rows`] does it: [tokens, width].
+    pub fn combine_expert_rows(
+        &self,
+        rows: &[f32],
+        choice_row: &[u32],
+        weights: &[f32],
+        top_k: usize,
+        base: Option<&[f32]>,
+        width: usize,
+    ) -> Result<Vec<f32>, CudaError> {
+        let tokens = choice_row.len() / top_k.max(1);
+        let sizes_agree = top_k > 0
+            && weights.len() == choice_row.len()
+            && choice_row.len() == tokens * top_k
+            && rows.len() == choice_row.len() * width
+            && base.is_none_or(|base| base.len() == tokens * width)
+            && choice_row
+                .iter()
+                .all(|&row| (row as usize) < choice_row.len());
+        if !sizes_agree {
+            return Err(CudaError(format!(
+                "combining {} choices of top_k {top_k} from {} row values of width {width}: sizes \
+                 disagree",
+                choice_row.len(),
+                rows.len()
+            )));
+        }
+        if tokens == 0 || width == 0 {
+            return Ok(Vec::new());
+        }
+        let (rows, choice_row, weights) = (
+            self.gpu.upload(rows)?,
+            self.gpu.upload(choice_row)?,
+            self.gpu.upload(weights)?,
+        );
+        let base = base.map(|base| self.gpu.upload(base)).transpose()?;
+        let out = self.gpu.alloc(tokens * width * 4)?;
+        self.expert_rows.launch(
+            "moe_combine",
+            LaunchShape {
+                grid: (tokens as u32, 1, 1),
+                block: COMBINE_THREADS,
+                shared_bytes: 0,
+            },
+            &[
+                Arg::Buffer(&rows),
+                Arg::Buffer(&choice_row),
+                Arg::Buffer(&weights),
+                base.as_ref().map_or(Arg::Null, Arg::Buffer),
+                Arg::I32(top_k as i32),
+                Arg::I32(width as i32),
                 Arg::Buffer(&out),
             ],
         )?;

@@ -32,6 +32,12 @@ pub const SOURCES: &[KernelSource] = &[
         entry_points: &["moe_grouped_matmul_f32", "moe_grouped_matmul_bf16"],
         cpu_reference: "kernels::grouped_matmul::grouped_matmul",
     },
+    KernelSource {
+        file: "moe_expert_rows.cu",
+        source: include_str!("../../cuda/moe_expert_rows.cu"),
+        entry_points: &["moe_expert_rows", "moe_combine"],
+        cpu_reference: "kernels::expert_rows::expert_rows",
+    },
 ];
 
 /// What `moe_route` can do: it keeps a chosen expert per lane of a warp and the kept groups in a
