@@ -137,52 +137,14 @@ impl CustomOp3 for LatentAttention {
 
 #[cfg(feature = "cuda")]
 mod gpu {
-    use std::collections::HashMap;
-    use std::sync::{Arc, LazyLock, Mutex};
-
     use candle_core::cuda_backend::WrapErr;
     use candle_core::cuda_backend::cudarc::driver::sys::CUdevice_attribute;
     use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
-    use candle_core::cuda_backend::cudarc::nvrtc::{CompileOptions, compile_ptx_with_opts};
     use candle_core::{CudaStorage, Layout, Shape};
-    use kernels::cuda::{MLA_THREADS, MlaShape, SOURCES, attention_splits, mla_compile_options};
+    use kernels::cuda::{MLA_THREADS, attention_splits, mla_compile_options};
 
     use super::LatentAttention;
-
-    /// Every GPU we target runs compute_80 PTX (the driver compiles it for newer chips).
-    const ARCH: &str = "-arch=compute_80";
-
-    /// The kernel's PTX per attention shape, compiled once per process (every layer of every
-    /// step asks for it; candle loads the module once and only reads the text the first time).
-    fn ptx_for(shape: MlaShape) -> candle_core::Result<Arc<str>> {
-        static COMPILED: LazyLock<Mutex<HashMap<MlaShape, Arc<str>>>> =
-            LazyLock::new(Default::default);
-        let mut compiled = COMPILED
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(ptx) = compiled.get(&shape) {
-            return Ok(ptx.clone());
-        }
-        let source = SOURCES
-            .iter()
-            .find(|source| source.file == "mla_paged_attention.cu")
-            .expect("the attention kernel is listed in SOURCES");
-        let mut options = mla_compile_options(shape).map_err(candle_core::Error::msg)?;
-        options.push(ARCH.to_string());
-        let ptx: Arc<str> = compile_ptx_with_opts(
-            source.source,
-            CompileOptions {
-                options,
-                name: Some(source.file.to_string()),
-                ..Default::default()
-            },
-        )
-        .map_err(|e| candle_core::Error::msg(format!("{}: {e}", source.file)))?
-        .to_src()
-        .into();
-        compiled.insert(shape, ptx.clone());
-        Ok(ptx)
-    }
+    use crate::gpu_ptx::kernel;
 
     pub(super) fn forward(
         op: &LatentAttention,
@@ -206,13 +168,10 @@ mod gpu {
             .ok_or_else(|| candle_core::Error::msg(format!("{shape:?} does not fit a block")))?;
         let head_groups = shape.heads / heads_per_block;
         let device = queries.device.clone();
-        let module = format!(
-            "deepseek_lsp_mla_{}_{}_{}",
-            shape.kv_lora, shape.rope, heads_per_block
-        );
-        let ptx = ptx_for(shape)?;
-        let partials = device.get_or_load_custom_func("mla_split_partials", &module, &ptx)?;
-        let merge = device.get_or_load_custom_func("mla_merge_splits", &module, &ptx)?;
+        let options = mla_compile_options(shape).map_err(candle_core::Error::msg)?;
+        const FILE: &str = "mla_paged_attention.cu";
+        let partials = kernel(&device, FILE, &options, "mla_split_partials")?;
+        let merge = kernel(&device, FILE, &options, "mla_merge_splits")?;
         let multiprocessors = device
             .cuda_stream()
             .context()

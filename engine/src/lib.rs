@@ -13,6 +13,8 @@ mod embedding;
 pub mod error;
 pub mod generation;
 pub mod gguf;
+#[cfg(feature = "cuda")]
+mod gpu_ptx;
 mod latent_attention;
 pub mod latent_cache;
 mod linear;
@@ -24,6 +26,7 @@ pub mod radix_cache;
 pub mod rope;
 pub mod routing_trace;
 pub mod sampling;
+mod stacked_experts;
 mod stop;
 pub mod synthetic;
 pub mod tokenizer;

@@ -28,6 +28,7 @@ use crate::page_pool::{DEFAULT_PAGE_TOKENS, PageLayout, PagePool};
 use crate::quantized::QuantizedWeight;
 use crate::rope::Rope;
 use crate::routing_trace;
+use crate::stacked_experts::{RoutingRule, StackedExperts};
 use crate::weight_arena::WeightArena;
 use crate::weights::{AbsorbedHalves, WeightSource};
 use kernels::quant::matvec_many_quant;
@@ -156,6 +157,22 @@ impl Model {
     /// Sets the prefill chunk length (at least 1).
     pub fn set_prefill_chunk(&mut self, tokens: usize) {
         self.prefill_chunk = tokens.max(1);
+    }
+
+    /// Stacks every MoE layer's routed experts, as a load on a GPU does, where their weights
+    /// (dense f32 or bf16) and routing allow; returns how many layers run stacked. On the CPU
+    /// the stacked road runs the kernels' CPU references: tests hold the GPU's road to the
+    /// reference logits this way, and nothing else should take it there.
+    pub fn stack_experts(&mut self) -> Result<usize> {
+        let mut stacked = 0;
+        for layer in &mut self.layers {
+            if let FeedForward::Experts(moe) = &mut layer.feed_forward
+                && moe.stack_experts()?
+            {
+                stacked += 1;
+            }
+        }
+        Ok(stacked)
     }
 
     /// An empty latent cache for this model.
@@ -1022,12 +1039,19 @@ struct Moe {
     /// [E, hidden], kept in f32 like the reference; a `Linear` so that a decode step streams it
     /// instead of packing it for a matmul of one row.
     router: Linear,
-    experts: Vec<Mlp>,
+    experts: RoutedExperts,
     shared: Option<Mlp>,
     top_k: usize,
     limit: GroupLimit,
     norm_topk_prob: bool,
     routed_scaling_factor: f64,
+}
+
+/// A layer's routed experts: one MLP each (the CPU's fused roads take them, quantized or not),
+/// or stacked for the device's kernels (on a GPU, where the routing then never leaves it).
+enum RoutedExperts {
+    Each(Vec<Mlp>),
+    Stacked(StackedExperts),
 }
 
 impl Moe {
@@ -1061,9 +1085,9 @@ impl Moe {
             &[moe.n_routed_experts, c.hidden_size],
             DType::F32,
         )?;
-        Ok(Self {
+        let mut moe = Self {
             router: Linear::new(router, None),
-            experts,
+            experts: RoutedExperts::Each(experts),
             shared,
             top_k: moe.num_experts_per_tok,
             limit: match moe.routing {
@@ -1078,22 +1102,68 @@ impl Moe {
             },
             norm_topk_prob: moe.norm_topk_prob,
             routed_scaling_factor: moe.routed_scaling_factor,
-        })
+        };
+        if w.device.is_cuda() {
+            moe.stack_experts()?;
+        }
+        Ok(moe)
+    }
+
+    /// Stacks the routed experts for [`StackedExperts`] when their weights and routing allow
+    /// it; returns whether they are stacked.
+    fn stack_experts(&mut self) -> Result<bool> {
+        let RoutedExperts::Each(experts) = &self.experts else {
+            return Ok(true);
+        };
+        let dense = |linear: &Linear| match linear {
+            Linear {
+                weight: LinearWeight::Dense(weight),
+                bias: None,
+            } => Some(weight.clone()),
+            _ => None,
+        };
+        let Some((gate_ups, downs)): Option<(Vec<Tensor>, Vec<Tensor>)> = experts
+            .iter()
+            .map(|mlp| Some((dense(&mlp.gate_up)?, dense(&mlp.down)?)))
+            .collect()
+        else {
+            return Ok(false);
+        };
+        let intermediate = experts.first().map_or(0, |mlp| mlp.intermediate);
+        let rule = RoutingRule {
+            experts: experts.len(),
+            top_k: self.top_k,
+            limit: self.limit,
+            weighting: self.weighting(),
+        };
+        let gate_ups: Vec<&Tensor> = gate_ups.iter().collect();
+        let downs: Vec<&Tensor> = downs.iter().collect();
+        match StackedExperts::stack(&gate_ups, &downs, intermediate, rule)? {
+            Some(stacked) => {
+                self.experts = RoutedExperts::Stacked(stacked);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
     }
 
     fn weight_bytes(&self) -> usize {
-        self.router.bytes()
-            + self.experts.iter().map(Mlp::bytes).sum::<usize>()
-            + self.shared.as_ref().map_or(0, Mlp::bytes)
+        let routed = match &self.experts {
+            RoutedExperts::Each(experts) => experts.iter().map(Mlp::bytes).sum::<usize>(),
+            RoutedExperts::Stacked(stacked) => stacked.bytes(),
+        };
+        self.router.bytes() + routed + self.shared.as_ref().map_or(0, Mlp::bytes)
     }
 
     fn bytes_read_per_token(&self) -> usize {
-        self.router.bytes()
-            + self.top_k * self.experts.first().map_or(0, Mlp::bytes)
-            + self.shared.as_ref().map_or(0, Mlp::bytes)
+        let per_expert = match &self.experts {
+            RoutedExperts::Each(experts) => experts.first().map_or(0, Mlp::bytes),
+            RoutedExperts::Stacked(stacked) => stacked.bytes_per_expert(),
+        };
+        self.router.bytes() + self.top_k * per_expert + self.shared.as_ref().map_or(0, Mlp::bytes)
     }
 
-    /// The chosen (expert, weight) pairs of every token.
+    /// The chosen (expert, weight) pairs of every token, on the host.
     fn route(&self, x: &Tensor) -> Result<Vec<Vec<(usize, f32)>>> {
         let logits = self
             .router
@@ -1133,13 +1203,18 @@ impl Moe {
     /// One token through the chosen and shared experts when all their weights are quantized on
     /// the CPU: every gate/up product in one parallel pass over all their rows, then every down
     /// product in another (`None`: some weight is not, use the general path).
-    fn decode_fused(&self, x: &Tensor, chosen: &[(usize, f32)]) -> Result<Option<Tensor>> {
+    fn decode_fused(
+        &self,
+        experts: &[Mlp],
+        x: &Tensor,
+        chosen: &[(usize, f32)],
+    ) -> Result<Option<Tensor>> {
         if !x.device().is_cpu() {
             return Ok(None);
         }
         let mut mlps: Vec<(&Mlp, f32)> = chosen
             .iter()
-            .map(|&(expert, weight)| (&self.experts[expert], weight))
+            .map(|&(expert, weight)| (&experts[expert], weight))
             .collect();
         if let Some(shared) = &self.shared {
             mlps.push((shared, 1.0));
@@ -1185,8 +1260,11 @@ impl Moe {
 
     /// Each expert some token chose, with the (token, weight) pairs that chose it in token
     /// order.
-    fn tokens_per_expert(&self, routes: &[Vec<(usize, f32)>]) -> Vec<(usize, Vec<(usize, f32)>)> {
-        let mut per_expert: Vec<Vec<(usize, f32)>> = vec![Vec::new(); self.experts.len()];
+    fn tokens_per_expert(
+        experts: usize,
+        routes: &[Vec<(usize, f32)>],
+    ) -> Vec<(usize, Vec<(usize, f32)>)> {
+        let mut per_expert: Vec<Vec<(usize, f32)>> = vec![Vec::new(); experts];
         for (token, chosen) in routes.iter().enumerate() {
             for &(expert, weight) in chosen {
                 per_expert[expert].push((token, weight));
@@ -1205,17 +1283,22 @@ impl Moe {
     /// and down products straight on `Vec`s (no tensor is built per expert, and no copy of the
     /// whole output is made per expert, as `index_add` would); then each token's outputs are
     /// summed with their weights.
-    fn prefill_fused(&self, x: &Tensor, routes: &[Vec<(usize, f32)>]) -> Result<Option<Tensor>> {
+    fn prefill_fused(
+        &self,
+        experts: &[Mlp],
+        x: &Tensor,
+        routes: &[Vec<(usize, f32)>],
+    ) -> Result<Option<Tensor>> {
         if !x.device().is_cpu() {
             return Ok(None);
         }
         let (t, hidden) = x.dims2()?;
         // (mlp, its tokens with their weights); the shared experts take every token.
-        let mut batches: Vec<(&Mlp, Vec<(usize, f32)>)> = self
-            .tokens_per_expert(routes)
-            .into_iter()
-            .map(|(expert, tokens)| (&self.experts[expert], tokens))
-            .collect();
+        let mut batches: Vec<(&Mlp, Vec<(usize, f32)>)> =
+            Self::tokens_per_expert(experts.len(), routes)
+                .into_iter()
+                .map(|(expert, tokens)| (&experts[expert], tokens))
+                .collect();
         if let Some(shared) = &self.shared {
             batches.push((shared, (0..t).map(|token| (token, 1.0)).collect()));
         }
@@ -1259,16 +1342,42 @@ impl Moe {
 
     /// x: [T, hidden] -> [T, hidden]
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match &self.experts {
+            RoutedExperts::Each(experts) => self.forward_each(experts, x),
+            RoutedExperts::Stacked(stacked) => self.forward_stacked(stacked, x),
+        }
+    }
+
+    /// The routing planned and the experts run on x's device, nothing copied to the host
+    /// (unless a routing trace is on).
+    fn forward_stacked(&self, stacked: &StackedExperts, x: &Tensor) -> Result<Tensor> {
+        let logits = self.router.forward(&x.to_dtype(DType::F32)?)?;
+        let plan = stacked.plan(&logits)?;
+        if routing_trace::tracing() {
+            routing_trace::record(routing_trace::RoutedStep {
+                chosen: stacked.chosen(&plan)?,
+                logits: logits.to_vec2::<f32>()?,
+            });
+        }
+        let base = match &self.shared {
+            Some(shared) => shared.forward(x)?,
+            None => x.zeros_like()?,
+        };
+        Ok(stacked.forward(x, &plan, &base)?.to_dtype(x.dtype())?)
+    }
+
+    /// Expert by expert: on the CPU through the fused roads, elsewhere one batch per expert.
+    fn forward_each(&self, experts: &[Mlp], x: &Tensor) -> Result<Tensor> {
         let routes = self.route(x)?;
         let (t, hidden) = x.dims2()?;
         // The fused decode runs the shared experts itself: before it, they would run twice.
         if t == 1
-            && let Some(fused) = self.decode_fused(x, &routes[0])?
+            && let Some(fused) = self.decode_fused(experts, x, &routes[0])?
         {
             return Ok(fused);
         }
         if t > 1
-            && let Some(fused) = self.prefill_fused(x, &routes)?
+            && let Some(fused) = self.prefill_fused(experts, x, &routes)?
         {
             return Ok(fused);
         }
@@ -1278,12 +1387,12 @@ impl Moe {
         };
         if t == 1 {
             for &(expert, weight) in &routes[0] {
-                out = (out + (self.experts[expert].forward(x)? * weight as f64)?)?;
+                out = (out + (experts[expert].forward(x)? * weight as f64)?)?;
             }
             return Ok(out);
         }
         // Gather each expert's tokens, run them as one batch, scatter-add back.
-        for (expert, chosen_by) in self.tokens_per_expert(&routes) {
+        for (expert, chosen_by) in Self::tokens_per_expert(experts.len(), &routes) {
             let n = chosen_by.len();
             let (tokens, weights): (Vec<u32>, Vec<f32>) = chosen_by
                 .into_iter()
@@ -1291,7 +1400,7 @@ impl Moe {
                 .unzip();
             let index = Tensor::from_vec(tokens, n, x.device())?;
             let weights = Tensor::from_vec(weights, (n, 1), x.device())?.to_dtype(x.dtype())?;
-            let y = self.experts[expert]
+            let y = experts[expert]
                 .forward(&x.index_select(&index, 0)?)?
                 .broadcast_mul(&weights)?;
             out = out.index_add(&index, &y, 0)?;
@@ -1358,7 +1467,7 @@ mod tests {
     fn the_fused_expert_decode_equals_one_expert_at_a_time() {
         let (hidden, intermediate) = (256, 96);
         let mut layer = moe(false, 1.0, 2);
-        layer.experts = (0..4)
+        let experts: Vec<Mlp> = (0..4)
             .map(|e| quantized_mlp(hidden, intermediate, 10 * e))
             .collect();
         layer.shared = Some(quantized_mlp(hidden, 2 * intermediate, 99));
@@ -1369,12 +1478,12 @@ mod tests {
         let chosen = [(2, 0.7f32), (0, 0.3)];
 
         let fused = layer
-            .decode_fused(&x, &chosen)
+            .decode_fused(&experts, &x, &chosen)
             .unwrap()
             .expect("all weights quantized");
         let mut alone = layer.shared.as_ref().unwrap().forward(&x).unwrap();
         for &(expert, weight) in &chosen {
-            let y = (layer.experts[expert].forward(&x).unwrap() * weight as f64).unwrap();
+            let y = (experts[expert].forward(&x).unwrap() * weight as f64).unwrap();
             alone = (alone + y).unwrap();
         }
         let (fused, alone) = (
@@ -1401,7 +1510,7 @@ mod tests {
     fn the_fused_expert_prefill_equals_each_token_alone() {
         let (hidden, intermediate, tokens) = (256, 96, 5);
         let mut layer = moe(false, 1.0, 2);
-        layer.experts = (0..4)
+        let experts: Vec<Mlp> = (0..4)
             .map(|e| quantized_mlp(hidden, intermediate, 10 * e))
             .collect();
         layer.shared = Some(quantized_mlp(hidden, 2 * intermediate, 99));
@@ -1418,7 +1527,7 @@ mod tests {
         ];
 
         let fused = layer
-            .prefill_fused(&x, &routes)
+            .prefill_fused(&experts, &x, &routes)
             .unwrap()
             .expect("all weights quantized")
             .to_vec2::<f32>()
@@ -1427,7 +1536,7 @@ mod tests {
             let row = x.narrow(0, token, 1).unwrap();
             let mut alone = layer.shared.as_ref().unwrap().forward(&row).unwrap();
             for &(expert, weight) in chosen {
-                let y = (layer.experts[expert].forward(&row).unwrap() * weight as f64).unwrap();
+                let y = (experts[expert].forward(&row).unwrap() * weight as f64).unwrap();
                 alone = (alone + y).unwrap();
             }
             let alone = alone.flatten_all().unwrap().to_vec1::<f32>().unwrap();
@@ -1443,13 +1552,105 @@ mod tests {
         }
     }
 
+    /// A dense MoE layer of seeded weights: `experts` experts of [intermediate, hidden], a
+    /// shared expert, and a router whose first expert every token leans to (so that its rows
+    /// pass one grouped-matmul tile).
+    fn dense_moe(experts: usize, top_k: usize, limit: GroupLimit, dtype: DType) -> Moe {
+        let (hidden, intermediate) = (48, 40);
+        let tensor = |rows: usize, cols: usize, seed: u64| {
+            let values = kernels::test_values::values(rows * cols, seed);
+            Tensor::from_vec(values, (rows, cols), &Device::Cpu)
+                .and_then(|t| t.to_dtype(dtype))
+                .unwrap()
+        };
+        let mlp = |intermediate: usize, seed: u64| Mlp {
+            gate_up: Linear::new(tensor(2 * intermediate, hidden, seed), None),
+            down: Linear::new(tensor(hidden, intermediate, seed + 1), None),
+            intermediate,
+        };
+        let mut router = kernels::test_values::values(experts * hidden, 5);
+        router[..hidden].iter_mut().for_each(|w| *w += 0.2);
+        let mut layer = moe(false, 2.5, top_k);
+        layer.router = Linear::new(
+            Tensor::from_vec(router, (experts, hidden), &Device::Cpu).unwrap(),
+            None,
+        );
+        layer.limit = limit;
+        layer.experts = RoutedExperts::Each(
+            (0..experts as u64)
+                .map(|e| mlp(intermediate, 10 * e))
+                .collect(),
+        );
+        layer.shared = Some(mlp(2 * intermediate, 99));
+        layer
+    }
+
+    /// The stacked road (plan, grouped matmuls, combine: the GPU's launches, here their CPU
+    /// references) against expert by expert, for a decode step and a prompt whose favoured
+    /// expert takes more rows than one tile.
+    #[test]
+    fn stacked_experts_equal_expert_by_expert() {
+        let limits = [
+            GroupLimit::None,
+            GroupLimit::Groups {
+                groups: 3,
+                keep_groups: 2,
+            },
+        ];
+        for (limit, dtype, bar) in [
+            (limits[0], DType::F32, 1e-5),
+            (limits[1], DType::F32, 1e-5),
+            // bf16 activations round between the each-expert road's matmuls; the stacked road
+            // keeps them in f32, so the two differ by bf16's rounding.
+            (limits[1], DType::BF16, 2e-2),
+        ] {
+            let each = dense_moe(6, 2, limit, dtype);
+            let mut stacked = dense_moe(6, 2, limit, dtype);
+            assert!(stacked.stack_experts().unwrap());
+            assert!(matches!(stacked.experts, RoutedExperts::Stacked(_)));
+            for tokens in [1, 100] {
+                let values: Vec<f32> = kernels::test_values::values(tokens * 48, tokens as u64)
+                    .iter()
+                    .map(|v| v + 1.0)
+                    .collect();
+                let x = Tensor::from_vec(values, (tokens, 48), &Device::Cpu)
+                    .and_then(|x| x.to_dtype(dtype))
+                    .unwrap();
+                let routes = each.route(&x).unwrap();
+                let favoured = routes.iter().filter(|r| r.iter().any(|c| c.0 == 0)).count();
+                if tokens == 100 {
+                    assert!(
+                        favoured > 64,
+                        "expert 0 takes {favoured} rows, not past a tile"
+                    );
+                }
+                let expected = each.forward(&x).unwrap().to_dtype(DType::F32).unwrap();
+                let ours = stacked.forward(&x).unwrap().to_dtype(DType::F32).unwrap();
+                assert_eq!(ours.dtype(), expected.dtype());
+                let (expected, ours) = (
+                    expected.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                    ours.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                );
+                let scale = expected.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let worst = ours
+                    .iter()
+                    .zip(&expected)
+                    .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+                assert!(
+                    scale > 0.0 && worst <= bar * scale,
+                    "{limit:?} {dtype:?}, {tokens} tokens: {worst:e} of {scale:e}"
+                );
+            }
+        }
+    }
+
     fn moe(norm_topk_prob: bool, routed_scaling_factor: f64, top_k: usize) -> Moe {
         Moe {
             router: Linear::new(
                 Tensor::zeros((1, 1), DType::F32, &Device::Cpu).unwrap(),
                 None,
             ),
-            experts: Vec::new(),
+            experts: RoutedExperts::Each(Vec::new()),
             shared: None,
             top_k,
             limit: GroupLimit::None,

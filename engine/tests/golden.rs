@@ -148,6 +148,27 @@ fn token_by_token_decode_matches_the_full_forward() {
     }
 }
 
+/// The road a GPU load takes (each MoE layer's experts stacked; routing, rows, grouped
+/// matmuls and combine as the CUDA kernels do them, here through their CPU references).
+#[test]
+fn stacked_experts_match_transformers() {
+    for name in FIXTURES {
+        let mut g = golden(name);
+        let moe_layers = g.model.stack_experts().unwrap();
+        assert!(moe_layers > 0, "{name}: no MoE layer was stacked");
+        let t = g.input_ids.len();
+        for chunks in [vec![t], vec![17, t - 17], vec![1; t]] {
+            let (ours, _) = run_in_chunks(&g.model, &g.input_ids, &chunks);
+            assert_close(
+                name,
+                &format!("stacked experts, chunks {:?}", &chunks[..chunks.len().min(2)]),
+                &ours,
+                &g.logits,
+            );
+        }
+    }
+}
+
 #[test]
 fn greedy_continuation_is_token_identical() {
     for name in FIXTURES {

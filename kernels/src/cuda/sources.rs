@@ -40,14 +40,16 @@ pub const SOURCES: &[KernelSource] = &[
     },
 ];
 
-/// What `moe_route` can do: it keeps a chosen expert per lane of a warp and the kept groups in a
-/// 64-bit mask.
+/// What `moe_route` and `moe_expert_rows` can do: the router keeps a chosen expert per lane of
+/// a warp and the kept groups in a 64-bit mask; both keep a few values per expert in shared
+/// memory (at 1024 experts, 16 KiB for the router's four warps, 8 KiB for the rows).
 #[derive(Debug, Clone, Copy)]
 pub struct RoutingLimits;
 
 impl RoutingLimits {
     pub const MAX_TOP_K: usize = 32;
     pub const MAX_GROUPS: usize = 64;
+    pub const MAX_EXPERTS: usize = 1024;
 }
 
 /// The sizes `mla_paged_attention.cu` is compiled for (NVRTC compiles it at model load, so the
