@@ -5,24 +5,20 @@
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
 
-use candle_core::cuda_backend::CudaDevice;
 use candle_core::cuda_backend::cudarc::nvrtc::{CompileOptions, compile_ptx_with_opts};
 use kernels::cuda::SOURCES;
 
 /// Every GPU we target runs compute_80 PTX (the driver compiles it for newer chips).
 const ARCH: &str = "-arch=compute_80";
 
-/// `file`'s kernel `entry`, compiled with `options`, loaded on `device`.
-pub(crate) fn kernel(
-    device: &CudaDevice,
+/// `file` compiled with `options`: the module name candle keys it by, and its PTX, for
+/// `CudaDevice::get_or_load_custom_func(entry, &module, &ptx)`.
+pub(crate) fn module(
     file: &'static str,
     options: &[String],
-    entry: &str,
-) -> candle_core::Result<candle_core::cuda_backend::CudaFunc> {
+) -> candle_core::Result<(String, Arc<str>)> {
     let ptx = ptx_for(file, options)?;
-    // candle keys loaded modules by name: one per source and options.
-    let module = format!("deepseek_lsp_{file}_{}", options.join("_"));
-    device.get_or_load_custom_func(entry, &module, &ptx)
+    Ok((format!("deepseek_lsp_{file}_{}", options.join("_")), ptx))
 }
 
 fn ptx_for(file: &'static str, options: &[String]) -> candle_core::Result<Arc<str>> {

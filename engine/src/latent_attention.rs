@@ -144,7 +144,7 @@ mod gpu {
     use kernels::cuda::{MLA_THREADS, attention_splits, mla_compile_options};
 
     use super::LatentAttention;
-    use crate::gpu_ptx::kernel;
+    use crate::gpu_ptx::module;
 
     pub(super) fn forward(
         op: &LatentAttention,
@@ -169,9 +169,9 @@ mod gpu {
         let head_groups = shape.heads / heads_per_block;
         let device = queries.device.clone();
         let options = mla_compile_options(shape).map_err(candle_core::Error::msg)?;
-        const FILE: &str = "mla_paged_attention.cu";
-        let partials = kernel(&device, FILE, &options, "mla_split_partials")?;
-        let merge = kernel(&device, FILE, &options, "mla_merge_splits")?;
+        let (module, ptx) = module("mla_paged_attention.cu", &options)?;
+        let partials = device.get_or_load_custom_func("mla_split_partials", &module, &ptx)?;
+        let merge = device.get_or_load_custom_func("mla_merge_splits", &module, &ptx)?;
         let multiprocessors = device
             .cuda_stream()
             .context()

@@ -474,22 +474,16 @@ impl StackedExperts {
 
 #[cfg(feature = "cuda")]
 mod gpu {
+    use candle_core::backend::BackendStorage;
     use candle_core::cuda_backend::WrapErr;
     use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
     use candle_core::{CudaStorage, DType, Layout, Shape};
+    use kernels::cuda::{FEW_EXPERT_ROWS, MoeLaunch};
     use kernels::expert_rows::most_row_tiles;
     use kernels::routing::{GroupLimit, Weighting};
 
     use super::{CombineRows, GroupedExperts, PlanLayout, RoutePlan};
-    use crate::gpu_ptx::kernel;
-
-    /// Tokens per routing block (`WARPS_PER_BLOCK` in moe_routing.cu, one warp each).
-    const ROUTING_WARPS: u32 = 4;
-    /// Threads of moe_expert_rows' single block, of a grouped-matmul tile and of a combine block.
-    const EXPERT_ROWS_THREADS: u32 = 1024;
-    const GROUPED_THREADS: u32 = 256;
-    const GROUPED_TILE_COLUMNS: usize = 64;
-    const COMBINE_THREADS: u32 = 256;
+    use crate::gpu_ptx::module;
 
     pub(super) fn route_plan(
         op: &RoutePlan,
@@ -525,14 +519,20 @@ mod gpu {
                 rule.top_k as i32,
                 parts.choices as i32,
             );
-            let (mut chosen, rest) = plan.split_at_mut(parts.choices);
-            let (mut weights, rest) = rest.split_at_mut(parts.choices);
-            let (mut row_offsets, rest) = rest.split_at_mut(parts.experts + 1);
-            let (mut tile_offsets, rest) = rest.split_at_mut(parts.experts + 1);
+            let (mut chosen, mut rest) = plan.split_at_mut(parts.choices);
+            let (mut weights, mut rest) = rest.split_at_mut(parts.choices);
+            let (mut row_offsets, mut rest) = rest.split_at_mut(parts.experts + 1);
+            let (mut tile_offsets, mut rest) = rest.split_at_mut(parts.experts + 1);
             let (mut row_token, mut choice_row) = rest.split_at_mut(parts.choices);
 
-            let route = kernel(&device, "moe_routing.cu", &[], "moe_route")?;
-            let rows = kernel(&device, "moe_expert_rows.cu", &[], "moe_expert_rows")?;
+            let route = {
+                let (name, ptx) = module("moe_routing.cu", &[])?;
+                device.get_or_load_custom_func("moe_route", &name, &ptx)?
+            };
+            let rows = {
+                let (name, ptx) = module("moe_expert_rows.cu", &[])?;
+                device.get_or_load_custom_func("moe_expert_rows", &name, &ptx)?
+            };
             {
                 let mut launch = route.builder();
                 launch.arg(&logits);
@@ -546,9 +546,9 @@ mod gpu {
                 launch.arg(&mut chosen);
                 launch.arg(&mut weights);
                 let config = LaunchConfig {
-                    grid_dim: ((tokens as u32).div_ceil(ROUTING_WARPS), 1, 1),
-                    block_dim: (32 * ROUTING_WARPS, 1, 1),
-                    shared_mem_bytes: ROUTING_WARPS * rule.experts as u32 * 4,
+                    grid_dim: ((tokens as u32).div_ceil(MoeLaunch::ROUTING_WARPS), 1, 1),
+                    block_dim: (32 * MoeLaunch::ROUTING_WARPS, 1, 1),
+                    shared_mem_bytes: MoeLaunch::ROUTING_WARPS * rule.experts as u32 * 4,
                 };
                 // SAFETY: the arguments are moe_route's parameters in order; the logits hold
                 // tokens x experts values and chosen/weights tokens x top_k each (RoutePlan::sizes,
@@ -566,7 +566,7 @@ mod gpu {
             launch.arg(&mut choice_row);
             let config = LaunchConfig {
                 grid_dim: (1, 1, 1),
-                block_dim: (EXPERT_ROWS_THREADS, 1, 1),
+                block_dim: (MoeLaunch::EXPERT_ROWS_THREADS, 1, 1),
                 shared_mem_bytes: 2 * rule.experts as u32 * 4,
             };
             // SAFETY: moe_expert_rows' parameters in order, each part as long as PlanLayout
@@ -602,12 +602,17 @@ mod gpu {
                 Shape::from((parts.choices, n)),
             ));
         }
-        let entry = match weights.dtype() {
-            DType::F32 => "moe_grouped_matmul_f32",
-            DType::BF16 => "moe_grouped_matmul_bf16",
-            other => candle_core::bail!("grouped experts: weights of {other:?}"),
+        // A decode step's few rows take a warp per weight row; a prompt's take the tiles.
+        let few_rows = parts.choices <= FEW_EXPERT_ROWS;
+        let entry = match (weights.dtype(), few_rows) {
+            (DType::F32, false) => "moe_grouped_matmul_f32",
+            (DType::BF16, false) => "moe_grouped_matmul_bf16",
+            (DType::F32, true) => "moe_rows_matvec_f32",
+            (DType::BF16, true) => "moe_rows_matvec_bf16",
+            (other, _) => candle_core::bail!("grouped experts: weights of {other:?}"),
         };
-        let function = kernel(&device, "moe_grouped_matmul.cu", &[], entry)?;
+        let (name, ptx) = module("moe_grouped_matmul.cu", &[])?;
+        let function = device.get_or_load_custom_func(entry, &name, &ptx)?;
         let (row_token, row_offsets, tile_offsets) = (
             plan.slice(parts.row_token()),
             plan.slice(parts.row_offsets()),
@@ -635,19 +640,33 @@ mod gpu {
             launch.arg(&no_gather);
         }
         launch.arg(&row_offsets);
-        launch.arg(&tile_offsets);
+        let config = if few_rows {
+            LaunchConfig {
+                grid_dim: (
+                    n.div_ceil(MoeLaunch::MATVEC_WARPS) as u32,
+                    parts.choices as u32,
+                    1,
+                ),
+                block_dim: (32 * MoeLaunch::MATVEC_WARPS as u32, 1, 1),
+                shared_mem_bytes: 0,
+            }
+        } else {
+            launch.arg(&tile_offsets);
+            LaunchConfig {
+                grid_dim: (n.div_ceil(MoeLaunch::GROUPED_TILE_COLUMNS) as u32, tiles, 1),
+                block_dim: (MoeLaunch::GROUPED_THREADS, 1, 1),
+                shared_mem_bytes: 0,
+            }
+        };
         launch.arg(&experts);
         launch.arg(&n_arg);
         launch.arg(&k_arg);
         launch.arg(&out);
-        let config = LaunchConfig {
-            grid_dim: (n.div_ceil(GROUPED_TILE_COLUMNS) as u32, tiles, 1),
-            block_dim: (GROUPED_THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        // SAFETY: moe_grouped_matmul_*'s parameters in order: x holds [T or choices, k], the
-        // weights [experts, n, k], the plan's parts as PlanLayout places them (row_token's
-        // tokens below T), out [choices, n]; tiles past the routing's last exit at once.
+        // SAFETY: the kernel's parameters in order (moe_grouped_matmul.cu: the tiles take
+        // tile_offsets after row_offsets, the few-rows kernel does not): x holds [T or choices,
+        // k], the weights [experts, n, k], the plan's parts as PlanLayout places them
+        // (row_token's tokens below T), out [choices, n]; tiles past the routing's last exit at
+        // once, and the few-rows grid has one row of blocks per choice.
         unsafe { launch.launch(config) }.w()?;
         Ok((
             CudaStorage::wrap_cuda_slice(out, device),
@@ -679,7 +698,10 @@ mod gpu {
             .slice(base_layout.start_offset()..);
         let out = device.alloc_zeros::<f32>(tokens * width)?;
         if tokens > 0 && width > 0 {
-            let function = kernel(&device, "moe_expert_rows.cu", &[], "moe_combine")?;
+            let function = {
+                let (name, ptx) = module("moe_expert_rows.cu", &[])?;
+                device.get_or_load_custom_func("moe_combine", &name, &ptx)?
+            };
             let (choice_row, weights) =
                 (plan.slice(parts.choice_row()), plan.slice(parts.weights()));
             let (top_k, width_arg) = (op.rule.top_k as i32, width as i32);
@@ -693,7 +715,7 @@ mod gpu {
             launch.arg(&out);
             let config = LaunchConfig {
                 grid_dim: (tokens as u32, 1, 1),
-                block_dim: (COMBINE_THREADS, 1, 1),
+                block_dim: (MoeLaunch::COMBINE_THREADS, 1, 1),
                 shared_mem_bytes: 0,
             };
             // SAFETY: moe_combine's parameters in order: rows [choices, width], the plan's

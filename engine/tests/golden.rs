@@ -161,7 +161,10 @@ fn stacked_experts_match_transformers() {
             let (ours, _) = run_in_chunks(&g.model, &g.input_ids, &chunks);
             assert_close(
                 name,
-                &format!("stacked experts, chunks {:?}", &chunks[..chunks.len().min(2)]),
+                &format!(
+                    "stacked experts, chunks {:?}",
+                    &chunks[..chunks.len().min(2)]
+                ),
                 &ours,
                 &g.logits,
             );

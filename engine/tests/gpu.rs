@@ -39,7 +39,10 @@ fn load(name: &str, dtype: DType) -> (Model, ReferenceLogits) {
     // this puts the same road in place, through the kernels' CPU references.
     let stacked = model.stack_experts().unwrap();
     if matches!(dtype, DType::F32 | DType::BF16) {
-        assert!(stacked > 0, "{name}: the MoE layers did not take the stacked road");
+        assert!(
+            stacked > 0,
+            "{name}: the MoE layers did not take the stacked road"
+        );
     }
     let reference = reference_logits(&fixture(name).join("reference.safetensors"));
     (model, reference)

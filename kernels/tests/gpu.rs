@@ -216,10 +216,13 @@ fn the_grouped_expert_matmul_matches_the_cpu_reference() {
     let (gpu, nvrtc) = (gpu(), nvrtc());
     let kernels = GpuKernels::compile(&gpu, &nvrtc, TINY).unwrap();
     // Lite's gate projection (n 1408, k 2048) over 8 experts with uneven rows (one idle, one past
-    // a tile), and an awkward small shape.
+    // a tile), and an awkward small shape; then a decode step's few rows (the few-rows kernel),
+    // in 16-byte loads and, at k 47, value by value.
     for (n, k, rows_per_expert) in [
         (1408, 2048, vec![3, 0, 64, 65, 1, 130, 7, 2]),
         (33, 47, vec![5, 0, 0, 70]),
+        (1408, 2048, vec![1, 0, 2, 0, 1, 1, 0, 1]),
+        (33, 47, vec![2, 0, 3, 1]),
     ] {
         let mut row_offsets = vec![0];
         for rows in &rows_per_expert {

@@ -5,22 +5,12 @@
 use super::driver::{Arg, Buffer, CudaError, Gpu, Kernels, LaunchShape};
 use super::nvrtc::Nvrtc;
 use super::sources::{
-    KernelSource, MLA_THREADS, MlaShape, RoutingLimits, SOURCES, attention_splits,
-    mla_compile_options,
+    FEW_EXPERT_ROWS, KernelSource, MLA_THREADS, MlaShape, MoeLaunch, RoutingLimits, SOURCES,
+    attention_splits, mla_compile_options,
 };
 use crate::expert_rows::{EXPERT_TILE_ROWS, ExpertRows, most_row_tiles};
 use crate::grouped_matmul::ExpertWeights;
 use crate::routing::{GroupLimit, Weighting};
-
-/// Warps, so tokens, per routing block (`WARPS_PER_BLOCK` in moe_routing.cu).
-const ROUTING_WARPS: u32 = 4;
-/// Outputs of a grouped-matmul tile (its rows are `EXPERT_TILE_ROWS`), and its threads
-/// (moe_grouped_matmul.cu).
-const GROUPED_TILE_COLUMNS: usize = 64;
-const GROUPED_THREADS: u32 = 256;
-/// Threads of moe_expert_rows' one block and of each moe_combine block.
-const EXPERT_ROWS_THREADS: u32 = 1024;
-const COMBINE_THREADS: u32 = 256;
 
 /// The kernels compiled for one GPU and one model's attention shape.
 pub struct GpuKernels<'gpu> {
@@ -114,9 +104,13 @@ impl<'gpu> GpuKernels<'gpu> {
         let chosen = self.gpu.alloc(tokens * top_k * 4)?;
         let weights = self.gpu.alloc(tokens * top_k * 4)?;
         let shape = LaunchShape {
-            grid: (tokens.div_ceil(ROUTING_WARPS as usize) as u32, 1, 1),
-            block: 32 * ROUTING_WARPS,
-            shared_bytes: ROUTING_WARPS * experts as u32 * 4,
+            grid: (
+                tokens.div_ceil(MoeLaunch::ROUTING_WARPS as usize) as u32,
+                1,
+                1,
+            ),
+            block: 32 * MoeLaunch::ROUTING_WARPS,
+            shared_bytes: MoeLaunch::ROUTING_WARPS * experts as u32 * 4,
         };
         self.routing.launch(
             "moe_route",
@@ -152,8 +146,9 @@ impl<'gpu> GpuKernels<'gpu> {
     /// Every expert's rows times its own W^T ([n, k] in `weights`, expert after expert), rows
     /// grouped by `row_offsets`: [rows, n], as [`crate::grouped_matmul::grouped_matmul`]
     /// computes it. Row r is `x`'s row `row_token[r]` when given (x is then [tokens, k], read in
-    /// place), else `x`'s row r (x is [rows, k]). The grid is sized for the most tiles any
-    /// routing of these rows could take, as the engine sizes it before the routing is known.
+    /// place), else `x`'s row r (x is [rows, k]). At most [`FEW_EXPERT_ROWS`] rows take the
+    /// few-rows kernel; more take the tiles, their grid sized for the most tiles any routing of
+    /// these rows could take, as the engine sizes it before the routing is known.
     pub fn grouped_matmul(
         &self,
         x: &[f32],
@@ -196,32 +191,44 @@ impl<'gpu> GpuKernels<'gpu> {
         let row_token = row_token
             .map(|tokens| self.gpu.upload(tokens))
             .transpose()?;
-        let (entry, weights) = match weights {
-            ExpertWeights::F32(w) => ("moe_grouped_matmul_f32", self.gpu.upload(w)?),
-            ExpertWeights::Bf16(w) => ("moe_grouped_matmul_bf16", self.gpu.upload(w)?),
+        let few_rows = rows <= FEW_EXPERT_ROWS;
+        let (entry, weights) = match (weights, few_rows) {
+            (ExpertWeights::F32(w), false) => ("moe_grouped_matmul_f32", self.gpu.upload(w)?),
+            (ExpertWeights::Bf16(w), false) => ("moe_grouped_matmul_bf16", self.gpu.upload(w)?),
+            (ExpertWeights::F32(w), true) => ("moe_rows_matvec_f32", self.gpu.upload(w)?),
+            (ExpertWeights::Bf16(w), true) => ("moe_rows_matvec_bf16", self.gpu.upload(w)?),
         };
         let (row_offsets, tile_offsets) =
             (self.gpu.upload(&offsets)?, self.gpu.upload(&tile_offsets)?);
         let out = self.gpu.alloc(rows * n * 4)?;
-        self.grouped.launch(
-            entry,
+        // Both kernels take (x, w, row_token, row_offsets, [tile_offsets,] experts, n, k, y).
+        let mut args = vec![
+            Arg::Buffer(&input),
+            Arg::Buffer(&weights),
+            row_token.as_ref().map_or(Arg::Null, Arg::Buffer),
+            Arg::Buffer(&row_offsets),
+        ];
+        let shape = if few_rows {
             LaunchShape {
-                grid: (n.div_ceil(GROUPED_TILE_COLUMNS) as u32, tiles, 1),
-                block: GROUPED_THREADS,
+                grid: (n.div_ceil(MoeLaunch::MATVEC_WARPS) as u32, rows as u32, 1),
+                block: 32 * MoeLaunch::MATVEC_WARPS as u32,
                 shared_bytes: 0,
-            },
-            &[
-                Arg::Buffer(&input),
-                Arg::Buffer(&weights),
-                row_token.as_ref().map_or(Arg::Null, Arg::Buffer),
-                Arg::Buffer(&row_offsets),
-                Arg::Buffer(&tile_offsets),
-                Arg::I32(experts as i32),
-                Arg::I32(n as i32),
-                Arg::I32(k as i32),
-                Arg::Buffer(&out),
-            ],
-        )?;
+            }
+        } else {
+            args.push(Arg::Buffer(&tile_offsets));
+            LaunchShape {
+                grid: (n.div_ceil(MoeLaunch::GROUPED_TILE_COLUMNS) as u32, tiles, 1),
+                block: MoeLaunch::GROUPED_THREADS,
+                shared_bytes: 0,
+            }
+        };
+        args.extend([
+            Arg::I32(experts as i32),
+            Arg::I32(n as i32),
+            Arg::I32(k as i32),
+            Arg::Buffer(&out),
+        ]);
+        self.grouped.launch(entry, shape, &args)?;
         self.gpu.synchronize()?;
         out.download()
     }
@@ -250,7 +257,7 @@ impl<'gpu> GpuKernels<'gpu> {
             "moe_expert_rows",
             LaunchShape {
                 grid: (1, 1, 1),
-                block: EXPERT_ROWS_THREADS,
+                block: MoeLaunch::EXPERT_ROWS_THREADS,
                 shared_bytes: 2 * experts as u32 * 4,
             },
             &[
@@ -318,7 +325,7 @@ impl<'gpu> GpuKernels<'gpu> {
             "moe_combine",
             LaunchShape {
                 grid: (tokens as u32, 1, 1),
-                block: COMBINE_THREADS,
+                block: MoeLaunch::COMBINE_THREADS,
                 shared_bytes: 0,
             },
             &[

@@ -13,6 +13,6 @@ pub mod nvrtc;
 mod sources;
 
 pub use sources::{
-    KernelSource, MLA_THREADS, MlaShape, RoutingLimits, SOURCES, attention_splits,
-    mla_compile_options,
+    FEW_EXPERT_ROWS, KernelSource, MLA_THREADS, MlaShape, MoeLaunch, RoutingLimits, SOURCES,
+    attention_splits, mla_compile_options,
 };

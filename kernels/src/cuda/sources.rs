@@ -29,7 +29,12 @@ pub const SOURCES: &[KernelSource] = &[
     KernelSource {
         file: "moe_grouped_matmul.cu",
         source: include_str!("../../cuda/moe_grouped_matmul.cu"),
-        entry_points: &["moe_grouped_matmul_f32", "moe_grouped_matmul_bf16"],
+        entry_points: &[
+            "moe_grouped_matmul_f32",
+            "moe_grouped_matmul_bf16",
+            "moe_rows_matvec_f32",
+            "moe_rows_matvec_bf16",
+        ],
         cpu_reference: "kernels::grouped_matmul::grouped_matmul",
     },
     KernelSource {
@@ -51,6 +56,30 @@ impl RoutingLimits {
     pub const MAX_GROUPS: usize = 64;
     pub const MAX_EXPERTS: usize = 1024;
 }
+
+/// The block and tile sizes the MoE kernels are written for (their `#define`s), for launches.
+#[derive(Debug, Clone, Copy)]
+pub struct MoeLaunch;
+
+impl MoeLaunch {
+    /// Tokens, one warp each, per moe_route block (`WARPS_PER_BLOCK`).
+    pub const ROUTING_WARPS: u32 = 4;
+    /// Outputs per grouped-matmul tile (`TILE_COLS`; its rows are
+    /// [`crate::expert_rows::EXPERT_TILE_ROWS`]) and its threads (`THREADS`).
+    pub const GROUPED_TILE_COLUMNS: usize = 64;
+    pub const GROUPED_THREADS: u32 = 256;
+    /// Weight rows, one warp each, per moe_rows_matvec block (`MATVEC_WARPS`).
+    pub const MATVEC_WARPS: usize = 8;
+    /// Threads of moe_expert_rows' single block and of each moe_combine block (any multiple of
+    /// 32 works; these are what the launches use).
+    pub const EXPERT_ROWS_THREADS: u32 = 1024;
+    pub const COMBINE_THREADS: u32 = 256;
+}
+
+/// At most this many rows, the experts' products take `moe_rows_matvec_*` (a warp streams each
+/// weight row once per row) rather than the 64-row tiles of `moe_grouped_matmul_*`, which would
+/// spend most of their multiply-adds on empty rows: a decode step's choices are a few rows.
+pub const FEW_EXPERT_ROWS: usize = 32;
 
 /// The sizes `mla_paged_attention.cu` is compiled for (NVRTC compiles it at model load, so the
 /// loops and register arrays are sized exactly).
