@@ -8,6 +8,10 @@
 //! does not take part in that). Each layer's mirror knows up to which position it equals them;
 //! the cache calls [`DeviceLatents::forget_from`] whenever rows below that change (a write over
 //! old positions, a truncation), and [`DeviceLatents::rows`] uploads what is missing.
+//!
+//! A step on the GPU writes its new rows here first ([`DeviceLatents::write`]), and the cache
+//! copies them all to the host pages once at the end of the step: a copy to the host waits for
+//! the stream, and one per layer would stall the GPU between layers.
 
 use candle_core::{DType, Device, Tensor};
 
@@ -55,6 +59,41 @@ impl DeviceLatents {
         device: &Device,
         read: impl FnOnce(usize, usize) -> Vec<f32>,
     ) -> Result<Tensor> {
+        let mirror = self.synced_to(layer, visible, room, row, device, read)?;
+        Ok(mirror.rows.narrow(0, 0, room.max(visible))?)
+    }
+
+    /// Writes `fresh` ([t, row] f32 on `device`) at positions `start..start + t` of `layer`'s
+    /// mirror, after uploading what the mirror lacks below `start` (as [`Self::rows`] does);
+    /// the positions past `start + t` are forgotten. The caller owes the host the same rows.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn write(
+        &mut self,
+        layer: usize,
+        start: usize,
+        fresh: &Tensor,
+        room: usize,
+        row: usize,
+        device: &Device,
+        read: impl FnOnce(usize, usize) -> Vec<f32>,
+    ) -> Result<()> {
+        let end = start + fresh.dim(0)?;
+        let mirror = self.synced_to(layer, start, room.max(end), row, device, read)?;
+        mirror.rows.slice_set(fresh, 0, start)?;
+        mirror.synced = end;
+        Ok(())
+    }
+
+    /// `layer`'s mirror with room for `room` rows and equal to the host up to `visible`.
+    fn synced_to(
+        &mut self,
+        layer: usize,
+        visible: usize,
+        room: usize,
+        row: usize,
+        device: &Device,
+        read: impl FnOnce(usize, usize) -> Vec<f32>,
+    ) -> Result<&mut LayerMirror> {
         if self.layers.len() <= layer {
             self.layers.resize_with(layer + 1, || None);
         }
@@ -80,7 +119,7 @@ impl DeviceLatents {
             mirror.rows.slice_set(&fresh, 0, mirror.synced)?;
             mirror.synced = visible;
         }
-        Ok(mirror.rows.narrow(0, 0, room)?)
+        Ok(mirror)
     }
 }
 
@@ -161,5 +200,44 @@ mod tests {
         let mut want = host(0, 2, 0.0);
         want.extend(host(2, far, 2.0));
         assert_eq!(first_rows(&rows, far), want);
+    }
+
+    #[test]
+    fn rows_written_on_the_device_are_read_without_the_host() {
+        let mut latents = DeviceLatents::default();
+        assert_eq!(mirrored(&mut latents, 3, 0.0), host(0, 3, 0.0));
+        // A step writes positions 5..7 with rows 3..5 still missing: those come from the host.
+        let fresh = Tensor::from_vec(host(5, 7, 9.0), (2, 2), &Device::Cpu).unwrap();
+        latents
+            .write(0, 5, &fresh, 8, 2, &Device::Cpu, |from, to| {
+                assert_eq!((from, to), (3, 5));
+                host(from, to, 0.0)
+            })
+            .unwrap();
+        let rows = latents
+            .rows(0, 7, 8, 2, &Device::Cpu, |_, _| {
+                panic!("the step's rows are there")
+            })
+            .unwrap();
+        let mut want = host(0, 5, 0.0);
+        want.extend(host(5, 7, 9.0));
+        assert_eq!(first_rows(&rows, 7), want);
+        // Writing over position 4 forgets what lay past it.
+        let fresh = Tensor::from_vec(host(4, 5, 7.0), (1, 2), &Device::Cpu).unwrap();
+        latents
+            .write(0, 4, &fresh, 8, 2, &Device::Cpu, |_, _| {
+                panic!("rows 0..4 are there")
+            })
+            .unwrap();
+        let rows = latents
+            .rows(0, 6, 8, 2, &Device::Cpu, |from, to| {
+                assert_eq!((from, to), (5, 6));
+                host(from, to, 1.0)
+            })
+            .unwrap();
+        let mut want = host(0, 4, 0.0);
+        want.extend(host(4, 5, 7.0));
+        want.extend(host(5, 6, 1.0));
+        assert_eq!(first_rows(&rows, 6), want);
     }
 }

@@ -8,7 +8,10 @@
 //! - pages may be shared with other sequences or a prefix tree; a shared page is never written:
 //!   `reserve` copies the partly filled tail page if it is shared (copy on write), and every page
 //!   a step writes is private;
-//! - nothing else is stored: the cache costs `kv_bytes_per_token` per token of its pages.
+//! - nothing else is stored: the cache costs `kv_bytes_per_token` per token of its pages;
+//! - during a step on a GPU, rows it wrote may be only on the device (`write_on_device`); the
+//!   step ends with `commit_device_writes` (or `discard_device_writes`), so between steps the
+//!   pages hold every row.
 
 use std::sync::Arc;
 
@@ -24,6 +27,16 @@ pub struct LatentCache {
     len: usize,
     /// The rows mirrored on a GPU, when the model runs on one (empty otherwise).
     device: DeviceLatents,
+    /// Rows this step wrote on the device and not yet to the pages.
+    owed: Vec<OwedRows>,
+}
+
+/// Rows written on the device that the pages do not hold yet.
+struct OwedRows {
+    layer: usize,
+    start: usize,
+    /// [t, row] f32 on the device.
+    rows: Tensor,
 }
 
 impl LatentCache {
@@ -34,6 +47,7 @@ impl LatentCache {
             pages: Vec::new(),
             len: 0,
             device: DeviceLatents::default(),
+            owed: Vec::new(),
         }
     }
 
@@ -45,6 +59,7 @@ impl LatentCache {
             pages,
             len,
             device: DeviceLatents::default(),
+            owed: Vec::new(),
         }
     }
 
@@ -71,6 +86,7 @@ impl LatentCache {
         self.pages
             .truncate(self.len.div_ceil(self.layout().page_tokens));
         self.device.forget_from(self.len);
+        self.owed.clear();
     }
 
     /// Bytes per cached token: (kv_lora_rank + qk_rope_head_dim) x layers x 4.
@@ -125,14 +141,78 @@ impl LatentCache {
     /// Writes one layer's rows (`[c_kv | k_pe]` per token) for positions `start..`, after `reserve`.
     pub(crate) fn write(&mut self, layer: usize, start: usize, rows: &[f32]) {
         let layout = *self.layout();
-        let row = layout.row();
         self.device.forget_layer_from(layer, start);
+        self.write_pages(layer, start, rows, &layout);
+    }
+
+    fn write_pages(&mut self, layer: usize, start: usize, rows: &[f32], layout: &PageLayout) {
+        let row = layout.row();
         for (i, values) in rows.chunks_exact(row).enumerate() {
             let position = start + i;
             let page = Arc::get_mut(&mut self.pages[position / layout.page_tokens])
                 .expect("reserve made every written page private");
             let offset = layout.layer_offset(layer) + (position % layout.page_tokens) * row;
             page.data_mut()[offset..offset + row].copy_from_slice(values);
+        }
+    }
+
+    /// Writes one layer's rows (`[t, kv_lora + rope]` f32 on a GPU) for positions `start..`,
+    /// after `reserve`, to the device only: the pages get them at [`Self::commit_device_writes`].
+    pub(crate) fn write_on_device(
+        &mut self,
+        layer: usize,
+        start: usize,
+        rows: &Tensor,
+    ) -> Result<()> {
+        let layout = *self.layout();
+        let room = self.pages.len() * layout.page_tokens;
+        assert!(start + rows.dim(0)? <= room, "rows past the reserved pages");
+        let pages = &self.pages;
+        self.device.write(
+            layer,
+            start,
+            rows,
+            room,
+            layout.row(),
+            rows.device(),
+            |from, to| rows_of(pages, &layout, layer, from..to),
+        )?;
+        self.owed.push(OwedRows {
+            layer,
+            start,
+            rows: rows.clone(),
+        });
+        Ok(())
+    }
+
+    /// Copies the rows written on the device since the last commit to the pages, in one copy
+    /// (one wait for the device per step, not one per layer).
+    pub(crate) fn commit_device_writes(&mut self) -> Result<()> {
+        if self.owed.is_empty() {
+            return Ok(());
+        }
+        let tensors: Vec<&Tensor> = self.owed.iter().map(|owed| &owed.rows).collect();
+        let values = Tensor::cat(&tensors, 0)?.flatten_all()?.to_vec1::<f32>()?;
+        let layout = *self.layout();
+        let mut offset = 0;
+        for owed in std::mem::take(&mut self.owed) {
+            let len = owed.rows.elem_count();
+            self.write_pages(
+                owed.layer,
+                owed.start,
+                &values[offset..offset + len],
+                &layout,
+            );
+            offset += len;
+        }
+        Ok(())
+    }
+
+    /// Drops the rows written on the device since the last commit (a step that did not finish):
+    /// the mirror forgets them, the pages never had them.
+    pub(crate) fn discard_device_writes(&mut self) {
+        for owed in std::mem::take(&mut self.owed) {
+            self.device.forget_layer_from(owed.layer, owed.start);
         }
     }
 
@@ -156,11 +236,7 @@ impl LatentCache {
         let pages = &self.pages;
         self.device
             .rows(layer, visible, room, layout.row(), device, |from, to| {
-                let mut values = Vec::with_capacity((to - from) * layout.row());
-                for position in from..to {
-                    values.extend_from_slice(row_of(pages, &layout, layer, position));
-                }
-                values
+                rows_of(pages, &layout, layer, from..to)
             })
     }
 
@@ -190,6 +266,20 @@ impl LatentCache {
     }
 }
 
+/// The rows of `positions` in `layer`, one after another.
+fn rows_of(
+    pages: &[Arc<Page>],
+    layout: &PageLayout,
+    layer: usize,
+    positions: std::ops::Range<usize>,
+) -> Vec<f32> {
+    let mut values = Vec::with_capacity(positions.len() * layout.row());
+    for position in positions {
+        values.extend_from_slice(row_of(pages, layout, layer, position));
+    }
+    values
+}
+
 /// `[c_kv | k_pe]` of `position` in `layer`, inside its page.
 fn row_of<'a>(
     pages: &'a [Arc<Page>],
@@ -199,4 +289,101 @@ fn row_of<'a>(
 ) -> &'a [f32] {
     let page = pages[position / layout.page_tokens].layer(layer);
     &page[(position % layout.page_tokens) * layout.row()..][..layout.row()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cache() -> LatentCache {
+        let layout = PageLayout {
+            page_tokens: 4,
+            layers: 2,
+            kv_lora: 3,
+            rope: 1,
+        };
+        LatentCache::new(PagePool::new(layout, None))
+    }
+
+    /// Rows of positions `positions` in `layer`, each [p, p, p, layer] plus `generation`.
+    fn rows(layer: usize, positions: std::ops::Range<usize>, generation: f32) -> Vec<f32> {
+        positions
+            .flat_map(|p| {
+                let v = p as f32 + generation;
+                [v, v, v, layer as f32 + generation]
+            })
+            .collect()
+    }
+
+    fn tensor(values: Vec<f32>) -> Tensor {
+        let len = values.len() / 4;
+        Tensor::from_vec(values, (len, 4), &Device::Cpu).unwrap()
+    }
+
+    fn device_rows(cache: &mut LatentCache, layer: usize, visible: usize) -> Vec<f32> {
+        let rows = cache.device_rows(layer, visible, &Device::Cpu).unwrap();
+        rows.narrow(0, 0, visible)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    }
+
+    /// A GPU step's rows reach the device at once and the pages at the commit; a step that
+    /// stops part way leaves the pages as they were and the mirror re-reads them.
+    #[test]
+    fn rows_written_on_the_device_reach_the_pages_at_the_commit() {
+        let mut cache = cache();
+        cache.reserve(6).unwrap();
+        for layer in 0..2 {
+            cache
+                .write_on_device(layer, 0, &tensor(rows(layer, 0..6, 0.0)))
+                .unwrap();
+        }
+        assert_eq!(device_rows(&mut cache, 1, 6), rows(1, 0..6, 0.0));
+        // Not yet on the pages.
+        assert_eq!(cache.gather(1, 6).1, vec![0.0; 6]);
+        cache.commit_device_writes().unwrap();
+        cache.set_len(6);
+        for layer in 0..2 {
+            let (c_kv, k_pe) = cache.gather(layer, 6);
+            let want = rows(layer, 0..6, 0.0);
+            assert_eq!(
+                k_pe,
+                want.iter().skip(3).step_by(4).copied().collect::<Vec<_>>()
+            );
+            assert_eq!(c_kv.len(), 18);
+        }
+
+        // A step over positions 6..7 that stops after layer 0.
+        cache.reserve(1).unwrap();
+        cache
+            .write_on_device(0, 6, &tensor(rows(0, 6..7, 5.0)))
+            .unwrap();
+        cache.discard_device_writes();
+        assert_eq!(cache.len(), 6);
+        // The next step rewrites position 6 on the host road: the mirror reads it from there.
+        cache.write(0, 6, &rows(0, 6..7, 9.0));
+        let mut want = rows(0, 0..6, 0.0);
+        want.extend(rows(0, 6..7, 9.0));
+        assert_eq!(device_rows(&mut cache, 0, 7), want);
+    }
+
+    #[test]
+    fn a_truncation_drops_rows_owed_to_the_pages() {
+        let mut cache = cache();
+        cache.reserve(3).unwrap();
+        cache
+            .write_on_device(0, 0, &tensor(rows(0, 0..3, 1.0)))
+            .unwrap();
+        cache.truncate(0);
+        cache.commit_device_writes().unwrap();
+        cache.reserve(3).unwrap();
+        assert_eq!(
+            cache.gather(0, 3).0,
+            vec![0.0; 9],
+            "nothing reached the pages"
+        );
+    }
 }

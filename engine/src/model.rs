@@ -269,19 +269,26 @@ impl Model {
         let step = Step::new(self, start, len)?;
         for (index, layer) in self.layers.iter().enumerate() {
             if stop() {
+                cache.discard_device_writes();
                 return Ok(ChunkOutcome::Stopped);
             }
             hidden = layer.forward(&hidden, index, cache, &step)?;
         }
-        cache.set_len(start + len);
-        let hidden = match wanted {
-            None => return Ok(ChunkOutcome::Done(None)),
-            Some(Logits::All) => hidden,
-            Some(Logits::Last) => hidden.narrow(0, len - 1, 1)?,
+        let logits = match wanted {
+            None => None,
+            Some(which) => {
+                let hidden = match which {
+                    Logits::All => hidden,
+                    Logits::Last => hidden.narrow(0, len - 1, 1)?,
+                };
+                let hidden = self.norm.forward(&hidden)?;
+                Some(self.lm_head.forward(&hidden)?.to_dtype(DType::F32)?)
+            }
         };
-        let hidden = self.norm.forward(&hidden)?;
-        let logits = self.lm_head.forward(&hidden)?.to_dtype(DType::F32)?;
-        Ok(ChunkOutcome::Done(Some(logits)))
+        // After the logits are queued, so that the one wait for the device covers them too.
+        cache.commit_device_writes()?;
+        cache.set_len(start + len);
+        Ok(ChunkOutcome::Done(logits))
     }
 
     /// Weight bytes one decoded token reads (embedding row, attention, the dense MLP or the
@@ -825,15 +832,17 @@ impl Mla {
         let c_kv = self.kv_a_norm.forward(&kv_a.narrow(1, 0, self.kv_lora)?)?;
         let k_pe = kv_a.narrow(1, self.kv_lora, self.rope)?.unsqueeze(0)?;
         let k_pe = Rope::apply(&k_pe, &step.cos, &step.sin)?.squeeze(0)?;
-        // The cache stores one f32 row [c_kv | k_pe] per token.
-        let rows = Tensor::cat(&[&c_kv, &k_pe], 1)?
-            .to_dtype(DType::F32)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
-        cache.write(layer, step.start, &rows);
+        // The cache stores one f32 row [c_kv | k_pe] per token; on a GPU the step writes them
+        // there, and the cache copies every layer's to its pages at the end of the step.
+        let rows = Tensor::cat(&[&c_kv, &k_pe], 1)?.to_dtype(DType::F32)?;
+        let device = x.device();
+        if device.is_cpu() {
+            cache.write(layer, step.start, &rows.flatten_all()?.to_vec1::<f32>()?);
+        } else {
+            cache.write_on_device(layer, step.start, &rows)?;
+        }
         let total = step.start + t;
 
-        let device = x.device();
         let absorbed =
             (device.is_cpu() || device.is_cuda()) && self.absorbed_is_cheaper(t, total, step.form);
         let out = if absorbed {
