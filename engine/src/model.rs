@@ -63,6 +63,19 @@ pub struct Model {
     device: Device,
     attention_form: AttentionForm,
     prefill_chunk: usize,
+    /// How a step keeps its latent rows and attends over them: through the device's mirror and
+    /// ops (a GPU), or on the host pages directly (the CPU).
+    road: Road,
+}
+
+/// Where a step's latent rows and attention live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Road {
+    /// The host pages, read in place by the CPU kernels.
+    Host,
+    /// The device's mirror of the pages (rows written there first, committed to the pages once
+    /// per step) and candle ops with our attention op; the GPU's road.
+    Device,
 }
 
 /// How a chunk of a forward pass ended.
@@ -134,6 +147,11 @@ impl Model {
             device: device.clone(),
             attention_form: AttentionForm::Auto,
             prefill_chunk: DEFAULT_PREFILL_CHUNK,
+            road: if device.is_cpu() {
+                Road::Host
+            } else {
+                Road::Device
+            },
         })
     }
 
@@ -159,11 +177,18 @@ impl Model {
         self.prefill_chunk = tokens.max(1);
     }
 
-    /// Stacks every MoE layer's routed experts, as a load on a GPU does, where their weights
-    /// (dense f32 or bf16) and routing allow; returns how many layers run stacked. On the CPU
-    /// the stacked road runs the kernels' CPU references: tests hold the GPU's road to the
-    /// reference logits this way, and nothing else should take it there.
-    pub fn stack_experts(&mut self) -> Result<usize> {
+    /// Runs the model as a GPU load does, on whatever device it is: the latent rows through
+    /// the device's mirror, attention through the device's ops, and every MoE layer's routed
+    /// experts stacked where their weights (dense f32 or bf16) and routing allow; returns how
+    /// many MoE layers run stacked. On the CPU our ops run the kernels' CPU references: tests
+    /// hold the GPU's road to the reference logits this way (it is slow there; nothing else
+    /// should take it).
+    pub fn take_the_device_road(&mut self) -> Result<usize> {
+        self.road = Road::Device;
+        self.stack_experts()
+    }
+
+    fn stack_experts(&mut self) -> Result<usize> {
         let mut stacked = 0;
         for layer in &mut self.layers {
             if let FeedForward::Experts(moe) = &mut layer.feed_forward
@@ -329,6 +354,7 @@ struct Step {
     /// [T, S] additive mask, `None` when every query may see every key (a single new token).
     mask: Option<Tensor>,
     form: AttentionForm,
+    road: Road,
 }
 
 impl Step {
@@ -358,6 +384,7 @@ impl Step {
             sin,
             mask,
             form: model.attention_form,
+            road: model.road,
         })
     }
 }
@@ -836,10 +863,9 @@ impl Mla {
         // there, and the cache copies every layer's to its pages at the end of the step.
         let rows = Tensor::cat(&[&c_kv, &k_pe], 1)?.to_dtype(DType::F32)?;
         let device = x.device();
-        if device.is_cpu() {
-            cache.write(layer, step.start, &rows.flatten_all()?.to_vec1::<f32>()?);
-        } else {
-            cache.write_on_device(layer, step.start, &rows)?;
+        match step.road {
+            Road::Host => cache.write(layer, step.start, &rows.flatten_all()?.to_vec1::<f32>()?),
+            Road::Device => cache.write_on_device(layer, step.start, &rows)?,
         }
         let total = step.start + t;
 
@@ -850,17 +876,16 @@ impl Mla {
             let q_latent = self.absorbed.query_to_latent(&q_nope)?;
             // Attend over the latent pages (in place on the CPU, through our kernel on a GPU),
             // then lift to V with W_UV: [H, T, L] -> [H, T, V]
-            let attended = if device.is_cpu() {
-                self.paged_attention(&q_latent, &q_pe, layer, cache, step)?
-            } else {
-                self.latent_attention(&q_latent, &q_pe, layer, cache, step)?
+            let attended = match step.road {
+                Road::Host => self.paged_attention(&q_latent, &q_pe, layer, cache, step)?,
+                Road::Device => self.latent_attention(&q_latent, &q_pe, layer, cache, step)?,
             };
             // [H, T, V] -> [T, H*V]
             self.absorbed
                 .latent_to_value(&attended)?
                 .transpose(0, 1)?
                 .reshape((t, h * self.v_dim))?
-        } else if device.is_cpu() {
+        } else if step.road == Road::Host {
             self.expanded_attention_cpu(&q_nope, &q_pe, layer, cache, step)?
         } else {
             // Every cached row, mirrored on the device (only this step's rows are copied there).
@@ -1755,6 +1780,7 @@ mod tests {
             sin: empty(),
             mask: None,
             form: AttentionForm::Auto,
+            road: Road::Device,
         };
         let q_latent = Tensor::from_vec(
             random(heads * 3 * kv_lora, 7),

@@ -148,27 +148,68 @@ fn token_by_token_decode_matches_the_full_forward() {
     }
 }
 
-/// The road a GPU load takes (each MoE layer's experts stacked; routing, rows, grouped
-/// matmuls and combine as the CUDA kernels do them, here through their CPU references).
+/// The road a GPU load takes, on the CPU: latent rows written to the device mirror and
+/// committed once per step, attention through the device's ops (our paged-attention op, the
+/// expanded form over the mirror), each MoE layer's experts stacked (routing plan, grouped
+/// matmuls, combine). Our ops run the CUDA kernels' CPU references here; the kernels are held
+/// to those on a GPU (kernels/tests/gpu.rs).
 #[test]
-fn stacked_experts_match_transformers() {
+fn the_device_road_matches_transformers() {
     for name in FIXTURES {
         let mut g = golden(name);
-        let moe_layers = g.model.stack_experts().unwrap();
+        let (_, on_the_host) = run_in_chunks(&g.model, &g.input_ids, &[17, 23]);
+        let moe_layers = g.model.take_the_device_road().unwrap();
         assert!(moe_layers > 0, "{name}: no MoE layer was stacked");
         let t = g.input_ids.len();
-        for chunks in [vec![t], vec![17, t - 17], vec![1; t]] {
-            let (ours, _) = run_in_chunks(&g.model, &g.input_ids, &chunks);
-            assert_close(
-                name,
-                &format!(
-                    "stacked experts, chunks {:?}",
-                    &chunks[..chunks.len().min(2)]
-                ),
-                &ours,
-                &g.logits,
-            );
+        // The rows a step writes on the device reach the host pages (which the prefix tree
+        // shares) by the step's end.
+        let (_, on_the_device) = run_in_chunks(&g.model, &g.input_ids, &[17, 23]);
+        let pages = |cache: &LatentCache| -> Vec<f32> {
+            cache
+                .pages()
+                .iter()
+                .flat_map(|page| page.data().to_vec())
+                .collect()
+        };
+        let moved = max_abs_error(&pages(&on_the_device), &pages(&on_the_host));
+        assert!(
+            moved <= 1e-5,
+            "{name}: the device road's pages differ by {moved:e}"
+        );
+        for form in [
+            AttentionForm::Auto,
+            AttentionForm::Expanded,
+            AttentionForm::Absorbed,
+        ] {
+            g.model.set_attention_form(form);
+            for chunks in [vec![t], vec![17, t - 17], vec![1; t]] {
+                let (ours, _) = run_in_chunks(&g.model, &g.input_ids, &chunks);
+                let what = format!(
+                    "device road, {form:?}, chunks {:?}",
+                    &chunks[..2.min(chunks.len())]
+                );
+                assert_close(name, &what, &ours, &g.logits);
+            }
         }
+        // An edit: cut back, other tokens, cut back again, the right tokens one by one.
+        g.model.set_attention_form(AttentionForm::Auto);
+        let mut cache = g.model.new_cache();
+        g.model
+            .forward(&g.input_ids[..20], &mut cache, Logits::Last)
+            .unwrap();
+        cache.truncate(10);
+        for &id in g.input_ids[10..20].iter().rev() {
+            g.model.forward(&[id], &mut cache, Logits::Last).unwrap();
+        }
+        cache.truncate(10);
+        let rows: Vec<Vec<f32>> = g.input_ids[10..]
+            .iter()
+            .map(|&id| {
+                let logits = g.model.forward(&[id], &mut cache, Logits::Last).unwrap();
+                logits.squeeze(0).unwrap().to_vec1::<f32>().unwrap()
+            })
+            .collect();
+        assert_close(name, "device road after two edits", &rows, &g.logits[10..]);
     }
 }
 

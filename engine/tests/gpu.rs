@@ -35,9 +35,9 @@ fn load(name: &str, dtype: DType) -> (Model, ReferenceLogits) {
     };
     let mut model =
         load_checkpoint(&fixture(name), &options).unwrap_or_else(|e| panic!("{name}: {e}"));
-    // A GPU load stacks the routed experts for our kernels; on the CPU (checking the checks)
-    // this puts the same road in place, through the kernels' CPU references.
-    let stacked = model.stack_experts().unwrap();
+    // A GPU load takes the device road (experts stacked for our kernels); on the CPU (checking
+    // the checks) this puts the same road in place, through the kernels' CPU references.
+    let stacked = model.take_the_device_road().unwrap();
     if matches!(dtype, DType::F32 | DType::BF16) {
         assert!(
             stacked > 0,
