@@ -129,6 +129,10 @@ pub struct KeystrokeFigures {
     /// Mean share of each warm prompt served from the prefix cache.
     pub reused_fraction: f64,
     pub warm_tokens_computed_median: f64,
+    /// Latent rows (over all layers) copied from host memory to the GPU per warm keystroke, on
+    /// average; 0 on the CPU. Pages of a cached prefix stay on the device, so this counts only
+    /// pages it has not seen.
+    pub warm_rows_copied_to_device_mean: f64,
 }
 
 /// Simulates editing near the end of a long file: a `context`-token prompt runs cold, then each of
@@ -155,6 +159,7 @@ pub fn keystroke(
     };
 
     let cold = run(base.clone())?;
+    let copied_before = engine.counters().cache.rows_copied_to_device;
     let mut warm = Vec::with_capacity(edits);
     for edit in 0..edits {
         let mut prompt = base[..cursor - edit_tokens].to_vec();
@@ -182,6 +187,9 @@ pub fn keystroke(
             .sum::<f64>()
             / warm.len().max(1) as f64,
         warm_tokens_computed_median: percentile(&computed, 0.5),
+        warm_rows_copied_to_device_mean: (engine.counters().cache.rows_copied_to_device
+            - copied_before) as f64
+            / edits.max(1) as f64,
     })
 }
 

@@ -1,6 +1,7 @@
 //! MLA's absorbed attention over one layer's cached latents as a candle op:
-//! q_latent [T, H, L], q_rope [T, H, R] and the latent rows [S, L + R] (whole pages of
-//! `page_tokens` rows, in position order) give [T, H, L]. On the CPU it is
+//! q_latent [T, H, L], q_rope [T, H, R] and the pool's latent rows [slots x page_tokens, L + R]
+//! give [T, H, L], the sequence's pages read through `table` (the slot of each page, in position
+//! order). On the CPU it is
 //! `kernels::paged_attention`; on a CUDA device it is our kernel
 //! (`kernels/cuda/mla_paged_attention.cu`), compiled with NVRTC for the model's shapes on first use
 //! and launched on candle's stream, so a decode step on the GPU reads each latent row once per
@@ -15,11 +16,13 @@ pub(crate) struct LatentAttention {
     /// Position of query token 0; token i sees rows 0..=first_position + i.
     pub first_position: usize,
     pub page_tokens: usize,
+    /// The slot (in the rows) of each of the sequence's pages, in position order.
+    pub table: Vec<u32>,
     pub softmax_scale: f32,
 }
 
 impl LatentAttention {
-    /// (tokens, pages) of a call, once its shapes are checked.
+    /// (tokens, pages) of a call, once its shapes and page table are checked.
     fn sizes(
         &self,
         queries: &Shape,
@@ -33,18 +36,20 @@ impl LatentAttention {
         } = self.shape;
         let (tokens, q_heads, latent) = queries.dims3()?;
         let (r_tokens, r_heads, r_rope) = roped.dims3()?;
-        let (cached, row) = rows.dims2()?;
-        let pages = cached / self.page_tokens.max(1);
+        let (stored, row) = rows.dims2()?;
+        let slots = stored / self.page_tokens.max(1);
+        let pages = self.table.len();
         if (q_heads, latent) != (heads, kv_lora)
             || (r_tokens, r_heads, r_rope) != (tokens, heads, rope)
             || row != kv_lora + rope
             || self.page_tokens == 0
-            || cached % self.page_tokens != 0
-            || self.first_position + tokens > cached
+            || stored % self.page_tokens != 0
+            || self.table.iter().any(|&slot| slot as usize >= slots)
+            || self.first_position + tokens > pages * self.page_tokens
         {
             candle_core::bail!(
                 "latent attention for {:?}: queries {queries:?}, roped {roped:?} and rows \
-                 {rows:?} (pages of {}) do not fit positions {}..{}",
+                 {rows:?} (pages of {}, a table of {pages}) do not fit positions {}..{}",
                 self.shape,
                 self.page_tokens,
                 self.first_position,
@@ -92,8 +97,11 @@ impl CustomOp3 for LatentAttention {
             rope,
         } = self.shape;
         let rows = f32_values(rows, rows_layout, "the latent rows")?;
-        let pages: Vec<&[f32]> = rows
-            .chunks_exact(self.page_tokens * (kv_lora + rope))
+        let page_values = self.page_tokens * (kv_lora + rope);
+        let pages: Vec<&[f32]> = self
+            .table
+            .iter()
+            .map(|&slot| &rows[slot as usize * page_values..][..page_values])
             .collect();
         let mut out = vec![0f32; tokens * heads * kv_lora];
         absorbed_attention(
@@ -189,8 +197,7 @@ mod gpu {
         let rows = rows
             .as_cuda_slice::<f32>()?
             .slice(rows_layout.start_offset()..);
-        let table: Vec<i32> = (0..pages as i32).collect();
-        let table = device.cuda_stream().clone_htod(&table).w()?;
+        let table = device.cuda_stream().clone_htod(&op.table).w()?;
         let partial = |values: usize| device.alloc_zeros::<f32>(tokens * splits * values);
         let (max, sum, acc) = (
             partial(shape.heads)?,

@@ -15,9 +15,7 @@
 
 use std::sync::Arc;
 
-use candle_core::{Device, Tensor};
-
-use crate::device_latents::DeviceLatents;
+use self::on_device::OwedRows;
 use crate::error::Result;
 use crate::page_pool::{Page, PageLayout, PagePool};
 
@@ -25,19 +23,11 @@ pub struct LatentCache {
     pool: Arc<PagePool>,
     pages: Vec<Arc<Page>>,
     len: usize,
-    /// The rows mirrored on a GPU, when the model runs on one (empty otherwise).
-    device: DeviceLatents,
     /// Rows this step wrote on the device and not yet to the pages.
     owed: Vec<OwedRows>,
 }
 
-/// Rows written on the device that the pages do not hold yet.
-struct OwedRows {
-    layer: usize,
-    start: usize,
-    /// [t, row] f32 on the device.
-    rows: Tensor,
-}
+mod on_device;
 
 impl LatentCache {
     /// An empty cache drawing pages from `pool`.
@@ -46,7 +36,6 @@ impl LatentCache {
             pool,
             pages: Vec::new(),
             len: 0,
-            device: DeviceLatents::default(),
             owed: Vec::new(),
         }
     }
@@ -58,7 +47,6 @@ impl LatentCache {
             pool,
             pages,
             len,
-            device: DeviceLatents::default(),
             owed: Vec::new(),
         }
     }
@@ -85,7 +73,6 @@ impl LatentCache {
         self.len = self.len.min(len);
         self.pages
             .truncate(self.len.div_ceil(self.layout().page_tokens));
-        self.device.forget_from(self.len);
         self.owed.clear();
     }
 
@@ -141,8 +128,19 @@ impl LatentCache {
     /// Writes one layer's rows (`[c_kv | k_pe]` per token) for positions `start..`, after `reserve`.
     pub(crate) fn write(&mut self, layer: usize, start: usize, rows: &[f32]) {
         let layout = *self.layout();
-        self.device.forget_layer_from(layer, start);
         self.write_pages(layer, start, rows, &layout);
+        // The device's copies of these rows (if any) are stale from here.
+        let row = layout.row();
+        let end = start + rows.len() / row;
+        let mut position = start;
+        while position < end {
+            let page = &self.pages[position / layout.page_tokens];
+            if let Some(slot) = page.device_slot().as_mut() {
+                let synced = &mut slot.synced[layer];
+                *synced = (*synced).min(position % layout.page_tokens);
+            }
+            position = (position / layout.page_tokens + 1) * layout.page_tokens;
+        }
     }
 
     fn write_pages(&mut self, layer: usize, start: usize, rows: &[f32], layout: &PageLayout) {
@@ -156,88 +154,9 @@ impl LatentCache {
         }
     }
 
-    /// Writes one layer's rows (`[t, kv_lora + rope]` f32 on a GPU) for positions `start..`,
-    /// after `reserve`, to the device only: the pages get them at [`Self::commit_device_writes`].
-    pub(crate) fn write_on_device(
-        &mut self,
-        layer: usize,
-        start: usize,
-        rows: &Tensor,
-    ) -> Result<()> {
-        let layout = *self.layout();
-        let room = self.pages.len() * layout.page_tokens;
-        assert!(start + rows.dim(0)? <= room, "rows past the reserved pages");
-        let pages = &self.pages;
-        self.device.write(
-            layer,
-            start,
-            rows,
-            room,
-            layout.row(),
-            rows.device(),
-            |from, to| rows_of(pages, &layout, layer, from..to),
-        )?;
-        self.owed.push(OwedRows {
-            layer,
-            start,
-            rows: rows.clone(),
-        });
-        Ok(())
-    }
-
-    /// Copies the rows written on the device since the last commit to the pages, in one copy
-    /// (one wait for the device per step, not one per layer).
-    pub(crate) fn commit_device_writes(&mut self) -> Result<()> {
-        if self.owed.is_empty() {
-            return Ok(());
-        }
-        let tensors: Vec<&Tensor> = self.owed.iter().map(|owed| &owed.rows).collect();
-        let values = Tensor::cat(&tensors, 0)?.flatten_all()?.to_vec1::<f32>()?;
-        let layout = *self.layout();
-        let mut offset = 0;
-        for owed in std::mem::take(&mut self.owed) {
-            let len = owed.rows.elem_count();
-            self.write_pages(
-                owed.layer,
-                owed.start,
-                &values[offset..offset + len],
-                &layout,
-            );
-            offset += len;
-        }
-        Ok(())
-    }
-
-    /// Drops the rows written on the device since the last commit (a step that did not finish):
-    /// the mirror forgets them, the pages never had them.
-    pub(crate) fn discard_device_writes(&mut self) {
-        for owed in std::mem::take(&mut self.owed) {
-            self.device.forget_layer_from(owed.layer, owed.start);
-        }
-    }
-
     /// One layer of every page: the page table the attention kernel reads.
     pub(crate) fn layer_pages(&self, layer: usize) -> Vec<&[f32]> {
         self.pages.iter().map(|p| p.layer(layer)).collect()
-    }
-
-    /// One layer's rows on `device` (a GPU), `[pages x page_tokens, kv_lora + rope]`: its first
-    /// `visible` rows are positions `0..visible` (written, if not yet committed), the rest of the
-    /// last page is garbage. Only rows written since the last call are copied to the device.
-    pub(crate) fn device_rows(
-        &mut self,
-        layer: usize,
-        visible: usize,
-        device: &Device,
-    ) -> Result<Tensor> {
-        let layout = *self.layout();
-        let room = self.pages.len() * layout.page_tokens;
-        assert!(visible <= room, "rows past the reserved pages");
-        let pages = &self.pages;
-        self.device
-            .rows(layer, visible, room, layout.row(), device, |from, to| {
-                rows_of(pages, &layout, layer, from..to)
-            })
     }
 
     /// One layer's first `len` rows copied out contiguously: ([len x kv_lora], [len x rope]).
@@ -266,20 +185,6 @@ impl LatentCache {
     }
 }
 
-/// The rows of `positions` in `layer`, one after another.
-fn rows_of(
-    pages: &[Arc<Page>],
-    layout: &PageLayout,
-    layer: usize,
-    positions: std::ops::Range<usize>,
-) -> Vec<f32> {
-    let mut values = Vec::with_capacity(positions.len() * layout.row());
-    for position in positions {
-        values.extend_from_slice(row_of(pages, layout, layer, position));
-    }
-    values
-}
-
 /// `[c_kv | k_pe]` of `position` in `layer`, inside its page.
 fn row_of<'a>(
     pages: &'a [Arc<Page>],
@@ -293,6 +198,8 @@ fn row_of<'a>(
 
 #[cfg(test)]
 mod tests {
+    use candle_core::{Device, Tensor};
+
     use super::*;
 
     fn cache() -> LatentCache {
@@ -385,5 +292,62 @@ mod tests {
             vec![0.0; 9],
             "nothing reached the pages"
         );
+    }
+
+    /// Two sequences over one prefix (as the prefix tree hands it out) share its device slots;
+    /// the one that extends the shared, partly filled tail page writes a copy with a slot of
+    /// its own, and reads its rows through the page table in position order.
+    #[test]
+    fn sequences_sharing_pages_share_their_device_slots() {
+        let mut first = cache();
+        first.reserve(6).unwrap();
+        for layer in 0..2 {
+            first
+                .write_on_device(layer, 0, &tensor(rows(layer, 0..6, 0.0)))
+                .unwrap();
+        }
+        first.commit_device_writes().unwrap();
+        first.set_len(6);
+        let (_, first_table) = first.device_pages(1, 6, &Device::Cpu).unwrap();
+
+        let device_pool = first.pool.device_pages(&Device::Cpu).unwrap().clone();
+        assert_eq!(
+            device_pool.uploaded_rows(),
+            0,
+            "the step wrote the device first"
+        );
+        let mut second = LatentCache::from_pages(first.pool.clone(), first.pages().to_vec(), 6);
+        let (_, shared_table) = second.device_pages(1, 6, &Device::Cpu).unwrap();
+        assert_eq!(shared_table, first_table, "the prefix's slots are shared");
+        assert_eq!(
+            device_pool.uploaded_rows(),
+            0,
+            "the prefix was on the device already"
+        );
+        assert_eq!(device_rows(&mut second, 0, 6), rows(0, 0..6, 0.0));
+
+        // Positions 6..8 go into a private copy of the tail page (positions 4..8).
+        second.reserve(2).unwrap();
+        let before = device_pool.uploaded_rows();
+        for layer in 0..2 {
+            second
+                .write_on_device(layer, 6, &tensor(rows(layer, 6..8, 3.0)))
+                .unwrap();
+        }
+        second.commit_device_writes().unwrap();
+        second.set_len(8);
+        // The copy's rows 4..6 came from the host once per layer; 6..8 were written there.
+        assert_eq!(device_pool.uploaded_rows() - before, 2 * 2);
+        let (_, table) = second.device_pages(0, 8, &Device::Cpu).unwrap();
+        assert_eq!(table[0], first_table[0]);
+        assert!(
+            !first_table.contains(&table[1]),
+            "the copied page has a slot of its own"
+        );
+        let mut want = rows(0, 0..6, 0.0);
+        want.extend(rows(0, 6..8, 3.0));
+        assert_eq!(device_rows(&mut second, 0, 8), want);
+        // The first sequence's rows are untouched.
+        assert_eq!(device_rows(&mut first, 0, 6), rows(0, 0..6, 0.0));
     }
 }

@@ -8,7 +8,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod detokenize;
 pub mod device;
-mod device_latents;
+mod device_pages;
 mod embedding;
 pub mod error;
 pub mod generation;

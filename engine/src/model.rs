@@ -888,10 +888,9 @@ impl Mla {
         } else if step.road == Road::Host {
             self.expanded_attention_cpu(&q_nope, &q_pe, layer, cache, step)?
         } else {
-            // Every cached row, mirrored on the device (only this step's rows are copied there).
-            let rows = cache
-                .device_rows(layer, total, x.device())?
-                .narrow(0, 0, total)?;
+            // Every cached row in order, from the pages' device copies (only rows the device
+            // lacks are copied there).
+            let rows = cache.device_rows(layer, total, x.device())?;
             let c_kv_all = rows
                 .narrow(1, 0, self.kv_lora)?
                 .contiguous()?
@@ -1025,7 +1024,7 @@ impl Mla {
     ) -> Result<Tensor> {
         let (device, dtype) = (q_latent.device(), q_latent.dtype());
         let page_tokens = cache.layout().page_tokens;
-        let rows = cache.device_rows(layer, step.start + step.len, device)?;
+        let (rows, table) = cache.device_pages(layer, step.start + step.len, device)?;
         let token_major = |q: &Tensor| -> Result<Tensor> {
             Ok(q.transpose(0, 1)?.to_dtype(DType::F32)?.contiguous()?)
         };
@@ -1037,6 +1036,7 @@ impl Mla {
             },
             first_position: step.start,
             page_tokens,
+            table,
             softmax_scale: self.scale as f32,
         };
         let out = token_major(q_latent)?.apply_op3_no_bwd(&token_major(q_pe)?, &rows, &op)?;

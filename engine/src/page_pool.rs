@@ -5,9 +5,12 @@
 //! shared by `Arc`: a page referenced from more than one place is never written (writers copy it
 //! first), so a strong count of one means "private to its holder".
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+use candle_core::Device;
 
 use crate::config::ModelConfig;
+use crate::device_pages::{DevicePagePool, DeviceSlot};
 use crate::error::{EngineError, Result};
 
 /// Tokens per page unless configured otherwise.
@@ -63,6 +66,8 @@ pub struct PagePool {
     /// `None`: unbounded (a private cache whose owner decides its length).
     budget_pages: Option<usize>,
     state: Mutex<PoolState>,
+    /// The pages' copies on the compute device, made when a step first runs there.
+    device: OnceLock<Arc<DevicePagePool>>,
 }
 
 #[derive(Default)]
@@ -78,7 +83,27 @@ impl PagePool {
             layout,
             budget_pages,
             state: Mutex::new(PoolState::default()),
+            device: OnceLock::new(),
         })
+    }
+
+    /// Latent rows copied from these pages to their device copies so far (0 off the device).
+    pub fn rows_copied_to_device(&self) -> usize {
+        self.device.get().map_or(0, |pool| pool.uploaded_rows())
+    }
+
+    /// The device pool of these pages' copies on `device` (one device per pool).
+    pub(crate) fn device_pages(&self, device: &Device) -> Result<&Arc<DevicePagePool>> {
+        let pool = self
+            .device
+            .get_or_init(|| DevicePagePool::new(self.layout, device));
+        if !pool.device().same_device(device) {
+            return Err(EngineError::Internal(format!(
+                "the KV cache's pages are on {:?}, not {device:?}",
+                pool.device().location()
+            )));
+        }
+        Ok(pool)
     }
 
     pub fn layout(&self) -> &PageLayout {
@@ -118,6 +143,7 @@ impl PagePool {
         Ok(Page {
             data,
             pool: self.clone(),
+            device: Mutex::new(None),
         })
     }
 
@@ -130,6 +156,8 @@ impl PagePool {
 pub struct Page {
     data: Box<[f32]>,
     pool: Arc<PagePool>,
+    /// This page's copy on the compute device, once a step there read or wrote it.
+    device: Mutex<Option<DeviceSlot>>,
 }
 
 impl Page {
@@ -147,7 +175,13 @@ impl Page {
         &self.data[layout.layer_offset(layer)..][..layout.page_tokens * layout.row()]
     }
 
-    /// A private copy of this page (counted against the budget).
+    /// This page's device slot, if it has one (locked: sequences sharing the page share it).
+    pub(crate) fn device_slot(&self) -> MutexGuard<'_, Option<DeviceSlot>> {
+        self.device.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A private copy of this page (counted against the budget); its device copy is made anew
+    /// when needed.
     pub fn duplicate(&self) -> Result<Page> {
         let mut copy = self.pool.allocate()?;
         copy.data.copy_from_slice(&self.data);

@@ -53,6 +53,9 @@ pub struct CacheCounters {
     pub tree_pages: usize,
     /// Pages evicted since the cache was made.
     pub evictions: usize,
+    /// Latent rows copied from the host pages to the compute device (a GPU) so far, over all
+    /// layers: pages already there (a shared prefix) cost none.
+    pub rows_copied_to_device: usize,
 }
 
 impl RadixCache {
@@ -83,6 +86,7 @@ impl RadixCache {
             budget_pages: self.pool.budget_pages(),
             tree_pages: self.nodes.len() - self.free.len() - 1,
             evictions: self.evictions,
+            rows_copied_to_device: self.pool.rows_copied_to_device(),
         }
     }
 
