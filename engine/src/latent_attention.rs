@@ -11,6 +11,8 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Shape};
 use kernels::cuda::MlaShape;
 use kernels::paged_attention::{LatentPages, LatentQueries, absorbed_attention};
 
+use crate::op_operands::f32_values;
+
 pub(crate) struct LatentAttention {
     pub shape: MlaShape,
     /// Position of query token 0; token i sees rows 0..=first_position + i.
@@ -60,18 +62,6 @@ impl LatentAttention {
     }
 }
 
-/// A contiguous f32 operand's values.
-fn f32_values<'a>(
-    storage: &'a CpuStorage,
-    layout: &Layout,
-    what: &str,
-) -> candle_core::Result<&'a [f32]> {
-    match (storage, layout.contiguous_offsets()) {
-        (CpuStorage::F32(values), Some((start, end))) => Ok(&values[start..end]),
-        _ => candle_core::bail!("latent attention: {what} must be contiguous f32"),
-    }
-}
-
 impl CustomOp3 for LatentAttention {
     fn name(&self) -> &'static str {
         "latent-attention"
@@ -96,7 +86,7 @@ impl CustomOp3 for LatentAttention {
             kv_lora,
             rope,
         } = self.shape;
-        let rows = f32_values(rows, rows_layout, "the latent rows")?;
+        let rows = f32_values(rows, rows_layout, "latent attention: the latent rows")?;
         let page_values = self.page_tokens * (kv_lora + rope);
         let pages: Vec<&[f32]> = self
             .table
@@ -106,8 +96,12 @@ impl CustomOp3 for LatentAttention {
         let mut out = vec![0f32; tokens * heads * kv_lora];
         absorbed_attention(
             &LatentQueries {
-                latent: f32_values(queries, queries_layout, "the latent queries")?,
-                rope: f32_values(roped, roped_layout, "the roped queries")?,
+                latent: f32_values(
+                    queries,
+                    queries_layout,
+                    "latent attention: the latent queries",
+                )?,
+                rope: f32_values(roped, roped_layout, "latent attention: the roped queries")?,
                 tokens,
                 heads,
                 first_position: self.first_position,

@@ -19,6 +19,7 @@ mod latent_attention;
 pub mod latent_cache;
 mod linear;
 pub mod model;
+mod op_operands;
 pub mod page_pool;
 pub mod prompt;
 pub mod quantized;

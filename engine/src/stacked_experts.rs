@@ -23,6 +23,7 @@ use kernels::grouped_matmul::{ExpertWeights, grouped_matmul};
 use kernels::routing::{GroupLimit, Weighting, route_token};
 
 use crate::error::Result;
+use crate::op_operands::{f32_values, u32_values};
 
 /// How a layer picks and weights its experts.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -110,7 +111,7 @@ impl CustomOp1 for RoutePlan {
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (_, plan_layout) = self.sizes(layout.shape())?;
-        let logits = f32_values(logits, layout, "the router's logits")?;
+        let logits = f32_values(logits, layout, "routing: the router's logits")?;
         let RoutingRule {
             experts,
             top_k,
@@ -202,8 +203,8 @@ impl CustomOp3 for GroupedExperts {
             weights_layout.shape(),
             plan_layout.shape(),
         )?;
-        let x = f32_values(x, x_layout, "the experts' input")?;
-        let plan = u32_values(plan, plan_layout)?;
+        let x = f32_values(x, x_layout, "grouped experts: the input")?;
+        let plan = u32_values(plan, plan_layout, "stacked experts: the routing plan")?;
         let gathered: Vec<f32>;
         let rows = if self.gather {
             gathered = plan[parts.row_token()]
@@ -310,18 +311,18 @@ impl CustomOp3 for CombineRows {
             plan_layout.shape(),
             base_layout.shape(),
         )?;
-        let plan = u32_values(plan, plan_layout)?;
+        let plan = u32_values(plan, plan_layout, "stacked experts: the routing plan")?;
         let weights: Vec<f32> = plan[parts.weights()]
             .iter()
             .map(|&bits| f32::from_bits(bits))
             .collect();
         let mut out = vec![0f32; tokens * width];
         combine_expert_rows(
-            f32_values(rows, rows_layout, "the experts' rows")?,
+            f32_values(rows, rows_layout, "combining rows: the rows")?,
             &plan[parts.choice_row()],
             &weights,
             self.rule.top_k,
-            Some(f32_values(base, base_layout, "the shared experts' output")?),
+            Some(f32_values(base, base_layout, "combining rows: the base")?),
             &mut out,
         );
         Ok((CpuStorage::F32(out), Shape::from((tokens, width))))
@@ -349,24 +350,6 @@ impl CustomOp3 for CombineRows {
             (base, base_layout),
             sizes,
         )
-    }
-}
-
-fn f32_values<'a>(
-    storage: &'a CpuStorage,
-    layout: &Layout,
-    what: &str,
-) -> candle_core::Result<&'a [f32]> {
-    match (storage, layout.contiguous_offsets()) {
-        (CpuStorage::F32(values), Some((start, end))) => Ok(&values[start..end]),
-        _ => candle_core::bail!("stacked experts: {what} must be contiguous f32"),
-    }
-}
-
-fn u32_values<'a>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result<&'a [u32]> {
-    match (storage, layout.contiguous_offsets()) {
-        (CpuStorage::U32(values), Some((start, end))) => Ok(&values[start..end]),
-        _ => candle_core::bail!("stacked experts: the routing plan must be contiguous u32"),
     }
 }
 
