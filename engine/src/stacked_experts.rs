@@ -461,7 +461,7 @@ mod gpu {
     use candle_core::cuda_backend::WrapErr;
     use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
     use candle_core::{CudaStorage, DType, Layout, Shape};
-    use kernels::cuda::{FEW_EXPERT_ROWS, MoeLaunch};
+    use kernels::cuda::{MoeLaunch, experts_take_the_matvec};
     use kernels::expert_rows::most_row_tiles;
     use kernels::routing::{GroupLimit, Weighting};
 
@@ -585,13 +585,14 @@ mod gpu {
                 Shape::from((parts.choices, n)),
             ));
         }
-        // A decode step's few rows take a warp per weight row; a prompt's take the tiles.
-        let few_rows = parts.choices <= FEW_EXPERT_ROWS;
+        // Few rows per expert (a decode step, a keystroke) take a warp per weight row; a prompt's
+        // take the tiles.
+        let few_rows = experts_take_the_matvec(parts.choices, parts.experts);
         let entry = match (weights.dtype(), few_rows) {
             (DType::F32, false) => "moe_grouped_matmul_f32",
             (DType::BF16, false) => "moe_grouped_matmul_bf16",
-            (DType::F32, true) => "moe_rows_matvec_f32",
-            (DType::BF16, true) => "moe_rows_matvec_bf16",
+            (DType::F32, true) => "moe_expert_matvec_f32",
+            (DType::BF16, true) => "moe_expert_matvec_bf16",
             (other, _) => candle_core::bail!("grouped experts: weights of {other:?}"),
         };
         let (name, ptx) = module("moe_grouped_matmul.cu", &[])?;
@@ -627,7 +628,7 @@ mod gpu {
             LaunchConfig {
                 grid_dim: (
                     n.div_ceil(MoeLaunch::MATVEC_WARPS) as u32,
-                    parts.choices as u32,
+                    parts.experts as u32,
                     1,
                 ),
                 block_dim: (32 * MoeLaunch::MATVEC_WARPS as u32, 1, 1),
@@ -646,10 +647,10 @@ mod gpu {
         launch.arg(&k_arg);
         launch.arg(&out);
         // SAFETY: the kernel's parameters in order (moe_grouped_matmul.cu: the tiles take
-        // tile_offsets after row_offsets, the few-rows kernel does not): x holds [T or choices,
-        // k], the weights [experts, n, k], the plan's parts as PlanLayout places them
-        // (row_token's tokens below T), out [choices, n]; tiles past the routing's last exit at
-        // once, and the few-rows grid has one row of blocks per choice.
+        // tile_offsets after row_offsets, the matvec does not): x holds [T or choices, k], the
+        // weights [experts, n, k], the plan's parts as PlanLayout places them (row_token's
+        // tokens below T), out [choices, n]; tiles past the routing's last exit at once, and the
+        // matvec's grid has one row of blocks per expert.
         unsafe { launch.launch(config) }.w()?;
         Ok((
             CudaStorage::wrap_cuda_slice(out, device),

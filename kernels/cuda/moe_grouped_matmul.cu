@@ -113,75 +113,101 @@ moe_grouped_matmul_bf16(const float* __restrict__ x, const unsigned short* __res
     grouped_matmul(x, w, row_token, row_offsets, tile_offsets, experts, n, k, y);
 }
 
-// The same product for a few rows (a decode step's chosen experts): the 64-row tiles above would
-// spend 63 of every 64 multiply-adds on empty rows, and a decode step is a read of the chosen
-// experts' weights, so here one warp streams one weight row W_e[j, :] and meets the row's input:
+// The same product when the experts have few rows each (a decode step: one; a keystroke's few
+// dozen tokens over 64 experts: a handful): the 64-row tiles above would spend most of their
+// multiply-adds on empty rows, and these products are reads of the experts' weights, so here
+// one warp streams one weight row W_e[j, :] once per MATVEC_ROWS of the expert's rows:
 //
-//   y[r, j] = x[s(r), :] . W_e[j, :]   for every row r (e: the expert whose rows hold r)
+//   y[r, j] = x[s(r), :] . W_e[j, :]   for the rows r of expert e
 //
-// Grid (ceil(n / MATVEC_WARPS), rows), block (32 * MATVEC_WARPS). Weight rows are read 16 bytes
-// per lane where k allows (a multiple of 4 f32 or 8 bf16 values), else value by value.
+// Grid (ceil(n / MATVEC_WARPS), experts), block (32 * MATVEC_WARPS); an expert without rows
+// exits at once. Weight rows are read 16 bytes per lane where k allows (a multiple of 4 f32 or
+// 8 bf16 values) and the weights start 16-byte aligned, else value by value.
 
 #define MATVEC_WARPS 8
+#define MATVEC_ROWS 4
 
-__device__ __forceinline__ float dot_part(const float* __restrict__ x, const float* __restrict__ w,
-                                          int c) {
+// The 4 f32 or 8 bf16 weights at w[c..] (16 bytes, aligned) as floats.
+__device__ __forceinline__ void unpack16(const float* __restrict__ w, int c, float* out) {
     const float4 v = *reinterpret_cast<const float4*>(w + c);
-    return x[c] * v.x + x[c + 1] * v.y + x[c + 2] * v.z + x[c + 3] * v.w;
+    out[0] = v.x;
+    out[1] = v.y;
+    out[2] = v.z;
+    out[3] = v.w;
 }
 
-__device__ __forceinline__ float dot_part(const float* __restrict__ x,
-                                          const unsigned short* __restrict__ w, int c) {
+__device__ __forceinline__ void unpack16(const unsigned short* __restrict__ w, int c, float* out) {
     const uint4 v = *reinterpret_cast<const uint4*>(w + c);
     const unsigned int words[4] = {v.x, v.y, v.z, v.w};
-    float sum = 0.0f;
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-        sum += x[c + 2 * i] * __uint_as_float(words[i] << 16);
-        sum += x[c + 2 * i + 1] * __uint_as_float(words[i] & 0xffff0000u);
+        out[2 * i] = __uint_as_float(words[i] << 16);
+        out[2 * i + 1] = __uint_as_float(words[i] & 0xffff0000u);
     }
-    return sum;
 }
 
 template <typename Weight>
-__device__ void rows_matvec(const float* __restrict__ x, const Weight* __restrict__ w,
-                            const int* __restrict__ row_token,
-                            const int* __restrict__ row_offsets, int experts, int n, int k,
-                            float* __restrict__ y) {
+__device__ void expert_matvec(const float* __restrict__ x, const Weight* __restrict__ w,
+                              const int* __restrict__ row_token,
+                              const int* __restrict__ row_offsets, int n, int k,
+                              float* __restrict__ y) {
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int j = blockIdx.x * MATVEC_WARPS + warp;
-    const int row = blockIdx.y;
+    const int expert = blockIdx.y;
     if (j >= n) return;
-    int expert = 0;
-    while (expert + 1 < experts && row_offsets[expert + 1] <= row) ++expert;
-    const float* input = x + (size_t)(row_token ? row_token[row] : row) * k;
+    const int first = row_offsets[expert], end = row_offsets[expert + 1];
     const Weight* weights = w + ((size_t)expert * n + j) * k;
-
-    // Values per 16-byte load; every weight row starts 16-byte aligned when k is a multiple of
-    // them and the weights start so.
     constexpr int per_load = 16 / sizeof(Weight);
-    float sum = 0.0f;
-    if (k % per_load == 0 && ((size_t)w & 15) == 0) {
-        for (int c = lane * per_load; c < k; c += 32 * per_load) sum += dot_part(input, weights, c);
-    } else {
-        for (int c = lane; c < k; c += 32) sum += input[c] * weight_value(weights, c);
+    const bool vectors = k % per_load == 0 && ((size_t)w & 15) == 0;
+
+    for (int r0 = first; r0 < end; r0 += MATVEC_ROWS) {
+        const int rows = min(MATVEC_ROWS, end - r0);
+        // Past the expert's last row, its last row again (computed, not written).
+        const float* inputs[MATVEC_ROWS];
+#pragma unroll
+        for (int i = 0; i < MATVEC_ROWS; ++i) {
+            const int r = r0 + min(i, rows - 1);
+            inputs[i] = x + (size_t)(row_token ? row_token[r] : r) * k;
+        }
+        float sums[MATVEC_ROWS] = {};
+        if (vectors) {
+            for (int c = lane * per_load; c < k; c += 32 * per_load) {
+                float values[per_load];
+                unpack16(weights, c, values);
+#pragma unroll
+                for (int i = 0; i < MATVEC_ROWS; ++i)
+#pragma unroll
+                    for (int t = 0; t < per_load; ++t) sums[i] += inputs[i][c + t] * values[t];
+            }
+        } else {
+            for (int c = lane; c < k; c += 32) {
+                const float value = weight_value(weights, c);
+#pragma unroll
+                for (int i = 0; i < MATVEC_ROWS; ++i) sums[i] += inputs[i][c] * value;
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < MATVEC_ROWS; ++i) {
+            float sum = sums[i];
+            for (int offset = 16; offset > 0; offset /= 2)
+                sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+            if (lane == 0 && i < rows) y[(size_t)(r0 + i) * n + j] = sum;
+        }
     }
-    for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
-    if (lane == 0) y[(size_t)row * n + j] = sum;
 }
 
-// As moe_grouped_matmul_f32 (without tile_offsets), for a few rows.
+// As moe_grouped_matmul_f32 (without tile_offsets), for experts with few rows each.
 extern "C" __global__ void __launch_bounds__(32 * MATVEC_WARPS)
-moe_rows_matvec_f32(const float* __restrict__ x, const float* __restrict__ w,
-                    const int* __restrict__ row_token, const int* __restrict__ row_offsets,
-                    int experts, int n, int k, float* __restrict__ y) {
-    rows_matvec(x, w, row_token, row_offsets, experts, n, k, y);
+moe_expert_matvec_f32(const float* __restrict__ x, const float* __restrict__ w,
+                      const int* __restrict__ row_token, const int* __restrict__ row_offsets,
+                      int experts, int n, int k, float* __restrict__ y) {
+    expert_matvec(x, w, row_token, row_offsets, n, k, y);
 }
 
-// As moe_grouped_matmul_bf16 (without tile_offsets), for a few rows.
+// As moe_grouped_matmul_bf16 (without tile_offsets), for experts with few rows each.
 extern "C" __global__ void __launch_bounds__(32 * MATVEC_WARPS)
-moe_rows_matvec_bf16(const float* __restrict__ x, const unsigned short* __restrict__ w,
-                     const int* __restrict__ row_token, const int* __restrict__ row_offsets,
-                     int experts, int n, int k, float* __restrict__ y) {
-    rows_matvec(x, w, row_token, row_offsets, experts, n, k, y);
+moe_expert_matvec_bf16(const float* __restrict__ x, const unsigned short* __restrict__ w,
+                       const int* __restrict__ row_token, const int* __restrict__ row_offsets,
+                       int experts, int n, int k, float* __restrict__ y) {
+    expert_matvec(x, w, row_token, row_offsets, n, k, y);
 }

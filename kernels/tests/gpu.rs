@@ -216,13 +216,15 @@ fn the_grouped_expert_matmul_matches_the_cpu_reference() {
     let (gpu, nvrtc) = (gpu(), nvrtc());
     let kernels = GpuKernels::compile(&gpu, &nvrtc, TINY).unwrap();
     // Lite's gate projection (n 1408, k 2048) over 8 experts with uneven rows (one idle, one past
-    // a tile), and an awkward small shape; then a decode step's few rows (the few-rows kernel),
-    // in 16-byte loads and, at k 47, value by value.
+    // a tile), and an awkward small shape (both in tiles); then few rows per expert (the
+    // matvec): a decode step, experts past one and two of its 4-row passes, in 16-byte loads
+    // and, at k 47, value by value.
     for (n, k, rows_per_expert) in [
         (1408, 2048, vec![3, 0, 64, 65, 1, 130, 7, 2]),
         (33, 47, vec![5, 0, 0, 70]),
         (1408, 2048, vec![1, 0, 2, 0, 1, 1, 0, 1]),
-        (33, 47, vec![2, 0, 3, 1]),
+        (96, 80, vec![9, 0, 5, 13]),
+        (33, 47, vec![2, 0, 7, 1]),
     ] {
         let mut row_offsets = vec![0];
         for rows in &rows_per_expert {
@@ -306,9 +308,12 @@ fn a_moe_layer_through_rows_on_the_gpu_matches_the_cpu_reference() {
     let kernels = GpuKernels::compile(&gpu, &nvrtc, TINY).unwrap();
     // The engine's road for a layer's routed experts: the GPU places the rows, the grouped
     // matmul reads each row's token in place, the rows are combined back with their weights.
+    // A decode step and a keystroke of Lite (few rows per expert: the matvec), a prompt over
+    // 16 experts (the tiles, some experts past one), an awkward small shape.
     for (tokens, top_k, experts, n, k) in [
         (1, 6, 64, 1408, 2048),
         (150, 6, 64, 96, 80),
+        (400, 6, 16, 96, 80),
         (9, 2, 5, 33, 47),
     ] {
         let chosen = skewed_choices(tokens, top_k, experts, 3 * tokens as u64);

@@ -5,8 +5,8 @@
 use super::driver::{Arg, Buffer, CudaError, Gpu, Kernels, LaunchShape};
 use super::nvrtc::Nvrtc;
 use super::sources::{
-    FEW_EXPERT_ROWS, KernelSource, MLA_THREADS, MlaShape, MoeLaunch, RoutingLimits, SOURCES,
-    attention_splits, mla_compile_options,
+    KernelSource, MLA_THREADS, MlaShape, MoeLaunch, RoutingLimits, SOURCES, attention_splits,
+    experts_take_the_matvec, mla_compile_options,
 };
 use crate::expert_rows::{EXPERT_TILE_ROWS, ExpertRows, most_row_tiles};
 use crate::grouped_matmul::ExpertWeights;
@@ -146,9 +146,9 @@ impl<'gpu> GpuKernels<'gpu> {
     /// Every expert's rows times its own W^T ([n, k] in `weights`, expert after expert), rows
     /// grouped by `row_offsets`: [rows, n], as [`crate::grouped_matmul::grouped_matmul`]
     /// computes it. Row r is `x`'s row `row_token[r]` when given (x is then [tokens, k], read in
-    /// place), else `x`'s row r (x is [rows, k]). At most [`FEW_EXPERT_ROWS`] rows take the
-    /// few-rows kernel; more take the tiles, their grid sized for the most tiles any routing of
-    /// these rows could take, as the engine sizes it before the routing is known.
+    /// place), else `x`'s row r (x is [rows, k]). Few rows per expert take the matvec
+    /// ([`experts_take_the_matvec`]); more take the tiles, their grid sized for the most tiles
+    /// any routing of these rows could take, as the engine sizes it before the routing is known.
     pub fn grouped_matmul(
         &self,
         x: &[f32],
@@ -191,12 +191,12 @@ impl<'gpu> GpuKernels<'gpu> {
         let row_token = row_token
             .map(|tokens| self.gpu.upload(tokens))
             .transpose()?;
-        let few_rows = rows <= FEW_EXPERT_ROWS;
+        let few_rows = experts_take_the_matvec(rows, experts);
         let (entry, weights) = match (weights, few_rows) {
             (ExpertWeights::F32(w), false) => ("moe_grouped_matmul_f32", self.gpu.upload(w)?),
             (ExpertWeights::Bf16(w), false) => ("moe_grouped_matmul_bf16", self.gpu.upload(w)?),
-            (ExpertWeights::F32(w), true) => ("moe_rows_matvec_f32", self.gpu.upload(w)?),
-            (ExpertWeights::Bf16(w), true) => ("moe_rows_matvec_bf16", self.gpu.upload(w)?),
+            (ExpertWeights::F32(w), true) => ("moe_expert_matvec_f32", self.gpu.upload(w)?),
+            (ExpertWeights::Bf16(w), true) => ("moe_expert_matvec_bf16", self.gpu.upload(w)?),
         };
         let (row_offsets, tile_offsets) =
             (self.gpu.upload(&offsets)?, self.gpu.upload(&tile_offsets)?);
@@ -210,7 +210,11 @@ impl<'gpu> GpuKernels<'gpu> {
         ];
         let shape = if few_rows {
             LaunchShape {
-                grid: (n.div_ceil(MoeLaunch::MATVEC_WARPS) as u32, rows as u32, 1),
+                grid: (
+                    n.div_ceil(MoeLaunch::MATVEC_WARPS) as u32,
+                    experts as u32,
+                    1,
+                ),
                 block: 32 * MoeLaunch::MATVEC_WARPS as u32,
                 shared_bytes: 0,
             }

@@ -13,6 +13,6 @@ pub mod nvrtc;
 mod sources;
 
 pub use sources::{
-    FEW_EXPERT_ROWS, KernelSource, MLA_THREADS, MlaShape, MoeLaunch, RoutingLimits, SOURCES,
-    attention_splits, mla_compile_options,
+    KernelSource, MLA_THREADS, MlaShape, MoeLaunch, RoutingLimits, SOURCES, attention_splits,
+    experts_take_the_matvec, mla_compile_options,
 };

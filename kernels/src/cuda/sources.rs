@@ -32,8 +32,8 @@ pub const SOURCES: &[KernelSource] = &[
         entry_points: &[
             "moe_grouped_matmul_f32",
             "moe_grouped_matmul_bf16",
-            "moe_rows_matvec_f32",
-            "moe_rows_matvec_bf16",
+            "moe_expert_matvec_f32",
+            "moe_expert_matvec_bf16",
         ],
         cpu_reference: "kernels::grouped_matmul::grouped_matmul",
     },
@@ -68,18 +68,25 @@ impl MoeLaunch {
     /// [`crate::expert_rows::EXPERT_TILE_ROWS`]) and its threads (`THREADS`).
     pub const GROUPED_TILE_COLUMNS: usize = 64;
     pub const GROUPED_THREADS: u32 = 256;
-    /// Weight rows, one warp each, per moe_rows_matvec block (`MATVEC_WARPS`).
+    /// Weight rows, one warp each, per moe_expert_matvec block (`MATVEC_WARPS`).
     pub const MATVEC_WARPS: usize = 8;
+    /// Mean rows per expert up to which the matvec is used ([`experts_take_the_matvec`]).
+    pub const MATVEC_MEAN_ROWS: usize = 16;
     /// Threads of moe_expert_rows' single block and of each moe_combine block (any multiple of
     /// 32 works; these are what the launches use).
     pub const EXPERT_ROWS_THREADS: u32 = 1024;
     pub const COMBINE_THREADS: u32 = 256;
 }
 
-/// At most this many rows, the experts' products take `moe_rows_matvec_*` (a warp streams each
-/// weight row once per row) rather than the 64-row tiles of `moe_grouped_matmul_*`, which would
-/// spend most of their multiply-adds on empty rows: a decode step's choices are a few rows.
-pub const FEW_EXPERT_ROWS: usize = 32;
+/// Whether the experts' products take `moe_expert_matvec_*` (a warp streams each weight row once
+/// per 4 of its expert's rows) rather than the 64-row tiles of `moe_grouped_matmul_*`, which
+/// spend most of their multiply-adds on empty rows when experts have few: at most
+/// [`MoeLaunch::MATVEC_MEAN_ROWS`] rows per expert on average (a decode step has 6 rows over
+/// 64 experts, a keystroke's 44 new tokens about 4 per expert, a 512-token chunk 48). Decided
+/// from the shapes, before the routing is known.
+pub fn experts_take_the_matvec(rows: usize, experts: usize) -> bool {
+    rows <= MoeLaunch::MATVEC_MEAN_ROWS * experts
+}
 
 /// The sizes `mla_paged_attention.cu` is compiled for (NVRTC compiles it at model load, so the
 /// loops and register arrays are sized exactly).
