@@ -238,7 +238,8 @@ mod tests {
     }
 
     /// A GPU step's rows reach the device at once and the pages at the commit; a step that
-    /// stops part way leaves the pages as they were and the mirror re-reads them.
+    /// stops part way leaves the pages as they were, and a host write over its rows makes the
+    /// device read them again.
     #[test]
     fn rows_written_on_the_device_reach_the_pages_at_the_commit() {
         let mut cache = cache();
@@ -270,7 +271,7 @@ mod tests {
             .unwrap();
         cache.discard_device_writes();
         assert_eq!(cache.len(), 6);
-        // The next step rewrites position 6 on the host road: the mirror reads it from there.
+        // The next step rewrites position 6 on the host road: the device reads it from there.
         cache.write(0, 6, &rows(0, 6..7, 9.0));
         let mut want = rows(0, 0..6, 0.0);
         want.extend(rows(0, 6..7, 9.0));

@@ -63,8 +63,8 @@ pub struct Model {
     device: Device,
     attention_form: AttentionForm,
     prefill_chunk: usize,
-    /// How a step keeps its latent rows and attends over them: through the device's mirror and
-    /// ops (a GPU), or on the host pages directly (the CPU).
+    /// How a step keeps its latent rows and attends over them: through the pages' device slots
+    /// and ops (a GPU), or on the host pages directly (the CPU).
     road: Road,
 }
 
@@ -73,8 +73,8 @@ pub struct Model {
 enum Road {
     /// The host pages, read in place by the CPU kernels.
     Host,
-    /// The device's mirror of the pages (rows written there first, committed to the pages once
-    /// per step) and candle ops with our attention op; the GPU's road.
+    /// The pages' device slots (rows written there first, committed to the host pages once per
+    /// step) and candle ops with our attention op; the GPU's road.
     Device,
 }
 
@@ -178,7 +178,7 @@ impl Model {
     }
 
     /// Runs the model as a GPU load does, on whatever device it is: the latent rows through
-    /// the device's mirror, attention through the device's ops, and every MoE layer's routed
+    /// the pages' device slots, attention through the device's ops, and every MoE layer's routed
     /// experts stacked where their weights (dense f32 or bf16) and routing allow; returns how
     /// many MoE layers run stacked. On the CPU our ops run the kernels' CPU references: tests
     /// hold the GPU's road to the reference logits this way (it is slow there; nothing else
@@ -1791,7 +1791,7 @@ mod tests {
         let q_pe =
             Tensor::from_vec(random(heads * 3 * rope, 8), (heads, 3, rope), &Device::Cpu).unwrap();
         // Twice: the second time positions 8.. hold new values (the step rewrote them, as after
-        // an edit), which the op's copy of the rows (the device mirror) must pick up.
+        // an edit), which the op's copy of the rows (the pages' device slots) must pick up.
         for round in 0..2u64 {
             if round == 1 {
                 for layer in 0..2 {

@@ -148,9 +148,9 @@ fn token_by_token_decode_matches_the_full_forward() {
     }
 }
 
-/// The road a GPU load takes, on the CPU: latent rows written to the device mirror and
+/// The road a GPU load takes, on the CPU: latent rows written to the pages' device slots and
 /// committed once per step, attention through the device's ops (our paged-attention op, the
-/// expanded form over the mirror), each MoE layer's experts stacked (routing plan, grouped
+/// expanded form over the slots), each MoE layer's experts stacked (routing plan, grouped
 /// matmuls, combine). Our ops run the CUDA kernels' CPU references here; the kernels are held
 /// to those on a GPU (kernels/tests/gpu.rs).
 #[test]

@@ -83,8 +83,8 @@ fn f32_on_the_gpu_matches_transformers_on_every_path() {
             expected,
             F32_TOLERANCE,
         );
-        // One token at a time: the absorbed form through our paged kernel, over the rows the
-        // cache mirrors on the device (one new row per layer and step).
+        // One token at a time: the absorbed form through our paged kernel, over the rows in the
+        // pages' device slots (one new row per layer and step).
         assert_close(
             name,
             "token by token",
