@@ -1,34 +1,41 @@
-//! Our CUDA kernels (`kernels/cuda/`) as PTX for candle's CUDA device: each source compiled with
-//! NVRTC once per process and set of options (every layer of every step asks; candle loads a
-//! module once and reads the text only the first time).
+//! Our CUDA kernels (`kernels/cuda/`) on candle's CUDA device: each source compiled with NVRTC
+//! once per process and set of options (every layer of every step asks; candle loads a module
+//! once and reads the text only the first time).
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
 
+use candle_core::cuda_backend::CudaDevice;
+use candle_core::cuda_backend::cudarc::driver::CudaFunction;
 use candle_core::cuda_backend::cudarc::nvrtc::{CompileOptions, compile_ptx_with_opts};
 use kernels::cuda::SOURCES;
 
 /// Every GPU we target runs compute_80 PTX (the driver compiles it for newer chips).
 const ARCH: &str = "-arch=compute_80";
 
-/// `file` compiled with `options`: the module name candle keys it by, and its PTX, for
-/// `CudaDevice::get_or_load_custom_func(entry, &module, &ptx)`.
-pub(crate) fn module(
+/// `entry` of the kernel source `file` compiled with `options`, loaded on `device`. Launch it on
+/// the device's stream: `device.cuda_stream().launch_builder(&kernel)`.
+pub(crate) fn kernel(
+    device: &CudaDevice,
     file: &'static str,
     options: &[String],
-) -> candle_core::Result<(String, Arc<str>)> {
-    let ptx = ptx_for(file, options)?;
-    Ok((format!("deepseek_lsp_{file}_{}", options.join("_")), ptx))
+    entry: &str,
+) -> candle_core::Result<CudaFunction> {
+    // candle keys loaded modules by name: one per source and options.
+    let module = format!("deepseek_lsp_{file}_{}", options.join("_"));
+    let ptx = ptx_for(&module, file, options)?;
+    Ok(device
+        .get_or_load_custom_func(entry, &module, &ptx)?
+        .into_cuda_function())
 }
 
-fn ptx_for(file: &'static str, options: &[String]) -> candle_core::Result<Arc<str>> {
-    type Key = (&'static str, Vec<String>);
-    static COMPILED: LazyLock<Mutex<HashMap<Key, Arc<str>>>> = LazyLock::new(Default::default);
-    let key = (file, options.to_vec());
+/// The PTX of `file` compiled with `options`, cached under its module name.
+fn ptx_for(module: &str, file: &'static str, options: &[String]) -> candle_core::Result<Arc<str>> {
+    static COMPILED: LazyLock<Mutex<HashMap<String, Arc<str>>>> = LazyLock::new(Default::default);
     let mut compiled = COMPILED
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    if let Some(ptx) = compiled.get(&key) {
+    if let Some(ptx) = compiled.get(module) {
         return Ok(ptx.clone());
     }
     let source = SOURCES
@@ -48,6 +55,6 @@ fn ptx_for(file: &'static str, options: &[String]) -> candle_core::Result<Arc<st
     .map_err(|e| candle_core::Error::msg(format!("{}: {e}", source.file)))?
     .to_src()
     .into();
-    compiled.insert(key, ptx.clone());
+    compiled.insert(module.to_string(), ptx.clone());
     Ok(ptx)
 }

@@ -146,7 +146,7 @@ mod gpu {
     use kernels::cuda::{MLA_THREADS, attention_splits, mla_compile_options};
 
     use super::LatentAttention;
-    use crate::gpu_ptx::module;
+    use crate::gpu_ptx::kernel;
 
     pub(super) fn forward(
         op: &LatentAttention,
@@ -171,9 +171,10 @@ mod gpu {
         let head_groups = shape.heads / heads_per_block;
         let device = queries.device.clone();
         let options = mla_compile_options(shape).map_err(candle_core::Error::msg)?;
-        let (module, ptx) = module("mla_paged_attention.cu", &options)?;
-        let partials = device.get_or_load_custom_func("mla_split_partials", &module, &ptx)?;
-        let merge = device.get_or_load_custom_func("mla_merge_splits", &module, &ptx)?;
+        const FILE: &str = "mla_paged_attention.cu";
+        let partials = kernel(&device, FILE, &options, "mla_split_partials")?;
+        let merge = kernel(&device, FILE, &options, "mla_merge_splits")?;
+        let stream = device.cuda_stream();
         let multiprocessors = device
             .cuda_stream()
             .context()
@@ -206,7 +207,7 @@ mod gpu {
             op.first_position as i32,
             pages_per_split as i32,
         );
-        let mut launch = partials.builder();
+        let mut launch = stream.launch_builder(&partials);
         launch.arg(&queries);
         launch.arg(&roped);
         launch.arg(&rows);
@@ -229,7 +230,7 @@ mod gpu {
         unsafe { launch.launch(config) }.w()?;
 
         let splits_arg = splits as i32;
-        let mut launch = merge.builder();
+        let mut launch = stream.launch_builder(&merge);
         launch.arg(&max);
         launch.arg(&sum);
         launch.arg(&acc);

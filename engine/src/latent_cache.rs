@@ -278,6 +278,21 @@ mod tests {
         assert_eq!(device_rows(&mut cache, 0, 7), want);
     }
 
+    /// Rows the device never saw (written on the host) are copied there once, in one copy for
+    /// pages whose slots follow one another.
+    #[test]
+    fn rows_from_the_host_are_copied_to_the_device_once() {
+        let mut cache = cache();
+        cache.reserve(6).unwrap();
+        cache.write(0, 0, &rows(0, 0..6, 0.0));
+        cache.set_len(6);
+        let pool = cache.pool.device_pages(&Device::Cpu).unwrap().clone();
+        assert_eq!(device_rows(&mut cache, 0, 6), rows(0, 0..6, 0.0));
+        assert_eq!(pool.uploaded_rows(), 6);
+        assert_eq!(device_rows(&mut cache, 0, 6), rows(0, 0..6, 0.0));
+        assert_eq!(pool.uploaded_rows(), 6, "nothing is copied twice");
+    }
+
     #[test]
     fn a_truncation_drops_rows_owed_to_the_pages() {
         let mut cache = cache();

@@ -1389,7 +1389,7 @@ impl Moe {
         let plan = stacked.plan(&logits)?;
         if routing_trace::tracing() {
             routing_trace::record(routing_trace::RoutedStep {
-                chosen: stacked.chosen(&plan)?,
+                chosen: stacked.chosen(&plan, x.dim(0)?)?,
                 logits: logits.to_vec2::<f32>()?,
             });
         }
@@ -1658,13 +1658,14 @@ mod tests {
                         "expert 0 takes {favoured} rows, not past a tile"
                     );
                 }
-                let expected = each.forward(&x).unwrap().to_dtype(DType::F32).unwrap();
-                let ours = stacked.forward(&x).unwrap().to_dtype(DType::F32).unwrap();
+                let expected = each.forward(&x).unwrap();
+                let ours = stacked.forward(&x).unwrap();
                 assert_eq!(ours.dtype(), expected.dtype());
-                let (expected, ours) = (
-                    expected.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-                    ours.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-                );
+                let values = |t: Tensor| -> Vec<f32> {
+                    let t = t.to_dtype(DType::F32).unwrap();
+                    t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+                };
+                let (expected, ours) = (values(expected), values(ours));
                 let scale = expected.iter().fold(0f32, |m, v| m.max(v.abs()));
                 let worst = ours
                     .iter()

@@ -17,6 +17,7 @@
 use std::ops::Range;
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, D, DType, Layout, Shape, Tensor};
+use half::slice::HalfFloatSliceExt;
 use kernels::cuda::RoutingLimits;
 use kernels::expert_rows::{combine_expert_rows, expert_rows};
 use kernels::grouped_matmul::{ExpertWeights, grouped_matmul};
@@ -220,12 +221,10 @@ impl CustomOp3 for GroupedExperts {
             .iter()
             .map(|&row| row as usize)
             .collect();
-        let bits: Vec<u16>;
         let weights = match (weights, weights_layout.contiguous_offsets()) {
             (CpuStorage::F32(w), Some((start, end))) => ExpertWeights::F32(&w[start..end]),
             (CpuStorage::BF16(w), Some((start, end))) => {
-                bits = w[start..end].iter().map(|v| v.to_bits()).collect();
-                ExpertWeights::Bf16(&bits)
+                ExpertWeights::Bf16(w[start..end].reinterpret_cast())
             }
             _ => candle_core::bail!("grouped experts: the weights must be contiguous f32 or bf16"),
         };
@@ -409,15 +408,15 @@ impl StackedExperts {
             .apply_op1_no_bwd(&RoutePlan { rule: self.rule })?)
     }
 
-    /// Each token's chosen experts, best first, read back from a plan (for routing traces).
-    pub(crate) fn chosen(&self, plan: &Tensor) -> Result<Vec<Vec<usize>>> {
-        let plan = plan.to_vec1::<u32>()?;
-        let choices = (plan.len() - 2 * (self.rule.experts + 1)) / 4;
+    /// Each of `tokens` tokens' chosen experts, best first, read back from their plan (for
+    /// routing traces).
+    pub(crate) fn chosen(&self, plan: &Tensor, tokens: usize) -> Result<Vec<Vec<usize>>> {
         let parts = PlanLayout {
-            choices,
+            choices: tokens * self.rule.top_k,
             experts: self.rule.experts,
         };
-        Ok(plan[parts.chosen()]
+        let chosen = plan.narrow(0, 0, parts.chosen().len())?.to_vec1::<u32>()?;
+        Ok(chosen
             .chunks_exact(self.rule.top_k)
             .map(|experts| experts.iter().map(|&e| e as usize).collect())
             .collect())
@@ -466,7 +465,7 @@ mod gpu {
     use kernels::routing::{GroupLimit, Weighting};
 
     use super::{CombineRows, GroupedExperts, PlanLayout, RoutePlan};
-    use crate::gpu_ptx::module;
+    use crate::gpu_ptx::kernel;
 
     pub(super) fn route_plan(
         op: &RoutePlan,
@@ -508,16 +507,11 @@ mod gpu {
             let (mut tile_offsets, mut rest) = rest.split_at_mut(parts.experts + 1);
             let (mut row_token, mut choice_row) = rest.split_at_mut(parts.choices);
 
-            let route = {
-                let (name, ptx) = module("moe_routing.cu", &[])?;
-                device.get_or_load_custom_func("moe_route", &name, &ptx)?
-            };
-            let rows = {
-                let (name, ptx) = module("moe_expert_rows.cu", &[])?;
-                device.get_or_load_custom_func("moe_expert_rows", &name, &ptx)?
-            };
+            let route = kernel(&device, "moe_routing.cu", &[], "moe_route")?;
+            let rows = kernel(&device, "moe_expert_rows.cu", &[], "moe_expert_rows")?;
+            let stream = device.cuda_stream();
             {
-                let mut launch = route.builder();
+                let mut launch = stream.launch_builder(&route);
                 launch.arg(&logits);
                 launch.arg(&tokens_arg);
                 launch.arg(&experts);
@@ -538,7 +532,7 @@ mod gpu {
                 // PlanLayout), and the rule fits the kernel (RoutingRule::fits_the_kernels).
                 unsafe { launch.launch(config) }.w()?;
             }
-            let mut launch = rows.builder();
+            let mut launch = stream.launch_builder(&rows);
             launch.arg(&mut chosen);
             launch.arg(&choices);
             launch.arg(&experts);
@@ -595,8 +589,8 @@ mod gpu {
             (DType::BF16, true) => "moe_expert_matvec_bf16",
             (other, _) => candle_core::bail!("grouped experts: weights of {other:?}"),
         };
-        let (name, ptx) = module("moe_grouped_matmul.cu", &[])?;
-        let function = device.get_or_load_custom_func(entry, &name, &ptx)?;
+        let function = kernel(&device, "moe_grouped_matmul.cu", &[], entry)?;
+        let stream = device.cuda_stream();
         let (row_token, row_offsets, tile_offsets) = (
             plan.slice(parts.row_token()),
             plan.slice(parts.row_offsets()),
@@ -604,7 +598,7 @@ mod gpu {
         );
         let no_gather: u64 = 0;
         let (experts, n_arg, k_arg) = (parts.experts as i32, n as i32, k as i32);
-        let mut launch = function.builder();
+        let mut launch = stream.launch_builder(&function);
         launch.arg(&x);
         let start = weights_layout.start_offset();
         let (f32_weights, bf16_weights);
@@ -682,14 +676,12 @@ mod gpu {
             .slice(base_layout.start_offset()..);
         let out = device.alloc_zeros::<f32>(tokens * width)?;
         if tokens > 0 && width > 0 {
-            let function = {
-                let (name, ptx) = module("moe_expert_rows.cu", &[])?;
-                device.get_or_load_custom_func("moe_combine", &name, &ptx)?
-            };
+            let function = kernel(&device, "moe_expert_rows.cu", &[], "moe_combine")?;
+            let stream = device.cuda_stream();
             let (choice_row, weights) =
                 (plan.slice(parts.choice_row()), plan.slice(parts.weights()));
             let (top_k, width_arg) = (op.rule.top_k as i32, width as i32);
-            let mut launch = function.builder();
+            let mut launch = stream.launch_builder(&function);
             launch.arg(&rows);
             launch.arg(&choice_row);
             launch.arg(&weights);

@@ -87,9 +87,14 @@ pub fn combine_expert_rows(
     base: Option<&[f32]>,
     out: &mut [f32],
 ) {
-    let width = out.len() / (choice_row.len() / top_k.max(1)).max(1);
+    assert!(top_k > 0 && choice_row.len().is_multiple_of(top_k));
     assert_eq!(choice_row.len(), weights.len());
-    assert_eq!(out.len(), choice_row.len() / top_k.max(1) * width);
+    let tokens = choice_row.len() / top_k;
+    if tokens == 0 {
+        return;
+    }
+    let width = out.len() / tokens;
+    assert_eq!(out.len(), tokens * width);
     for (token, out) in out.chunks_exact_mut(width.max(1)).enumerate() {
         match base {
             Some(base) => out.copy_from_slice(&base[token * width..(token + 1) * width]),

@@ -19,15 +19,60 @@ pub(super) struct OwedRows {
     rows: Tensor,
 }
 
-/// `page`'s device slot, given one from `pool` if it has none.
+/// A page's device slot, given one from `pool` if it has none.
 fn slot_of<'a>(
-    guard: &'a mut std::sync::MutexGuard<'_, Option<DeviceSlot>>,
+    slot: &'a mut Option<DeviceSlot>,
     pool: &Arc<DevicePagePool>,
 ) -> Result<&'a mut DeviceSlot> {
-    Ok(match guard.take() {
-        Some(slot) => guard.insert(slot),
-        None => guard.insert(pool.allocate()?),
-    })
+    if slot.is_none() {
+        *slot = Some(pool.allocate()?);
+    }
+    Ok(slot.as_mut().expect("given one above"))
+}
+
+/// Host rows one layer's slots lack, gathered into copies: rows that follow one another in the
+/// slots (consecutive slots, whole pages) go in one copy.
+struct Uploads {
+    layer: usize,
+    page_tokens: usize,
+    row: usize,
+    /// (first row in the slots, values)
+    copies: Vec<(usize, Vec<f32>)>,
+}
+
+impl Uploads {
+    fn new(layer: usize, page_tokens: usize, row: usize) -> Self {
+        Self {
+            layer,
+            page_tokens,
+            row,
+            copies: Vec::new(),
+        }
+    }
+
+    /// Queues what `slot` lacks of `page`'s first `upto` rows, and counts them as there.
+    fn catch_up(&mut self, page: &Page, slot: &mut DeviceSlot, upto: usize) {
+        let synced = slot.synced[self.layer];
+        if synced >= upto {
+            return;
+        }
+        let first = slot.slot * self.page_tokens + synced;
+        let values = &page.layer(self.layer)[synced * self.row..upto * self.row];
+        match self.copies.last_mut() {
+            Some((to, pending)) if *to + pending.len() / self.row == first => {
+                pending.extend_from_slice(values)
+            }
+            _ => self.copies.push((first, values.to_vec())),
+        }
+        slot.synced[self.layer] = upto;
+    }
+
+    fn send(self, pool: &DevicePagePool) -> Result<()> {
+        for (first, values) in self.copies {
+            pool.upload(self.layer, first, values)?;
+        }
+        Ok(())
+    }
 }
 
 impl LatentCache {
@@ -52,6 +97,7 @@ impl LatentCache {
             "rows past the reserved pages"
         );
         let pool = self.device_pool(rows.device())?;
+        let mut uploads = Uploads::new(layer, page_tokens, row);
         // (first row in the slots, first row of `rows`, rows): pieces that follow one another
         // in both go in one copy.
         let mut runs: Vec<(usize, usize, usize)> = Vec::new();
@@ -63,11 +109,7 @@ impl LatentCache {
             let mut guard = page.device_slot();
             let slot = slot_of(&mut guard, &pool)?;
             // Rows of this page below the step's that the device lacks (a page it never saw).
-            let synced = slot.synced[layer];
-            if synced < offset {
-                let values = page.layer(layer)[synced * row..offset * row].to_vec();
-                pool.upload(layer, slot.slot * page_tokens + synced, values)?;
-            }
+            uploads.catch_up(page, slot, offset);
             slot.synced[layer] = offset + count;
             let first = slot.slot * page_tokens + offset;
             match runs.last_mut() {
@@ -80,6 +122,7 @@ impl LatentCache {
             }
             position += count;
         }
+        uploads.send(&pool)?;
         for (to, from, len) in runs {
             pool.write(layer, to, &rows.narrow(0, from, len)?)?;
         }
@@ -132,36 +175,19 @@ impl LatentCache {
         device: &Device,
     ) -> Result<(Tensor, Vec<u32>)> {
         let layout = *self.layout();
-        let (page_tokens, row) = (layout.page_tokens, layout.row());
+        let page_tokens = layout.page_tokens;
         let pages = visible.div_ceil(page_tokens);
         assert!(pages <= self.pages.len(), "rows past the reserved pages");
         let pool = self.device_pool(device)?;
         let mut table = Vec::with_capacity(pages);
-        // (first row in the slots, values): pages whose missing rows follow one another in the
-        // slots go in one copy.
-        let mut uploads: Vec<(usize, Vec<f32>)> = Vec::new();
+        let mut uploads = Uploads::new(layer, page_tokens, layout.row());
         for (index, page) in self.pages[..pages].iter().enumerate() {
-            let wanted = (visible - index * page_tokens).min(page_tokens);
             let mut guard = page.device_slot();
             let slot = slot_of(&mut guard, &pool)?;
             table.push(slot.slot as u32);
-            let synced = slot.synced[layer];
-            if synced >= wanted {
-                continue;
-            }
-            let first = slot.slot * page_tokens + synced;
-            let values = &Page::layer(page, layer)[synced * row..wanted * row];
-            match uploads.last_mut() {
-                Some((to, pending)) if *to + pending.len() / row == first => {
-                    pending.extend_from_slice(values)
-                }
-                _ => uploads.push((first, values.to_vec())),
-            }
-            slot.synced[layer] = wanted;
+            uploads.catch_up(page, slot, (visible - index * page_tokens).min(page_tokens));
         }
-        for (first, values) in uploads {
-            pool.upload(layer, first, values)?;
-        }
+        uploads.send(&pool)?;
         Ok((pool.layer(layer), table))
     }
 
