@@ -57,17 +57,27 @@ unsafe impl Sync for Gpu {}
 impl Gpu {
     /// GPU number `ordinal`, or why it cannot be used (no driver, no such GPU...).
     pub fn open(ordinal: usize) -> Result<Self, CudaError> {
-        Self::locate(ordinal, true)
+        Self::locate(&candidates(LIBRARY_VARIABLE, LIBRARY_NAMES), ordinal, true)
+    }
+
+    /// GPU number `ordinal` of the driver library at `library` (another driver than the
+    /// system's: the GPU suite's emulated one, for instance).
+    pub fn open_at(library: &std::path::Path, ordinal: usize) -> Result<Self, CudaError> {
+        Self::locate(&[library.display().to_string()], ordinal, true)
     }
 
     /// GPU number `ordinal` as the driver describes it (name, compute capability), without
     /// taking a context on it: nothing is allocated on the GPU, and nothing can be run.
     pub fn probe(ordinal: usize) -> Result<Self, CudaError> {
-        Self::locate(ordinal, false)
+        Self::locate(&candidates(LIBRARY_VARIABLE, LIBRARY_NAMES), ordinal, false)
     }
 
-    fn locate(ordinal: usize, retain_context: bool) -> Result<Self, CudaError> {
-        let (library, path) = open_library()?;
+    fn locate(
+        libraries: &[String],
+        ordinal: usize,
+        retain_context: bool,
+    ) -> Result<Self, CudaError> {
+        let (library, path) = open_library(libraries)?;
         let mut gpu = Self {
             library,
             device: 0,
@@ -442,8 +452,8 @@ impl Drop for Kernels<'_> {
     }
 }
 
-fn open_library() -> Result<(Library, String), CudaError> {
-    open_first(&candidates(LIBRARY_VARIABLE, LIBRARY_NAMES)).map_err(|failures| {
+fn open_library(candidates: &[String]) -> Result<(Library, String), CudaError> {
+    open_first(candidates).map_err(|failures| {
         CudaError(format!(
             "no NVIDIA driver library ({failures}); is an NVIDIA GPU and its driver installed?"
         ))

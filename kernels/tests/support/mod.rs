@@ -6,6 +6,7 @@ use std::process::Command;
 use kernels::cuda::nvrtc::Nvrtc;
 
 /// NVRTC as tools/nvrtc.py fetches it from PyPI (sha256-checked; needs pip and the network).
+#[allow(dead_code)]
 pub fn fetched_nvrtc() -> Nvrtc {
     let tools = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tools/nvrtc.py");
     let output = Command::new("python3")
@@ -20,3 +21,8 @@ pub fn fetched_nvrtc() -> Nvrtc {
     let path = PathBuf::from(String::from_utf8(output.stdout).unwrap().trim());
     Nvrtc::open_at(&path).unwrap_or_else(|error| panic!("{error}"))
 }
+
+#[allow(dead_code)]
+pub mod cuda_on_cpu;
+#[allow(dead_code)]
+pub mod gpu_suite;
