@@ -6,9 +6,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
 
 use candle_core::cuda_backend::CudaDevice;
-use candle_core::cuda_backend::cudarc::driver::CudaFunction;
+use candle_core::cuda_backend::cudarc::driver::{CudaFunction, LaunchConfig};
 use candle_core::cuda_backend::cudarc::nvrtc::{CompileOptions, compile_ptx_with_opts};
-use kernels::cuda::SOURCES;
+use kernels::cuda::{LaunchShape, SOURCES};
 
 /// Every GPU we target runs compute_80 PTX (the driver compiles it for newer chips).
 const ARCH: &str = "-arch=compute_80";
@@ -57,4 +57,14 @@ fn ptx_for(module: &str, file: &'static str, options: &[String]) -> candle_core:
     .into();
     compiled.insert(module.to_string(), ptx.clone());
     Ok(ptx)
+}
+
+/// cudarc's launch configuration for one of our kernels' launch shapes
+/// (`kernels::cuda::launch_shapes`, which the emulated GPU suite checks).
+pub(crate) fn config(shape: LaunchShape) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: shape.grid,
+        block_dim: (shape.block, 1, 1),
+        shared_mem_bytes: shape.shared_bytes,
+    }
 }

@@ -140,13 +140,13 @@ impl CustomOp3 for LatentAttention {
 #[cfg(feature = "cuda")]
 mod gpu {
     use candle_core::cuda_backend::WrapErr;
+    use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
     use candle_core::cuda_backend::cudarc::driver::sys::CUdevice_attribute;
-    use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
     use candle_core::{CudaStorage, Layout, Shape};
-    use kernels::cuda::{MLA_THREADS, attention_splits, mla_compile_options};
+    use kernels::cuda::{launch_shapes, mla_compile_options};
 
     use super::LatentAttention;
-    use crate::gpu_ptx::kernel;
+    use crate::gpu_ptx::{config, kernel};
 
     pub(super) fn forward(
         op: &LatentAttention,
@@ -165,10 +165,6 @@ mod gpu {
             }
         }
         let shape = op.shape;
-        let heads_per_block = shape
-            .heads_per_block()
-            .ok_or_else(|| candle_core::Error::msg(format!("{shape:?} does not fit a block")))?;
-        let head_groups = shape.heads / heads_per_block;
         let device = queries.device.clone();
         let options = mla_compile_options(shape).map_err(candle_core::Error::msg)?;
         const FILE: &str = "mla_paged_attention.cu";
@@ -180,8 +176,9 @@ mod gpu {
             .context()
             .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .w()?;
-        let (splits, pages_per_split) =
-            attention_splits(pages, head_groups, tokens, multiprocessors as usize);
+        let launches = launch_shapes::attention(shape, tokens, pages, multiprocessors as usize)
+            .map_err(candle_core::Error::msg)?;
+        let splits = launches.splits;
 
         let queries = queries
             .as_cuda_slice::<f32>()?
@@ -205,7 +202,7 @@ mod gpu {
             op.page_tokens as i32,
             shape.heads as i32,
             op.first_position as i32,
-            pages_per_split as i32,
+            launches.pages_per_split as i32,
         );
         let mut launch = stream.launch_builder(&partials);
         launch.arg(&queries);
@@ -220,14 +217,9 @@ mod gpu {
         launch.arg(&max);
         launch.arg(&sum);
         launch.arg(&acc);
-        let config = LaunchConfig {
-            grid_dim: (splits as u32, head_groups as u32, tokens as u32),
-            block_dim: (MLA_THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
         // SAFETY: the arguments are the kernel's parameters in order (mla_paged_attention.cu),
         // each buffer as long as the sizes checked above make the kernel read or write.
-        unsafe { launch.launch(config) }.w()?;
+        unsafe { launch.launch(config(launches.partials)) }.w()?;
 
         let splits_arg = splits as i32;
         let mut launch = stream.launch_builder(&merge);
@@ -236,13 +228,8 @@ mod gpu {
         launch.arg(&acc);
         launch.arg(&splits_arg);
         launch.arg(&out);
-        let config = LaunchConfig {
-            grid_dim: (shape.heads as u32, tokens as u32, 1),
-            block_dim: (MLA_THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
         // SAFETY: as above, for mla_merge_splits.
-        unsafe { launch.launch(config) }.w()?;
+        unsafe { launch.launch(config(launches.merge)) }.w()?;
         Ok((
             CudaStorage::wrap_cuda_slice(out, device),
             Shape::from((tokens, shape.heads, shape.kv_lora)),

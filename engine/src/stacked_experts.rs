@@ -458,14 +458,13 @@ impl StackedExperts {
 mod gpu {
     use candle_core::backend::BackendStorage;
     use candle_core::cuda_backend::WrapErr;
-    use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
+    use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
     use candle_core::{CudaStorage, DType, Layout, Shape};
-    use kernels::cuda::{MoeLaunch, experts_take_the_matvec};
-    use kernels::expert_rows::most_row_tiles;
+    use kernels::cuda::launch_shapes::{self, ExpertsProduct};
     use kernels::routing::{GroupLimit, Weighting};
 
     use super::{CombineRows, GroupedExperts, PlanLayout, RoutePlan};
-    use crate::gpu_ptx::kernel;
+    use crate::gpu_ptx::{config, kernel};
 
     pub(super) fn route_plan(
         op: &RoutePlan,
@@ -522,15 +521,10 @@ mod gpu {
                 launch.arg(&scaling);
                 launch.arg(&mut chosen);
                 launch.arg(&mut weights);
-                let config = LaunchConfig {
-                    grid_dim: ((tokens as u32).div_ceil(MoeLaunch::ROUTING_WARPS), 1, 1),
-                    block_dim: (32 * MoeLaunch::ROUTING_WARPS, 1, 1),
-                    shared_mem_bytes: MoeLaunch::ROUTING_WARPS * rule.experts as u32 * 4,
-                };
                 // SAFETY: the arguments are moe_route's parameters in order; the logits hold
                 // tokens x experts values and chosen/weights tokens x top_k each (RoutePlan::sizes,
                 // PlanLayout), and the rule fits the kernel (RoutingRule::fits_the_kernels).
-                unsafe { launch.launch(config) }.w()?;
+                unsafe { launch.launch(config(launch_shapes::route(tokens, rule.experts))) }.w()?;
             }
             let mut launch = stream.launch_builder(&rows);
             launch.arg(&mut chosen);
@@ -541,14 +535,9 @@ mod gpu {
             launch.arg(&mut tile_offsets);
             launch.arg(&mut row_token);
             launch.arg(&mut choice_row);
-            let config = LaunchConfig {
-                grid_dim: (1, 1, 1),
-                block_dim: (MoeLaunch::EXPERT_ROWS_THREADS, 1, 1),
-                shared_mem_bytes: 2 * rule.experts as u32 * 4,
-            };
             // SAFETY: moe_expert_rows' parameters in order, each part as long as PlanLayout
             // makes it (experts + 1 offsets, choices of the rest).
-            unsafe { launch.launch(config) }.w()?;
+            unsafe { launch.launch(config(launch_shapes::expert_rows(rule.experts))) }.w()?;
         }
         let len = parts.len();
         Ok((CudaStorage::wrap_cuda_slice(plan, device), Shape::from(len)))
@@ -572,22 +561,18 @@ mod gpu {
             .as_cuda_slice::<u32>()?
             .slice(plan_layout.start_offset()..);
         let out = device.alloc_zeros::<f32>(parts.choices * n)?;
-        let tiles = most_row_tiles(parts.choices, parts.experts) as u32;
-        if tiles == 0 || n == 0 {
+        let Some((product, shape)) =
+            launch_shapes::experts_product(parts.choices, parts.experts, n)
+        else {
             return Ok((
                 CudaStorage::wrap_cuda_slice(out, device),
                 Shape::from((parts.choices, n)),
             ));
-        }
-        // Few rows per expert (a decode step, a keystroke) take a warp per weight row; a prompt's
-        // take the tiles.
-        let few_rows = experts_take_the_matvec(parts.choices, parts.experts);
-        let entry = match (weights.dtype(), few_rows) {
-            (DType::F32, false) => "moe_grouped_matmul_f32",
-            (DType::BF16, false) => "moe_grouped_matmul_bf16",
-            (DType::F32, true) => "moe_expert_matvec_f32",
-            (DType::BF16, true) => "moe_expert_matvec_bf16",
-            (other, _) => candle_core::bail!("grouped experts: weights of {other:?}"),
+        };
+        let entry = match weights.dtype() {
+            DType::F32 => product.entry(false),
+            DType::BF16 => product.entry(true),
+            other => candle_core::bail!("grouped experts: weights of {other:?}"),
         };
         let function = kernel(&device, "moe_grouped_matmul.cu", &[], entry)?;
         let stream = device.cuda_stream();
@@ -618,24 +603,9 @@ mod gpu {
             launch.arg(&no_gather);
         }
         launch.arg(&row_offsets);
-        let config = if few_rows {
-            LaunchConfig {
-                grid_dim: (
-                    n.div_ceil(MoeLaunch::MATVEC_WARPS) as u32,
-                    parts.experts as u32,
-                    1,
-                ),
-                block_dim: (32 * MoeLaunch::MATVEC_WARPS as u32, 1, 1),
-                shared_mem_bytes: 0,
-            }
-        } else {
+        if product == ExpertsProduct::Tiles {
             launch.arg(&tile_offsets);
-            LaunchConfig {
-                grid_dim: (n.div_ceil(MoeLaunch::GROUPED_TILE_COLUMNS) as u32, tiles, 1),
-                block_dim: (MoeLaunch::GROUPED_THREADS, 1, 1),
-                shared_mem_bytes: 0,
-            }
-        };
+        }
         launch.arg(&experts);
         launch.arg(&n_arg);
         launch.arg(&k_arg);
@@ -645,7 +615,7 @@ mod gpu {
         // weights [experts, n, k], the plan's parts as PlanLayout places them (row_token's
         // tokens below T), out [choices, n]; tiles past the routing's last exit at once, and the
         // matvec's grid has one row of blocks per expert.
-        unsafe { launch.launch(config) }.w()?;
+        unsafe { launch.launch(config(shape)) }.w()?;
         Ok((
             CudaStorage::wrap_cuda_slice(out, device),
             Shape::from((parts.choices, n)),
@@ -689,14 +659,9 @@ mod gpu {
             launch.arg(&top_k);
             launch.arg(&width_arg);
             launch.arg(&out);
-            let config = LaunchConfig {
-                grid_dim: (tokens as u32, 1, 1),
-                block_dim: (MoeLaunch::COMBINE_THREADS, 1, 1),
-                shared_mem_bytes: 0,
-            };
             // SAFETY: moe_combine's parameters in order: rows [choices, width], the plan's
             // choice_row and weights (choices each), base and out [tokens, width].
-            unsafe { launch.launch(config) }.w()?;
+            unsafe { launch.launch(config(launch_shapes::combine(tokens))) }.w()?;
         }
         Ok((
             CudaStorage::wrap_cuda_slice(out, device),

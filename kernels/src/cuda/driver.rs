@@ -7,6 +7,7 @@ use std::ffi::{CStr, CString, c_char, c_int, c_uint, c_void};
 
 use libloading::{Library, Symbol};
 
+use super::launch_shapes::LaunchShape;
 use super::library::{candidates, open_first};
 
 /// The variable that names the driver library file to open.
@@ -358,14 +359,6 @@ pub struct Kernels<'gpu> {
     gpu: &'gpu Gpu,
     module: Module,
     functions: Vec<(String, Function)>,
-}
-
-/// Grid and block sizes of a launch, and its dynamic shared memory.
-#[derive(Debug, Clone, Copy)]
-pub struct LaunchShape {
-    pub grid: (u32, u32, u32),
-    pub block: u32,
-    pub shared_bytes: u32,
 }
 
 impl Kernels<'_> {

@@ -2,13 +2,11 @@
 //! the model's shapes, launched through the driver. The engine's GPU path and the GPU test suite
 //! (`kernels/tests/gpu.rs`, which holds each kernel to its CPU reference) go through here.
 
-use super::driver::{Arg, Buffer, CudaError, Gpu, Kernels, LaunchShape};
+use super::driver::{Arg, Buffer, CudaError, Gpu, Kernels};
+use super::launch_shapes::{self, ExpertsProduct};
 use super::nvrtc::Nvrtc;
-use super::sources::{
-    KernelSource, MLA_THREADS, MlaShape, MoeLaunch, RoutingLimits, SOURCES, attention_splits,
-    experts_take_the_matvec, mla_compile_options,
-};
-use crate::expert_rows::{EXPERT_TILE_ROWS, ExpertRows, most_row_tiles};
+use super::sources::{KernelSource, MlaShape, RoutingLimits, SOURCES, mla_compile_options};
+use crate::expert_rows::{EXPERT_TILE_ROWS, ExpertRows};
 use crate::grouped_matmul::ExpertWeights;
 use crate::routing::{GroupLimit, Weighting};
 
@@ -20,7 +18,6 @@ pub struct GpuKernels<'gpu> {
     grouped: Kernels<'gpu>,
     expert_rows: Kernels<'gpu>,
     shape: MlaShape,
-    heads_per_block: usize,
 }
 
 fn source(file: &str) -> &'static KernelSource {
@@ -42,9 +39,6 @@ impl<'gpu> GpuKernels<'gpu> {
                 .map_err(|error| CudaError(error.to_string()))?;
             gpu.load(&ptx, source.entry_points)
         };
-        let heads_per_block = shape
-            .heads_per_block()
-            .ok_or_else(|| CudaError(format!("{shape:?} does not fit a CUDA block")))?;
         Ok(Self {
             gpu,
             routing: build("moe_routing.cu", Vec::new())?,
@@ -55,7 +49,6 @@ impl<'gpu> GpuKernels<'gpu> {
             grouped: build("moe_grouped_matmul.cu", Vec::new())?,
             expert_rows: build("moe_expert_rows.cu", Vec::new())?,
             shape,
-            heads_per_block,
         })
     }
 
@@ -103,18 +96,9 @@ impl<'gpu> GpuKernels<'gpu> {
         let input = self.gpu.upload(logits)?;
         let chosen = self.gpu.alloc(tokens * top_k * 4)?;
         let weights = self.gpu.alloc(tokens * top_k * 4)?;
-        let shape = LaunchShape {
-            grid: (
-                tokens.div_ceil(MoeLaunch::ROUTING_WARPS as usize) as u32,
-                1,
-                1,
-            ),
-            block: 32 * MoeLaunch::ROUTING_WARPS,
-            shared_bytes: MoeLaunch::ROUTING_WARPS * experts as u32 * 4,
-        };
         self.routing.launch(
             "moe_route",
-            shape,
+            launch_shapes::route(tokens, experts),
             &[
                 Arg::Buffer(&input),
                 Arg::I32(tokens as i32),
@@ -182,21 +166,17 @@ impl<'gpu> GpuKernels<'gpu> {
             let tiles = (rows[1] - rows[0]).div_ceil(EXPERT_TILE_ROWS) as i32;
             tile_offsets.push(tile_offsets.last().copied().unwrap_or(0) + tiles);
         }
-        let tiles = most_row_tiles(rows, experts) as u32;
-        if tiles == 0 || n == 0 {
+        let Some((product, shape)) = launch_shapes::experts_product(rows, experts, n) else {
             return Ok(vec![0.0; rows * n]);
-        }
+        };
         let offsets: Vec<i32> = row_offsets.iter().map(|&r| r as i32).collect();
         let input = self.gpu.upload(x)?;
         let row_token = row_token
             .map(|tokens| self.gpu.upload(tokens))
             .transpose()?;
-        let few_rows = experts_take_the_matvec(rows, experts);
-        let (entry, weights) = match (weights, few_rows) {
-            (ExpertWeights::F32(w), false) => ("moe_grouped_matmul_f32", self.gpu.upload(w)?),
-            (ExpertWeights::Bf16(w), false) => ("moe_grouped_matmul_bf16", self.gpu.upload(w)?),
-            (ExpertWeights::F32(w), true) => ("moe_expert_matvec_f32", self.gpu.upload(w)?),
-            (ExpertWeights::Bf16(w), true) => ("moe_expert_matvec_bf16", self.gpu.upload(w)?),
+        let (entry, weights) = match weights {
+            ExpertWeights::F32(w) => (product.entry(false), self.gpu.upload(w)?),
+            ExpertWeights::Bf16(w) => (product.entry(true), self.gpu.upload(w)?),
         };
         let (row_offsets, tile_offsets) =
             (self.gpu.upload(&offsets)?, self.gpu.upload(&tile_offsets)?);
@@ -208,24 +188,9 @@ impl<'gpu> GpuKernels<'gpu> {
             row_token.as_ref().map_or(Arg::Null, Arg::Buffer),
             Arg::Buffer(&row_offsets),
         ];
-        let shape = if few_rows {
-            LaunchShape {
-                grid: (
-                    n.div_ceil(MoeLaunch::MATVEC_WARPS) as u32,
-                    experts as u32,
-                    1,
-                ),
-                block: 32 * MoeLaunch::MATVEC_WARPS as u32,
-                shared_bytes: 0,
-            }
-        } else {
+        if product == ExpertsProduct::Tiles {
             args.push(Arg::Buffer(&tile_offsets));
-            LaunchShape {
-                grid: (n.div_ceil(MoeLaunch::GROUPED_TILE_COLUMNS) as u32, tiles, 1),
-                block: MoeLaunch::GROUPED_THREADS,
-                shared_bytes: 0,
-            }
-        };
+        }
         args.extend([
             Arg::I32(experts as i32),
             Arg::I32(n as i32),
@@ -259,11 +224,7 @@ impl<'gpu> GpuKernels<'gpu> {
             (offsets(chosen.len().max(1))?, offsets(chosen.len().max(1))?);
         self.expert_rows.launch(
             "moe_expert_rows",
-            LaunchShape {
-                grid: (1, 1, 1),
-                block: MoeLaunch::EXPERT_ROWS_THREADS,
-                shared_bytes: 2 * experts as u32 * 4,
-            },
+            launch_shapes::expert_rows(experts),
             &[
                 Arg::Buffer(&chosen_buffer),
                 Arg::I32(chosen.len() as i32),
@@ -327,11 +288,7 @@ impl<'gpu> GpuKernels<'gpu> {
         let out = self.gpu.alloc(tokens * width * 4)?;
         self.expert_rows.launch(
             "moe_combine",
-            LaunchShape {
-                grid: (tokens as u32, 1, 1),
-                block: MoeLaunch::COMBINE_THREADS,
-                shared_bytes: 0,
-            },
+            launch_shapes::combine(tokens),
             &[
                 Arg::Buffer(&rows),
                 Arg::Buffer(&choice_row),
@@ -420,13 +377,12 @@ impl<'gpu> GpuKernels<'gpu> {
         let pages = (first_position + tokens)
             .div_ceil(page_tokens.max(1))
             .max(1);
-        let head_groups = heads / self.heads_per_block;
-        let (splits, pages_per_split) =
-            attention_splits(pages, head_groups, tokens, self.gpu.multiprocessors);
-        let partial = |values: usize| self.gpu.alloc(tokens * splits * values * 4);
+        let launch = launch_shapes::attention(self.shape, tokens, pages, self.gpu.multiprocessors)
+            .map_err(CudaError)?;
+        let partial = |values: usize| self.gpu.alloc(tokens * launch.splits * values * 4);
         Ok(AttentionWorkspace {
-            splits,
-            pages_per_split,
+            splits: launch.splits,
+            launch,
             max: partial(heads)?,
             sum: partial(heads)?,
             acc: partial(heads * kv_lora)?,
@@ -441,32 +397,26 @@ impl<'gpu> GpuKernels<'gpu> {
         step: &AttentionStep,
         workspace: &AttentionWorkspace,
     ) -> Result<(), CudaError> {
-        let heads = self.shape.heads;
-        let head_groups = heads / self.heads_per_block;
         let AttentionWorkspace {
-            splits,
-            pages_per_split,
+            launch,
             max,
             sum,
             acc,
             out,
+            ..
         } = workspace;
         self.attention.launch(
             "mla_split_partials",
-            LaunchShape {
-                grid: (*splits as u32, head_groups as u32, step.tokens as u32),
-                block: MLA_THREADS,
-                shared_bytes: 0,
-            },
+            launch.partials,
             &[
                 Arg::Buffer(step.q_latent),
                 Arg::Buffer(step.q_rope),
                 Arg::Buffer(step.pool),
                 Arg::Buffer(step.page_table),
                 Arg::I32(step.page_tokens as i32),
-                Arg::I32(heads as i32),
+                Arg::I32(self.shape.heads as i32),
                 Arg::I32(step.first_position as i32),
-                Arg::I32(*pages_per_split as i32),
+                Arg::I32(launch.pages_per_split as i32),
                 Arg::F32(step.softmax_scale),
                 Arg::Buffer(max),
                 Arg::Buffer(sum),
@@ -475,16 +425,12 @@ impl<'gpu> GpuKernels<'gpu> {
         )?;
         self.attention.launch(
             "mla_merge_splits",
-            LaunchShape {
-                grid: (heads as u32, step.tokens as u32, 1),
-                block: MLA_THREADS,
-                shared_bytes: 0,
-            },
+            launch.merge,
             &[
                 Arg::Buffer(max),
                 Arg::Buffer(sum),
                 Arg::Buffer(acc),
-                Arg::I32(*splits as i32),
+                Arg::I32(launch.splits as i32),
                 Arg::Buffer(out),
             ],
         )
@@ -507,7 +453,7 @@ pub struct AttentionStep<'a> {
 /// Split partials and the output of an attention step.
 pub struct AttentionWorkspace<'gpu> {
     pub splits: usize,
-    pub pages_per_split: usize,
+    launch: launch_shapes::AttentionLaunch,
     max: Buffer<'gpu>,
     sum: Buffer<'gpu>,
     acc: Buffer<'gpu>,

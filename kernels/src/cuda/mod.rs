@@ -8,11 +8,12 @@
 
 pub mod driver;
 pub mod launch;
+pub mod launch_shapes;
 mod library;
 pub mod nvrtc;
 mod sources;
 
+pub use launch_shapes::{LaunchShape, attention_splits, experts_take_the_matvec};
 pub use sources::{
-    KernelSource, MLA_THREADS, MlaShape, MoeLaunch, RoutingLimits, SOURCES, attention_splits,
-    experts_take_the_matvec, mla_compile_options,
+    KernelSource, MLA_THREADS, MlaShape, MoeLaunch, RoutingLimits, SOURCES, mla_compile_options,
 };

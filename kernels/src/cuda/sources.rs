@@ -70,22 +70,12 @@ impl MoeLaunch {
     pub const GROUPED_THREADS: u32 = 256;
     /// Weight rows, one warp each, per moe_expert_matvec block (`MATVEC_WARPS`).
     pub const MATVEC_WARPS: usize = 8;
-    /// Mean rows per expert up to which the matvec is used ([`experts_take_the_matvec`]).
+    /// Mean rows per expert up to which the matvec is used ([`super::launch_shapes::experts_take_the_matvec`]).
     pub const MATVEC_MEAN_ROWS: usize = 16;
     /// Threads of moe_expert_rows' single block and of each moe_combine block (any multiple of
     /// 32 works; these are what the launches use).
     pub const EXPERT_ROWS_THREADS: u32 = 1024;
     pub const COMBINE_THREADS: u32 = 256;
-}
-
-/// Whether the experts' products take `moe_expert_matvec_*` (a warp streams each weight row once
-/// per 4 of its expert's rows) rather than the 64-row tiles of `moe_grouped_matmul_*`, which
-/// spend most of their multiply-adds on empty rows when experts have few: at most
-/// [`MoeLaunch::MATVEC_MEAN_ROWS`] rows per expert on average (a decode step has 6 rows over
-/// 64 experts, a keystroke's 44 new tokens about 4 per expert, a 512-token chunk 48). Decided
-/// from the shapes, before the routing is known.
-pub fn experts_take_the_matvec(rows: usize, experts: usize) -> bool {
-    rows <= MoeLaunch::MATVEC_MEAN_ROWS * experts
 }
 
 /// The sizes `mla_paged_attention.cu` is compiled for (NVRTC compiles it at model load, so the
@@ -123,21 +113,6 @@ impl MlaShape {
 /// Threads of an attention block (`THREADS` in mla_paged_attention.cu).
 pub const MLA_THREADS: u32 = 256;
 
-/// How an attention step over `pages` pages is split for `mla_split_partials`: (splits, pages
-/// per split), enough blocks for two per multiprocessor given `head_groups x tokens` blocks per
-/// split, in whole pages.
-pub fn attention_splits(
-    pages: usize,
-    head_groups: usize,
-    tokens: usize,
-    multiprocessors: usize,
-) -> (usize, usize) {
-    let pages = pages.max(1);
-    let wanted = (2 * multiprocessors.max(1)).div_ceil((head_groups * tokens).max(1));
-    let pages_per_split = pages.div_ceil(wanted.clamp(1, pages));
-    (pages.div_ceil(pages_per_split), pages_per_split)
-}
-
 /// The NVRTC options (`-D` sizes) for `mla_paged_attention.cu` at `shape`, or why it cannot be.
 pub fn mla_compile_options(shape: MlaShape) -> Result<Vec<String>, String> {
     if shape.heads == 0 || shape.kv_lora == 0 {
@@ -173,19 +148,6 @@ mod tests {
                     source.file
                 );
             }
-        }
-    }
-
-    #[test]
-    fn splits_cover_the_pages_in_whole_pages() {
-        // Lite decode on an H200 (132 multiprocessors): one page per split up to 264 pages.
-        assert_eq!(attention_splits(257, 1, 1, 132), (257, 1));
-        assert_eq!(attention_splits(1000, 1, 1, 132), (250, 4));
-        // Many tokens already fill the GPU: one split.
-        assert_eq!(attention_splits(40, 1, 512, 132), (1, 40));
-        for (pages, groups, tokens) in [(1, 1, 1), (7, 8, 3), (300, 8, 1), (5, 1, 1000)] {
-            let (splits, per_split) = attention_splits(pages, groups, tokens, 132);
-            assert!(splits * per_split >= pages && (splits - 1) * per_split < pages);
         }
     }
 
