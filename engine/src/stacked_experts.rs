@@ -461,6 +461,7 @@ mod gpu {
     use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
     use candle_core::{CudaStorage, DType, Layout, Shape};
     use kernels::cuda::launch_shapes::{self, ExpertsProduct};
+    use kernels::quant::GgmlType;
     use kernels::routing::{GroupLimit, Weighting};
 
     use super::{CombineRows, GroupedExperts, PlanLayout, RoutePlan};
@@ -570,11 +571,11 @@ mod gpu {
             ));
         };
         let entry = match weights.dtype() {
-            DType::F32 => product.entry(false),
-            DType::BF16 => product.entry(true),
+            DType::F32 => product.entry(GgmlType::F32),
+            DType::BF16 => product.entry(GgmlType::BF16),
             other => candle_core::bail!("grouped experts: weights of {other:?}"),
         };
-        let function = kernel(&device, "moe_grouped_matmul.cu", &[], entry)?;
+        let function = kernel(&device, "moe_grouped_matmul.cu", &[], &entry)?;
         let stream = device.cuda_stream();
         let (row_token, row_offsets, tile_offsets) = (
             plan.slice(parts.row_token()),

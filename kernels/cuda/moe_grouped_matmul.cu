@@ -11,8 +11,9 @@
 // tiles of each expert are listed in tile_offsets, so idle experts cost nothing.
 //
 // CPU reference: kernels::grouped_matmul::grouped_matmul, of x's rows gathered by row_token.
-// Weights are f32 (moe_grouped_matmul_f32) or bf16 bits (moe_grouped_matmul_bf16); x and y are
-// f32 and the sums are kept in f32.
+// Weights are f32 (moe_grouped_matmul_f32), bf16 bits (_bf16), or rows of GGUF blocks
+// (_f16, _q8_0, _q4_0, _q5_0, _q4_k, _q5_k, _q6_k: ggml_blocks.cu, which comes first); x and y
+// are f32 and the sums are kept in f32. A dense Linear is the same product with one expert.
 //
 // Launch: grid (ceil(n / 64), at least tile_offsets[experts]), block (256). Tiles past the last
 // exit at once, so a launch may be sized before the routing is known (most_row_tiles).
@@ -29,8 +30,22 @@ __device__ __forceinline__ float weight_value(const unsigned short* w, size_t i)
     return __uint_as_float(((unsigned int)w[i]) << 16);
 }
 
-template <typename Weight>
-__device__ void grouped_matmul(const float* __restrict__ x, const Weight* __restrict__ w,
+// Value `col` of weight row `row` (counted over all experts' rows) of a [.., k] stack.
+__device__ __forceinline__ float weight_at(const float* w, size_t row, int col, int k) {
+    return weight_value(w, row * k + col);
+}
+
+__device__ __forceinline__ float weight_at(const unsigned short* w, size_t row, int col, int k) {
+    return weight_value(w, row * k + col);
+}
+
+template <typename F>
+__device__ __forceinline__ float weight_at(Blocks<F> w, size_t row, int col, int k) {
+    return F::value(w.bytes + row * (size_t)(k / F::VALUES * F::BYTES), col);
+}
+
+template <typename Weights>
+__device__ void grouped_matmul(const float* __restrict__ x, Weights w,
                                const int* __restrict__ row_token,
                                const int* __restrict__ row_offsets,
                                const int* __restrict__ tile_offsets, int experts, int n, int k,
@@ -46,7 +61,7 @@ __device__ void grouped_matmul(const float* __restrict__ x, const Weight* __rest
     const int first_row = row_offsets[expert] + (tile - tile_offsets[expert]) * TILE_ROWS;
     const int end_row = row_offsets[expert + 1];
     const int first_col = blockIdx.x * TILE_COLS;
-    const Weight* expert_w = w + (size_t)expert * n * k;
+    const size_t first_weight_row = (size_t)expert * n;
 
     const int tid = threadIdx.x;
     const int thread_row = (tid / 16) * 4, thread_col = (tid % 16) * 4;
@@ -62,7 +77,7 @@ __device__ void grouped_matmul(const float* __restrict__ x, const Weight* __rest
                                 : 0.0f;
             const int out = first_col + r;
             w_tile[kk][r] =
-                (out < n && col < k) ? weight_value(expert_w, (size_t)out * k + col) : 0.0f;
+                (out < n && col < k) ? weight_at(w, first_weight_row + out, col, k) : 0.0f;
         }
         __syncthreads();
 #pragma unroll
@@ -210,4 +225,160 @@ moe_expert_matvec_bf16(const float* __restrict__ x, const unsigned short* __rest
                        const int* __restrict__ row_token, const int* __restrict__ row_offsets,
                        int experts, int n, int k, float* __restrict__ y) {
     expert_matvec(x, w, row_token, row_offsets, n, k, y);
+}
+
+// The matvec for weights in GGUF blocks: one warp per weight row as above, each lane taking
+// runs of 32 values (a Q*_0 block, a K-quant sub-block) in turn.
+template <typename F>
+__device__ void blocks_matvec(const float* __restrict__ x, Blocks<F> w,
+                              const int* __restrict__ row_token,
+                              const int* __restrict__ row_offsets, int n, int k,
+                              float* __restrict__ y) {
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int j = blockIdx.x * MATVEC_WARPS + warp;
+    const int expert = blockIdx.y;
+    if (j >= n) return;
+    const int first = row_offsets[expert], end = row_offsets[expert + 1];
+    const size_t row = (size_t)expert * n + j;
+
+    for (int r0 = first; r0 < end; r0 += MATVEC_ROWS) {
+        const int rows = min(MATVEC_ROWS, end - r0);
+        const float* inputs[MATVEC_ROWS];
+#pragma unroll
+        for (int i = 0; i < MATVEC_ROWS; ++i) {
+            const int r = r0 + min(i, rows - 1);
+            inputs[i] = x + (size_t)(row_token ? row_token[r] : r) * k;
+        }
+        float sums[MATVEC_ROWS] = {};
+        for (int c = lane * 32; c < k; c += 32 * 32) {
+            const int count = min(32, k - c);
+            for (int t = 0; t < count; ++t) {
+                const float value = weight_at(w, row, c + t, k);
+#pragma unroll
+                for (int i = 0; i < MATVEC_ROWS; ++i) sums[i] += inputs[i][c + t] * value;
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < MATVEC_ROWS; ++i) {
+            float sum = sums[i];
+            for (int offset = 16; offset > 0; offset /= 2)
+                sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+            if (lane == 0 && i < rows) y[(size_t)(r0 + i) * n + j] = sum;
+        }
+    }
+}
+
+// The entry points for weights in GGUF blocks: w is [experts, n, k / VALUES] blocks, as bytes.
+// Each takes the f32 entry point's parameters.
+
+extern "C" __global__ void __launch_bounds__(THREADS)
+moe_grouped_matmul_f16(const float* __restrict__ x, const unsigned char* __restrict__ w,
+                       const int* __restrict__ row_token, const int* __restrict__ row_offsets,
+                       const int* __restrict__ tile_offsets, int experts, int n, int k,
+                       float* __restrict__ y) {
+    grouped_matmul(x, Blocks<F16Format>{w}, row_token, row_offsets, tile_offsets, experts, n, k,
+                   y);
+}
+
+extern "C" __global__ void __launch_bounds__(THREADS)
+moe_grouped_matmul_q8_0(const float* __restrict__ x, const unsigned char* __restrict__ w,
+                        const int* __restrict__ row_token, const int* __restrict__ row_offsets,
+                        const int* __restrict__ tile_offsets, int experts, int n, int k,
+                        float* __restrict__ y) {
+    grouped_matmul(x, Blocks<Q8_0Format>{w}, row_token, row_offsets, tile_offsets, experts, n, k,
+                   y);
+}
+
+extern "C" __global__ void __launch_bounds__(THREADS)
+moe_grouped_matmul_q4_0(const float* __restrict__ x, const unsigned char* __restrict__ w,
+                        const int* __restrict__ row_token, const int* __restrict__ row_offsets,
+                        const int* __restrict__ tile_offsets, int experts, int n, int k,
+                        float* __restrict__ y) {
+    grouped_matmul(x, Blocks<Q4_0Format>{w}, row_token, row_offsets, tile_offsets, experts, n, k,
+                   y);
+}
+
+extern "C" __global__ void __launch_bounds__(THREADS)
+moe_grouped_matmul_q5_0(const float* __restrict__ x, const unsigned char* __restrict__ w,
+                        const int* __restrict__ row_token, const int* __restrict__ row_offsets,
+                        const int* __restrict__ tile_offsets, int experts, int n, int k,
+                        float* __restrict__ y) {
+    grouped_matmul(x, Blocks<Q5_0Format>{w}, row_token, row_offsets, tile_offsets, experts, n, k,
+                   y);
+}
+
+extern "C" __global__ void __launch_bounds__(THREADS)
+moe_grouped_matmul_q4_k(const float* __restrict__ x, const unsigned char* __restrict__ w,
+                        const int* __restrict__ row_token, const int* __restrict__ row_offsets,
+                        const int* __restrict__ tile_offsets, int experts, int n, int k,
+                        float* __restrict__ y) {
+    grouped_matmul(x, Blocks<Q4KFormat>{w}, row_token, row_offsets, tile_offsets, experts, n, k,
+                   y);
+}
+
+extern "C" __global__ void __launch_bounds__(THREADS)
+moe_grouped_matmul_q5_k(const float* __restrict__ x, const unsigned char* __restrict__ w,
+                        const int* __restrict__ row_token, const int* __restrict__ row_offsets,
+                        const int* __restrict__ tile_offsets, int experts, int n, int k,
+                        float* __restrict__ y) {
+    grouped_matmul(x, Blocks<Q5KFormat>{w}, row_token, row_offsets, tile_offsets, experts, n, k,
+                   y);
+}
+
+extern "C" __global__ void __launch_bounds__(THREADS)
+moe_grouped_matmul_q6_k(const float* __restrict__ x, const unsigned char* __restrict__ w,
+                        const int* __restrict__ row_token, const int* __restrict__ row_offsets,
+                        const int* __restrict__ tile_offsets, int experts, int n, int k,
+                        float* __restrict__ y) {
+    grouped_matmul(x, Blocks<Q6KFormat>{w}, row_token, row_offsets, tile_offsets, experts, n, k,
+                   y);
+}
+
+extern "C" __global__ void __launch_bounds__(32 * MATVEC_WARPS)
+moe_expert_matvec_f16(const float* __restrict__ x, const unsigned char* __restrict__ w,
+                      const int* __restrict__ row_token, const int* __restrict__ row_offsets,
+                      int experts, int n, int k, float* __restrict__ y) {
+    blocks_matvec(x, Blocks<F16Format>{w}, row_token, row_offsets, n, k, y);
+}
+
+extern "C" __global__ void __launch_bounds__(32 * MATVEC_WARPS)
+moe_expert_matvec_q8_0(const float* __restrict__ x, const unsigned char* __restrict__ w,
+                       const int* __restrict__ row_token, const int* __restrict__ row_offsets,
+                       int experts, int n, int k, float* __restrict__ y) {
+    blocks_matvec(x, Blocks<Q8_0Format>{w}, row_token, row_offsets, n, k, y);
+}
+
+extern "C" __global__ void __launch_bounds__(32 * MATVEC_WARPS)
+moe_expert_matvec_q4_0(const float* __restrict__ x, const unsigned char* __restrict__ w,
+                       const int* __restrict__ row_token, const int* __restrict__ row_offsets,
+                       int experts, int n, int k, float* __restrict__ y) {
+    blocks_matvec(x, Blocks<Q4_0Format>{w}, row_token, row_offsets, n, k, y);
+}
+
+extern "C" __global__ void __launch_bounds__(32 * MATVEC_WARPS)
+moe_expert_matvec_q5_0(const float* __restrict__ x, const unsigned char* __restrict__ w,
+                       const int* __restrict__ row_token, const int* __restrict__ row_offsets,
+                       int experts, int n, int k, float* __restrict__ y) {
+    blocks_matvec(x, Blocks<Q5_0Format>{w}, row_token, row_offsets, n, k, y);
+}
+
+extern "C" __global__ void __launch_bounds__(32 * MATVEC_WARPS)
+moe_expert_matvec_q4_k(const float* __restrict__ x, const unsigned char* __restrict__ w,
+                       const int* __restrict__ row_token, const int* __restrict__ row_offsets,
+                       int experts, int n, int k, float* __restrict__ y) {
+    blocks_matvec(x, Blocks<Q4KFormat>{w}, row_token, row_offsets, n, k, y);
+}
+
+extern "C" __global__ void __launch_bounds__(32 * MATVEC_WARPS)
+moe_expert_matvec_q5_k(const float* __restrict__ x, const unsigned char* __restrict__ w,
+                       const int* __restrict__ row_token, const int* __restrict__ row_offsets,
+                       int experts, int n, int k, float* __restrict__ y) {
+    blocks_matvec(x, Blocks<Q5KFormat>{w}, row_token, row_offsets, n, k, y);
+}
+
+extern "C" __global__ void __launch_bounds__(32 * MATVEC_WARPS)
+moe_expert_matvec_q6_k(const float* __restrict__ x, const unsigned char* __restrict__ w,
+                       const int* __restrict__ row_token, const int* __restrict__ row_offsets,
+                       int experts, int n, int k, float* __restrict__ y) {
+    blocks_matvec(x, Blocks<Q6KFormat>{w}, row_token, row_offsets, n, k, y);
 }

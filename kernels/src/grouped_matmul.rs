@@ -4,12 +4,19 @@
 
 use rayon::prelude::*;
 
+use crate::quant::{GgmlType, dequantize};
+
 /// Every expert's W ([n, k] row-major, as a Linear's weight), expert after expert.
 #[derive(Debug, Clone, Copy)]
 pub enum ExpertWeights<'a> {
     F32(&'a [f32]),
     /// bf16 bits; each value is the top half of its f32.
     Bf16(&'a [u16]),
+    /// Rows of GGUF blocks of `ty` (each row `k / ty.block_len()` blocks), as in the file.
+    Blocks {
+        ty: GgmlType,
+        bytes: &'a [u8],
+    },
 }
 
 impl ExpertWeights<'_> {
@@ -18,13 +25,38 @@ impl ExpertWeights<'_> {
         match self {
             Self::F32(w) => w.len(),
             Self::Bf16(w) => w.len(),
+            Self::Blocks { ty, bytes } => bytes.len() / ty.block_bytes() * ty.block_len(),
         }
     }
 
-    fn value(&self, i: usize) -> f32 {
+    /// The format the GPU kernels' entry points are named by.
+    pub fn format(&self) -> GgmlType {
         match self {
-            Self::F32(w) => w[i],
-            Self::Bf16(w) => f32::from_bits((w[i] as u32) << 16),
+            Self::F32(_) => GgmlType::F32,
+            Self::Bf16(_) => GgmlType::BF16,
+            Self::Blocks { ty, .. } => *ty,
+        }
+    }
+
+    /// Weight row `row` (over all experts' rows) of `k` values dotted with `input`.
+    fn dot_row(&self, row: usize, k: usize, input: &[f32], scratch: &mut Vec<f32>) -> f32 {
+        match self {
+            Self::F32(w) => input
+                .iter()
+                .zip(&w[row * k..][..k])
+                .map(|(a, b)| a * b)
+                .sum(),
+            Self::Bf16(w) => input
+                .iter()
+                .zip(&w[row * k..][..k])
+                .map(|(&a, &b)| a * f32::from_bits((b as u32) << 16))
+                .sum(),
+            Self::Blocks { ty, bytes } => {
+                let row_bytes = ty.row_bytes(k).expect("rows are whole blocks");
+                scratch.resize(k, 0.0);
+                dequantize(*ty, &bytes[row * row_bytes..][..row_bytes], scratch);
+                input.iter().zip(scratch.iter()).map(|(a, b)| a * b).sum()
+            }
         }
     }
 }
@@ -51,18 +83,20 @@ pub fn grouped_matmul(
         experts * n * k,
         "weights are [experts, n, k]"
     );
+    if let ExpertWeights::Blocks { ty, .. } = weights {
+        assert!(
+            ty.row_bytes(k).is_some(),
+            "rows of {k} are not whole {} blocks",
+            ty.name()
+        );
+    }
     y.par_chunks_mut(n.max(1))
         .enumerate()
-        .for_each(|(row, out)| {
+        .for_each_init(Vec::new, |scratch, (row, out)| {
             let expert = row_offsets.partition_point(|&start| start <= row) - 1;
             let input = &x[row * k..(row + 1) * k];
             for (j, value) in out.iter_mut().enumerate() {
-                let first = (expert * n + j) * k;
-                *value = input
-                    .iter()
-                    .enumerate()
-                    .map(|(c, &a)| a * weights.value(first + c))
-                    .sum();
+                *value = weights.dot_row(expert * n + j, k, input, scratch);
             }
         });
 }

@@ -154,7 +154,13 @@ impl<'gpu> GpuKernels<'gpu> {
         };
         let tokens_in_x =
             row_token.is_none_or(|tokens| tokens.iter().all(|&t| (t as usize) < x_rows));
-        if !ordered || x.len() != x_rows * k || !tokens_in_x || weight_values != experts * n * k {
+        let whole_blocks = weights.format().row_bytes(k).is_some();
+        if !ordered
+            || x.len() != x_rows * k
+            || !tokens_in_x
+            || !whole_blocks
+            || weight_values != experts * n * k
+        {
             return Err(CudaError(format!(
                 "grouped matmul sizes disagree: {} x values for {rows} rows of {k}, {weight_values} \
                  weights for {experts} experts of [{n}, {k}]",
@@ -174,9 +180,11 @@ impl<'gpu> GpuKernels<'gpu> {
         let row_token = row_token
             .map(|tokens| self.gpu.upload(tokens))
             .transpose()?;
-        let (entry, weights) = match weights {
-            ExpertWeights::F32(w) => (product.entry(false), self.gpu.upload(w)?),
-            ExpertWeights::Bf16(w) => (product.entry(true), self.gpu.upload(w)?),
+        let entry = product.entry(weights.format());
+        let weights = match weights {
+            ExpertWeights::F32(w) => self.gpu.upload(w)?,
+            ExpertWeights::Bf16(w) => self.gpu.upload(w)?,
+            ExpertWeights::Blocks { bytes, .. } => self.gpu.upload(bytes)?,
         };
         let (row_offsets, tile_offsets) =
             (self.gpu.upload(&offsets)?, self.gpu.upload(&tile_offsets)?);
@@ -197,7 +205,7 @@ impl<'gpu> GpuKernels<'gpu> {
             Arg::I32(k as i32),
             Arg::Buffer(&out),
         ]);
-        self.grouped.launch(entry, shape, &args)?;
+        self.grouped.launch(&entry, shape, &args)?;
         self.gpu.synchronize()?;
         out.download()
     }

@@ -5,6 +5,7 @@
 
 use super::sources::{MLA_THREADS, MlaShape, MoeLaunch};
 use crate::expert_rows::most_row_tiles;
+use crate::quant::GgmlType;
 
 /// Grid and block sizes of a launch (blocks are one-dimensional), and its dynamic shared memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,14 +57,14 @@ pub enum ExpertsProduct {
 }
 
 impl ExpertsProduct {
-    /// The kernel's entry point for f32 or bf16 weights.
-    pub fn entry(self, bf16_weights: bool) -> &'static str {
-        match (self, bf16_weights) {
-            (Self::Matvec, false) => "moe_expert_matvec_f32",
-            (Self::Matvec, true) => "moe_expert_matvec_bf16",
-            (Self::Tiles, false) => "moe_grouped_matmul_f32",
-            (Self::Tiles, true) => "moe_grouped_matmul_bf16",
-        }
+    /// The kernel's entry point for weights in `format` (F32, BF16, or a GGUF block type:
+    /// `moe_expert_matvec_q4_k`...).
+    pub fn entry(self, format: GgmlType) -> String {
+        let kernel = match self {
+            Self::Matvec => "moe_expert_matvec",
+            Self::Tiles => "moe_grouped_matmul",
+        };
+        format!("{kernel}_{}", format.name().to_ascii_lowercase())
     }
 }
 
@@ -194,5 +195,16 @@ mod tests {
         assert_eq!(shape.grid, (22, most_row_tiles(3072, 64) as u32, 1));
         assert_eq!(experts_product(0, 64, 1408), None);
         assert_eq!(experts_product(6, 64, 0), None);
+        // Every format's entry point is one the source defines.
+        let source = super::super::SOURCES
+            .iter()
+            .find(|source| source.file == "moe_grouped_matmul.cu")
+            .unwrap();
+        for format in GgmlType::ALL {
+            for product in [ExpertsProduct::Matvec, ExpertsProduct::Tiles] {
+                let entry = product.entry(format);
+                assert!(source.entry_points.contains(&entry.as_str()), "{entry}");
+            }
+        }
     }
 }

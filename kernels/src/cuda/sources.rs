@@ -28,12 +28,30 @@ pub const SOURCES: &[KernelSource] = &[
     },
     KernelSource {
         file: "moe_grouped_matmul.cu",
-        source: include_str!("../../cuda/moe_grouped_matmul.cu"),
+        // The block formats' decoders come first: the products read quantized weights too.
+        source: concat!(
+            include_str!("../../cuda/ggml_blocks.cu"),
+            include_str!("../../cuda/moe_grouped_matmul.cu")
+        ),
         entry_points: &[
             "moe_grouped_matmul_f32",
             "moe_grouped_matmul_bf16",
+            "moe_grouped_matmul_f16",
+            "moe_grouped_matmul_q8_0",
+            "moe_grouped_matmul_q4_0",
+            "moe_grouped_matmul_q5_0",
+            "moe_grouped_matmul_q4_k",
+            "moe_grouped_matmul_q5_k",
+            "moe_grouped_matmul_q6_k",
             "moe_expert_matvec_f32",
             "moe_expert_matvec_bf16",
+            "moe_expert_matvec_f16",
+            "moe_expert_matvec_q8_0",
+            "moe_expert_matvec_q4_0",
+            "moe_expert_matvec_q5_0",
+            "moe_expert_matvec_q4_k",
+            "moe_expert_matvec_q5_k",
+            "moe_expert_matvec_q6_k",
         ],
         cpu_reference: "kernels::grouped_matmul::grouped_matmul",
     },

@@ -10,6 +10,7 @@ use kernels::cuda::nvrtc::Nvrtc;
 use kernels::expert_rows::{combine_expert_rows, expert_rows};
 use kernels::grouped_matmul::{ExpertWeights, grouped_matmul};
 use kernels::paged_attention::{LatentPages, LatentQueries, absorbed_attention};
+use kernels::quant::GgmlType;
 use kernels::routing::{GroupLimit, Weighting, route_token};
 
 /// One `#[test]` per case, each opening its GPU and NVRTC with `open` (an expression giving
@@ -22,6 +23,7 @@ macro_rules! gpu_suite {
             paged_attention_decode_matches_the_cpu_reference,
             a_span_against_cached_pages_matches_the_cpu_reference,
             the_grouped_expert_matmul_matches_the_cpu_reference,
+            weights_in_gguf_blocks_match_the_cpu_reference,
             expert_rows_place_every_choice_as_the_cpu_reference_does,
             a_moe_layer_through_rows_on_the_gpu_matches_the_cpu_reference);
     };
@@ -239,6 +241,84 @@ pub fn the_grouped_expert_matmul_matches_the_cpu_reference(gpu: &Gpu, nvrtc: &Nv
             assert!(
                 worst <= 1e-5 * largest,
                 "[{n}, {k}]: {worst:e} of {largest:e}"
+            );
+        }
+    }
+}
+
+/// Seeded rows of `ty` blocks holding `values` values: random bits, with every block's f16
+/// factors set to small positive halves so that the products stay finite.
+fn random_blocks(ty: GgmlType, values: usize, seed: u64) -> Vec<u8> {
+    let bytes = ty.row_bytes(values).unwrap();
+    let noise = random(bytes.div_ceil(4), seed);
+    let mut blocks: Vec<u8> = noise
+        .iter()
+        .flat_map(|v| v.to_bits().to_le_bytes())
+        .take(bytes)
+        .collect();
+    let half = |v: f32| half::f16::from_f32(v).to_le_bytes();
+    let factors: &[usize] = match ty {
+        GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q5_0 => &[0],
+        GgmlType::Q4K | GgmlType::Q5K => &[0, 2],
+        GgmlType::Q6K => &[208],
+        _ => &[],
+    };
+    if ty == GgmlType::F16 {
+        for (value, noise) in blocks.chunks_exact_mut(2).zip(&noise) {
+            value.copy_from_slice(&half(*noise));
+        }
+    }
+    for (b, block) in blocks.chunks_exact_mut(ty.block_bytes()).enumerate() {
+        for (f, &at) in factors.iter().enumerate() {
+            let factor = 0.002 + 0.01 * ((b * 7 + f * 3) % 5) as f32;
+            block[at..at + 2].copy_from_slice(&half(factor));
+        }
+    }
+    blocks
+}
+
+pub fn weights_in_gguf_blocks_match_the_cpu_reference(gpu: &Gpu, nvrtc: &Nvrtc) {
+    let kernels = GpuKernels::compile(gpu, nvrtc, TINY).unwrap();
+    // Every block format GGUF files hold, at k of whole blocks (Lite's 1408 for the formats of
+    // 32, 512 for the K-quants of 256), through the tiles (one expert past a tile, one idle)
+    // and the matvec (a decode step's few rows); one expert alone is a dense Linear.
+    let formats = [
+        GgmlType::F16,
+        GgmlType::Q8_0,
+        GgmlType::Q4_0,
+        GgmlType::Q5_0,
+        GgmlType::Q4K,
+        GgmlType::Q5K,
+        GgmlType::Q6K,
+    ];
+    for (f, ty) in formats.into_iter().enumerate() {
+        let k = if ty.block_len() == 256 { 512 } else { 1408 };
+        for rows_per_expert in [vec![3, 0, 70, 1], vec![1, 0, 2, 5], vec![9]] {
+            let n = 40;
+            let mut row_offsets = vec![0];
+            for rows in &rows_per_expert {
+                row_offsets.push(row_offsets.last().unwrap() + rows);
+            }
+            let experts = rows_per_expert.len();
+            let rows = *row_offsets.last().unwrap();
+            let x = random(rows * k, 31 + f as u64);
+            let bytes = random_blocks(ty, experts * n * k, 17 + f as u64);
+            let weights = ExpertWeights::Blocks { ty, bytes: &bytes };
+            let on_gpu = kernels
+                .grouped_matmul(&x, None, &row_offsets, weights, n, k)
+                .unwrap();
+            let mut on_cpu = vec![0f32; rows * n];
+            grouped_matmul(&x, &row_offsets, weights, n, k, &mut on_cpu);
+            let (worst, largest) = worst_and_largest(&on_gpu, &on_cpu);
+            eprintln!(
+                "{} [{n}, {k}] {rows_per_expert:?}: worst {worst:e} of {largest:e}",
+                ty.name()
+            );
+            assert!(largest > 0.0 && largest.is_finite(), "{}", ty.name());
+            assert!(
+                worst <= 1e-5 * largest,
+                "{} {rows_per_expert:?}: {worst:e} of {largest:e}",
+                ty.name()
             );
         }
     }
