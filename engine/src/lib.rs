@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod detokenize;
 pub mod device;
+mod device_blocks;
 mod device_pages;
 mod embedding;
 pub mod error;

@@ -4,11 +4,13 @@
 //! tokens one expert receives) go through `kernels::matvec`, which streams W once across all
 //! threads; larger batches are a matmul, whose packing pays off there.
 //!
-//! A weight loaded from a GGUF file in a block format (Q8_0, Q4_K...) stays in that format on
-//! the CPU and is multiplied by `kernels::quant`, which reads the blocks directly.
+//! A weight loaded from a GGUF file in a block format (Q8_0, Q4_K...) stays in that format: on
+//! the CPU multiplied by `kernels::quant`, which reads the blocks directly; on a GPU uploaded as
+//! the file holds it and multiplied by our kernels ([`DeviceBlocks`]).
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor};
 
+use crate::device_blocks::DeviceBlocks;
 use crate::error::Result;
 use crate::quantized::QuantizedWeight;
 
@@ -22,6 +24,8 @@ pub(crate) struct Linear {
 pub(crate) enum LinearWeight {
     Dense(Tensor),
     Quantized(Vec<QuantizedWeight>),
+    /// The same on the model's device, in the file's row order (a GPU load, or the GPU's road).
+    Blocks(Vec<DeviceBlocks>),
 }
 
 impl Linear {
@@ -62,6 +66,17 @@ impl Linear {
                     .apply_op1_no_bwd(&QuantizedMatmul { parts })?
                     .to_dtype(dtype)?
             }
+            LinearWeight::Blocks(parts) => {
+                let outputs = parts
+                    .iter()
+                    .map(|part| part.matmul(x))
+                    .collect::<Result<Vec<_>>>()?;
+                let y = match outputs.as_slice() {
+                    [one] => one.clone(),
+                    _ => Tensor::cat(&outputs, 1)?,
+                };
+                y.to_dtype(x.dtype())?
+            }
         };
         Ok(match &self.bias {
             Some(b) => y.broadcast_add(b)?,
@@ -74,10 +89,11 @@ impl Linear {
         Ok(match &self.weight {
             LinearWeight::Dense(weight) => weight.dim(0)?,
             LinearWeight::Quantized(parts) => parts.iter().map(|p| p.rows).sum(),
+            LinearWeight::Blocks(parts) => parts.iter().map(|p| p.rows).sum(),
         })
     }
 
-    /// Whether W is kept in a GGUF block format.
+    /// Whether W is kept in a GGUF block format on the CPU.
     pub(crate) fn is_quantized(&self) -> bool {
         matches!(self.weight, LinearWeight::Quantized(_))
     }
@@ -96,7 +112,27 @@ impl Linear {
                     &candle_core::Device::Cpu,
                 )?)
             }
+            LinearWeight::Blocks(parts) => {
+                let values = parts
+                    .iter()
+                    .map(DeviceBlocks::dequantize)
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(Tensor::cat(&values, 0)?)
+            }
         }
+    }
+
+    /// The CPU's block weights moved to `device` in the file's row order, as a GPU load keeps
+    /// them ([`LinearWeight::Blocks`]); other weights stay as they are.
+    pub(crate) fn keep_blocks_on(&mut self, device: &candle_core::Device) -> Result<()> {
+        if let LinearWeight::Quantized(parts) = &self.weight {
+            let parts = parts
+                .iter()
+                .map(|part| DeviceBlocks::upload(part, device))
+                .collect::<Result<Vec<_>>>()?;
+            self.weight = LinearWeight::Blocks(parts);
+        }
+        Ok(())
     }
 
     /// One layer computing several projections of the same input with one weight read.
@@ -128,7 +164,20 @@ impl Linear {
                     .into_iter()
                     .flat_map(|p| match p.weight {
                         LinearWeight::Quantized(q) => q,
-                        LinearWeight::Dense(_) => unreachable!("all parts are quantized"),
+                        _ => unreachable!("all parts are quantized"),
+                    })
+                    .collect(),
+            )
+        } else if parts
+            .iter()
+            .all(|p| matches!(p.weight, LinearWeight::Blocks(_)))
+        {
+            LinearWeight::Blocks(
+                parts
+                    .into_iter()
+                    .flat_map(|p| match p.weight {
+                        LinearWeight::Blocks(blocks) => blocks,
+                        _ => unreachable!("all parts are blocks"),
                     })
                     .collect(),
             )
@@ -150,6 +199,7 @@ impl Linear {
         bias + match &self.weight {
             LinearWeight::Dense(weight) => weight.elem_count() * weight.dtype().size_in_bytes(),
             LinearWeight::Quantized(parts) => parts.iter().map(|p| p.bytes().len()).sum(),
+            LinearWeight::Blocks(parts) => parts.iter().map(DeviceBlocks::byte_count).sum(),
         }
     }
 }

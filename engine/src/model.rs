@@ -19,6 +19,7 @@ use rayon::prelude::*;
 
 use crate::absorbed::{AbsorbedWeights, HeadShapes, interleaved_per_head};
 use crate::config::{ModelConfig, MoeConfig, Routing};
+use crate::device_blocks::DeviceBlocks;
 use crate::embedding::Embedding;
 use crate::error::{EngineError, Result};
 use crate::latent_attention::LatentAttention;
@@ -28,10 +29,10 @@ use crate::page_pool::{DEFAULT_PAGE_TOKENS, PageLayout, PagePool};
 use crate::quantized::QuantizedWeight;
 use crate::rope::Rope;
 use crate::routing_trace;
-use crate::stacked_experts::{RoutingRule, StackedExperts};
+use crate::stacked_experts::{ExpertMatrix, RoutingRule, StackedExperts};
 use crate::weight_arena::WeightArena;
 use crate::weights::{AbsorbedHalves, WeightSource};
-use kernels::quant::matvec_many_quant;
+use kernels::quant::{GgmlType, matvec_many_quant};
 
 /// Which attention form a forward pass uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -178,14 +179,62 @@ impl Model {
     }
 
     /// Runs the model as a GPU load does, on whatever device it is: the latent rows through
-    /// the pages' device slots, attention through the device's ops, and every MoE layer's routed
-    /// experts stacked where their weights (dense f32 or bf16) and routing allow; returns how
-    /// many MoE layers run stacked. On the CPU our ops run the kernels' CPU references: tests
-    /// hold the GPU's road to the reference logits this way (it is slow there; nothing else
-    /// should take it).
+    /// the pages' device slots, attention through the device's ops, weights in GGUF blocks kept
+    /// in the file's order and multiplied by the GPU's block products, and every MoE layer's
+    /// routed experts stacked where their weights (f32, bf16 or blocks of one type) and routing
+    /// allow; returns how many MoE layers run stacked. On the CPU our ops run the kernels' CPU
+    /// references: tests hold the GPU's road to the reference logits this way (it is slow
+    /// there; nothing else should take it).
     pub fn take_the_device_road(&mut self) -> Result<usize> {
         self.road = Road::Device;
+        let device = self.device.clone();
+        for linear in self.linears_mut() {
+            linear.keep_blocks_on(&device)?;
+        }
         self.stack_experts()
+    }
+
+    /// How many of the model's projections keep their weights in GGUF blocks on its device
+    /// (a GPU load of a quantized file, or the GPU's road).
+    pub fn projections_in_device_blocks(&self) -> usize {
+        let mut count = 0;
+        let mut visit = |linear: &Linear| {
+            if matches!(linear.weight, LinearWeight::Blocks(_)) {
+                count += 1;
+            }
+        };
+        visit(&self.lm_head);
+        for layer in &self.layers {
+            layer.for_each_linear(&mut visit);
+        }
+        count
+    }
+
+    /// The formats ("Q8_0", "F32", "BF16"...) of each stacked MoE layer's gate/up and down
+    /// weights, layer by layer.
+    pub fn stacked_expert_formats(&self) -> Vec<(&'static str, &'static str)> {
+        self.layers
+            .iter()
+            .filter_map(|layer| match &layer.feed_forward {
+                FeedForward::Experts(Moe {
+                    experts: RoutedExperts::Stacked(stacked),
+                    ..
+                }) => {
+                    let (gate_up, down) = stacked.formats();
+                    Some((gate_up.name(), down.name()))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Every projection of the model, the routed experts' while they are not stacked.
+    fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        let mut linears = vec![&mut self.lm_head];
+        for layer in &mut self.layers {
+            linears.extend(layer.linears_mut());
+        }
+        linears
     }
 
     fn stack_experts(&mut self) -> Result<usize> {
@@ -411,7 +460,8 @@ impl Loader<'_> {
             .to_device(self.device)?)
     }
 
-    /// A projection; on the CPU a weight stored in a block format (Q8_0, Q4_K...) stays in it.
+    /// A projection; a weight stored in a block format (Q8_0, Q4_K...) stays in it, on the CPU
+    /// rearranged for its kernels, on a GPU as the file holds it.
     fn linear(&self, prefix: &str, out_dim: usize, in_dim: usize, bias: bool) -> Result<Linear> {
         let name = format!("{prefix}.weight");
         let bias = if bias {
@@ -419,10 +469,17 @@ impl Loader<'_> {
         } else {
             None
         };
-        if self.device.is_cpu()
-            && let Some(weight) = self.source.quantized(&name, &[out_dim, in_dim])?
+        if let Some(weight) = self.source.quantized(&name, &[out_dim, in_dim])?
             && weight.ty.block_len() > 1
         {
+            if !self.device.is_cpu() {
+                // A GPU keeps the file's blocks too: our kernels read them.
+                let blocks = DeviceBlocks::upload(&weight, self.device)?;
+                return Ok(Linear {
+                    weight: LinearWeight::Blocks(vec![blocks]),
+                    bias,
+                });
+            }
             let weight = self.rearranged(weight, |w| w.interleaved(&self.arena));
             return Ok(Linear::quantized(weight, bias));
         }
@@ -622,6 +679,69 @@ struct DecoderLayer {
 }
 
 impl DecoderLayer {
+    /// The layer's projections, the routed experts' while they are not stacked.
+    fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        let attention = &mut self.attention;
+        let mut linears = match &mut attention.query {
+            QueryProjection::Direct(query) => vec![query],
+            QueryProjection::LowRank { down, up, .. } => vec![down, up],
+        };
+        linears.extend([
+            &mut attention.kv_a,
+            &mut attention.kv_b,
+            &mut attention.o_proj,
+        ]);
+        match &mut self.feed_forward {
+            FeedForward::Dense(mlp) => linears.extend([&mut mlp.gate_up, &mut mlp.down]),
+            FeedForward::Experts(moe) => {
+                linears.push(&mut moe.router);
+                if let RoutedExperts::Each(experts) = &mut moe.experts {
+                    for mlp in experts {
+                        linears.extend([&mut mlp.gate_up, &mut mlp.down]);
+                    }
+                }
+                if let Some(shared) = &mut moe.shared {
+                    linears.extend([&mut shared.gate_up, &mut shared.down]);
+                }
+            }
+        }
+        linears
+    }
+
+    /// `visit` on each projection of the layer, the routed experts' while they are not
+    /// stacked.
+    fn for_each_linear(&self, visit: &mut impl FnMut(&Linear)) {
+        match &self.attention.query {
+            QueryProjection::Direct(query) => visit(query),
+            QueryProjection::LowRank { down, up, .. } => {
+                visit(down);
+                visit(up);
+            }
+        }
+        for linear in [
+            &self.attention.kv_a,
+            &self.attention.kv_b,
+            &self.attention.o_proj,
+        ] {
+            visit(linear);
+        }
+        let mlps: Vec<&Mlp> = match &self.feed_forward {
+            FeedForward::Dense(mlp) => vec![mlp],
+            FeedForward::Experts(moe) => {
+                visit(&moe.router);
+                let mut mlps: Vec<&Mlp> = moe.shared.iter().collect();
+                if let RoutedExperts::Each(experts) = &moe.experts {
+                    mlps.extend(experts);
+                }
+                mlps
+            }
+        };
+        for mlp in mlps {
+            visit(&mlp.gate_up);
+            visit(&mlp.down);
+        }
+    }
+
     fn load(w: &Loader, c: &ModelConfig, index: usize) -> Result<Self> {
         let prefix = format!("model.layers.{index}");
         let feed_forward = match &c.moe {
@@ -1088,6 +1208,42 @@ enum RoutedExperts {
     Stacked(StackedExperts),
 }
 
+/// An expert's projection as the stacked experts take it: a dense weight, or its parts' GGUF
+/// blocks on the device when they are all of one type; `None` otherwise (a bias, blocks on the
+/// CPU, mixed types).
+fn expert_matrix(linear: &Linear) -> Result<Option<ExpertMatrix>> {
+    if linear.bias.is_some() {
+        return Ok(None);
+    }
+    Ok(match &linear.weight {
+        LinearWeight::Dense(weight) => {
+            let format = match weight.dtype() {
+                DType::F32 => GgmlType::F32,
+                DType::BF16 => GgmlType::BF16,
+                _ => return Ok(None),
+            };
+            Some(ExpertMatrix {
+                weights: weight.clone(),
+                format,
+            })
+        }
+        LinearWeight::Blocks(parts) => {
+            let Some(first) = parts.first() else {
+                return Ok(None);
+            };
+            if parts.iter().any(|part| part.ty != first.ty) {
+                return Ok(None);
+            }
+            let bytes: Vec<&Tensor> = parts.iter().map(|part| part.bytes()).collect();
+            Some(ExpertMatrix {
+                weights: Tensor::cat(&bytes, 0)?,
+                format: first.ty,
+            })
+        }
+        LinearWeight::Quantized(_) => None,
+    })
+}
+
 impl Moe {
     fn load(w: &Loader, c: &ModelConfig, moe: &MoeConfig, layer_prefix: &str) -> Result<Self> {
         let prefix = format!("{layer_prefix}.mlp");
@@ -1149,20 +1305,16 @@ impl Moe {
         let RoutedExperts::Each(experts) = &self.experts else {
             return Ok(true);
         };
-        let dense = |linear: &Linear| match linear {
-            Linear {
-                weight: LinearWeight::Dense(weight),
-                bias: None,
-            } => Some(weight.clone()),
-            _ => None,
-        };
-        let Some((gate_ups, downs)): Option<(Vec<Tensor>, Vec<Tensor>)> = experts
-            .iter()
-            .map(|mlp| Some((dense(&mlp.gate_up)?, dense(&mlp.down)?)))
-            .collect()
-        else {
-            return Ok(false);
-        };
+        let (mut gate_ups, mut downs) = (Vec::new(), Vec::new());
+        for mlp in experts {
+            let (Some(gate_up), Some(down)) =
+                (expert_matrix(&mlp.gate_up)?, expert_matrix(&mlp.down)?)
+            else {
+                return Ok(false);
+            };
+            gate_ups.push(gate_up);
+            downs.push(down);
+        }
         let intermediate = experts.first().map_or(0, |mlp| mlp.intermediate);
         let rule = RoutingRule {
             experts: experts.len(),
@@ -1170,8 +1322,6 @@ impl Moe {
             limit: self.limit,
             weighting: self.weighting(),
         };
-        let gate_ups: Vec<&Tensor> = gate_ups.iter().collect();
-        let downs: Vec<&Tensor> = downs.iter().collect();
         match StackedExperts::stack(&gate_ups, &downs, intermediate, rule)? {
             Some(stacked) => {
                 self.experts = RoutedExperts::Stacked(stacked);

@@ -27,3 +27,15 @@ pub(crate) fn u32_values<'a>(
         _ => candle_core::bail!("{what} must be contiguous u32"),
     }
 }
+
+/// A contiguous u8 operand's values (weights in GGUF blocks).
+pub(crate) fn u8_values<'a>(
+    storage: &'a CpuStorage,
+    layout: &Layout,
+    what: &str,
+) -> candle_core::Result<&'a [u8]> {
+    match (storage, layout.contiguous_offsets()) {
+        (CpuStorage::U8(values), Some((start, end))) => Ok(&values[start..end]),
+        _ => candle_core::bail!("{what} must be contiguous u8"),
+    }
+}

@@ -119,6 +119,20 @@ impl QuantizedWeight {
         &(*self.data).as_ref()[self.start..self.start + len]
     }
 
+    /// The blocks row after row, as the file holds them (an interleaved matrix is regrouped
+    /// into a copy).
+    pub fn in_file_order(&self) -> std::borrow::Cow<'_, [u8]> {
+        match self.layout {
+            RowLayout::InFileOrder => std::borrow::Cow::Borrowed(self.bytes()),
+            RowLayout::Interleaved => std::borrow::Cow::Owned(interleaved::deinterleave(
+                self.ty,
+                self.bytes(),
+                self.rows,
+                self.row_bytes(),
+            )),
+        }
+    }
+
     /// Rows `first..first + count` as a matrix of their own (an expert of a stacked tensor); of
     /// an interleaved matrix, only whole groups.
     pub fn rows(&self, name: &str, first: usize, count: usize) -> Result<Self> {

@@ -21,6 +21,7 @@ use half::slice::HalfFloatSliceExt;
 use kernels::cuda::RoutingLimits;
 use kernels::expert_rows::{combine_expert_rows, expert_rows};
 use kernels::grouped_matmul::{ExpertWeights, grouped_matmul};
+use kernels::quant::GgmlType;
 use kernels::routing::{GroupLimit, Weighting, route_token};
 
 use crate::error::Result;
@@ -152,10 +153,12 @@ impl CustomOp1 for RoutePlan {
 
 /// Every choice's row through its expert's W^T: x (f32; [T, k] read through the plan's
 /// row_token when `gather`, else already [choices, k] in row order), the stacked weights
-/// [E, n, k] (f32 or bf16) and the plan give [choices, n] f32.
+/// (`format`: [E, n, k] f32 or bf16, or [E, n, row bytes] u8 of GGUF blocks) and the plan give
+/// [choices, n] f32.
 struct GroupedExperts {
     rule: RoutingRule,
     gather: bool,
+    format: GgmlType,
 }
 
 impl GroupedExperts {
@@ -167,14 +170,19 @@ impl GroupedExperts {
         plan: &Shape,
     ) -> candle_core::Result<(PlanLayout, usize, usize)> {
         let (rows, k) = x.dims2()?;
-        let (experts, n, weight_k) = weights.dims3()?;
+        let (experts, n, weight_row) = weights.dims3()?;
         let choices = if self.gather {
             rows * self.rule.top_k
         } else {
             rows
         };
         let plan_layout = PlanLayout { choices, experts };
-        if experts != self.rule.experts || weight_k != k || plan.elem_count() != plan_layout.len() {
+        let row_fits = if is_dense(self.format) {
+            weight_row == k
+        } else {
+            self.format.row_bytes(k) == Some(weight_row)
+        };
+        if experts != self.rule.experts || !row_fits || plan.elem_count() != plan_layout.len() {
             candle_core::bail!(
                 "grouped experts: x {x:?}, weights {weights:?} and a plan of {} do not fit {:?}",
                 plan.elem_count(),
@@ -226,7 +234,13 @@ impl CustomOp3 for GroupedExperts {
             (CpuStorage::BF16(w), Some((start, end))) => {
                 ExpertWeights::Bf16(w[start..end].reinterpret_cast())
             }
-            _ => candle_core::bail!("grouped experts: the weights must be contiguous f32 or bf16"),
+            (CpuStorage::U8(w), Some((start, end))) => ExpertWeights::Blocks {
+                ty: self.format,
+                bytes: &w[start..end],
+            },
+            _ => candle_core::bail!(
+                "grouped experts: the weights must be contiguous f32, bf16 or u8 blocks"
+            ),
         };
         let mut y = vec![0f32; parts.choices * n];
         grouped_matmul(rows, &row_offsets, weights, n, k, &mut y);
@@ -352,53 +366,101 @@ impl CustomOp3 for CombineRows {
     }
 }
 
+/// The dtype of a dense format's tensor.
+pub(crate) fn format_dtype(format: GgmlType) -> DType {
+    match format {
+        GgmlType::BF16 => DType::BF16,
+        _ => DType::F32,
+    }
+}
+
+/// Whether `format` is a dense tensor's (its weights a float tensor, not u8 blocks).
+fn is_dense(format: GgmlType) -> bool {
+    matches!(format, GgmlType::F32 | GgmlType::BF16)
+}
+
+/// One expert's [n, k] matrix as the grouped products take it: a float tensor (`format` F32 or
+/// BF16, its dtype) or the rows of GGUF blocks of `format` as u8 [n, row bytes].
+pub(crate) struct ExpertMatrix {
+    pub weights: Tensor,
+    pub format: GgmlType,
+}
+
 /// The routed experts of one layer, stacked.
 pub(crate) struct StackedExperts {
-    /// [E, 2I, H]: each expert's gate rows, then its up rows.
+    /// [E, 2I, H] (or its rows of blocks): each expert's gate rows, then its up rows.
     gate_up: Tensor,
-    /// [E, H, I]
+    gate_up_format: GgmlType,
+    /// [E, H, I] (or its rows of blocks)
     down: Tensor,
+    down_format: GgmlType,
     intermediate: usize,
     rule: RoutingRule,
 }
 
 impl StackedExperts {
-    /// The experts' gate/up [2I, H] and down [H, I] weights stacked, or `None` when this road
-    /// does not take them: weights not f32 or bf16 (the grouped matmul's types), or a routing
-    /// past the kernels' limits.
+    /// The experts' gate/up [2I, H] and down [H, I] matrices stacked, or `None` when this road
+    /// does not take them: a matrix in another format or shape than its fellows, dense weights
+    /// not f32 or bf16 (the grouped matmul's types), or a routing past the kernels' limits.
     pub(crate) fn stack(
-        gate_ups: &[&Tensor],
-        downs: &[&Tensor],
+        gate_ups: &[ExpertMatrix],
+        downs: &[ExpertMatrix],
         intermediate: usize,
         rule: RoutingRule,
     ) -> Result<Option<Self>> {
-        let dtype = gate_ups.first().map(|w| w.dtype());
-        let takes = matches!(dtype, Some(DType::F32 | DType::BF16))
-            && gate_ups
-                .iter()
-                .chain(downs)
-                .all(|w| Some(w.dtype()) == dtype)
+        let alike = |matrices: &[ExpertMatrix]| match matrices.first() {
+            Some(first) => {
+                let dtype_fits = if is_dense(first.format) {
+                    first.weights.dtype() == format_dtype(first.format)
+                } else {
+                    first.weights.dtype() == DType::U8
+                };
+                dtype_fits
+                    && matrices.iter().all(|m| {
+                        m.format == first.format
+                            && m.weights.dtype() == first.weights.dtype()
+                            && m.weights.dims() == first.weights.dims()
+                    })
+            }
+            None => false,
+        };
+        let takes = alike(gate_ups)
+            && alike(downs)
             && gate_ups.len() == rule.experts
             && downs.len() == rule.experts
             && rule.fits_the_kernels();
         if !takes {
             return Ok(None);
         }
+        let stacked = |matrices: &[ExpertMatrix]| -> Result<Tensor> {
+            let weights: Vec<&Tensor> = matrices.iter().map(|m| &m.weights).collect();
+            Ok(Tensor::stack(&weights, 0)?.contiguous()?)
+        };
         Ok(Some(Self {
-            gate_up: Tensor::stack(gate_ups, 0)?.contiguous()?,
-            down: Tensor::stack(downs, 0)?.contiguous()?,
+            gate_up: stacked(gate_ups)?,
+            gate_up_format: gate_ups[0].format,
+            down: stacked(downs)?,
+            down_format: downs[0].format,
             intermediate,
             rule,
         }))
     }
 
     pub(crate) fn bytes(&self) -> usize {
-        (self.gate_up.elem_count() + self.down.elem_count()) * self.gate_up.dtype().size_in_bytes()
+        [&self.gate_up, &self.down]
+            .iter()
+            .map(|w| w.elem_count() * w.dtype().size_in_bytes())
+            .sum()
     }
 
     /// The weights one chosen expert reads.
     pub(crate) fn bytes_per_expert(&self) -> usize {
         self.bytes() / self.rule.experts.max(1)
+    }
+
+    /// The formats of the gate/up and down stacks (F32 or BF16 when dense).
+    pub(crate) fn formats(&self) -> (GgmlType, GgmlType) {
+        (self.gate_up_format, self.down_format)
     }
 
     /// The plan of a step's routing from the router's logits [T, E] (f32, on the device).
@@ -433,6 +495,7 @@ impl StackedExperts {
             &GroupedExperts {
                 rule: self.rule,
                 gather: true,
+                format: self.gate_up_format,
             },
         )?;
         let activated = (candle_nn::ops::silu(&gate_up.narrow(D::Minus1, 0, width)?)?
@@ -444,6 +507,7 @@ impl StackedExperts {
             &GroupedExperts {
                 rule: self.rule,
                 gather: false,
+                format: self.down_format,
             },
         )?;
         Ok(rows.apply_op3_no_bwd(
@@ -461,7 +525,6 @@ mod gpu {
     use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
     use candle_core::{CudaStorage, DType, Layout, Shape};
     use kernels::cuda::launch_shapes::{self, ExpertsProduct};
-    use kernels::quant::GgmlType;
     use kernels::routing::{GroupLimit, Weighting};
 
     use super::{CombineRows, GroupedExperts, PlanLayout, RoutePlan};
@@ -570,11 +633,7 @@ mod gpu {
                 Shape::from((parts.choices, n)),
             ));
         };
-        let entry = match weights.dtype() {
-            DType::F32 => product.entry(GgmlType::F32),
-            DType::BF16 => product.entry(GgmlType::BF16),
-            other => candle_core::bail!("grouped experts: weights of {other:?}"),
-        };
+        let entry = product.entry(op.format);
         let function = kernel(&device, "moe_grouped_matmul.cu", &[], &entry)?;
         let stream = device.cuda_stream();
         let (row_token, row_offsets, tile_offsets) = (
@@ -587,15 +646,19 @@ mod gpu {
         let mut launch = stream.launch_builder(&function);
         launch.arg(&x);
         let start = weights_layout.start_offset();
-        let (f32_weights, bf16_weights);
+        let (f32_weights, bf16_weights, block_weights);
         match weights.dtype() {
             DType::F32 => {
                 f32_weights = weights.as_cuda_slice::<f32>()?.slice(start..);
                 launch.arg(&f32_weights);
             }
-            _ => {
+            DType::BF16 => {
                 bf16_weights = weights.as_cuda_slice::<half::bf16>()?.slice(start..);
                 launch.arg(&bf16_weights);
+            }
+            _ => {
+                block_weights = weights.as_cuda_slice::<u8>()?.slice(start..);
+                launch.arg(&block_weights);
             }
         }
         if op.gather {

@@ -85,6 +85,35 @@ fn q8_0_gguf_logits_match_transformers_on_the_same_weights() {
     assert!(decode <= F32_TOLERANCE, "token by token: {decode:e}");
 }
 
+/// The GPU's road with the file's blocks kept as they are (what a GPU load of a quantized file
+/// does): every block-format projection and stacked expert is multiplied by the GPU kernels'
+/// products, here through their CPU reference, which decode each value exactly as ggml does and
+/// sum in f32. So the logits meet torch on the same dequantized weights at the f32 bar.
+#[test]
+fn q8_0_gguf_on_the_gpu_road_keeps_its_blocks_and_matches_transformers() {
+    let same_weights = torch_reference("lite-q8_0-reference.safetensors");
+    let mut model = load("lite-q8_0.gguf");
+    let stacked = model.take_the_device_road().unwrap();
+    let formats = model.stacked_expert_formats();
+    println!(
+        "{} projections in device blocks; {stacked} MoE layers stacked as {formats:?}",
+        model.projections_in_device_blocks()
+    );
+    assert!(model.projections_in_device_blocks() > 0);
+    assert!(stacked > 0 && formats.len() == stacked);
+    // This file's expert gate/up are Q8_0 and its down projections F16 (read as f32).
+    assert!(formats.iter().all(|&f| f == ("Q8_0", "F32")), "{formats:?}");
+    let ids = &same_weights.input_ids;
+    let full = max_error(&all_logits(&model, ids), &same_weights.logits);
+    let decode = max_error(&token_by_token_logits(&model, ids), &same_weights.logits);
+    println!(
+        "lite-q8_0.gguf on the GPU road: max abs error {full:e} (prefill), {decode:e} (token by \
+         token) against torch on the dequantized weights"
+    );
+    assert!(full <= F32_TOLERANCE, "prefill: {full:e}");
+    assert!(decode <= F32_TOLERANCE, "token by token: {decode:e}");
+}
+
 #[test]
 fn q8_0_gguf_multiplied_in_place_is_as_close_to_torch_as_llama_cpp_is() {
     let same_weights = torch_reference("lite-q8_0-reference.safetensors");

@@ -1,0 +1,206 @@
+//! A weight kept in its GGUF block format on the model's device: a GPU load of a quantized file
+//! uploads the blocks as the file holds them (Lite's Q4_K_M is then about 10 GB there, where
+//! bf16 copies would take 31), and our kernels multiply them as they are. A product is the
+//! experts' grouped product with one expert (`moe_expert_matvec_*` for a decode step's few rows,
+//! the tiles of `moe_grouped_matmul_*` for a prompt), reading each value through the block
+//! decoders of `kernels/cuda/ggml_blocks.cu`.
+//!
+//! On the CPU the same op runs the kernels' CPU reference, which is how the tests hold a
+//! quantized model on the GPU's road to transformers' logits.
+
+use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Shape, Tensor};
+use kernels::grouped_matmul::{ExpertWeights, grouped_matmul};
+use kernels::quant::GgmlType;
+
+use crate::error::{EngineError, Result};
+use crate::op_operands::{f32_values, u8_values};
+use crate::quantized::QuantizedWeight;
+
+/// W [rows, cols] as rows of `ty` blocks in a u8 tensor [rows, row bytes] on its device.
+#[derive(Clone)]
+pub(crate) struct DeviceBlocks {
+    pub ty: GgmlType,
+    pub rows: usize,
+    pub cols: usize,
+    bytes: Tensor,
+}
+
+impl DeviceBlocks {
+    /// `weight`'s blocks, in the file's order, on `device`.
+    pub(crate) fn upload(weight: &QuantizedWeight, device: &Device) -> Result<Self> {
+        let bytes = weight.in_file_order();
+        let row_bytes = bytes.len() / weight.rows.max(1);
+        let bytes = Tensor::from_slice(&bytes, (weight.rows, row_bytes), &Device::Cpu)?
+            .to_device(device)?;
+        Ok(Self {
+            ty: weight.ty,
+            rows: weight.rows,
+            cols: weight.cols,
+            bytes,
+        })
+    }
+
+    /// The blocks, [rows, row bytes] u8.
+    pub(crate) fn bytes(&self) -> &Tensor {
+        &self.bytes
+    }
+
+    pub(crate) fn byte_count(&self) -> usize {
+        self.bytes.elem_count()
+    }
+
+    /// X W^T: x [n, cols] (any float dtype) gives [n, rows] f32.
+    pub(crate) fn matmul(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.to_dtype(DType::F32)?.contiguous()?.apply_op2_no_bwd(
+            &self.bytes,
+            &BlockProduct {
+                ty: self.ty,
+                rows: self.rows,
+                cols: self.cols,
+            },
+        )?)
+    }
+
+    /// Every value as f32 [rows, cols], on the blocks' device.
+    pub(crate) fn dequantize(&self) -> Result<Tensor> {
+        let bytes = self.bytes.flatten_all()?.to_vec1::<u8>()?;
+        let mut values = vec![0f32; self.rows * self.cols];
+        if self.ty.row_bytes(self.cols).map(|b| b * self.rows) != Some(bytes.len()) {
+            return Err(EngineError::InvalidInput(format!(
+                "{} [{}, {}] blocks hold {} bytes",
+                self.ty.name(),
+                self.rows,
+                self.cols,
+                bytes.len()
+            )));
+        }
+        kernels::quant::dequantize(self.ty, &bytes, &mut values);
+        Ok(
+            Tensor::from_vec(values, (self.rows, self.cols), &Device::Cpu)?
+                .to_device(self.bytes.device())?,
+        )
+    }
+}
+
+/// x [n, cols] f32 times W^T from its blocks: [n, rows] f32.
+struct BlockProduct {
+    ty: GgmlType,
+    rows: usize,
+    cols: usize,
+}
+
+impl BlockProduct {
+    /// The input rows, once the shapes are checked.
+    fn input_rows(&self, x: &Shape, bytes: &Shape) -> candle_core::Result<usize> {
+        let (n, cols) = x.dims2()?;
+        let row_bytes = self.ty.row_bytes(self.cols);
+        if cols != self.cols || row_bytes.map(|b| b * self.rows) != Some(bytes.elem_count()) {
+            candle_core::bail!(
+                "block product: x {x:?} against {} [{}, {}] in {} bytes",
+                self.ty.name(),
+                self.rows,
+                self.cols,
+                bytes.elem_count()
+            );
+        }
+        Ok(n)
+    }
+}
+
+impl CustomOp2 for BlockProduct {
+    fn name(&self) -> &'static str {
+        "block-product"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        x_layout: &Layout,
+        bytes: &CpuStorage,
+        bytes_layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let n = self.input_rows(x_layout.shape(), bytes_layout.shape())?;
+        let x = f32_values(x, x_layout, "block product: the input")?;
+        let bytes = u8_values(bytes, bytes_layout, "block product: the blocks")?;
+        let weights = ExpertWeights::Blocks { ty: self.ty, bytes };
+        let mut y = vec![0f32; n * self.rows];
+        grouped_matmul(x, &[0, n], weights, self.rows, self.cols, &mut y);
+        Ok((CpuStorage::F32(y), Shape::from((n, self.rows))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        x: &candle_core::CudaStorage,
+        x_layout: &Layout,
+        bytes: &candle_core::CudaStorage,
+        bytes_layout: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let n = self.input_rows(x_layout.shape(), bytes_layout.shape())?;
+        gpu::block_product(self, (x, x_layout), (bytes, bytes_layout), n)
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod gpu {
+    use candle_core::cuda_backend::WrapErr;
+    use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
+    use candle_core::{CudaStorage, Layout, Shape};
+    use kernels::cuda::launch_shapes::{self, ExpertsProduct};
+    use kernels::expert_rows::EXPERT_TILE_ROWS;
+
+    use super::BlockProduct;
+    use crate::gpu_ptx::{config, kernel};
+
+    pub(super) fn block_product(
+        op: &BlockProduct,
+        (x, x_layout): (&CudaStorage, &Layout),
+        (bytes, bytes_layout): (&CudaStorage, &Layout),
+        n: usize,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        if !x_layout.is_contiguous() || !bytes_layout.is_contiguous() {
+            candle_core::bail!("block product: operands must be contiguous");
+        }
+        let device = x.device.clone();
+        let x = x.as_cuda_slice::<f32>()?.slice(x_layout.start_offset()..);
+        let bytes = bytes
+            .as_cuda_slice::<u8>()?
+            .slice(bytes_layout.start_offset()..);
+        let out = device.alloc_zeros::<f32>(n * op.rows)?;
+        // One expert holding all n rows: the experts' products are a Linear's.
+        let Some((product, shape)) = launch_shapes::experts_product(n, 1, op.rows) else {
+            return Ok((
+                CudaStorage::wrap_cuda_slice(out, device),
+                Shape::from((n, op.rows)),
+            ));
+        };
+        let function = kernel(&device, "moe_grouped_matmul.cu", &[], &product.entry(op.ty))?;
+        let stream = device.cuda_stream();
+        let row_offsets = stream.clone_htod(&[0i32, n as i32]).w()?;
+        let tile_offsets = stream
+            .clone_htod(&[0i32, n.div_ceil(EXPERT_TILE_ROWS) as i32])
+            .w()?;
+        let (no_gather, experts, n_arg, k_arg) = (0u64, 1i32, op.rows as i32, op.cols as i32);
+        let mut launch = stream.launch_builder(&function);
+        launch.arg(&x);
+        launch.arg(&bytes);
+        launch.arg(&no_gather);
+        launch.arg(&row_offsets);
+        if product == ExpertsProduct::Tiles {
+            launch.arg(&tile_offsets);
+        }
+        launch.arg(&experts);
+        launch.arg(&n_arg);
+        launch.arg(&k_arg);
+        launch.arg(&out);
+        // SAFETY: the kernel's parameters in order (moe_grouped_matmul.cu: x [n, cols] f32, the
+        // blocks of [rows, cols], no row_token, one expert's row offsets [0, n] and, for the
+        // tiles, its tile offsets, then experts, n = rows, k = cols, out [n, rows]); the shapes
+        // were checked against the blocks' byte count.
+        unsafe { launch.launch(config(shape)) }.w()?;
+        Ok((
+            CudaStorage::wrap_cuda_slice(out, device),
+            Shape::from((n, op.rows)),
+        ))
+    }
+}
