@@ -4,8 +4,9 @@
 #      kernel's bench (kernels/benches/gpu_attention.rs): these need no CUDA at build time;
 #   2. with a CUDA build (`--features cuda`, made here when the CUDA toolkit can be fetched):
 #      the golden fixtures on the GPU (engine/tests/gpu.rs: f32 within 1e-4 on every path, bf16
-#      within its bar), then decode, prefill and keystroke figures for a Lite-shaped bf16 model
-#      with the fraction of HBM bandwidth decode reaches.
+#      within its bar, a Q8_0 GGUF kept in its blocks within 1e-4), then decode, prefill and
+#      keystroke figures for a Lite-shaped bf16 model with the fraction of HBM bandwidth decode
+#      reaches, and decode and prefill for the same shape from a Q4_K_M GGUF kept in its blocks.
 #
 #   tools/gpu_check.sh build   # here, any x86-64 Linux with Rust: binaries into .gpu/ (ignored)
 #   tools/gpu_check.sh run     # on the GPU machine, from the repository root (no Rust needed)
@@ -74,6 +75,9 @@ run)
             --prompt 512 --tokens 64 || status=$?
         "$work/deepseek-lsp" bench keystroke --synthetic "lite:$layers" --dtype bf16 --device cuda \
             --context 2048 || status=$?
+        # The same shape from a Q4_K_M GGUF: its blocks stay on the GPU (about a quarter of bf16).
+        "$work/deepseek-lsp" bench all --synthetic "lite:$layers" --quant Q4_K --dtype bf16 \
+            --device cuda --prompt 512 --tokens 64 || status=$?
     fi
     rm -rf "$work"
     exit "$status"

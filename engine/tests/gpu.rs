@@ -12,7 +12,8 @@ use candle_core::{DType, Device};
 use engine::routing_trace::trace_routing;
 use engine::{AttentionForm, LoadOptions, Logits, Model, load_checkpoint};
 use support::{
-    ReferenceLogits, all_logits, fixture, max_error, reference_logits, token_by_token_logits,
+    ReferenceLogits, all_logits, fixture, gguf_fixture, max_error, reference_logits,
+    token_by_token_logits,
 };
 
 mod support;
@@ -138,6 +139,43 @@ fn rewritten_positions_reach_the_gpu() {
             F32_TOLERANCE,
         );
     }
+}
+
+/// A quantized GGUF on the GPU keeps its blocks (the projections and the stacked experts read
+/// them through our block products) and meets torch on the same dequantized weights at the f32
+/// bar, prefill and token by token (gguf.rs holds the same road on the CPU).
+#[test]
+#[ignore = "needs an NVIDIA GPU and a --features cuda build"]
+fn q8_0_gguf_keeps_its_blocks_on_the_gpu_and_matches_transformers() {
+    let options = LoadOptions {
+        device: gpu(),
+        dtype: Some(DType::F32),
+    };
+    let mut model = load_checkpoint(&gguf_fixture("lite-q8_0.gguf"), &options).unwrap();
+    let stacked = model.take_the_device_road().unwrap();
+    let formats = model.stacked_expert_formats();
+    eprintln!(
+        "{} projections in device blocks; {stacked} MoE layers stacked as {formats:?}",
+        model.projections_in_device_blocks()
+    );
+    assert!(model.projections_in_device_blocks() > 0);
+    assert!(stacked > 0 && formats.iter().all(|&(gate_up, _)| gate_up == "Q8_0"));
+    let reference = reference_logits(&gguf_fixture("lite-q8_0-reference.safetensors"));
+    let ids = &reference.input_ids;
+    assert_close(
+        "lite-q8_0.gguf",
+        "prefill",
+        &all_logits(&model, ids),
+        &reference.logits,
+        F32_TOLERANCE,
+    );
+    assert_close(
+        "lite-q8_0.gguf",
+        "token by token",
+        &token_by_token_logits(&model, ids),
+        &reference.logits,
+        F32_TOLERANCE,
+    );
 }
 
 /// bf16 weights and activations (8 significant bits) against the f32 reference, position by
