@@ -207,6 +207,41 @@ pub fn a_span_against_cached_pages_matches_the_cpu_reference(gpu: &Gpu, nvrtc: &
     }
 }
 
+/// Expert e's rows start at entry e: 0, then the running sum of `rows_per_expert`.
+fn row_offsets_of(rows_per_expert: &[usize]) -> Vec<usize> {
+    let mut offsets = vec![0];
+    for rows in rows_per_expert {
+        offsets.push(offsets.last().unwrap() + rows);
+    }
+    offsets
+}
+
+/// The grouped product of `x` (rows in expert order) on the GPU against the CPU reference,
+/// printed under `what`; asserts the GPU's is within f32 rounding of the reference's (sums of k
+/// products in another order: a few ulps of sqrt(k) * |x| * |w|).
+fn assert_grouped_matches(
+    kernels: &GpuKernels,
+    x: &[f32],
+    row_offsets: &[usize],
+    weights: ExpertWeights,
+    (n, k): (usize, usize),
+    what: &str,
+) {
+    let rows = *row_offsets.last().unwrap();
+    let on_gpu = kernels
+        .grouped_matmul(x, None, row_offsets, weights, n, k)
+        .unwrap();
+    let mut on_cpu = vec![0f32; rows * n];
+    grouped_matmul(x, row_offsets, weights, n, k, &mut on_cpu);
+    let (worst, largest) = worst_and_largest(&on_gpu, &on_cpu);
+    eprintln!("{what} [{n}, {k}]: worst {worst:e} of {largest:e}");
+    assert!(largest > 0.0 && largest.is_finite(), "{what}: {largest:e}");
+    assert!(
+        worst <= 1e-5 * largest,
+        "{what} [{n}, {k}]: {worst:e} of {largest:e}"
+    );
+}
+
 pub fn the_grouped_expert_matmul_matches_the_cpu_reference(gpu: &Gpu, nvrtc: &Nvrtc) {
     let kernels = GpuKernels::compile(gpu, nvrtc, TINY).unwrap();
     // Lite's gate projection (n 1408, k 2048) over 8 experts with uneven rows (one idle, one past
@@ -220,28 +255,15 @@ pub fn the_grouped_expert_matmul_matches_the_cpu_reference(gpu: &Gpu, nvrtc: &Nv
         (96, 80, vec![9, 0, 5, 13]),
         (33, 47, vec![2, 0, 7, 1]),
     ] {
-        let mut row_offsets = vec![0];
-        for rows in &rows_per_expert {
-            row_offsets.push(row_offsets.last().unwrap() + rows);
-        }
+        let row_offsets = row_offsets_of(&rows_per_expert);
         let experts = rows_per_expert.len();
         let rows = *row_offsets.last().unwrap();
         let x = random(rows * k, n as u64);
         let w = random(experts * n * k, k as u64);
         let bits: Vec<u16> = w.iter().map(|v| (v.to_bits() >> 16) as u16).collect();
         for weights in [ExpertWeights::F32(&w), ExpertWeights::Bf16(&bits)] {
-            let on_gpu = kernels
-                .grouped_matmul(&x, None, &row_offsets, weights, n, k)
-                .unwrap();
-            let mut on_cpu = vec![0f32; rows * n];
-            grouped_matmul(&x, &row_offsets, weights, n, k, &mut on_cpu);
-            let (worst, largest) = worst_and_largest(&on_gpu, &on_cpu);
-            eprintln!("grouped [{n}, {k}] {rows_per_expert:?}: worst {worst:e} of {largest:e}");
-            // f32 sums of k products in another order: a few ulps of sqrt(k) * |x| * |w|.
-            assert!(
-                worst <= 1e-5 * largest,
-                "[{n}, {k}]: {worst:e} of {largest:e}"
-            );
+            let what = format!("grouped {:?} {rows_per_expert:?}", weights.format());
+            assert_grouped_matches(&kernels, &x, &row_offsets, weights, (n, k), &what);
         }
     }
 }
@@ -295,31 +317,14 @@ pub fn weights_in_gguf_blocks_match_the_cpu_reference(gpu: &Gpu, nvrtc: &Nvrtc) 
         let k = if ty.block_len() == 256 { 512 } else { 1408 };
         for rows_per_expert in [vec![3, 0, 70, 1], vec![1, 0, 2, 5], vec![9]] {
             let n = 40;
-            let mut row_offsets = vec![0];
-            for rows in &rows_per_expert {
-                row_offsets.push(row_offsets.last().unwrap() + rows);
-            }
+            let row_offsets = row_offsets_of(&rows_per_expert);
             let experts = rows_per_expert.len();
             let rows = *row_offsets.last().unwrap();
             let x = random(rows * k, 31 + f as u64);
             let bytes = random_blocks(ty, experts * n * k, 17 + f as u64);
             let weights = ExpertWeights::Blocks { ty, bytes: &bytes };
-            let on_gpu = kernels
-                .grouped_matmul(&x, None, &row_offsets, weights, n, k)
-                .unwrap();
-            let mut on_cpu = vec![0f32; rows * n];
-            grouped_matmul(&x, &row_offsets, weights, n, k, &mut on_cpu);
-            let (worst, largest) = worst_and_largest(&on_gpu, &on_cpu);
-            eprintln!(
-                "{} [{n}, {k}] {rows_per_expert:?}: worst {worst:e} of {largest:e}",
-                ty.name()
-            );
-            assert!(largest > 0.0 && largest.is_finite(), "{}", ty.name());
-            assert!(
-                worst <= 1e-5 * largest,
-                "{} {rows_per_expert:?}: {worst:e} of {largest:e}",
-                ty.name()
-            );
+            let what = format!("{} {rows_per_expert:?}", ty.name());
+            assert_grouped_matches(&kernels, &x, &row_offsets, weights, (n, k), &what);
         }
     }
 }
