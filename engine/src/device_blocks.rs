@@ -144,13 +144,11 @@ impl CustomOp2 for BlockProduct {
 #[cfg(feature = "cuda")]
 mod gpu {
     use candle_core::cuda_backend::WrapErr;
-    use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
     use candle_core::{CudaStorage, Layout, Shape};
-    use kernels::cuda::launch_shapes::{self, ExpertsProduct};
     use kernels::expert_rows::EXPERT_TILE_ROWS;
 
     use super::BlockProduct;
-    use crate::gpu_ptx::{config, kernel};
+    use crate::experts_product::{ProductRows, experts_product};
 
     pub(super) fn block_product(
         op: &BlockProduct,
@@ -163,41 +161,21 @@ mod gpu {
         }
         let device = x.device.clone();
         let x = x.as_cuda_slice::<f32>()?.slice(x_layout.start_offset()..);
-        let bytes = bytes
-            .as_cuda_slice::<u8>()?
-            .slice(bytes_layout.start_offset()..);
-        let out = device.alloc_zeros::<f32>(n * op.rows)?;
         // One expert holding all n rows: the experts' products are a Linear's.
-        let Some((product, shape)) = launch_shapes::experts_product(n, 1, op.rows) else {
-            return Ok((
-                CudaStorage::wrap_cuda_slice(out, device),
-                Shape::from((n, op.rows)),
-            ));
-        };
-        let function = kernel(&device, "moe_grouped_matmul.cu", &[], &product.entry(op.ty))?;
         let stream = device.cuda_stream();
-        let row_offsets = stream.clone_htod(&[0i32, n as i32]).w()?;
+        let row_offsets = stream.clone_htod(&[0u32, n as u32]).w()?;
         let tile_offsets = stream
-            .clone_htod(&[0i32, n.div_ceil(EXPERT_TILE_ROWS) as i32])
+            .clone_htod(&[0u32, n.div_ceil(EXPERT_TILE_ROWS) as u32])
             .w()?;
-        let (no_gather, experts, n_arg, k_arg) = (0u64, 1i32, op.rows as i32, op.cols as i32);
-        let mut launch = stream.launch_builder(&function);
-        launch.arg(&x);
-        launch.arg(&bytes);
-        launch.arg(&no_gather);
-        launch.arg(&row_offsets);
-        if product == ExpertsProduct::Tiles {
-            launch.arg(&tile_offsets);
-        }
-        launch.arg(&experts);
-        launch.arg(&n_arg);
-        launch.arg(&k_arg);
-        launch.arg(&out);
-        // SAFETY: the kernel's parameters in order (moe_grouped_matmul.cu: x [n, cols] f32, the
-        // blocks of [rows, cols], no row_token, one expert's row offsets [0, n] and, for the
-        // tiles, its tile offsets, then experts, n = rows, k = cols, out [n, rows]); the shapes
-        // were checked against the blocks' byte count.
-        unsafe { launch.launch(config(shape)) }.w()?;
+        let rows = ProductRows {
+            rows: n,
+            row_token: None,
+            row_offsets: row_offsets.slice(..),
+            tile_offsets: tile_offsets.slice(..),
+            experts: 1,
+        };
+        let weights = (bytes, bytes_layout.start_offset(), op.ty);
+        let out = experts_product(&device, &x, weights, &rows, (op.rows, op.cols))?;
         Ok((
             CudaStorage::wrap_cuda_slice(out, device),
             Shape::from((n, op.rows)),

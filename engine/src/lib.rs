@@ -12,6 +12,8 @@ mod device_blocks;
 mod device_pages;
 mod embedding;
 pub mod error;
+#[cfg(feature = "cuda")]
+mod experts_product;
 pub mod generation;
 pub mod gguf;
 #[cfg(feature = "cuda")]

@@ -520,14 +520,14 @@ impl StackedExperts {
 
 #[cfg(feature = "cuda")]
 mod gpu {
-    use candle_core::backend::BackendStorage;
     use candle_core::cuda_backend::WrapErr;
     use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
-    use candle_core::{CudaStorage, DType, Layout, Shape};
-    use kernels::cuda::launch_shapes::{self, ExpertsProduct};
+    use candle_core::{CudaStorage, Layout, Shape};
+    use kernels::cuda::launch_shapes;
     use kernels::routing::{GroupLimit, Weighting};
 
     use super::{CombineRows, GroupedExperts, PlanLayout, RoutePlan};
+    use crate::experts_product::{ProductRows, experts_product};
     use crate::gpu_ptx::{config, kernel};
 
     pub(super) fn route_plan(
@@ -624,62 +624,15 @@ mod gpu {
         let plan = plan
             .as_cuda_slice::<u32>()?
             .slice(plan_layout.start_offset()..);
-        let out = device.alloc_zeros::<f32>(parts.choices * n)?;
-        let Some((product, shape)) =
-            launch_shapes::experts_product(parts.choices, parts.experts, n)
-        else {
-            return Ok((
-                CudaStorage::wrap_cuda_slice(out, device),
-                Shape::from((parts.choices, n)),
-            ));
+        let rows = ProductRows {
+            rows: parts.choices,
+            row_token: op.gather.then(|| plan.slice(parts.row_token())),
+            row_offsets: plan.slice(parts.row_offsets()),
+            tile_offsets: plan.slice(parts.tile_offsets()),
+            experts: parts.experts,
         };
-        let entry = product.entry(op.format);
-        let function = kernel(&device, "moe_grouped_matmul.cu", &[], &entry)?;
-        let stream = device.cuda_stream();
-        let (row_token, row_offsets, tile_offsets) = (
-            plan.slice(parts.row_token()),
-            plan.slice(parts.row_offsets()),
-            plan.slice(parts.tile_offsets()),
-        );
-        let no_gather: u64 = 0;
-        let (experts, n_arg, k_arg) = (parts.experts as i32, n as i32, k as i32);
-        let mut launch = stream.launch_builder(&function);
-        launch.arg(&x);
-        let start = weights_layout.start_offset();
-        let (f32_weights, bf16_weights, block_weights);
-        match weights.dtype() {
-            DType::F32 => {
-                f32_weights = weights.as_cuda_slice::<f32>()?.slice(start..);
-                launch.arg(&f32_weights);
-            }
-            DType::BF16 => {
-                bf16_weights = weights.as_cuda_slice::<half::bf16>()?.slice(start..);
-                launch.arg(&bf16_weights);
-            }
-            _ => {
-                block_weights = weights.as_cuda_slice::<u8>()?.slice(start..);
-                launch.arg(&block_weights);
-            }
-        }
-        if op.gather {
-            launch.arg(&row_token);
-        } else {
-            launch.arg(&no_gather);
-        }
-        launch.arg(&row_offsets);
-        if product == ExpertsProduct::Tiles {
-            launch.arg(&tile_offsets);
-        }
-        launch.arg(&experts);
-        launch.arg(&n_arg);
-        launch.arg(&k_arg);
-        launch.arg(&out);
-        // SAFETY: the kernel's parameters in order (moe_grouped_matmul.cu: the tiles take
-        // tile_offsets after row_offsets, the matvec does not): x holds [T or choices, k], the
-        // weights [experts, n, k], the plan's parts as PlanLayout places them (row_token's
-        // tokens below T), out [choices, n]; tiles past the routing's last exit at once, and the
-        // matvec's grid has one row of blocks per expert.
-        unsafe { launch.launch(config(shape)) }.w()?;
+        let weights = (weights, weights_layout.start_offset(), op.format);
+        let out = experts_product(&device, &x, weights, &rows, (n, k))?;
         Ok((
             CudaStorage::wrap_cuda_slice(out, device),
             Shape::from((parts.choices, n)),
