@@ -12,6 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 source tools/executable_of.sh
+source tools/timed_step.sh
 
 case "${1:-}" in
 build)
@@ -38,23 +39,25 @@ run)
     done
     echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-), $(nproc) cores"
     echo "AMX flags: $(grep -o -w 'amx[a-z0-9_]*' /proc/cpuinfo | sort -u | tr '\n' ' ')"
-    status=0
-    "$work/kernels-tests" quant:: --test-threads=1 --nocapture 2>&1 | grep -E 'amx|test result|FAILED|skipped' || status=$?
     threads=$(nproc)
+    # Limits in seconds: 360 together at most, far less when nothing hangs.
+    step 60 "the tile road's tests" bash -c \
+        "'$work/kernels-tests' quant:: --test-threads=1 --nocapture 2>&1 | grep -E 'amx|test result|FAILED|skipped'"
     for kernels in avx512-vnni amx; do
-        KERNELS=$kernels NS=64,512 THREADS=2 RUNS=3 "$work/quant-matmul-bench" "x8" || status=$?
+        step 30 "x8 matmul bench, $kernels" env KERNELS=$kernels NS=64,512 THREADS=2 RUNS=3 \
+            "$work/quant-matmul-bench" "x8"
     done
-    PANELS=1 THREADS=1 RUNS=3 "$work/quant-matmul-bench" "x8" || status=$?
+    step 20 "panel bench" env PANELS=1 THREADS=1 RUNS=3 "$work/quant-matmul-bench" "x8"
     model="$work/lite4-q4k.gguf"
-    "$work/deepseek-lsp" bench decode --synthetic lite:4 --quant Q4_K --gguf-out "$model" \
-        --prompt 16 --tokens 4 > /dev/null || status=$?
+    step 60 "writing a Lite-shaped Q4_K_M GGUF" "$work/deepseek-lsp" bench decode \
+        --synthetic lite:4 --quant Q4_K --gguf-out "$model" --prompt 16 --tokens 4
     for threads_now in 2 "$threads"; do
         for round in 1 2; do
             for kernels in avx512-vnni amx; do
-                echo "prefill, $threads_now threads, --kernels $kernels, round $round:"
-                "$work/deepseek-lsp" bench prefill --model "$model" --prompt 512 --repeats 3 \
-                    --threads "$threads_now" --kernels "$kernels" \
-                    | grep -E '"(cpu_kernels|amx_tiles|tokens_per_second)"' || status=$?
+                step 20 "prefill, $threads_now threads, --kernels $kernels, round $round" \
+                    bash -c "'$work/deepseek-lsp' bench prefill --model '$model' --prompt 512 \
+                    --repeats 3 --threads $threads_now --kernels $kernels \
+                    | grep -E '\"(cpu_kernels|amx_tiles|tokens_per_second)\"'"
             done
         done
     done

@@ -21,6 +21,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 source tools/executable_of.sh
+source tools/timed_step.sh
 
 case "${1:-}" in
 build)
@@ -64,20 +65,22 @@ run)
     echo "NVRTC: ${DEEPSEEK_LSP_NVRTC:-not found}"
     echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-), $(nproc) cores, AMX flags: $(grep -o -w 'amx[a-z0-9_]*' /proc/cpuinfo | sort -u | tr '\n' ' ')"
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
-    status=0
-    "$work/kernels-gpu-tests" --ignored --nocapture --test-threads=1 || status=$?
-    "$work/gpu-attention-bench" || status=$?
+    # Limits in seconds, most needed first; together they fit a 420-second run.
+    step 60 "kernels against their CPU references" \
+        "$work/kernels-gpu-tests" --ignored --nocapture --test-threads=1
+    step 30 "attention kernel bench" "$work/gpu-attention-bench"
     if [ -x "$work/deepseek-lsp" ]; then
-        ENGINE_FIXTURES=engine/tests/fixtures "$work/engine-gpu-tests" --ignored --nocapture \
-            --test-threads=1 || status=$?
+        step 90 "golden fixtures on the GPU" env ENGINE_FIXTURES=engine/tests/fixtures \
+            "$work/engine-gpu-tests" --ignored --nocapture --test-threads=1
         layers=${LAYERS:-8}
-        "$work/deepseek-lsp" bench all --synthetic "lite:$layers" --dtype bf16 --device cuda \
-            --prompt 512 --tokens 64 || status=$?
-        "$work/deepseek-lsp" bench keystroke --synthetic "lite:$layers" --dtype bf16 --device cuda \
-            --context 2048 || status=$?
+        step 90 "bench all, Lite-shaped bf16" "$work/deepseek-lsp" bench all \
+            --synthetic "lite:$layers" --dtype bf16 --device cuda --prompt 512 --tokens 64
         # The same shape from a Q4_K_M GGUF: its blocks stay on the GPU (about a quarter of bf16).
-        "$work/deepseek-lsp" bench all --synthetic "lite:$layers" --quant Q4_K --dtype bf16 \
-            --device cuda --prompt 512 --tokens 64 || status=$?
+        step 90 "bench all, Lite-shaped Q4_K_M kept in blocks" "$work/deepseek-lsp" bench all \
+            --synthetic "lite:$layers" --quant Q4_K --dtype bf16 --device cuda --prompt 512 \
+            --tokens 64
+        step 60 "keystroke bench, Lite-shaped bf16" "$work/deepseek-lsp" bench keystroke \
+            --synthetic "lite:$layers" --dtype bf16 --device cuda --context 2048
     fi
     rm -rf "$work"
     exit "$status"
