@@ -89,8 +89,78 @@ constexpr unsigned MAX_DYNAMIC_SHARED = 48 * 1024;
 
 enum class Wait { None, Warp, Block, Done };
 
-struct Fiber {
+// Switching between a block's fibers. glibc's swapcontext makes a system call per switch (it
+// saves the signal mask), and a warp shuffle switches 64 times, so on x86-64 a switch is a few
+// instructions of our own: the callee-saved registers and the floating-point control words on
+// the old stack, then the new stack.
+#if defined(__x86_64__)
+extern "C" void cuda_on_cpu_switch(void** save_stack, void* load_stack);
+asm(R"(
+    .text
+    .globl cuda_on_cpu_switch
+    .hidden cuda_on_cpu_switch
+    .type cuda_on_cpu_switch, @function
+cuda_on_cpu_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    subq $8, %rsp
+    stmxcsr (%rsp)
+    fnstcw 4(%rsp)
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    ldmxcsr (%rsp)
+    fldcw 4(%rsp)
+    addq $8, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size cuda_on_cpu_switch, .-cuda_on_cpu_switch
+)");
+
+struct Context {
+    void* stack = nullptr;
+};
+
+// A context that starts `entry` (which never returns) on `stack`: its first switch pops zeroed
+// registers and default control words, then returns into `entry` with the stack aligned as a
+// call would leave it.
+inline void make_context(Context& context, char* stack, size_t bytes, void (*entry)()) {
+    uintptr_t top = ((uintptr_t)(stack + bytes)) & ~(uintptr_t)15;
+    uint64_t* slot = reinterpret_cast<uint64_t*>(top - 16);
+    *slot = (uint64_t)(uintptr_t)entry;
+    for (int i = 1; i <= 6; ++i) slot[-i] = 0;
+    const uint32_t control[2] = {0x1f80u, 0x037fu};  // MXCSR and the x87 control word at reset
+    memcpy(&slot[-7], control, 8);
+    context.stack = &slot[-7];
+}
+
+inline void switch_context(Context& from, Context& to) { cuda_on_cpu_switch(&from.stack, to.stack); }
+#else
+struct Context {
     ucontext_t context;
+};
+
+inline void make_context(Context& context, char* stack, size_t bytes, void (*entry)()) {
+    getcontext(&context.context);
+    context.context.uc_stack.ss_sp = stack;
+    context.context.uc_stack.ss_size = bytes;
+    context.context.uc_link = nullptr;
+    makecontext(&context.context, entry, 0);
+}
+
+inline void switch_context(Context& from, Context& to) { swapcontext(&from.context, &to.context); }
+#endif
+
+struct Fiber {
+    Context context;
     char* stack;
     Wait wait;
     unsigned shuffles;  // how many this thread has made: picks the exchange's half
@@ -109,7 +179,7 @@ struct Launch {
     std::vector<unsigned> order;
     uint64_t seed = 0x9E3779B97F4A7C15ull;
     unsigned current = 0;
-    ucontext_t scheduler;
+    Context scheduler;
     void (*body)(void*) = nullptr;
     void* body_data = nullptr;
     std::string error;
@@ -126,14 +196,14 @@ inline thread_local Launch* running = nullptr;
                  blockIdx.z, launch.current);
         launch.error = message + where;
     }
-    swapcontext(&launch.fibers[launch.current].context, &launch.scheduler);
+    switch_context(launch.fibers[launch.current].context, launch.scheduler);
     __builtin_unreachable();
 }
 
 inline void wait_at(Wait wait) {
     Launch& launch = *running;
     launch.fibers[launch.current].wait = wait;
-    swapcontext(&launch.fibers[launch.current].context, &launch.scheduler);
+    switch_context(launch.fibers[launch.current].context, launch.scheduler);
 }
 
 inline void check_whole_warp(const char* what) {
@@ -184,12 +254,14 @@ inline void set_thread_index(unsigned linear) {
     threadIdx.z = linear / (block.x * block.y);
 }
 
+// A fiber's whole life: the kernel, then back to the scheduler for good.
 inline void fiber_main() {
     Launch& launch = *running;
     launch.body(launch.body_data);
     launch.fibers[launch.current].wait = Wait::Done;
     --launch.warp_live[launch.current / WARP];
-    // uc_link returns to the scheduler.
+    switch_context(launch.fibers[launch.current].context, launch.scheduler);
+    __builtin_unreachable();
 }
 
 inline uint64_t next_random(uint64_t& state) {
@@ -205,11 +277,7 @@ inline bool run_block(Launch& launch) {
         Fiber& fiber = launch.fibers[t];
         fiber.wait = Wait::None;
         fiber.shuffles = 0;
-        getcontext(&fiber.context);
-        fiber.context.uc_stack.ss_sp = fiber.stack;
-        fiber.context.uc_stack.ss_size = STACK_BYTES;
-        fiber.context.uc_link = &launch.scheduler;
-        makecontext(&fiber.context, fiber_main, 0);
+        make_context(fiber.context, fiber.stack, STACK_BYTES, fiber_main);
     }
     for (unsigned w = 0; w < launch.warps; ++w)
         launch.warp_live[w] = std::min(WARP, launch.threads - w * WARP);
@@ -224,7 +292,7 @@ inline bool run_block(Launch& launch) {
             if (launch.fibers[t].wait != Wait::None) continue;
             launch.current = t;
             set_thread_index(t);
-            swapcontext(&launch.scheduler, &launch.fibers[t].context);
+            switch_context(launch.scheduler, launch.fibers[t].context);
             if (!launch.error.empty()) return false;
         }
         // Everyone is now at a barrier or done: open the barriers every waiter has reached.
