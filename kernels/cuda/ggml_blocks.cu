@@ -5,8 +5,9 @@
 //
 // CPU reference: kernels::quant::dequantize (bit-exact against gguf-py's dequantizer).
 //
-// A format is a struct with VALUES (values per block), BYTES (bytes per block) and
-// value(row, i): value i of a row that starts at `row`. Rows are whole blocks.
+// A format is a struct with VALUES (values per block), BYTES (bytes per block), value(row, i):
+// value i of a row that starts at `row`, and run(row, r, out): values 32r..32r+32 at once (a
+// Q*_0 block, a K-quant sub-block), reading the block's factors once. Rows are whole blocks.
 
 // IEEE half bits to float, exactly (NVRTC has no cuda_fp16.h without the toolkit's headers).
 __device__ __forceinline__ float half_to_float(unsigned int h) {
@@ -31,6 +32,9 @@ struct F16Format {
     static __device__ __forceinline__ float value(const unsigned char* row, int i) {
         return half_at(row + 2 * i);
     }
+    static __device__ __forceinline__ void run(const unsigned char* row, int r, float* out) {
+        for (int t = 0; t < 32; ++t) out[t] = half_at(row + 2 * (32 * r + t));
+    }
 };
 
 // d (f16), 32 signed bytes.
@@ -39,6 +43,11 @@ struct Q8_0Format {
     static __device__ __forceinline__ float value(const unsigned char* row, int i) {
         const unsigned char* block = row + (i / 32) * BYTES;
         return (float)(signed char)block[2 + i % 32] * half_at(block);
+    }
+    static __device__ __forceinline__ void run(const unsigned char* row, int r, float* out) {
+        const unsigned char* block = row + r * BYTES;
+        const float d = half_at(block);
+        for (int t = 0; t < 32; ++t) out[t] = (float)(signed char)block[2 + t] * d;
     }
 };
 
@@ -50,6 +59,14 @@ struct Q4_0Format {
         const int j = i % 32;
         const int q = j < 16 ? (block[2 + j] & 0xf) : (block[2 + j - 16] >> 4);
         return (float)(q - 8) * half_at(block);
+    }
+    static __device__ __forceinline__ void run(const unsigned char* row, int r, float* out) {
+        const unsigned char* block = row + r * BYTES;
+        const float d = half_at(block);
+        for (int t = 0; t < 16; ++t) {
+            out[t] = (float)((block[2 + t] & 0xf) - 8) * d;
+            out[t + 16] = (float)((block[2 + t] >> 4) - 8) * d;
+        }
     }
 };
 
@@ -64,6 +81,18 @@ struct Q5_0Format {
         const int q = j < 16 ? ((block[6 + j] & 0xf) | (((high >> j) << 4) & 0x10))
                              : ((block[6 + j - 16] >> 4) | ((high >> (j - 16 + 12)) & 0x10));
         return (float)(q - 16) * half_at(block);
+    }
+    static __device__ __forceinline__ void run(const unsigned char* row, int r, float* out) {
+        const unsigned char* block = row + r * BYTES;
+        const float d = half_at(block);
+        const unsigned int high = (unsigned int)block[2] | ((unsigned int)block[3] << 8) |
+                                  ((unsigned int)block[4] << 16) | ((unsigned int)block[5] << 24);
+        for (int t = 0; t < 16; ++t) {
+            const int low = (block[6 + t] & 0xf) | (((high >> t) << 4) & 0x10);
+            const int upper = (block[6 + t] >> 4) | ((high >> (t + 12)) & 0x10);
+            out[t] = (float)(low - 16) * d;
+            out[t + 16] = (float)(upper - 16) * d;
+        }
     }
 };
 
@@ -92,6 +121,16 @@ struct Q4KFormat {
         const int nibble = high ? q >> 4 : q & 0xf;
         return half_at(block) * (float)scale * (float)nibble - half_at(block + 2) * (float)min;
     }
+    // Run r is sub-block r % 8 of block r / 8: run of 64 (sub-block / 2), low or high nibbles.
+    static __device__ __forceinline__ void run(const unsigned char* row, int r, float* out) {
+        const unsigned char* block = row + (r / 8) * BYTES;
+        const int sub = r % 8, shift = 4 * (sub % 2);
+        int scale, min;
+        scale_and_min(block + 4, sub, scale, min);
+        const float factor = half_at(block) * (float)scale, offset = half_at(block + 2) * (float)min;
+        const unsigned char* quants = block + 16 + 32 * (sub / 2);
+        for (int l = 0; l < 32; ++l) out[l] = factor * (float)((quants[l] >> shift) & 0xf) - offset;
+    }
 };
 
 // As Q4_K with a fifth bit per value from 32 bytes before the nibbles: run r's low nibbles
@@ -108,6 +147,18 @@ struct Q5KFormat {
         const int value = (high ? q >> 4 : q & 0xf) + 16 * fifth;
         return half_at(block) * (float)scale * (float)value - half_at(block + 2) * (float)min;
     }
+    static __device__ __forceinline__ void run(const unsigned char* row, int r, float* out) {
+        const unsigned char* block = row + (r / 8) * BYTES;
+        const int sub = r % 8, shift = 4 * (sub % 2);
+        int scale, min;
+        scale_and_min(block + 4, sub, scale, min);
+        const float factor = half_at(block) * (float)scale, offset = half_at(block + 2) * (float)min;
+        const unsigned char* quants = block + 48 + 32 * (sub / 2);
+        for (int l = 0; l < 32; ++l) {
+            const int value = ((quants[l] >> shift) & 0xf) + 16 * ((block[16 + l] >> sub) & 1);
+            out[l] = factor * (float)value - offset;
+        }
+    }
 };
 
 // 128 bytes of low nibbles, 64 of high bit pairs, 16 signed scales, d (f16): two halves of 128
@@ -123,6 +174,19 @@ struct Q6KFormat {
         const int high = (block[128 + 32 * half + l] >> (2 * quarter)) & 3;
         const int scale = (signed char)block[192 + 8 * half + l / 16 + 2 * quarter];
         return half_at(block + 208) * (float)scale * (float)((nibble | (high << 4)) - 32);
+    }
+    // Run r is quarter r % 4 of half (r % 8) / 4 of block r / 8.
+    static __device__ __forceinline__ void run(const unsigned char* row, int r, float* out) {
+        const unsigned char* block = row + (r / 8) * BYTES;
+        const int half = (r % 8) / 4, quarter = r % 4, shift = quarter < 2 ? 0 : 4;
+        const float d = half_at(block + 208);
+        const unsigned char* lows = block + 64 * half + 32 * (quarter & 1);
+        const unsigned char* highs = block + 128 + 32 * half;
+        const signed char* scales = (const signed char*)block + 192 + 8 * half + 2 * quarter;
+        for (int l = 0; l < 32; ++l) {
+            const int q = (((lows[l] >> shift) & 0xf) | (((highs[l] >> (2 * quarter)) & 3) << 4)) - 32;
+            out[l] = d * (float)scales[l / 16] * (float)q;
+        }
     }
 };
 

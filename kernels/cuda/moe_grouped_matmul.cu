@@ -227,8 +227,9 @@ moe_expert_matvec_bf16(const float* __restrict__ x, const unsigned short* __rest
     expert_matvec(x, w, row_token, row_offsets, n, k, y);
 }
 
-// The matvec for weights in GGUF blocks: one warp per weight row as above, each lane taking
-// runs of 32 values (a Q*_0 block, a K-quant sub-block) in turn.
+// The matvec for weights in GGUF blocks: one warp per weight row as above, each lane decoding
+// runs of 32 values (a Q*_0 block, a K-quant sub-block) in turn, each block's factors read
+// once per run; values past the last whole run (F16 rows of another length) one by one.
 template <typename F>
 __device__ void blocks_matvec(const float* __restrict__ x, Blocks<F> w,
                               const int* __restrict__ row_token,
@@ -250,13 +251,19 @@ __device__ void blocks_matvec(const float* __restrict__ x, Blocks<F> w,
             inputs[i] = x + (size_t)(row_token ? row_token[r] : r) * k;
         }
         float sums[MATVEC_ROWS] = {};
-        for (int c = lane * 32; c < k; c += 32 * 32) {
-            const int count = min(32, k - c);
-            for (int t = 0; t < count; ++t) {
-                const float value = weight_at(w, row, c + t, k);
+        const unsigned char* row_blocks = w.bytes + row * (size_t)(k / F::VALUES * F::BYTES);
+        for (int r = lane; r < k / 32; r += 32) {
+            float values[32];
+            F::run(row_blocks, r, values);
 #pragma unroll
-                for (int i = 0; i < MATVEC_ROWS; ++i) sums[i] += inputs[i][c + t] * value;
-            }
+            for (int i = 0; i < MATVEC_ROWS; ++i)
+#pragma unroll
+                for (int t = 0; t < 32; ++t) sums[i] += inputs[i][32 * r + t] * values[t];
+        }
+        for (int c = k / 32 * 32 + lane; c < k; c += 32) {
+            const float value = F::value(row_blocks, c);
+#pragma unroll
+            for (int i = 0; i < MATVEC_ROWS; ++i) sums[i] += inputs[i][c] * value;
         }
 #pragma unroll
         for (int i = 0; i < MATVEC_ROWS; ++i) {

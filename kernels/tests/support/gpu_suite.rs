@@ -302,7 +302,7 @@ fn random_blocks(ty: GgmlType, values: usize, seed: u64) -> Vec<u8> {
 pub fn weights_in_gguf_blocks_match_the_cpu_reference(gpu: &Gpu, nvrtc: &Nvrtc) {
     let kernels = GpuKernels::compile(gpu, nvrtc, TINY).unwrap();
     // Every block format GGUF files hold, at k of whole blocks (Lite's 1408 for the formats of
-    // 32, 512 for the K-quants of 256), through the tiles (one expert past a tile, one idle)
+    // 32, 512 for the K-quants of 256, 1007 for F16), through the tiles (one expert past a tile, one idle)
     // and the matvec (a decode step's few rows); one expert alone is a dense Linear.
     let formats = [
         GgmlType::F16,
@@ -314,7 +314,12 @@ pub fn weights_in_gguf_blocks_match_the_cpu_reference(gpu: &Gpu, nvrtc: &Nvrtc) 
         GgmlType::Q6K,
     ];
     for (f, ty) in formats.into_iter().enumerate() {
-        let k = if ty.block_len() == 256 { 512 } else { 1408 };
+        let k = match ty.block_len() {
+            256 => 512,
+            // F16 rows of any length: the matvec's last values past whole runs of 32.
+            1 => 1007,
+            _ => 1408,
+        };
         for rows_per_expert in [vec![3, 0, 70, 1], vec![1, 0, 2, 5], vec![9]] {
             let n = 40;
             let row_offsets = row_offsets_of(&rows_per_expert);
