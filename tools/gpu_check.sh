@@ -33,6 +33,9 @@ build)
     cp "$bench" .gpu/gpu-attention-bench
     if toolkit=$(python3 tools/cuda_toolkit.py); then
         eval "$toolkit"
+        # NVRTC leaves inline PTX (the tensor cores' mma) to the driver: assemble every kernel
+        # here with ptxas for Ampere and Hopper, so a mistake there fails the build, not the run.
+        tools/ptx_check.sh
         export DEEPSEEK_LSP_EMBED_MODEL=0 CARGO_TARGET_DIR=${CUDA_TARGET_DIR:-target/cuda}
         engine=$(cargo test -p engine --release --features cuda --test gpu --no-run --message-format=json | executable_of | tail -1)
         cargo build --release --features cuda -p deepseek-lsp

@@ -36,7 +36,8 @@ pub(crate) fn experts_product(
     (n, k): (usize, usize),
 ) -> candle_core::Result<CudaSlice<f32>> {
     let out = device.alloc_zeros::<f32>(rows.rows * n)?;
-    let Some((product, shape)) = launch_shapes::experts_product(rows.rows, rows.experts, n) else {
+    let Some((product, shape)) = launch_shapes::experts_product(rows.rows, rows.experts, n, format)
+    else {
         return Ok(out);
     };
     let launch = Launch {
@@ -96,7 +97,7 @@ impl Launch<'_> {
             None => launch.arg(&no_gather),
         };
         launch.arg(&rows.row_offsets);
-        if self.product == ExpertsProduct::Tiles {
+        if self.product.takes_tile_offsets() {
             launch.arg(&rows.tile_offsets);
         }
         launch.arg(&experts);

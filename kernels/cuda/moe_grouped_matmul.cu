@@ -389,3 +389,112 @@ moe_expert_matvec_q6_k(const float* __restrict__ x, const unsigned char* __restr
                        int experts, int n, int k, float* __restrict__ y) {
     blocks_matvec(x, Blocks<Q6KFormat>{w}, row_token, row_offsets, n, k, y);
 }
+
+// The tiles on tensor cores, for bf16 weights: x's values rounded to bf16 (a bf16 model's
+// activations already are) times the weights by mma.sync m16n8k16 (compute 8.0 and later), the
+// sums kept in f32. The same 64-row x 64-output tiles as moe_grouped_matmul_bf16, k in steps of
+// 16, 128 threads: four warps of 32 x 32 outputs, each 2 x 4 mma tiles of 16 x 8.
+// Launch: grid (ceil(n / 64), at least tile_offsets[experts]), block (MMA_THREADS).
+
+#define MMA_THREADS 128
+
+#ifndef CUDA_ON_CPU
+// D = A B + C over one warp's fragments (the PTX ISA's layouts for m16n8k16; cuda_on_cpu.h
+// spells them out for its emulation of this instruction).
+__device__ __forceinline__ void mma_bf16_16x8x16(float* c, const unsigned int* a,
+                                                 const unsigned int* b) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+#endif
+
+// f32 to bf16 bits, rounded to nearest even (a NaN stays a NaN).
+__device__ __forceinline__ unsigned int bf16_bits(float value) {
+    const unsigned int bits = __float_as_uint(value);
+    if ((bits & 0x7fffffffu) > 0x7f800000u) return (bits >> 16) | 0x40u;
+    return (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
+}
+
+// As moe_grouped_matmul_bf16, on tensor cores.
+extern "C" __global__ void __launch_bounds__(MMA_THREADS)
+moe_grouped_mma_bf16(const float* __restrict__ x, const unsigned short* __restrict__ w,
+                     const int* __restrict__ row_token, const int* __restrict__ row_offsets,
+                     const int* __restrict__ tile_offsets, int experts, int n, int k,
+                     float* __restrict__ y) {
+    // Pairs of bf16 along k, 8 per row and step; a word of padding spreads the rows over banks.
+    __shared__ unsigned int x_pairs[TILE_ROWS][TILE_K / 2 + 1];
+    __shared__ unsigned int w_pairs[TILE_COLS][TILE_K / 2 + 1];
+
+    const int tile = blockIdx.y;
+    if (tile >= tile_offsets[experts]) return;
+    int expert = 0;
+    while (expert + 1 < experts && tile_offsets[expert + 1] <= tile) ++expert;
+    const int first_row = row_offsets[expert] + (tile - tile_offsets[expert]) * TILE_ROWS;
+    const int end_row = row_offsets[expert + 1];
+    const int first_col = blockIdx.x * TILE_COLS;
+    const size_t first_weight_row = (size_t)expert * n;
+
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    const int g = lane / 4, t = lane % 4;
+    const int warp_row = (warp / 2) * 32, warp_col = (warp % 2) * 32;
+    float acc[2][4][4] = {};  // [16-row tile][8-column tile][fragment]
+
+    for (int k0 = 0; k0 < k; k0 += TILE_K) {
+        // 64 rows x 8 pairs of x and of W, four pairs of each per thread; zeros past the edges.
+        for (int i = tid; i < TILE_ROWS * (TILE_K / 2); i += MMA_THREADS) {
+            const int r = i / (TILE_K / 2), p = i % (TILE_K / 2), col = k0 + 2 * p;
+            const int row = first_row + r, out = first_col + r;
+            unsigned int x_pair = 0, w_pair = 0;
+            if (row < end_row) {
+                const float* x_row = x + (size_t)(row_token ? row_token[row] : row) * k;
+                x_pair = (col < k ? bf16_bits(x_row[col]) : 0u) |
+                         ((col + 1 < k ? bf16_bits(x_row[col + 1]) : 0u) << 16);
+            }
+            if (out < n) {
+                const unsigned short* w_row = w + (first_weight_row + out) * (size_t)k;
+                w_pair = (col < k ? (unsigned int)w_row[col] : 0u) |
+                         ((col + 1 < k ? (unsigned int)w_row[col + 1] : 0u) << 16);
+            }
+            x_pairs[r][p] = x_pair;
+            w_pairs[r][p] = w_pair;
+        }
+        __syncthreads();
+        // A's fragment: rows g and g + 8, pairs t and t + 4; B's (W's rows as columns): row g,
+        // pairs t and t + 4.
+        unsigned int a[2][4], b[4][2];
+#pragma unroll
+        for (int m = 0; m < 2; ++m) {
+            const int r = warp_row + 16 * m + g;
+            a[m][0] = x_pairs[r][t];
+            a[m][1] = x_pairs[r + 8][t];
+            a[m][2] = x_pairs[r][t + 4];
+            a[m][3] = x_pairs[r + 8][t + 4];
+        }
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const int c = warp_col + 8 * j + g;
+            b[j][0] = w_pairs[c][t];
+            b[j][1] = w_pairs[c][t + 4];
+        }
+#pragma unroll
+        for (int m = 0; m < 2; ++m)
+#pragma unroll
+            for (int j = 0; j < 4; ++j) mma_bf16_16x8x16(acc[m][j], a[m], b[j]);
+        __syncthreads();
+    }
+
+    // D's fragment: rows g and g + 8, columns 2t and 2t + 1.
+#pragma unroll
+    for (int m = 0; m < 2; ++m)
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) {
+                const int row = first_row + warp_row + 16 * m + g + 8 * (r / 2);
+                const int col = first_col + warp_col + 8 * j + 2 * t + r % 2;
+                if (row < end_row && col < n) y[(size_t)row * n + col] = acc[m][j][r];
+            }
+}

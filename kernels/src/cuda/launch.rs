@@ -3,7 +3,7 @@
 //! (`kernels/tests/gpu.rs`, which holds each kernel to its CPU reference) go through here.
 
 use super::driver::{Arg, Buffer, CudaError, Gpu, Kernels};
-use super::launch_shapes::{self, ExpertsProduct};
+use super::launch_shapes;
 use super::nvrtc::Nvrtc;
 use super::sources::{KernelSource, MlaShape, RoutingLimits, SOURCES, mla_compile_options};
 use crate::expert_rows::{EXPERT_TILE_ROWS, ExpertRows};
@@ -172,7 +172,9 @@ impl<'gpu> GpuKernels<'gpu> {
             let tiles = (rows[1] - rows[0]).div_ceil(EXPERT_TILE_ROWS) as i32;
             tile_offsets.push(tile_offsets.last().copied().unwrap_or(0) + tiles);
         }
-        let Some((product, shape)) = launch_shapes::experts_product(rows, experts, n) else {
+        let Some((product, shape)) =
+            launch_shapes::experts_product(rows, experts, n, weights.format())
+        else {
             return Ok(vec![0.0; rows * n]);
         };
         let offsets: Vec<i32> = row_offsets.iter().map(|&r| r as i32).collect();
@@ -196,7 +198,7 @@ impl<'gpu> GpuKernels<'gpu> {
             row_token.as_ref().map_or(Arg::Null, Arg::Buffer),
             Arg::Buffer(&row_offsets),
         ];
-        if product == ExpertsProduct::Tiles {
+        if product.takes_tile_offsets() {
             args.push(Arg::Buffer(&tile_offsets));
         }
         args.extend([

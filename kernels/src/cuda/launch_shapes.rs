@@ -52,8 +52,10 @@ pub fn combine(tokens: usize) -> LaunchShape {
 pub enum ExpertsProduct {
     /// `moe_expert_matvec_*`: a warp per weight row, for few rows per expert.
     Matvec,
-    /// `moe_grouped_matmul_*`: 64 x 64 tiles, which take `tile_offsets` after `row_offsets`.
+    /// `moe_grouped_matmul_*`: 64 x 64 tiles in f32 arithmetic.
     Tiles,
+    /// `moe_grouped_mma_bf16`: the same tiles on tensor cores, for bf16 weights.
+    TensorTiles,
 }
 
 impl ExpertsProduct {
@@ -63,24 +65,33 @@ impl ExpertsProduct {
         let kernel = match self {
             Self::Matvec => "moe_expert_matvec",
             Self::Tiles => "moe_grouped_matmul",
+            Self::TensorTiles => "moe_grouped_mma",
         };
         format!("{kernel}_{}", format.name().to_ascii_lowercase())
     }
+
+    /// Whether the kernel takes `tile_offsets` after `row_offsets` (the tiles do).
+    pub fn takes_tile_offsets(self) -> bool {
+        self != Self::Matvec
+    }
 }
 
-/// The products of `rows` routed rows over `experts` experts, `n` outputs each: the kernel and
-/// its launch, decided from these sizes alone (before the routing is known: the tiles' grid
-/// holds the most any routing can take, and tiles past the last exit at once). `None` when
-/// there is nothing to compute.
+/// The products of `rows` routed rows over `experts` experts, `n` outputs each, weights in
+/// `format`: the kernel and its launch, decided from these sizes alone (before the routing is
+/// known: the tiles' grid holds the most any routing can take, and tiles past the last exit at
+/// once). Few rows per expert take the matvec; more take the tiles, on tensor cores for bf16
+/// weights. `None` when there is nothing to compute.
 pub fn experts_product(
     rows: usize,
     experts: usize,
     n: usize,
+    format: GgmlType,
 ) -> Option<(ExpertsProduct, LaunchShape)> {
     let tiles = most_row_tiles(rows, experts) as u32;
     if tiles == 0 || n == 0 {
         return None;
     }
+    let tiles_grid = (n.div_ceil(MoeLaunch::GROUPED_TILE_COLUMNS) as u32, tiles, 1);
     Some(if experts_take_the_matvec(rows, experts) {
         let shape = LaunchShape {
             grid: (
@@ -92,9 +103,16 @@ pub fn experts_product(
             shared_bytes: 0,
         };
         (ExpertsProduct::Matvec, shape)
+    } else if format == GgmlType::BF16 {
+        let shape = LaunchShape {
+            grid: tiles_grid,
+            block: MoeLaunch::MMA_THREADS,
+            shared_bytes: 0,
+        };
+        (ExpertsProduct::TensorTiles, shape)
     } else {
         let shape = LaunchShape {
-            grid: (n.div_ceil(MoeLaunch::GROUPED_TILE_COLUMNS) as u32, tiles, 1),
+            grid: tiles_grid,
             block: MoeLaunch::GROUPED_THREADS,
             shared_bytes: 0,
         };
@@ -186,22 +204,27 @@ mod tests {
     #[test]
     fn experts_products_pick_the_matvec_for_few_rows_and_size_tiles_for_any_routing() {
         // A decode step of Lite: 6 rows over 64 experts, the matvec, a block row per expert.
-        let (kind, shape) = experts_product(6, 64, 1408).unwrap();
+        let (kind, shape) = experts_product(6, 64, 1408, GgmlType::Q4K).unwrap();
         assert_eq!(kind, ExpertsProduct::Matvec);
         assert_eq!(shape.grid, (176, 64, 1));
-        // A 512-token chunk: 3072 rows, tiles for the most any routing takes.
-        let (kind, shape) = experts_product(3072, 64, 1408).unwrap();
+        // A 512-token chunk: 3072 rows, tiles for the most any routing takes; bf16 weights on
+        // tensor cores.
+        let (kind, shape) = experts_product(3072, 64, 1408, GgmlType::F32).unwrap();
         assert_eq!(kind, ExpertsProduct::Tiles);
         assert_eq!(shape.grid, (22, most_row_tiles(3072, 64) as u32, 1));
-        assert_eq!(experts_product(0, 64, 1408), None);
-        assert_eq!(experts_product(6, 64, 0), None);
-        // Every format's entry point is one the source defines.
+        let (kind, tensor_shape) = experts_product(3072, 64, 1408, GgmlType::BF16).unwrap();
+        assert_eq!(kind, ExpertsProduct::TensorTiles);
+        assert_eq!(tensor_shape.grid, shape.grid);
+        assert_eq!(experts_product(0, 64, 1408, GgmlType::F32), None);
+        assert_eq!(experts_product(6, 64, 0, GgmlType::F32), None);
+        // Every entry point a launch can name is one the source defines.
         let source = super::super::SOURCES
             .iter()
             .find(|source| source.file == "moe_grouped_matmul.cu")
             .unwrap();
         for format in GgmlType::ALL {
-            for product in [ExpertsProduct::Matvec, ExpertsProduct::Tiles] {
+            for rows in [6, 3072] {
+                let (product, _) = experts_product(rows, 64, 1408, format).unwrap();
                 let entry = product.entry(format);
                 assert!(source.entry_points.contains(&entry.as_str()), "{entry}");
             }

@@ -43,6 +43,7 @@ pub const SOURCES: &[KernelSource] = &[
             "moe_grouped_matmul_q4_k",
             "moe_grouped_matmul_q5_k",
             "moe_grouped_matmul_q6_k",
+            "moe_grouped_mma_bf16",
             "moe_expert_matvec_f32",
             "moe_expert_matvec_bf16",
             "moe_expert_matvec_f16",
@@ -86,6 +87,8 @@ impl MoeLaunch {
     /// [`crate::expert_rows::EXPERT_TILE_ROWS`]) and its threads (`THREADS`).
     pub const GROUPED_TILE_COLUMNS: usize = 64;
     pub const GROUPED_THREADS: u32 = 256;
+    /// Threads of the tensor-core tiles (`MMA_THREADS`: four warps of 32 x 32 outputs).
+    pub const MMA_THREADS: u32 = 128;
     /// Weight rows, one warp each, per moe_expert_matvec block (`MATVEC_WARPS`).
     pub const MATVEC_WARPS: usize = 8;
     /// Mean rows per expert up to which the matvec is used ([`super::launch_shapes::experts_take_the_matvec`]).

@@ -34,6 +34,9 @@
 #include <utility>
 #include <vector>
 
+// Kernels test this to use the emulator's stand-ins for inline PTX (mma_bf16_16x8x16).
+#define CUDA_ON_CPU 1
+
 #define __global__
 #define __device__
 #define __host__
@@ -164,6 +167,7 @@ struct Fiber {
     char* stack;
     Wait wait;
     unsigned shuffles;  // how many this thread has made: picks the exchange's half
+    unsigned mmas;      // likewise for mma_bf16_16x8x16
 };
 
 // One launch's state while its blocks run (the launching OS thread's).
@@ -175,6 +179,7 @@ struct Launch {
     // Two halves, so a shuffle needs one barrier: a lane writes half (n % 2) of its n-th
     // shuffle, and cannot reach shuffle n + 2 before every lane has read shuffle n.
     std::vector<uint64_t> exchange;  // [warps][2][WARP]
+    std::vector<unsigned> mma_exchange;  // [warps][2][WARP][6]: each lane's A and B registers
     std::vector<unsigned char> dynamic_shared;
     std::vector<unsigned> order;
     uint64_t seed = 0x9E3779B97F4A7C15ull;
@@ -242,6 +247,55 @@ T shuffle_xor(T value, int lane_mask) {
     return result;
 }
 
+// mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 as a warp executes it: every lane
+// gives its fragments (a: 4 registers of 2 bf16 of A [16 x 16], row-major; b: 2 registers of
+// B [16 x 8] by columns; c: 4 floats of C [16 x 8]) and gets its 4 floats of D = A B + C. The
+// layouts are the PTX ISA's ("Matrix Fragments for mma.m16n8k16"), with g = lane / 4 and
+// t = lane % 4: a[r] holds A[g + 8 (r % 2)][2t + 8 (r / 2) + {0, 1}], b[r] holds
+// B[2t + 8 r + {0, 1}][g], c[r] is C[g + 8 (r / 2)][2t + r % 2]; the low half of a register is
+// the lower column (or row) of its pair. Products of bf16 are exact in f32; the sums here run
+// in k order, in f32.
+inline float bf16_bits_to_float(unsigned bits) { return __uint_as_float(bits << 16); }
+
+inline void mma_bf16_16x8x16(float* c, const unsigned* a, const unsigned* b) {
+    check_whole_warp("mma.sync");
+    Launch& launch = *running;
+    Fiber& fiber = launch.fibers[launch.current];
+    const unsigned warp = launch.current / WARP, lane = launch.current % WARP;
+    // Each lane's 6 registers, in two halves as the shuffles' exchange.
+    constexpr unsigned WORDS = 6;
+    if (launch.mma_exchange.size() < (size_t)launch.warps * 2 * WARP * WORDS)
+        launch.mma_exchange.resize((size_t)launch.warps * 2 * WARP * WORDS);
+    unsigned* half = &launch.mma_exchange[(warp * 2 + fiber.mmas % 2) * WARP * WORDS];
+    ++fiber.mmas;
+    for (unsigned r = 0; r < 4; ++r) half[lane * WORDS + r] = a[r];
+    for (unsigned r = 0; r < 2; ++r) half[lane * WORDS + 4 + r] = b[r];
+    wait_at(Wait::Warp);
+    float A[16][16], B[16][8];
+    for (unsigned l = 0; l < WARP; ++l) {
+        const unsigned g = l / 4, t = l % 4;
+        for (unsigned r = 0; r < 4; ++r) {
+            const unsigned word = half[l * WORDS + r];
+            const unsigned row = g + 8 * (r % 2), col = 2 * t + 8 * (r / 2);
+            A[row][col] = bf16_bits_to_float(word & 0xffffu);
+            A[row][col + 1] = bf16_bits_to_float(word >> 16);
+        }
+        for (unsigned r = 0; r < 2; ++r) {
+            const unsigned word = half[l * WORDS + 4 + r];
+            const unsigned row = 2 * t + 8 * r;
+            B[row][g] = bf16_bits_to_float(word & 0xffffu);
+            B[row + 1][g] = bf16_bits_to_float(word >> 16);
+        }
+    }
+    const unsigned g = lane / 4, t = lane % 4;
+    for (unsigned r = 0; r < 4; ++r) {
+        const unsigned row = g + 8 * (r / 2), col = 2 * t + r % 2;
+        float sum = c[r];
+        for (unsigned k = 0; k < 16; ++k) sum += A[row][k] * B[k][col];
+        c[r] = sum;
+    }
+}
+
 template <typename T>
 T* dynamic_shared() {
     return reinterpret_cast<T*>(running->dynamic_shared.data());
@@ -277,6 +331,7 @@ inline bool run_block(Launch& launch) {
         Fiber& fiber = launch.fibers[t];
         fiber.wait = Wait::None;
         fiber.shuffles = 0;
+        fiber.mmas = 0;
         make_context(fiber.context, fiber.stack, STACK_BYTES, fiber_main);
     }
     for (unsigned w = 0; w < launch.warps; ++w)
@@ -407,6 +462,9 @@ int launch(void (*kernel)(P...), const unsigned* sizes, void** params, char* err
 }
 
 }  // namespace cuda_on_cpu
+
+// The stand-in for the kernels' inline-PTX mma (they define it themselves unless CUDA_ON_CPU).
+using cuda_on_cpu::mma_bf16_16x8x16;
 
 #define __syncthreads() cuda_on_cpu::wait_at(cuda_on_cpu::Wait::Block)
 #define __syncwarp(...) cuda_on_cpu::sync_warp()

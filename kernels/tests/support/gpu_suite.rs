@@ -245,7 +245,8 @@ fn assert_grouped_matches(
 pub fn the_grouped_expert_matmul_matches_the_cpu_reference(gpu: &Gpu, nvrtc: &Nvrtc) {
     let kernels = GpuKernels::compile(gpu, nvrtc, TINY).unwrap();
     // Lite's gate projection (n 1408, k 2048) over 8 experts with uneven rows (one idle, one past
-    // a tile), and an awkward small shape (both in tiles); then few rows per expert (the
+    // a tile), and an awkward small shape (both in tiles: f32 arithmetic for f32 weights, tensor
+    // cores for bf16); then few rows per expert (the
     // matvec): a decode step, experts past one and two of its 4-row passes, in 16-byte loads
     // and, at k 47, value by value.
     for (n, k, rows_per_expert) in [
@@ -261,9 +262,18 @@ pub fn the_grouped_expert_matmul_matches_the_cpu_reference(gpu: &Gpu, nvrtc: &Nv
         let x = random(rows * k, n as u64);
         let w = random(experts * n * k, k as u64);
         let bits: Vec<u16> = w.iter().map(|v| (v.to_bits() >> 16) as u16).collect();
-        for weights in [ExpertWeights::F32(&w), ExpertWeights::Bf16(&bits)] {
+        // Tensor cores take bf16 inputs: with bf16 weights x holds bf16 values too, as a bf16
+        // model's activations do, so only the order of the sums differs from the reference.
+        let x_bf16: Vec<f32> = x
+            .iter()
+            .map(|&v| half::bf16::from_f32(v).to_f32())
+            .collect();
+        for (x, weights) in [
+            (&x, ExpertWeights::F32(&w)),
+            (&x_bf16, ExpertWeights::Bf16(&bits)),
+        ] {
             let what = format!("grouped {:?} {rows_per_expert:?}", weights.format());
-            assert_grouped_matches(&kernels, &x, &row_offsets, weights, (n, k), &what);
+            assert_grouped_matches(&kernels, x, &row_offsets, weights, (n, k), &what);
         }
     }
 }
