@@ -62,7 +62,7 @@ pub use gguf::{GgufFile, GgufModel, GgufWeights};
 /// The CPU kernels' instruction sets, and the switch that holds them at a lower one.
 pub use kernels::quant::{InstructionSet, TileStatus, limit_instruction_set, tile_status};
 pub use latent_cache::LatentCache;
-pub use model::{AttentionForm, Logits, Model};
+pub use model::{AttentionForm, DeviceRoad, Logits, Model};
 pub use prompt::{ContextBlock, Prompt};
 pub use sampling::SamplingParams;
 pub use tokenizer::TextTokenizer;

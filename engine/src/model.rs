@@ -34,6 +34,16 @@ use crate::weight_arena::WeightArena;
 use crate::weights::{AbsorbedHalves, WeightSource};
 use kernels::quant::{GgmlType, matvec_many_quant};
 
+/// What [`Model::take_the_device_road`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceRoad {
+    /// MoE layers whose routed experts run stacked.
+    pub stacked_moe_layers: usize,
+    /// Projections (the routed experts' when not stacked) whose weights are GGUF blocks on the
+    /// device.
+    pub projections_in_blocks: usize,
+}
+
 /// Which attention form a forward pass uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum AttentionForm {
@@ -182,32 +192,22 @@ impl Model {
     /// the pages' device slots, attention through the device's ops, weights in GGUF blocks kept
     /// in the file's order and multiplied by the GPU's block products, and every MoE layer's
     /// routed experts stacked where their weights (f32, bf16 or blocks of one type) and routing
-    /// allow; returns how many MoE layers run stacked. On the CPU our ops run the kernels' CPU
-    /// references: tests hold the GPU's road to the reference logits this way (it is slow
-    /// there; nothing else should take it).
-    pub fn take_the_device_road(&mut self) -> Result<usize> {
+    /// allow. On the CPU our ops run the kernels' CPU references: tests hold the GPU's road to
+    /// the reference logits this way (it is slow there; nothing else should take it).
+    pub fn take_the_device_road(&mut self) -> Result<DeviceRoad> {
         self.road = Road::Device;
         let device = self.device.clone();
+        let mut projections_in_blocks = 0;
         for linear in self.linears_mut() {
             linear.keep_blocks_on(&device)?;
-        }
-        self.stack_experts()
-    }
-
-    /// How many of the model's projections keep their weights in GGUF blocks on its device
-    /// (a GPU load of a quantized file, or the GPU's road).
-    pub fn projections_in_device_blocks(&self) -> usize {
-        let mut count = 0;
-        let mut visit = |linear: &Linear| {
             if matches!(linear.weight, LinearWeight::Blocks(_)) {
-                count += 1;
+                projections_in_blocks += 1;
             }
-        };
-        visit(&self.lm_head);
-        for layer in &self.layers {
-            layer.for_each_linear(&mut visit);
         }
-        count
+        Ok(DeviceRoad {
+            stacked_moe_layers: self.stack_experts()?,
+            projections_in_blocks,
+        })
     }
 
     /// The formats ("Q8_0", "F32", "BF16"...) of each stacked MoE layer's gate/up and down
@@ -706,40 +706,6 @@ impl DecoderLayer {
             }
         }
         linears
-    }
-
-    /// `visit` on each projection of the layer, the routed experts' while they are not
-    /// stacked.
-    fn for_each_linear(&self, visit: &mut impl FnMut(&Linear)) {
-        match &self.attention.query {
-            QueryProjection::Direct(query) => visit(query),
-            QueryProjection::LowRank { down, up, .. } => {
-                visit(down);
-                visit(up);
-            }
-        }
-        for linear in [
-            &self.attention.kv_a,
-            &self.attention.kv_b,
-            &self.attention.o_proj,
-        ] {
-            visit(linear);
-        }
-        let mlps: Vec<&Mlp> = match &self.feed_forward {
-            FeedForward::Dense(mlp) => vec![mlp],
-            FeedForward::Experts(moe) => {
-                visit(&moe.router);
-                let mut mlps: Vec<&Mlp> = moe.shared.iter().collect();
-                if let RoutedExperts::Each(experts) = &moe.experts {
-                    mlps.extend(experts);
-                }
-                mlps
-            }
-        };
-        for mlp in mlps {
-            visit(&mlp.gate_up);
-            visit(&mlp.down);
-        }
     }
 
     fn load(w: &Loader, c: &ModelConfig, index: usize) -> Result<Self> {

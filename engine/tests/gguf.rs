@@ -93,13 +93,13 @@ fn q8_0_gguf_logits_match_transformers_on_the_same_weights() {
 fn q8_0_gguf_on_the_gpu_road_keeps_its_blocks_and_matches_transformers() {
     let same_weights = torch_reference("lite-q8_0-reference.safetensors");
     let mut model = load("lite-q8_0.gguf");
-    let stacked = model.take_the_device_road().unwrap();
-    let formats = model.stacked_expert_formats();
+    let road = model.take_the_device_road().unwrap();
+    let (stacked, formats) = (road.stacked_moe_layers, model.stacked_expert_formats());
     println!(
         "{} projections in device blocks; {stacked} MoE layers stacked as {formats:?}",
-        model.projections_in_device_blocks()
+        road.projections_in_blocks
     );
-    assert!(model.projections_in_device_blocks() > 0);
+    assert!(road.projections_in_blocks > 0);
     assert!(stacked > 0 && formats.len() == stacked);
     // This file's expert gate/up are Q8_0 and its down projections F16 (read as f32).
     assert!(formats.iter().all(|&f| f == ("Q8_0", "F32")), "{formats:?}");

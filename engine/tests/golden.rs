@@ -158,7 +158,7 @@ fn the_device_road_matches_transformers() {
     for name in FIXTURES {
         let mut g = golden(name);
         let (_, on_the_host) = run_in_chunks(&g.model, &g.input_ids, &[17, 23]);
-        let moe_layers = g.model.take_the_device_road().unwrap();
+        let moe_layers = g.model.take_the_device_road().unwrap().stacked_moe_layers;
         assert!(moe_layers > 0, "{name}: no MoE layer was stacked");
         let t = g.input_ids.len();
         // The rows a step writes on the device reach the host pages (which the prefix tree

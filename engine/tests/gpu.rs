@@ -38,7 +38,7 @@ fn load(name: &str, dtype: DType) -> (Model, ReferenceLogits) {
         load_checkpoint(&fixture(name), &options).unwrap_or_else(|e| panic!("{name}: {e}"));
     // A GPU load takes the device road (experts stacked for our kernels); on the CPU (checking
     // the checks) this puts the same road in place, through the kernels' CPU references.
-    let stacked = model.take_the_device_road().unwrap();
+    let stacked = model.take_the_device_road().unwrap().stacked_moe_layers;
     if matches!(dtype, DType::F32 | DType::BF16) {
         assert!(
             stacked > 0,
@@ -152,13 +152,13 @@ fn q8_0_gguf_keeps_its_blocks_on_the_gpu_and_matches_transformers() {
         dtype: Some(DType::F32),
     };
     let mut model = load_checkpoint(&gguf_fixture("lite-q8_0.gguf"), &options).unwrap();
-    let stacked = model.take_the_device_road().unwrap();
-    let formats = model.stacked_expert_formats();
+    let road = model.take_the_device_road().unwrap();
+    let (stacked, formats) = (road.stacked_moe_layers, model.stacked_expert_formats());
     eprintln!(
         "{} projections in device blocks; {stacked} MoE layers stacked as {formats:?}",
-        model.projections_in_device_blocks()
+        road.projections_in_blocks
     );
-    assert!(model.projections_in_device_blocks() > 0);
+    assert!(road.projections_in_blocks > 0);
     assert!(stacked > 0 && formats.iter().all(|&(gate_up, _)| gate_up == "Q8_0"));
     let reference = reference_logits(&gguf_fixture("lite-q8_0-reference.safetensors"));
     let ids = &reference.input_ids;
