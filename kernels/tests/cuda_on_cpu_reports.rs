@@ -29,6 +29,10 @@ extern "C" __global__ void split_barriers(float* out) {
     out[threadIdx.x] = 1.0f;
 }
 
+extern "C" __global__ void __launch_bounds__(2 * 32, 1) bounded(float* out) {
+    out[threadIdx.x] = 1.0f;
+}
+
 extern "C" __global__ void write_past_the_end(float* out, int count) {
     out[count + 64 + threadIdx.x] = 1.0f;
 }
@@ -42,6 +46,7 @@ fn probes<'gpu>(gpu: &'gpu Gpu, nvrtc: &Nvrtc) -> Kernels<'gpu> {
             "copy_neighbour",
             "shuffle_after_a_return",
             "split_barriers",
+            "bounded",
             "write_past_the_end",
         ],
     )
@@ -146,6 +151,16 @@ fn launch_sizes_a_gpu_refuses_are_refused() {
             .to_string();
         assert!(error.contains(why), "{shape:?}: {error}");
     }
+    // A kernel's __launch_bounds__ hold too: 64 threads run, 96 do not.
+    let out = gpu.alloc(96 * 4).unwrap();
+    kernels
+        .launch("bounded", block(64), &[Arg::Buffer(&out)])
+        .unwrap();
+    let error = kernels
+        .launch("bounded", block(96), &[Arg::Buffer(&out)])
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("__launch_bounds__ of 64"), "{error}");
 }
 
 #[test]

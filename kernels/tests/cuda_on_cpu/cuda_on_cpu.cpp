@@ -163,13 +163,21 @@ std::string with_dynamic_shared(std::string source) {
 
 bool identifier_char(char c) { return isalnum((unsigned char)c) || c == '_'; }
 
-// The names of the file's `extern "C" __global__` functions.
-std::vector<std::string> entry_points(const std::string& source) {
-    std::vector<std::string> names;
+// An `extern "C" __global__` function: its name, and its __launch_bounds__ expression (the
+// most threads a block may have; "0" when it has none).
+struct KernelEntry {
+    std::string name;
+    std::string most_threads = "0";
+};
+
+// The file's entry points.
+std::vector<KernelEntry> entry_points(const std::string& source) {
+    std::vector<KernelEntry> names;
     const std::string marker = "__global__";
     for (size_t at = source.find(marker); at != std::string::npos;
          at = source.find(marker, at + 1)) {
         size_t i = at + marker.size();
+        std::string most_threads = "0";
         while (i < source.size()) {
             while (i < source.size() && isspace((unsigned char)source[i])) ++i;
             const size_t start = i;
@@ -180,7 +188,7 @@ std::vector<std::string> entry_points(const std::string& source) {
             while (next < source.size() && isspace((unsigned char)source[next])) ++next;
             if (next < source.size() && source[next] == '(') {
                 if (word != "__launch_bounds__") {
-                    names.push_back(word);
+                    names.push_back(KernelEntry{word, most_threads});
                     break;
                 }
                 int depth = 0;
@@ -191,6 +199,17 @@ std::vector<std::string> entry_points(const std::string& source) {
                         break;
                     }
                 }
+                // The first argument: up to a comma at depth one, else the whole.
+                std::string bounds = source.substr(next + 1, i - next - 2);
+                int level = 0;
+                for (size_t c = 0; c < bounds.size(); ++c) {
+                    level += bounds[c] == '(' ? 1 : bounds[c] == ')' ? -1 : 0;
+                    if (bounds[c] == ',' && level == 0) {
+                        bounds.resize(c);
+                        break;
+                    }
+                }
+                most_threads = "(" + bounds + ")";
             }
         }
     }
@@ -203,11 +222,12 @@ int compile(Program& program, const std::vector<std::string>& options) {
         if (option.rfind("-D", 0) == 0) defines += " '" + option + "'";
     std::string unit = "#include \"" CUDA_ON_CPU_HEADER "\"\n#line 1 \"" + program.name + "\"\n" +
                        with_dynamic_shared(program.source) + "\n";
-    for (const std::string& entry : entry_points(program.source)) {
-        unit += "extern \"C\" int " + std::string(ENTRY_PREFIX) + entry +
+    for (const KernelEntry& entry : entry_points(program.source)) {
+        unit += "extern \"C\" int " + std::string(ENTRY_PREFIX) + entry.name +
                 "(const unsigned* sizes, void** params, char* error, size_t error_bytes) {\n"
                 "    return cuda_on_cpu::launch(" +
-                entry + ", sizes, params, error, error_bytes);\n}\n";
+                entry.name + ", sizes, params, error, error_bytes, " + entry.most_threads +
+                ");\n}\n";
     }
     // The same unit and options make the same library: compiled once, even across runs.
     const size_t key =

@@ -10,8 +10,8 @@
 //   - barriers that can never open (threads of a warp at different barriers);
 //   - a full-mask shuffle or __syncwarp in a warp some of whose lanes have returned (undefined
 //     on a GPU);
-//   - launch sizes a GPU refuses: a block over 1024 threads, grid y or z over 65535, dynamic
-//     shared memory over 48 KiB.
+//   - launch sizes a GPU refuses: a block over 1024 threads or over the kernel's
+//     __launch_bounds__, grid y or z over 65535, dynamic shared memory over 48 KiB.
 // Device memory is host memory whose end touches an inaccessible page (see cuda_on_cpu.cpp), so
 // a read or write past a buffer's end stops the test.
 //
@@ -448,10 +448,18 @@ struct Call {
     }
 };
 
-// What the generated entry points call: 0, or 1 with the reason in `error`.
+// What the generated entry points call: 0, or 1 with the reason in `error`. `most_threads`
+// is the kernel's __launch_bounds__ (0: none), which a GPU holds a launch to.
 template <typename... P>
 int launch(void (*kernel)(P...), const unsigned* sizes, void** params, char* error,
-           size_t error_bytes) {
+           size_t error_bytes, unsigned most_threads) {
+    const unsigned threads = sizes[3] * sizes[4] * sizes[5];
+    if (most_threads != 0 && threads > most_threads) {
+        snprintf(error, error_bytes,
+                 "a block of %u threads, past the kernel's __launch_bounds__ of %u", threads,
+                 most_threads);
+        return 1;
+    }
     Call<P...> call{kernel, params};
     const std::string failure = run_grid(dim3{sizes[0], sizes[1], sizes[2]},
                                          dim3{sizes[3], sizes[4], sizes[5]}, sizes[6],
