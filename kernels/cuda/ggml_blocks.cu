@@ -96,9 +96,13 @@ struct Q5_0Format {
     }
 };
 
-// Q4_K and Q5_K's 6-bit scale and min of sub-block j (0..8) from their 12 packed bytes.
-__device__ __forceinline__ void scale_and_min(const unsigned char* packed, int j, int& scale,
-                                              int& min) {
+// A Q4_K or Q5_K block's factor and offset for sub-block j (0..8), value = factor * q - offset:
+// d times the sub-block's 6-bit scale and dmin times its 6-bit min, both packed in the 12
+// bytes after d and dmin.
+__device__ __forceinline__ void sub_block_factors(const unsigned char* block, int j,
+                                                  float& factor, float& offset) {
+    const unsigned char* packed = block + 4;
+    int scale, min;
     if (j < 4) {
         scale = packed[j] & 63;
         min = packed[j + 4] & 63;
@@ -106,6 +110,8 @@ __device__ __forceinline__ void scale_and_min(const unsigned char* packed, int j
         scale = (packed[j + 4] & 0xf) | ((packed[j - 4] >> 6) << 4);
         min = (packed[j + 4] >> 4) | ((packed[j] >> 6) << 4);
     }
+    factor = half_at(block) * (float)scale;
+    offset = half_at(block + 2) * (float)min;
 }
 
 // d, dmin (f16), 12 bytes of scales and mins, 128 bytes of nibbles: 4 runs of 64 values, each
@@ -115,19 +121,17 @@ struct Q4KFormat {
     static __device__ __forceinline__ float value(const unsigned char* row, int i) {
         const unsigned char* block = row + (i / 256) * BYTES;
         const int w = i % 256, run = w / 64, high = (w % 64) >= 32, l = w % 32;
-        int scale, min;
-        scale_and_min(block + 4, 2 * run + high, scale, min);
+        float factor, offset;
+        sub_block_factors(block, 2 * run + high, factor, offset);
         const unsigned char q = block[16 + 32 * run + l];
-        const int nibble = high ? q >> 4 : q & 0xf;
-        return half_at(block) * (float)scale * (float)nibble - half_at(block + 2) * (float)min;
+        return factor * (float)(high ? q >> 4 : q & 0xf) - offset;
     }
     // Run r is sub-block r % 8 of block r / 8: run of 64 (sub-block / 2), low or high nibbles.
     static __device__ __forceinline__ void run(const unsigned char* row, int r, float* out) {
         const unsigned char* block = row + (r / 8) * BYTES;
         const int sub = r % 8, shift = 4 * (sub % 2);
-        int scale, min;
-        scale_and_min(block + 4, sub, scale, min);
-        const float factor = half_at(block) * (float)scale, offset = half_at(block + 2) * (float)min;
+        float factor, offset;
+        sub_block_factors(block, sub, factor, offset);
         const unsigned char* quants = block + 16 + 32 * (sub / 2);
         for (int l = 0; l < 32; ++l) out[l] = factor * (float)((quants[l] >> shift) & 0xf) - offset;
     }
@@ -140,19 +144,17 @@ struct Q5KFormat {
     static __device__ __forceinline__ float value(const unsigned char* row, int i) {
         const unsigned char* block = row + (i / 256) * BYTES;
         const int w = i % 256, run = w / 64, high = (w % 64) >= 32, l = w % 32;
-        int scale, min;
-        scale_and_min(block + 4, 2 * run + high, scale, min);
+        float factor, offset;
+        sub_block_factors(block, 2 * run + high, factor, offset);
         const unsigned char q = block[48 + 32 * run + l];
         const int fifth = (block[16 + l] >> (2 * run + high)) & 1;
-        const int value = (high ? q >> 4 : q & 0xf) + 16 * fifth;
-        return half_at(block) * (float)scale * (float)value - half_at(block + 2) * (float)min;
+        return factor * (float)((high ? q >> 4 : q & 0xf) + 16 * fifth) - offset;
     }
     static __device__ __forceinline__ void run(const unsigned char* row, int r, float* out) {
         const unsigned char* block = row + (r / 8) * BYTES;
         const int sub = r % 8, shift = 4 * (sub % 2);
-        int scale, min;
-        scale_and_min(block + 4, sub, scale, min);
-        const float factor = half_at(block) * (float)scale, offset = half_at(block + 2) * (float)min;
+        float factor, offset;
+        sub_block_factors(block, sub, factor, offset);
         const unsigned char* quants = block + 48 + 32 * (sub / 2);
         for (int l = 0; l < 32; ++l) {
             const int value = ((quants[l] >> shift) & 0xf) + 16 * ((block[16 + l] >> sub) & 1);
