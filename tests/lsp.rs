@@ -356,7 +356,17 @@ fn inline_completion_and_completion_reply_on_a_fixture_model() {
     let _ = std::fs::remove_file(&log_file);
     let options = json!({"logFile": log_file.to_str().unwrap(), "logLevel": "info"});
     client.initialize(&["utf-16"], model_options(options), json!({}));
-    assert_eq!(client.wait_for_model()["model"], "ready");
+    let status = client.wait_for_model();
+    assert_eq!(status["model"], "ready");
+    // The status says where the model runs and what it holds.
+    let summary = status["modelSummary"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        summary.starts_with("cpu, f32 compute, ") && summary.ends_with(" GB of weights"),
+        "{status}"
+    );
     // Loading reported progress from begin to end.
     let load = |kind: &str| {
         let kind = kind.to_string();
@@ -368,7 +378,10 @@ fn inline_completion_and_completion_reply_on_a_fixture_model() {
     };
     client.wait_for("load progress begin", load("begin"));
     let end = client.wait_for("load progress end", load("end"));
-    assert_eq!(end["params"]["value"]["message"], "ready");
+    assert_eq!(
+        end["params"]["value"]["message"],
+        format!("ready: {summary}")
+    );
     client.open(URI, "python", SOURCE);
 
     let reply = client.request("textDocument/inlineCompletion", inline_params(URI, 1, 4));

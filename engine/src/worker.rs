@@ -36,6 +36,8 @@ pub struct Engine {
     tokenizer: Option<Arc<TextTokenizer>>,
     /// The longest sequence the model's config says it handles (`max_position_embeddings`).
     context_window: usize,
+    /// Where the model runs and what it holds, for the log.
+    summary: String,
     worker: Option<JoinHandle<()>>,
 }
 
@@ -125,6 +127,7 @@ impl Engine {
         });
         let counters = Arc::new(Counters::default());
         let context_window = model.config().max_position_embeddings;
+        let summary = model.summary();
         let worker = {
             let (queue, counters, tokenizer) = (queue.clone(), counters.clone(), tokenizer.clone());
             std::thread::Builder::new()
@@ -137,8 +140,14 @@ impl Engine {
             counters,
             tokenizer,
             context_window,
+            summary,
             worker: Some(worker),
         }
+    }
+
+    /// Where the model runs and what it holds ([`Model::summary`]).
+    pub fn summary(&self) -> &str {
+        &self.summary
     }
 
     /// The most tokens a prompt and its generation should take together: the model's

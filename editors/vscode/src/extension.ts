@@ -154,13 +154,13 @@ class Server {
     let unconfiguredReplies = 0;
     try {
       while (client === this.client && client.isRunning()) {
-        const { model, modelError } = await client.sendRequest(StatusRequest);
+        const { model, modelError, modelSummary } = await client.sendRequest(StatusRequest);
         if (client !== this.client) {
           return;
         }
         const settled = model === 'ready' || model === 'failed' || (model === 'unconfigured' && ++unconfiguredReplies > 3);
         if (model !== 'unconfigured' || settled) {
-          this.status.setPhase(model, modelError ?? undefined);
+          this.status.setPhase(model, modelError ?? modelSummary ?? undefined);
         }
         if (settled) {
           return;

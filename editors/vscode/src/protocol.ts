@@ -24,6 +24,8 @@ export type ModelState = 'unconfigured' | 'loading' | 'ready' | 'failed';
 export interface ServerStatus {
   model: ModelState;
   modelError?: string | null;
+  /** Where the loaded model runs and what it holds: "cuda:0, bf16 compute, 9.61 GB of weights". */
+  modelSummary?: string | null;
   documents: number;
   indexedFiles: number;
 }

@@ -176,7 +176,10 @@ describe('deepseek-lsp serve, as the extension drives it', { timeout: 5 * TIMEOU
       loadProgress.map((p) => p.kind),
       ['begin', 'end'],
     );
-    assert.equal(loadProgress[1].kind === 'end' && loadProgress[1].message, 'ready');
+    // The end and the status both say where the model runs and what it holds.
+    const { modelSummary } = await server.connection.sendRequest(StatusRequest);
+    assert.match(modelSummary ?? '', /^cpu, f32 compute, [0-9.]+ GB of weights$/);
+    assert.equal(loadProgress[1].kind === 'end' && loadProgress[1].message, `ready: ${modelSummary}`);
   });
 
   test('inline completion answers items whose range lies in the document', async (t) => {

@@ -747,6 +747,9 @@ pub struct Status {
     /// "unconfigured", "loading", "ready" or "failed".
     pub model: &'static str,
     pub model_error: Option<String>,
+    /// Where the loaded model runs and what it holds: "cuda:0, bf16 compute, 9.61 GB of
+    /// weights".
+    pub model_summary: Option<String>,
     pub documents: usize,
     /// Files in the workspace index (0 until the first indexing finishes).
     pub indexed_files: usize,
@@ -755,15 +758,21 @@ pub struct Status {
 
 impl Backend {
     pub async fn status(&self) -> Result<Status> {
-        let (model, model_error, engine) = match self.models.completion() {
-            ModelState::Unconfigured => ("unconfigured", None, None),
-            ModelState::Loading => ("loading", None, None),
-            ModelState::Ready(engine) => ("ready", None, Some(engine.counters())),
-            ModelState::Failed(message) => ("failed", Some(message), None),
+        let (model, model_error, model_summary, engine) = match self.models.completion() {
+            ModelState::Unconfigured => ("unconfigured", None, None, None),
+            ModelState::Loading => ("loading", None, None, None),
+            ModelState::Ready(engine) => (
+                "ready",
+                None,
+                Some(engine.summary().to_string()),
+                Some(engine.counters()),
+            ),
+            ModelState::Failed(message) => ("failed", Some(message), None, None),
         };
         Ok(Status {
             model,
             model_error,
+            model_summary,
             documents: self.documents.len(),
             indexed_files: self.workspace.indexed_files(),
             engine,

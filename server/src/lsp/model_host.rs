@@ -163,7 +163,7 @@ impl ModelHost {
                 Err(panic) => ModelState::Failed(format!("loading the model crashed: {panic}")),
             };
             let outcome = match &state {
-                ModelState::Ready(_) => "ready".to_string(),
+                ModelState::Ready(engine) => format!("ready: {}", engine.summary()),
                 ModelState::Failed(message) => format!("failed: {message}"),
                 _ => String::new(),
             };
@@ -187,7 +187,9 @@ impl ModelHost {
                         )
                         .await;
                 }
-                ModelState::Ready(_) => tracing::info!("model {} ready", key.path.display()),
+                ModelState::Ready(engine) => {
+                    tracing::info!("model {} ready: {}", key.path.display(), engine.summary())
+                }
                 _ => {}
             }
         });

@@ -40,7 +40,8 @@ function M.check()
   if not status then
     health.warn("the server did not answer deepseek/status")
   elseif status.model == "ready" then
-    health.ok("model ready" .. (status.indexedFiles and (", " .. status.indexedFiles .. " files indexed") or ""))
+    local summary = type(status.modelSummary) == "string" and (" (" .. status.modelSummary .. ")") or ""
+    health.ok("model ready" .. summary .. (status.indexedFiles and (", " .. status.indexedFiles .. " files indexed") or ""))
   elseif status.model == "failed" then
     health.error("the model failed to load: " .. tostring(status.modelError))
   else
