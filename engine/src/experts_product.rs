@@ -8,7 +8,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, DeviceRepr, PushKernelArg};
 use candle_core::cuda_backend::{CudaDevice, WrapErr};
 use candle_core::{CudaStorage, DType};
-use kernels::cuda::launch_shapes::{self, ExpertsProduct};
+use kernels::cuda::launch_shapes::{self, ExpertsProduct, ProductParameter};
 use kernels::quant::GgmlType;
 
 use crate::gpu_ptx::{config, kernel};
@@ -90,25 +90,28 @@ impl Launch<'_> {
         let no_gather: u64 = 0;
         let (experts, n_arg, k_arg) = (rows.experts as i32, n as i32, k as i32);
         let mut launch = stream.launch_builder(&function);
-        launch.arg(x);
-        launch.arg(weights);
-        match &rows.row_token {
-            Some(row_token) => launch.arg(row_token),
-            None => launch.arg(&no_gather),
-        };
-        launch.arg(&rows.row_offsets);
-        if self.product.takes_tile_offsets() {
-            launch.arg(&rows.tile_offsets);
+        for parameter in self.product.parameters() {
+            match parameter {
+                ProductParameter::X => launch.arg(x),
+                ProductParameter::Weights => launch.arg(weights),
+                ProductParameter::RowToken => match &rows.row_token {
+                    Some(row_token) => launch.arg(row_token),
+                    None => launch.arg(&no_gather),
+                },
+                ProductParameter::RowOffsets => launch.arg(&rows.row_offsets),
+                ProductParameter::TileOffsets => launch.arg(&rows.tile_offsets),
+                ProductParameter::Experts => launch.arg(&experts),
+                ProductParameter::N => launch.arg(&n_arg),
+                ProductParameter::K => launch.arg(&k_arg),
+                ProductParameter::Y => launch.arg(&out),
+            };
         }
-        launch.arg(&experts);
-        launch.arg(&n_arg);
-        launch.arg(&k_arg);
-        launch.arg(&out);
-        // SAFETY: the kernel's parameters in order (moe_grouped_matmul.cu: the tiles take
-        // tile_offsets after row_offsets, the matvec does not); the callers' shapes give x
-        // [tokens or rows, k], the weights [experts, n, k] in the entry point's format, row_token's
-        // tokens below x's rows and row_offsets ending at `rows`; out is [rows, n]. Tiles past
-        // the routing's last exit at once, and the matvec's grid has a row of blocks per expert.
+        // SAFETY: the kernel's parameters in the order `parameters()` lists them (the GPU suite
+        // launches through the same list, on the emulated driver in every test run); the
+        // callers' shapes give x [tokens or rows, k], the weights [experts, n, k] in the entry
+        // point's format, row_token's tokens below x's rows and row_offsets ending at `rows`;
+        // out is [rows, n]. Tiles past the routing's last exit at once, and the matvec's grid
+        // has a row of blocks per expert.
         unsafe { launch.launch(config(self.shape)) }.w()?;
         Ok(out)
     }

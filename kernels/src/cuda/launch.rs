@@ -3,7 +3,7 @@
 //! (`kernels/tests/gpu.rs`, which holds each kernel to its CPU reference) go through here.
 
 use super::driver::{Arg, Buffer, CudaError, Gpu, Kernels};
-use super::launch_shapes;
+use super::launch_shapes::{self, ProductParameter};
 use super::nvrtc::Nvrtc;
 use super::sources::{KernelSource, MlaShape, RoutingLimits, SOURCES, mla_compile_options};
 use crate::expert_rows::{EXPERT_TILE_ROWS, ExpertRows};
@@ -191,22 +191,21 @@ impl<'gpu> GpuKernels<'gpu> {
         let (row_offsets, tile_offsets) =
             (self.gpu.upload(&offsets)?, self.gpu.upload(&tile_offsets)?);
         let out = self.gpu.alloc(rows * n * 4)?;
-        // Both kernels take (x, w, row_token, row_offsets, [tile_offsets,] experts, n, k, y).
-        let mut args = vec![
-            Arg::Buffer(&input),
-            Arg::Buffer(&weights),
-            row_token.as_ref().map_or(Arg::Null, Arg::Buffer),
-            Arg::Buffer(&row_offsets),
-        ];
-        if product.takes_tile_offsets() {
-            args.push(Arg::Buffer(&tile_offsets));
-        }
-        args.extend([
-            Arg::I32(experts as i32),
-            Arg::I32(n as i32),
-            Arg::I32(k as i32),
-            Arg::Buffer(&out),
-        ]);
+        let args: Vec<Arg> = product
+            .parameters()
+            .iter()
+            .map(|parameter| match parameter {
+                ProductParameter::X => Arg::Buffer(&input),
+                ProductParameter::Weights => Arg::Buffer(&weights),
+                ProductParameter::RowToken => row_token.as_ref().map_or(Arg::Null, Arg::Buffer),
+                ProductParameter::RowOffsets => Arg::Buffer(&row_offsets),
+                ProductParameter::TileOffsets => Arg::Buffer(&tile_offsets),
+                ProductParameter::Experts => Arg::I32(experts as i32),
+                ProductParameter::N => Arg::I32(n as i32),
+                ProductParameter::K => Arg::I32(k as i32),
+                ProductParameter::Y => Arg::Buffer(&out),
+            })
+            .collect();
         self.grouped.launch(&entry, shape, &args)?;
         self.gpu.synchronize()?;
         out.download()

@@ -70,10 +70,45 @@ impl ExpertsProduct {
         format!("{kernel}_{}", format.name().to_ascii_lowercase())
     }
 
-    /// Whether the kernel takes `tile_offsets` after `row_offsets` (the tiles do).
-    pub fn takes_tile_offsets(self) -> bool {
-        self != Self::Matvec
+    /// The kernel's parameters in order, for every launcher to push as it lists them.
+    pub fn parameters(self) -> &'static [ProductParameter] {
+        use ProductParameter::*;
+        match self {
+            Self::Matvec => &[X, Weights, RowToken, RowOffsets, Experts, N, K, Y],
+            Self::Tiles | Self::TensorTiles => &[
+                X,
+                Weights,
+                RowToken,
+                RowOffsets,
+                TileOffsets,
+                Experts,
+                N,
+                K,
+                Y,
+            ],
+        }
     }
+}
+
+/// One parameter of the experts' product kernels (`moe_grouped_matmul.cu`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProductParameter {
+    /// The inputs, f32 [tokens or rows, k].
+    X,
+    /// [experts, n, k] in the entry point's format.
+    Weights,
+    /// Each row's token in x, or a null pointer when x's rows are in row order.
+    RowToken,
+    /// Expert e's rows start at entry e (experts + 1 entries).
+    RowOffsets,
+    /// Expert e's row tiles start at entry e (the tiles only).
+    TileOffsets,
+    /// i32 sizes.
+    Experts,
+    N,
+    K,
+    /// The output, f32 [rows, n].
+    Y,
 }
 
 /// The products of `rows` routed rows over `experts` experts, `n` outputs each, weights in
