@@ -145,7 +145,7 @@ impl CustomOp2 for BlockProduct {
 mod gpu {
     use candle_core::cuda_backend::WrapErr;
     use candle_core::{CudaStorage, Layout, Shape};
-    use kernels::expert_rows::EXPERT_TILE_ROWS;
+    use kernels::expert_rows::tile_offsets;
 
     use super::BlockProduct;
     use crate::experts_product::{ProductRows, experts_product};
@@ -164,9 +164,7 @@ mod gpu {
         // One expert holding all n rows: the experts' products are a Linear's.
         let stream = device.cuda_stream();
         let row_offsets = stream.clone_htod(&[0u32, n as u32]).w()?;
-        let tile_offsets = stream
-            .clone_htod(&[0u32, n.div_ceil(EXPERT_TILE_ROWS) as u32])
-            .w()?;
+        let tile_offsets = stream.clone_htod(&tile_offsets([n])).w()?;
         let rows = ProductRows {
             rows: n,
             row_token: None,

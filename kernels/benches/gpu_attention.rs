@@ -110,7 +110,7 @@ fn main() {
                     "{}  {{\"shape\": \"{name}\", \"context\": {context}, \"tokens\": {tokens}, \
                      \"splits\": {}, \"us_per_step\": {:.2}, \"latent_gb_per_second\": {:.1}}}",
                     if first_row { "" } else { "," },
-                    workspace.splits,
+                    workspace.splits(),
                     best * 1e6,
                     bytes / best / 1e9
                 );

@@ -36,16 +36,13 @@ pub fn expert_rows(chosen: &[u32], experts: usize, top_k: usize) -> ExpertRows {
         counts[expert as usize] += 1;
     }
     let mut row_offsets = Vec::with_capacity(experts + 1);
-    let mut tile_offsets = Vec::with_capacity(experts + 1);
-    let (mut rows, mut tiles) = (0u32, 0u32);
+    let mut rows = 0u32;
     for &count in &counts {
         row_offsets.push(rows);
-        tile_offsets.push(tiles);
         rows += count;
-        tiles += count.div_ceil(EXPERT_TILE_ROWS as u32);
     }
     row_offsets.push(rows);
-    tile_offsets.push(tiles);
+    let tile_offsets = tile_offsets(counts.iter().map(|&count| count as usize));
 
     let mut cursor = row_offsets[..experts].to_vec();
     let mut row_token = vec![0u32; chosen.len()];
@@ -65,6 +62,17 @@ pub fn expert_rows(chosen: &[u32], experts: usize, top_k: usize) -> ExpertRows {
         row_token,
         choice_row,
     }
+}
+
+/// Where each expert's row tiles start (experts + 1 entries), from each expert's row count: an
+/// expert's rows start a new tile of [`EXPERT_TILE_ROWS`].
+pub fn tile_offsets(rows_per_expert: impl IntoIterator<Item = usize>) -> Vec<u32> {
+    let mut offsets = vec![0u32];
+    for rows in rows_per_expert {
+        let tiles = rows.div_ceil(EXPERT_TILE_ROWS) as u32;
+        offsets.push(offsets.last().copied().unwrap_or(0) + tiles);
+    }
+    offsets
 }
 
 /// The most row tiles `choices` choices over `experts` experts can take, whatever the routing:

@@ -6,7 +6,7 @@ use super::driver::{Arg, Buffer, CudaError, Gpu, Kernels};
 use super::launch_shapes::{self, ProductParameter};
 use super::nvrtc::Nvrtc;
 use super::sources::{KernelSource, MlaShape, RoutingLimits, SOURCES, mla_compile_options};
-use crate::expert_rows::{EXPERT_TILE_ROWS, ExpertRows};
+use crate::expert_rows::{ExpertRows, tile_offsets};
 use crate::grouped_matmul::ExpertWeights;
 use crate::routing::{GroupLimit, Weighting};
 
@@ -167,11 +167,7 @@ impl<'gpu> GpuKernels<'gpu> {
                 x.len()
             )));
         }
-        let mut tile_offsets = vec![0i32];
-        for rows in row_offsets.windows(2) {
-            let tiles = (rows[1] - rows[0]).div_ceil(EXPERT_TILE_ROWS) as i32;
-            tile_offsets.push(tile_offsets.last().copied().unwrap_or(0) + tiles);
-        }
+        let tile_offsets = tile_offsets(row_offsets.windows(2).map(|rows| rows[1] - rows[0]));
         let Some((product, shape)) =
             launch_shapes::experts_product(rows, experts, n, weights.format())
         else {
@@ -390,7 +386,6 @@ impl<'gpu> GpuKernels<'gpu> {
             .map_err(CudaError)?;
         let partial = |values: usize| self.gpu.alloc(tokens * launch.splits * values * 4);
         Ok(AttentionWorkspace {
-            splits: launch.splits,
             launch,
             max: partial(heads)?,
             sum: partial(heads)?,
@@ -412,7 +407,6 @@ impl<'gpu> GpuKernels<'gpu> {
             sum,
             acc,
             out,
-            ..
         } = workspace;
         self.attention.launch(
             "mla_split_partials",
@@ -446,6 +440,13 @@ impl<'gpu> GpuKernels<'gpu> {
     }
 }
 
+impl AttentionWorkspace<'_> {
+    /// How many splits the keys are cut into.
+    pub fn splits(&self) -> usize {
+        self.launch.splits
+    }
+}
+
 /// One attention step's inputs on the device (layouts as [`GpuKernels::absorbed_attention`]).
 pub struct AttentionStep<'a> {
     pub q_latent: &'a Buffer<'a>,
@@ -461,7 +462,6 @@ pub struct AttentionStep<'a> {
 
 /// Split partials and the output of an attention step.
 pub struct AttentionWorkspace<'gpu> {
-    pub splits: usize,
     launch: launch_shapes::AttentionLaunch,
     max: Buffer<'gpu>,
     sum: Buffer<'gpu>,

@@ -13,6 +13,8 @@ use kernels::paged_attention::{LatentPages, LatentQueries, absorbed_attention};
 use kernels::quant::GgmlType;
 use kernels::routing::{GroupLimit, Weighting, route_token};
 
+use super::quant_weights::{Rng, random_weights};
+
 /// One `#[test]` per case, each opening its GPU and NVRTC with `open` (an expression giving
 /// `(Gpu, Nvrtc)`), with the attributes given (an `#[ignore]`, say).
 #[macro_export]
@@ -246,9 +248,8 @@ pub fn the_grouped_expert_matmul_matches_the_cpu_reference(gpu: &Gpu, nvrtc: &Nv
     let kernels = GpuKernels::compile(gpu, nvrtc, TINY).unwrap();
     // Lite's gate projection (n 1408, k 2048) over 8 experts with uneven rows (one idle, one past
     // a tile), and an awkward small shape (both in tiles: f32 arithmetic for f32 weights, tensor
-    // cores for bf16); then few rows per expert (the
-    // matvec): a decode step, experts past one and two of its 4-row passes, in 16-byte loads
-    // and, at k 47, value by value.
+    // cores for bf16); then few rows per expert (the matvec): a decode step, experts past one
+    // and two of its 4-row passes, in 16-byte loads and, at k 47, value by value.
     for (n, k, rows_per_expert) in [
         (1408, 2048, vec![3, 0, 64, 65, 1, 130, 7, 2]),
         (33, 47, vec![5, 0, 0, 70]),
@@ -278,42 +279,11 @@ pub fn the_grouped_expert_matmul_matches_the_cpu_reference(gpu: &Gpu, nvrtc: &Nv
     }
 }
 
-/// Seeded rows of `ty` blocks holding `values` values: random bits, with every block's f16
-/// factors set to small positive halves so that the products stay finite.
-fn random_blocks(ty: GgmlType, values: usize, seed: u64) -> Vec<u8> {
-    let bytes = ty.row_bytes(values).unwrap();
-    let noise = random(bytes.div_ceil(4), seed);
-    let mut blocks: Vec<u8> = noise
-        .iter()
-        .flat_map(|v| v.to_bits().to_le_bytes())
-        .take(bytes)
-        .collect();
-    let half = |v: f32| half::f16::from_f32(v).to_le_bytes();
-    let factors: &[usize] = match ty {
-        GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q5_0 => &[0],
-        GgmlType::Q4K | GgmlType::Q5K => &[0, 2],
-        GgmlType::Q6K => &[208],
-        _ => &[],
-    };
-    if ty == GgmlType::F16 {
-        for (value, noise) in blocks.chunks_exact_mut(2).zip(&noise) {
-            value.copy_from_slice(&half(*noise));
-        }
-    }
-    for (b, block) in blocks.chunks_exact_mut(ty.block_bytes()).enumerate() {
-        for (f, &at) in factors.iter().enumerate() {
-            let factor = 0.002 + 0.01 * ((b * 7 + f * 3) % 5) as f32;
-            block[at..at + 2].copy_from_slice(&half(factor));
-        }
-    }
-    blocks
-}
-
 pub fn weights_in_gguf_blocks_match_the_cpu_reference(gpu: &Gpu, nvrtc: &Nvrtc) {
     let kernels = GpuKernels::compile(gpu, nvrtc, TINY).unwrap();
     // Every block format GGUF files hold, at k of whole blocks (Lite's 1408 for the formats of
-    // 32, 512 for the K-quants of 256, 1007 for F16), through the tiles (one expert past a tile, one idle)
-    // and the matvec (a decode step's few rows); one expert alone is a dense Linear.
+    // 32, 512 for the K-quants of 256, 1007 for F16), through the tiles (one expert past a tile,
+    // one idle) and the matvec (a decode step's few rows); one expert alone is a dense Linear.
     let formats = [
         GgmlType::F16,
         GgmlType::Q8_0,
@@ -336,7 +306,7 @@ pub fn weights_in_gguf_blocks_match_the_cpu_reference(gpu: &Gpu, nvrtc: &Nvrtc) 
             let experts = rows_per_expert.len();
             let rows = *row_offsets.last().unwrap();
             let x = random(rows * k, 31 + f as u64);
-            let bytes = random_blocks(ty, experts * n * k, 17 + f as u64);
+            let bytes = random_weights(ty, experts * n * k, &mut Rng(17 + f as u64));
             let weights = ExpertWeights::Blocks { ty, bytes: &bytes };
             let what = format!("{} {rows_per_expert:?}", ty.name());
             assert_grouped_matches(&kernels, &x, &row_offsets, weights, (n, k), &what);

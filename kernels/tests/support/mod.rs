@@ -26,3 +26,5 @@ pub fn fetched_nvrtc() -> Nvrtc {
 pub mod cuda_on_cpu;
 #[allow(dead_code)]
 pub mod gpu_suite;
+#[allow(dead_code)]
+pub mod quant_weights;
