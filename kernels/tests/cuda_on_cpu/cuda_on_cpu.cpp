@@ -230,8 +230,8 @@ int compile(Program& program, const std::vector<std::string>& options) {
                 ");\n}\n";
     }
     // The same unit and options make the same library: compiled once, even across runs.
-    const size_t key =
-        std::hash<std::string>{}(unit + defines + read_file(CUDA_ON_CPU_HEADER));
+    static const std::string header = read_file(CUDA_ON_CPU_HEADER);
+    const size_t key = std::hash<std::string>{}(unit + defines + header);
     const std::string base = std::string(CUDA_ON_CPU_WORKDIR) + "/" + program.name + "-" +
                              std::to_string(key);
     const std::string library = base + ".so";

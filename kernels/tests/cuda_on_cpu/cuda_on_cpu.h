@@ -57,26 +57,18 @@ struct alignas(16) uint4 {
 
 inline thread_local dim3 threadIdx, blockIdx, blockDim, gridDim;
 
-__forceinline__ float __int_as_float(int bits) {
-    float value;
-    memcpy(&value, &bits, 4);
-    return value;
+// The same bits as another type of the same size.
+template <typename To, typename From>
+__forceinline__ To bits_as(From from) {
+    static_assert(sizeof(To) == sizeof(From), "a bit cast keeps the size");
+    To to;
+    memcpy(&to, &from, sizeof to);
+    return to;
 }
-__forceinline__ float __uint_as_float(unsigned bits) {
-    float value;
-    memcpy(&value, &bits, 4);
-    return value;
-}
-__forceinline__ int __float_as_int(float value) {
-    int bits;
-    memcpy(&bits, &value, 4);
-    return bits;
-}
-__forceinline__ unsigned __float_as_uint(float value) {
-    unsigned bits;
-    memcpy(&bits, &value, 4);
-    return bits;
-}
+__forceinline__ float __int_as_float(int bits) { return bits_as<float>(bits); }
+__forceinline__ float __uint_as_float(unsigned bits) { return bits_as<float>(bits); }
+__forceinline__ int __float_as_int(float value) { return bits_as<int>(value); }
+__forceinline__ unsigned __float_as_uint(float value) { return bits_as<unsigned>(value); }
 __forceinline__ int min(int a, int b) { return a < b ? a : b; }
 __forceinline__ int max(int a, int b) { return a > b ? a : b; }
 __forceinline__ unsigned min(unsigned a, unsigned b) { return a < b ? a : b; }
@@ -89,6 +81,8 @@ constexpr size_t STACK_BYTES = 64 * 1024;
 constexpr unsigned MAX_BLOCK_THREADS = 1024;
 constexpr unsigned MAX_GRID_YZ = 65535;
 constexpr unsigned MAX_DYNAMIC_SHARED = 48 * 1024;
+// The most a lane gives to a warp exchange: an mma's six registers of A and B.
+constexpr size_t EXCHANGE_BYTES = 24;
 
 enum class Wait { None, Warp, Block, Done };
 
@@ -166,8 +160,7 @@ struct Fiber {
     Context context;
     char* stack;
     Wait wait;
-    unsigned shuffles;  // how many this thread has made: picks the exchange's half
-    unsigned mmas;      // likewise for mma_bf16_16x8x16
+    unsigned exchanges;  // warp exchanges this thread has made: picks the exchange's half
 };
 
 // One launch's state while its blocks run (the launching OS thread's).
@@ -176,10 +169,11 @@ struct Launch {
     unsigned threads = 0, warps = 0;
     std::vector<Fiber> fibers;
     std::vector<unsigned> warp_live;  // lanes of each warp not yet returned
-    // Two halves, so a shuffle needs one barrier: a lane writes half (n % 2) of its n-th
-    // shuffle, and cannot reach shuffle n + 2 before every lane has read shuffle n.
-    std::vector<uint64_t> exchange;  // [warps][2][WARP]
-    std::vector<unsigned> mma_exchange;  // [warps][2][WARP][6]: each lane's A and B registers
+    // What the lanes of a warp exchange (a shuffle's value, an mma's fragments), EXCHANGE_BYTES
+    // a lane: [warps][2][WARP]. Two halves, so an exchange needs one barrier: a lane writes half
+    // (n % 2) of its n-th exchange, and cannot reach exchange n + 2 before every lane has read
+    // exchange n.
+    std::vector<unsigned char> exchange;
     std::vector<unsigned char> dynamic_shared;
     std::vector<unsigned> order;
     uint64_t seed = 0x9E3779B97F4A7C15ull;
@@ -226,24 +220,33 @@ inline void sync_warp() {
     wait_at(Wait::Warp);
 }
 
-template <typename T>
-T shuffle_xor(T value, int lane_mask) {
-    static_assert(sizeof(T) <= 8, "shuffles move up to 8 bytes");
-    check_whole_warp("__shfl_xor_sync");
+// Every lane of the warp gives `bytes` (at most EXCHANGE_BYTES) and sees every lane's, lane l's
+// at l * EXCHANGE_BYTES of the result, after one warp barrier. `what` names the instruction in
+// the error when lanes of the warp have returned (undefined on a GPU with a full mask).
+inline const unsigned char* warp_exchange(const void* mine, size_t bytes, const char* what) {
+    check_whole_warp(what);
     Launch& launch = *running;
     Fiber& fiber = launch.fibers[launch.current];
     const unsigned warp = launch.current / WARP, lane = launch.current % WARP;
-    uint64_t* half = &launch.exchange[(warp * 2 + fiber.shuffles % 2) * WARP];
-    ++fiber.shuffles;
-    uint64_t bits = 0;
-    memcpy(&bits, &value, sizeof(T));
-    half[lane] = bits;
+    unsigned char* half =
+        &launch.exchange[(warp * 2 + fiber.exchanges % 2) * WARP * EXCHANGE_BYTES];
+    ++fiber.exchanges;
+    memcpy(half + lane * EXCHANGE_BYTES, mine, bytes);
     wait_at(Wait::Warp);
+    return half;
+}
+
+template <typename T>
+T shuffle_xor(T value, int lane_mask) {
+    static_assert(sizeof(T) <= EXCHANGE_BYTES, "a shuffle moves a lane's value");
+    const unsigned char* lanes = warp_exchange(&value, sizeof(T), "__shfl_xor_sync");
+    Launch& launch = *running;
+    const unsigned warp = launch.current / WARP, lane = launch.current % WARP;
     const unsigned source = lane ^ (unsigned)lane_mask;
     // A source lane outside the warp (a partial last warp) gives the caller's own value.
     if (warp * WARP + source >= launch.threads) return value;
     T result;
-    memcpy(&result, &half[source], sizeof(T));
+    memcpy(&result, lanes + source * EXCHANGE_BYTES, sizeof(T));
     return result;
 }
 
@@ -258,36 +261,27 @@ T shuffle_xor(T value, int lane_mask) {
 inline float bf16_bits_to_float(unsigned bits) { return __uint_as_float(bits << 16); }
 
 inline void mma_bf16_16x8x16(float* c, const unsigned* a, const unsigned* b) {
-    check_whole_warp("mma.sync");
-    Launch& launch = *running;
-    Fiber& fiber = launch.fibers[launch.current];
-    const unsigned warp = launch.current / WARP, lane = launch.current % WARP;
-    // Each lane's 6 registers, in two halves as the shuffles' exchange.
-    constexpr unsigned WORDS = 6;
-    if (launch.mma_exchange.size() < (size_t)launch.warps * 2 * WARP * WORDS)
-        launch.mma_exchange.resize((size_t)launch.warps * 2 * WARP * WORDS);
-    unsigned* half = &launch.mma_exchange[(warp * 2 + fiber.mmas % 2) * WARP * WORDS];
-    ++fiber.mmas;
-    for (unsigned r = 0; r < 4; ++r) half[lane * WORDS + r] = a[r];
-    for (unsigned r = 0; r < 2; ++r) half[lane * WORDS + 4 + r] = b[r];
-    wait_at(Wait::Warp);
+    const unsigned mine[6] = {a[0], a[1], a[2], a[3], b[0], b[1]};
+    const unsigned char* lanes = warp_exchange(mine, sizeof mine, "mma.sync");
     float A[16][16], B[16][8];
     for (unsigned l = 0; l < WARP; ++l) {
+        unsigned words[6];
+        memcpy(words, lanes + l * EXCHANGE_BYTES, sizeof words);
         const unsigned g = l / 4, t = l % 4;
         for (unsigned r = 0; r < 4; ++r) {
-            const unsigned word = half[l * WORDS + r];
+            const unsigned word = words[r];
             const unsigned row = g + 8 * (r % 2), col = 2 * t + 8 * (r / 2);
             A[row][col] = bf16_bits_to_float(word & 0xffffu);
             A[row][col + 1] = bf16_bits_to_float(word >> 16);
         }
         for (unsigned r = 0; r < 2; ++r) {
-            const unsigned word = half[l * WORDS + 4 + r];
+            const unsigned word = words[4 + r];
             const unsigned row = 2 * t + 8 * r;
             B[row][g] = bf16_bits_to_float(word & 0xffffu);
             B[row + 1][g] = bf16_bits_to_float(word >> 16);
         }
     }
-    const unsigned g = lane / 4, t = lane % 4;
+    const unsigned lane = running->current % WARP, g = lane / 4, t = lane % 4;
     for (unsigned r = 0; r < 4; ++r) {
         const unsigned row = g + 8 * (r / 2), col = 2 * t + r % 2;
         float sum = c[r];
@@ -330,8 +324,7 @@ inline bool run_block(Launch& launch) {
     for (unsigned t = 0; t < launch.threads; ++t) {
         Fiber& fiber = launch.fibers[t];
         fiber.wait = Wait::None;
-        fiber.shuffles = 0;
-        fiber.mmas = 0;
+        fiber.exchanges = 0;
         make_context(fiber.context, fiber.stack, STACK_BYTES, fiber_main);
     }
     for (unsigned w = 0; w < launch.warps; ++w)
@@ -383,12 +376,17 @@ inline bool run_block(Launch& launch) {
     return true;
 }
 
-// Runs `body` (the kernel call) over the whole grid; "" or why it failed.
-inline std::string run_grid(dim3 grid, dim3 block, unsigned shared_bytes, void (*body)(void*),
-                            void* data) {
+// Runs `body` (the kernel call) over the whole grid; "" or why it failed. `most_threads` is
+// the kernel's __launch_bounds__ (0: none), which a GPU holds a launch to.
+inline std::string run_grid(dim3 grid, dim3 block, unsigned shared_bytes, unsigned most_threads,
+                            void (*body)(void*), void* data) {
     const unsigned long long threads = (unsigned long long)block.x * block.y * block.z;
     if (threads == 0 || threads > MAX_BLOCK_THREADS)
         return "a block of " + std::to_string(threads) + " threads (a GPU takes 1 to 1024)";
+    if (most_threads != 0 && threads > most_threads)
+        return "a block of " + std::to_string(threads) +
+               " threads, past the kernel's __launch_bounds__ of " +
+               std::to_string(most_threads);
     if (grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.y > MAX_GRID_YZ || grid.z > MAX_GRID_YZ)
         return "a grid of (" + std::to_string(grid.x) + ", " + std::to_string(grid.y) + ", " +
                std::to_string(grid.z) + ") (a GPU takes y and z up to 65535, none zero)";
@@ -410,7 +408,7 @@ inline std::string run_grid(dim3 grid, dim3 block, unsigned shared_bytes, void (
     for (unsigned t = 0; t < launch.threads; ++t)
         launch.fibers[t].stack = stacks.get() + (size_t)t * STACK_BYTES;
     launch.warp_live.resize(launch.warps);
-    launch.exchange.resize((size_t)launch.warps * 2 * WARP);
+    launch.exchange.resize((size_t)launch.warps * 2 * WARP * EXCHANGE_BYTES);
     launch.dynamic_shared.resize(shared_bytes);
     for (unsigned t = 0; t < launch.threads; ++t) launch.order.push_back(t);
     launch.body = body;
@@ -449,21 +447,14 @@ struct Call {
 };
 
 // What the generated entry points call: 0, or 1 with the reason in `error`. `most_threads`
-// is the kernel's __launch_bounds__ (0: none), which a GPU holds a launch to.
+// is the kernel's __launch_bounds__ (0: none).
 template <typename... P>
 int launch(void (*kernel)(P...), const unsigned* sizes, void** params, char* error,
            size_t error_bytes, unsigned most_threads) {
-    const unsigned threads = sizes[3] * sizes[4] * sizes[5];
-    if (most_threads != 0 && threads > most_threads) {
-        snprintf(error, error_bytes,
-                 "a block of %u threads, past the kernel's __launch_bounds__ of %u", threads,
-                 most_threads);
-        return 1;
-    }
     Call<P...> call{kernel, params};
-    const std::string failure = run_grid(dim3{sizes[0], sizes[1], sizes[2]},
-                                         dim3{sizes[3], sizes[4], sizes[5]}, sizes[6],
-                                         &Call<P...>::run, &call);
+    const std::string failure =
+        run_grid(dim3{sizes[0], sizes[1], sizes[2]}, dim3{sizes[3], sizes[4], sizes[5]},
+                 sizes[6], most_threads, &Call<P...>::run, &call);
     if (failure.empty()) return 0;
     snprintf(error, error_bytes, "%s", failure.c_str());
     return 1;
