@@ -44,6 +44,26 @@ __device__ __forceinline__ float weight_at(Blocks<F> w, size_t row, int col, int
     return F::value(w.bytes + row * (size_t)(k / F::VALUES * F::BYTES), col);
 }
 
+// The row tile blockIdx.y stands for: its expert (the last whose tiles start at or before it),
+// its first row and the expert's end row. False for a tile past the routing's last (a launch is
+// sized for the most tiles any routing can take).
+struct RowTile {
+    int expert, first_row, end_row;
+};
+
+__device__ __forceinline__ bool row_tile(const int* __restrict__ row_offsets,
+                                         const int* __restrict__ tile_offsets, int experts,
+                                         RowTile& rows) {
+    const int tile = blockIdx.y;
+    if (tile >= tile_offsets[experts]) return false;
+    int expert = 0;
+    while (expert + 1 < experts && tile_offsets[expert + 1] <= tile) ++expert;
+    rows.expert = expert;
+    rows.first_row = row_offsets[expert] + (tile - tile_offsets[expert]) * TILE_ROWS;
+    rows.end_row = row_offsets[expert + 1];
+    return true;
+}
+
 template <typename Weights>
 __device__ void grouped_matmul(const float* __restrict__ x, Weights w,
                                const int* __restrict__ row_token,
@@ -53,15 +73,11 @@ __device__ void grouped_matmul(const float* __restrict__ x, Weights w,
     __shared__ float x_tile[TILE_K][TILE_ROWS + 1];
     __shared__ float w_tile[TILE_K][TILE_COLS + 1];
 
-    // Which expert this row tile belongs to: the last whose tiles start at or before it.
-    const int tile = blockIdx.y;
-    if (tile >= tile_offsets[experts]) return;
-    int expert = 0;
-    while (expert + 1 < experts && tile_offsets[expert + 1] <= tile) ++expert;
-    const int first_row = row_offsets[expert] + (tile - tile_offsets[expert]) * TILE_ROWS;
-    const int end_row = row_offsets[expert + 1];
+    RowTile rows;
+    if (!row_tile(row_offsets, tile_offsets, experts, rows)) return;
+    const int first_row = rows.first_row, end_row = rows.end_row;
     const int first_col = blockIdx.x * TILE_COLS;
-    const size_t first_weight_row = (size_t)expert * n;
+    const size_t first_weight_row = (size_t)rows.expert * n;
 
     const int tid = threadIdx.x;
     const int thread_row = (tid / 16) * 4, thread_col = (tid % 16) * 4;
@@ -161,23 +177,24 @@ __device__ __forceinline__ void unpack16(const unsigned short* __restrict__ w, i
     }
 }
 
-template <typename Weight>
-__device__ void expert_matvec(const float* __restrict__ x, const Weight* __restrict__ w,
-                              const int* __restrict__ row_token,
-                              const int* __restrict__ row_offsets, int n, int k,
-                              float* __restrict__ y) {
+// One warp per weight row j of expert blockIdx.y, over the expert's rows MATVEC_ROWS at a time:
+// `add_rows(weight_row, lane, inputs, sums)` adds this lane's share of each pass row's input
+// times weight row `weight_row` (counted over all experts' rows) into `sums`; the warp then sums
+// its lanes and writes y. Past the expert's last row a pass repeats it (computed, not written).
+template <typename AddRows>
+__device__ __forceinline__ void matvec_passes(const float* __restrict__ x,
+                                              const int* __restrict__ row_token,
+                                              const int* __restrict__ row_offsets, int n, int k,
+                                              float* __restrict__ y, AddRows add_rows) {
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int j = blockIdx.x * MATVEC_WARPS + warp;
     const int expert = blockIdx.y;
     if (j >= n) return;
     const int first = row_offsets[expert], end = row_offsets[expert + 1];
-    const Weight* weights = w + ((size_t)expert * n + j) * k;
-    constexpr int per_load = 16 / sizeof(Weight);
-    const bool vectors = k % per_load == 0 && ((size_t)w & 15) == 0;
+    const size_t weight_row = (size_t)expert * n + j;
 
     for (int r0 = first; r0 < end; r0 += MATVEC_ROWS) {
         const int rows = min(MATVEC_ROWS, end - r0);
-        // Past the expert's last row, its last row again (computed, not written).
         const float* inputs[MATVEC_ROWS];
 #pragma unroll
         for (int i = 0; i < MATVEC_ROWS; ++i) {
@@ -185,22 +202,7 @@ __device__ void expert_matvec(const float* __restrict__ x, const Weight* __restr
             inputs[i] = x + (size_t)(row_token ? row_token[r] : r) * k;
         }
         float sums[MATVEC_ROWS] = {};
-        if (vectors) {
-            for (int c = lane * per_load; c < k; c += 32 * per_load) {
-                float values[per_load];
-                unpack16(weights, c, values);
-#pragma unroll
-                for (int i = 0; i < MATVEC_ROWS; ++i)
-#pragma unroll
-                    for (int t = 0; t < per_load; ++t) sums[i] += inputs[i][c + t] * values[t];
-            }
-        } else {
-            for (int c = lane; c < k; c += 32) {
-                const float value = weight_value(weights, c);
-#pragma unroll
-                for (int i = 0; i < MATVEC_ROWS; ++i) sums[i] += inputs[i][c] * value;
-            }
-        }
+        add_rows(weight_row, lane, inputs, sums);
 #pragma unroll
         for (int i = 0; i < MATVEC_ROWS; ++i) {
             float sum = sums[i];
@@ -209,6 +211,37 @@ __device__ void expert_matvec(const float* __restrict__ x, const Weight* __restr
             if (lane == 0 && i < rows) y[(size_t)(r0 + i) * n + j] = sum;
         }
     }
+}
+
+// The matvec for f32 or bf16 weights.
+template <typename Weight>
+__device__ void expert_matvec(const float* __restrict__ x, const Weight* __restrict__ w,
+                              const int* __restrict__ row_token,
+                              const int* __restrict__ row_offsets, int n, int k,
+                              float* __restrict__ y) {
+    constexpr int per_load = 16 / sizeof(Weight);
+    const bool vectors = k % per_load == 0 && ((size_t)w & 15) == 0;
+    matvec_passes(x, row_token, row_offsets, n, k, y,
+                  [&](size_t weight_row, int lane, const float* const* inputs, float* sums) {
+                      const Weight* weights = w + weight_row * k;
+                      if (vectors) {
+                          for (int c = lane * per_load; c < k; c += 32 * per_load) {
+                              float values[per_load];
+                              unpack16(weights, c, values);
+#pragma unroll
+                              for (int i = 0; i < MATVEC_ROWS; ++i)
+#pragma unroll
+                                  for (int t = 0; t < per_load; ++t)
+                                      sums[i] += inputs[i][c + t] * values[t];
+                          }
+                      } else {
+                          for (int c = lane; c < k; c += 32) {
+                              const float value = weight_value(weights, c);
+#pragma unroll
+                              for (int i = 0; i < MATVEC_ROWS; ++i) sums[i] += inputs[i][c] * value;
+                          }
+                      }
+                  });
 }
 
 // As moe_grouped_matmul_f32 (without tile_offsets), for experts with few rows each.
@@ -235,44 +268,25 @@ __device__ void blocks_matvec(const float* __restrict__ x, Blocks<F> w,
                               const int* __restrict__ row_token,
                               const int* __restrict__ row_offsets, int n, int k,
                               float* __restrict__ y) {
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int j = blockIdx.x * MATVEC_WARPS + warp;
-    const int expert = blockIdx.y;
-    if (j >= n) return;
-    const int first = row_offsets[expert], end = row_offsets[expert + 1];
-    const size_t row = (size_t)expert * n + j;
-
-    for (int r0 = first; r0 < end; r0 += MATVEC_ROWS) {
-        const int rows = min(MATVEC_ROWS, end - r0);
-        const float* inputs[MATVEC_ROWS];
+    matvec_passes(x, row_token, row_offsets, n, k, y,
+                  [&](size_t weight_row, int lane, const float* const* inputs, float* sums) {
+                      const unsigned char* row_blocks =
+                          w.bytes + weight_row * (size_t)(k / F::VALUES * F::BYTES);
+                      for (int r = lane; r < k / 32; r += 32) {
+                          float values[32];
+                          F::run(row_blocks, r, values);
 #pragma unroll
-        for (int i = 0; i < MATVEC_ROWS; ++i) {
-            const int r = r0 + min(i, rows - 1);
-            inputs[i] = x + (size_t)(row_token ? row_token[r] : r) * k;
-        }
-        float sums[MATVEC_ROWS] = {};
-        const unsigned char* row_blocks = w.bytes + row * (size_t)(k / F::VALUES * F::BYTES);
-        for (int r = lane; r < k / 32; r += 32) {
-            float values[32];
-            F::run(row_blocks, r, values);
+                          for (int i = 0; i < MATVEC_ROWS; ++i)
 #pragma unroll
-            for (int i = 0; i < MATVEC_ROWS; ++i)
+                              for (int t = 0; t < 32; ++t)
+                                  sums[i] += inputs[i][32 * r + t] * values[t];
+                      }
+                      for (int c = k / 32 * 32 + lane; c < k; c += 32) {
+                          const float value = F::value(row_blocks, c);
 #pragma unroll
-                for (int t = 0; t < 32; ++t) sums[i] += inputs[i][32 * r + t] * values[t];
-        }
-        for (int c = k / 32 * 32 + lane; c < k; c += 32) {
-            const float value = F::value(row_blocks, c);
-#pragma unroll
-            for (int i = 0; i < MATVEC_ROWS; ++i) sums[i] += inputs[i][c] * value;
-        }
-#pragma unroll
-        for (int i = 0; i < MATVEC_ROWS; ++i) {
-            float sum = sums[i];
-            for (int offset = 16; offset > 0; offset /= 2)
-                sum += __shfl_xor_sync(0xffffffffu, sum, offset);
-            if (lane == 0 && i < rows) y[(size_t)(r0 + i) * n + j] = sum;
-        }
-    }
+                          for (int i = 0; i < MATVEC_ROWS; ++i) sums[i] += inputs[i][c] * value;
+                      }
+                  });
 }
 
 // The entry points for weights in GGUF blocks: w is [experts, n, k / VALUES] blocks, as bytes.
@@ -428,14 +442,11 @@ moe_grouped_mma_bf16(const float* __restrict__ x, const unsigned short* __restri
     __shared__ unsigned int x_pairs[TILE_ROWS][TILE_K / 2 + 1];
     __shared__ unsigned int w_pairs[TILE_COLS][TILE_K / 2 + 1];
 
-    const int tile = blockIdx.y;
-    if (tile >= tile_offsets[experts]) return;
-    int expert = 0;
-    while (expert + 1 < experts && tile_offsets[expert + 1] <= tile) ++expert;
-    const int first_row = row_offsets[expert] + (tile - tile_offsets[expert]) * TILE_ROWS;
-    const int end_row = row_offsets[expert + 1];
+    RowTile rows;
+    if (!row_tile(row_offsets, tile_offsets, experts, rows)) return;
+    const int first_row = rows.first_row, end_row = rows.end_row;
     const int first_col = blockIdx.x * TILE_COLS;
-    const size_t first_weight_row = (size_t)expert * n;
+    const size_t first_weight_row = (size_t)rows.expert * n;
 
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
     const int g = lane / 4, t = lane % 4;
