@@ -17,6 +17,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -236,9 +237,13 @@ int compile(Program& program, const std::vector<std::string>& options) {
                              std::to_string(key);
     const std::string library = base + ".so";
     if (access(library.c_str(), R_OK) != 0) {
-        const std::string source_path = base + "." + std::to_string(getpid()) + ".cpp";
-        const std::string partial = base + "." + std::to_string(getpid()) + ".so";
-        const std::string log_path = base + "." + std::to_string(getpid()) + ".log";
+        // Files of this compile alone: tests compile the same kernels at once, in this process
+        // and in others; the finished library is renamed into place whole.
+        static std::atomic<unsigned> compiles{0};
+        const std::string own = base + "." + std::to_string(getpid()) + "." +
+                                std::to_string(compiles.fetch_add(1));
+        const std::string source_path = own + ".cpp", partial = own + ".so",
+                          log_path = own + ".log";
         std::ofstream(source_path) << unit;
         const std::string command = "c++ -std=c++17 -O2 -fPIC -shared -Wall -Wno-unknown-pragmas" +
                                     defines + " -o '" + partial + "' '" + source_path + "' > '" +
