@@ -67,9 +67,10 @@ impl Linear {
                     .to_dtype(dtype)?
             }
             LinearWeight::Blocks(parts) => {
+                let x32 = x.to_dtype(DType::F32)?.contiguous()?;
                 let outputs = parts
                     .iter()
-                    .map(|part| part.matmul(x))
+                    .map(|part| part.matmul(&x32))
                     .collect::<Result<Vec<_>>>()?;
                 let y = match outputs.as_slice() {
                     [one] => one.clone(),
@@ -130,7 +131,7 @@ impl Linear {
                 .iter()
                 .map(|part| DeviceBlocks::upload(part, device))
                 .collect::<Result<Vec<_>>>()?;
-            self.weight = LinearWeight::Blocks(parts);
+            self.weight = LinearWeight::Blocks(DeviceBlocks::joined(parts)?);
         }
         Ok(())
     }
@@ -172,7 +173,7 @@ impl Linear {
             .iter()
             .all(|p| matches!(p.weight, LinearWeight::Blocks(_)))
         {
-            LinearWeight::Blocks(
+            LinearWeight::Blocks(DeviceBlocks::joined(
                 parts
                     .into_iter()
                     .flat_map(|p| match p.weight {
@@ -180,7 +181,7 @@ impl Linear {
                         _ => unreachable!("all parts are blocks"),
                     })
                     .collect(),
-            )
+            )?)
         } else {
             let weights = parts
                 .iter()

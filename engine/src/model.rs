@@ -39,8 +39,8 @@ use kernels::quant::{GgmlType, matvec_many_quant};
 pub struct DeviceRoad {
     /// MoE layers whose routed experts run stacked.
     pub stacked_moe_layers: usize,
-    /// Projections (the routed experts' when not stacked) whose weights are GGUF blocks on the
-    /// device.
+    /// Projections whose weights are GGUF blocks on the device, the routed experts' included
+    /// (counted before they are stacked).
     pub projections_in_blocks: usize,
 }
 
@@ -1189,40 +1189,35 @@ enum RoutedExperts {
     Stacked(StackedExperts),
 }
 
-/// An expert's projection as the stacked experts take it: a dense weight, or its parts' GGUF
-/// blocks on the device when they are all of one type; `None` otherwise (a bias, blocks on the
-/// CPU, mixed types).
-fn expert_matrix(linear: &Linear) -> Result<Option<ExpertMatrix>> {
+/// An expert's projection as the stacked experts take it: a dense weight, or its GGUF blocks on
+/// the device when they are of one type; `None` otherwise (a bias, blocks on the CPU, mixed
+/// types).
+fn expert_matrix(linear: &Linear) -> Option<ExpertMatrix> {
     if linear.bias.is_some() {
-        return Ok(None);
+        return None;
     }
-    Ok(match &linear.weight {
+    match &linear.weight {
         LinearWeight::Dense(weight) => {
             let format = match weight.dtype() {
                 DType::F32 => GgmlType::F32,
                 DType::BF16 => GgmlType::BF16,
-                _ => return Ok(None),
+                _ => return None,
             };
             Some(ExpertMatrix {
                 weights: weight.clone(),
                 format,
             })
         }
-        LinearWeight::Blocks(parts) => {
-            let Some(first) = parts.first() else {
-                return Ok(None);
-            };
-            if parts.iter().any(|part| part.ty != first.ty) {
-                return Ok(None);
-            }
-            let bytes: Vec<&Tensor> = parts.iter().map(|part| part.bytes()).collect();
-            Some(ExpertMatrix {
-                weights: Tensor::cat(&bytes, 0)?,
-                format: first.ty,
-            })
-        }
+        // Parts of one format are joined when the Linear is built (DeviceBlocks::joined).
+        LinearWeight::Blocks(parts) => match parts.as_slice() {
+            [only] => Some(ExpertMatrix {
+                weights: only.bytes().clone(),
+                format: only.ty,
+            }),
+            _ => None,
+        },
         LinearWeight::Quantized(_) => None,
-    })
+    }
 }
 
 impl Moe {
@@ -1289,7 +1284,7 @@ impl Moe {
         let (mut gate_ups, mut downs) = (Vec::new(), Vec::new());
         for mlp in experts {
             let (Some(gate_up), Some(down)) =
-                (expert_matrix(&mlp.gate_up)?, expert_matrix(&mlp.down)?)
+                (expert_matrix(&mlp.gate_up), expert_matrix(&mlp.down))
             else {
                 return Ok(false);
             };
