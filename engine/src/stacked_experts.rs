@@ -177,10 +177,10 @@ impl GroupedExperts {
             rows
         };
         let plan_layout = PlanLayout { choices, experts };
-        let row_fits = if is_dense(self.format) {
-            weight_row == k
-        } else {
+        let row_fits = if format_dtype(self.format) == DType::U8 {
             self.format.row_bytes(k) == Some(weight_row)
+        } else {
+            weight_row == k
         };
         if experts != self.rule.experts || !row_fits || plan.elem_count() != plan_layout.len() {
             candle_core::bail!(
@@ -366,17 +366,14 @@ impl CustomOp3 for CombineRows {
     }
 }
 
-/// The dtype of a dense format's tensor.
-pub(crate) fn format_dtype(format: GgmlType) -> DType {
+/// The dtype of the tensor holding weights in `format`: f32 or bf16 when dense, else u8 bytes
+/// of GGUF blocks.
+fn format_dtype(format: GgmlType) -> DType {
     match format {
+        GgmlType::F32 => DType::F32,
         GgmlType::BF16 => DType::BF16,
-        _ => DType::F32,
+        _ => DType::U8,
     }
-}
-
-/// Whether `format` is a dense tensor's (its weights a float tensor, not u8 blocks).
-fn is_dense(format: GgmlType) -> bool {
-    matches!(format, GgmlType::F32 | GgmlType::BF16)
 }
 
 /// One expert's [n, k] matrix as the grouped products take it: a float tensor (`format` F32 or
@@ -410,12 +407,7 @@ impl StackedExperts {
     ) -> Result<Option<Self>> {
         let alike = |matrices: &[ExpertMatrix]| match matrices.first() {
             Some(first) => {
-                let dtype_fits = if is_dense(first.format) {
-                    first.weights.dtype() == format_dtype(first.format)
-                } else {
-                    first.weights.dtype() == DType::U8
-                };
-                dtype_fits
+                first.weights.dtype() == format_dtype(first.format)
                     && matrices.iter().all(|m| {
                         m.format == first.format
                             && m.weights.dtype() == first.weights.dtype()
