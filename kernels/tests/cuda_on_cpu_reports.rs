@@ -98,38 +98,36 @@ fn a_missing_barrier_shows_in_the_results() {
     );
 }
 
-#[test]
-fn a_full_mask_shuffle_after_lanes_returned_is_a_launch_failure() {
+/// Why launching probe `kernel` as `shape` (its one argument, a buffer of 96 floats) failed;
+/// panics when it ran.
+fn launch_failure(kernel: &str, shape: LaunchShape) -> String {
     let (gpu, nvrtc) = support::cuda_on_cpu::gpu_and_nvrtc();
     let kernels = probes(&gpu, &nvrtc);
-    let out = gpu.alloc(64 * 4).unwrap();
-    let error = kernels
-        .launch("shuffle_after_a_return", block(64), &[Arg::Buffer(&out)])
-        .unwrap_err()
-        .to_string();
+    let out = gpu.alloc(96 * 4).unwrap();
+    match kernels.launch(kernel, shape, &[Arg::Buffer(&out)]) {
+        Ok(()) => panic!("{kernel} ran as {shape:?}"),
+        Err(error) => error.to_string(),
+    }
+}
+
+#[test]
+fn a_full_mask_shuffle_after_lanes_returned_is_a_launch_failure() {
+    let error = launch_failure("shuffle_after_a_return", block(64));
     assert!(error.contains("lanes of warp 0 returned"), "{error}");
 }
 
 #[test]
 fn barriers_that_can_never_open_are_a_launch_failure() {
-    let (gpu, nvrtc) = support::cuda_on_cpu::gpu_and_nvrtc();
-    let kernels = probes(&gpu, &nvrtc);
-    let out = gpu.alloc(64 * 4).unwrap();
-    let error = kernels
-        .launch("split_barriers", block(64), &[Arg::Buffer(&out)])
-        .unwrap_err()
-        .to_string();
+    let error = launch_failure("split_barriers", block(64));
     assert!(error.contains("can never open"), "{error}");
 }
 
 #[test]
 fn launch_sizes_a_gpu_refuses_are_refused() {
-    let (gpu, nvrtc) = support::cuda_on_cpu::gpu_and_nvrtc();
-    let kernels = probes(&gpu, &nvrtc);
-    let out = gpu.alloc(4).unwrap();
     let refusals = [
-        (block(2048), "1 to 1024"),
+        ("split_barriers", block(2048), "1 to 1024"),
         (
+            "split_barriers",
             LaunchShape {
                 grid: (1, 70_000, 1),
                 ..block(32)
@@ -137,30 +135,25 @@ fn launch_sizes_a_gpu_refuses_are_refused() {
             "up to 65535",
         ),
         (
+            "split_barriers",
             LaunchShape {
                 shared_bytes: 64 * 1024,
                 ..block(32)
             },
             "48 KiB",
         ),
+        // A kernel's __launch_bounds__ hold too (64 threads run, below).
+        ("bounded", block(96), "__launch_bounds__ of 64"),
     ];
-    for (shape, why) in refusals {
-        let error = kernels
-            .launch("split_barriers", shape, &[Arg::Buffer(&out)])
-            .unwrap_err()
-            .to_string();
+    for (kernel, shape, why) in refusals {
+        let error = launch_failure(kernel, shape);
         assert!(error.contains(why), "{shape:?}: {error}");
     }
-    // A kernel's __launch_bounds__ hold too: 64 threads run, 96 do not.
-    let out = gpu.alloc(96 * 4).unwrap();
-    kernels
+    let (gpu, nvrtc) = support::cuda_on_cpu::gpu_and_nvrtc();
+    let out = gpu.alloc(64 * 4).unwrap();
+    probes(&gpu, &nvrtc)
         .launch("bounded", block(64), &[Arg::Buffer(&out)])
         .unwrap();
-    let error = kernels
-        .launch("bounded", block(96), &[Arg::Buffer(&out)])
-        .unwrap_err()
-        .to_string();
-    assert!(error.contains("__launch_bounds__ of 64"), "{error}");
 }
 
 #[test]
