@@ -11,12 +11,13 @@
 use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp3, Device, Layout, Shape, Tensor};
+use kernels::cuda::launch_shapes::Arithmetic;
 use kernels::expert_rows::tile_offsets;
-use kernels::grouped_matmul::{ExpertWeights, grouped_matmul};
+use kernels::grouped_matmul::ExpertWeights;
 use kernels::quant::GgmlType;
 
 use crate::error::{EngineError, Result};
-use crate::op_operands::{f32_values, u8_values, u32_values};
+use crate::op_operands::{f32_values, grouped_product, u8_values, u32_values};
 use crate::quantized::QuantizedWeight;
 
 /// W [rows, cols] as rows of `ty` blocks in a u8 tensor [rows, row bytes] on its device.
@@ -85,8 +86,8 @@ impl DeviceBlocks {
         self.bytes.elem_count()
     }
 
-    /// X W^T: x [n, cols] (contiguous f32) gives [n, rows] f32.
-    pub(crate) fn matmul(&self, x: &Tensor) -> Result<Tensor> {
+    /// X W^T: x [n, cols] (contiguous f32) gives [n, rows] f32, on a GPU in `arithmetic`.
+    pub(crate) fn matmul(&self, x: &Tensor, arithmetic: Arithmetic) -> Result<Tensor> {
         let offsets = self.offsets(x.dim(0)?)?;
         Ok(x.apply_op3_no_bwd(
             &self.bytes,
@@ -95,6 +96,7 @@ impl DeviceBlocks {
                 ty: self.ty,
                 rows: self.rows,
                 cols: self.cols,
+                arithmetic,
             },
         )?)
     }
@@ -121,11 +123,13 @@ impl DeviceBlocks {
 }
 
 /// x [n, cols] f32 times W^T from its blocks: [n, rows] f32, the grouped product of one expert
-/// whose row and tile offsets are u32 [0, n, 0, tiles].
+/// whose row and tile offsets are u32 [0, n, 0, tiles]; a GPU's tiles in `arithmetic` (the CPU
+/// reference computes in f32).
 struct BlockProduct {
     ty: GgmlType,
     rows: usize,
     cols: usize,
+    arithmetic: Arithmetic,
 }
 
 impl BlockProduct {
@@ -174,7 +178,8 @@ impl CustomOp3 for BlockProduct {
         let row_offsets = [offsets[0] as usize, offsets[1] as usize];
         let weights = ExpertWeights::Blocks { ty: self.ty, bytes };
         let mut y = vec![0f32; n * self.rows];
-        grouped_matmul(x, &row_offsets, weights, self.rows, self.cols, &mut y);
+        let sizes = (self.rows, self.cols);
+        grouped_product(x, &row_offsets, weights, sizes, self.arithmetic, &mut y);
         Ok((CpuStorage::F32(y), Shape::from((n, self.rows))))
     }
 
@@ -236,7 +241,14 @@ mod gpu {
             experts: 1,
         };
         let weights = (bytes, bytes_layout.start_offset(), op.ty);
-        let out = experts_product(&device, &x, weights, &rows, (op.rows, op.cols))?;
+        let out = experts_product(
+            &device,
+            &x,
+            weights,
+            &rows,
+            (op.rows, op.cols),
+            op.arithmetic,
+        )?;
         Ok((
             CudaStorage::wrap_cuda_slice(out, device),
             Shape::from((n, op.rows)),

@@ -8,7 +8,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, DeviceRepr, PushKernelArg};
 use candle_core::cuda_backend::{CudaDevice, WrapErr};
 use candle_core::{CudaStorage, DType};
-use kernels::cuda::launch_shapes::{self, ExpertsProduct, ProductParameter};
+use kernels::cuda::launch_shapes::{self, Arithmetic, ExpertsProduct, ProductParameter};
 use kernels::quant::GgmlType;
 
 use crate::gpu_ptx::{config, kernel};
@@ -27,16 +27,18 @@ pub(crate) struct ProductRows<'a> {
 
 /// [rows, n] f32: each row of `x` (f32 [.., k]) through its expert's W^T, the weights
 /// [experts, n, k] in `format` (f32, bf16, or GGUF blocks as u8) from element `start` of
-/// `weights`.
+/// `weights`, in `arithmetic` where the tiles take a prompt's rows.
 pub(crate) fn experts_product(
     device: &CudaDevice,
     x: &CudaView<f32>,
     (weights, start, format): (&CudaStorage, usize, GgmlType),
     rows: &ProductRows,
     (n, k): (usize, usize),
+    arithmetic: Arithmetic,
 ) -> candle_core::Result<CudaSlice<f32>> {
     let out = device.alloc_zeros::<f32>(rows.rows * n)?;
-    let Some((product, shape)) = launch_shapes::experts_product(rows.rows, rows.experts, n, format)
+    let Some((product, shape)) =
+        launch_shapes::experts_product(rows.rows, rows.experts, n, format, arithmetic)
     else {
         return Ok(out);
     };

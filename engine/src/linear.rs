@@ -12,6 +12,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor
 
 use crate::device_blocks::DeviceBlocks;
 use crate::error::Result;
+use crate::op_operands::product_arithmetic;
 use crate::quantized::QuantizedWeight;
 
 pub(crate) struct Linear {
@@ -68,9 +69,10 @@ impl Linear {
             }
             LinearWeight::Blocks(parts) => {
                 let x32 = x.to_dtype(DType::F32)?.contiguous()?;
+                let arithmetic = product_arithmetic(x.dtype());
                 let outputs = parts
                     .iter()
-                    .map(|part| part.matmul(&x32))
+                    .map(|part| part.matmul(&x32, arithmetic))
                     .collect::<Result<Vec<_>>>()?;
                 let y = match outputs.as_slice() {
                     [one] => one.clone(),

@@ -19,13 +19,14 @@ use std::ops::Range;
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, D, DType, Layout, Shape, Tensor};
 use half::slice::HalfFloatSliceExt;
 use kernels::cuda::RoutingLimits;
+use kernels::cuda::launch_shapes::Arithmetic;
 use kernels::expert_rows::{combine_expert_rows, expert_rows};
-use kernels::grouped_matmul::{ExpertWeights, grouped_matmul};
+use kernels::grouped_matmul::ExpertWeights;
 use kernels::quant::GgmlType;
 use kernels::routing::{GroupLimit, Weighting, route_token};
 
 use crate::error::Result;
-use crate::op_operands::{f32_values, u32_values};
+use crate::op_operands::{f32_values, grouped_product, product_arithmetic, u32_values};
 
 /// How a layer picks and weights its experts.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -159,6 +160,8 @@ struct GroupedExperts {
     rule: RoutingRule,
     gather: bool,
     format: GgmlType,
+    /// A GPU's tiles' arithmetic (the CPU reference computes in f32).
+    arithmetic: Arithmetic,
 }
 
 impl GroupedExperts {
@@ -243,7 +246,7 @@ impl CustomOp3 for GroupedExperts {
             ),
         };
         let mut y = vec![0f32; parts.choices * n];
-        grouped_matmul(rows, &row_offsets, weights, n, k, &mut y);
+        grouped_product(rows, &row_offsets, weights, (n, k), self.arithmetic, &mut y);
         Ok((CpuStorage::F32(y), Shape::from((parts.choices, n))))
     }
 
@@ -479,6 +482,7 @@ impl StackedExperts {
     /// x [T, H] through each token's chosen experts by `plan`, summed with their weights onto
     /// `base` [T, H] (the shared experts' output): [T, H] f32.
     pub(crate) fn forward(&self, x: &Tensor, plan: &Tensor, base: &Tensor) -> Result<Tensor> {
+        let arithmetic = product_arithmetic(x.dtype());
         let x = x.to_dtype(DType::F32)?.contiguous()?;
         let width = self.intermediate;
         let gate_up = x.apply_op3_no_bwd(
@@ -488,6 +492,7 @@ impl StackedExperts {
                 rule: self.rule,
                 gather: true,
                 format: self.gate_up_format,
+                arithmetic,
             },
         )?;
         let activated = (candle_nn::ops::silu(&gate_up.narrow(D::Minus1, 0, width)?)?
@@ -500,6 +505,7 @@ impl StackedExperts {
                 rule: self.rule,
                 gather: false,
                 format: self.down_format,
+                arithmetic,
             },
         )?;
         Ok(rows.apply_op3_no_bwd(
@@ -624,7 +630,7 @@ mod gpu {
             experts: parts.experts,
         };
         let weights = (weights, weights_layout.start_offset(), op.format);
-        let out = experts_product(&device, &x, weights, &rows, (n, k))?;
+        let out = experts_product(&device, &x, weights, &rows, (n, k), op.arithmetic)?;
         Ok((
             CudaStorage::wrap_cuda_slice(out, device),
             Shape::from((parts.choices, n)),

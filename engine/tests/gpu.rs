@@ -190,86 +190,123 @@ fn q8_0_gguf_keeps_its_blocks_on_the_gpu_and_matches_transformers() {
 #[test]
 #[ignore = "needs an NVIDIA GPU and a --features cuda build"]
 fn bf16_on_the_gpu_stays_close_to_f32_where_it_routes_alike() {
-    // The CPU has no bf16 compute: there the check runs on f16.
-    let reduced = if gpu().is_cpu() {
+    for name in FIXTURES {
+        let exact = load_checkpoint(&fixture(name), &LoadOptions::default()).unwrap();
+        let (model, reference) = load(name, reduced_dtype());
+        assert_close_where_routed_alike(name, &exact, &model, &reference);
+    }
+}
+
+/// A Q8_0 GGUF in bf16 on the GPU: its blocks stay blocks, and a prompt's rows meet them on
+/// tensor cores, x and each dequantized weight rounded to bf16 (as a bf16 copy of the file
+/// would hold them), so the bar is bf16's above, against torch on the dequantized weights.
+#[test]
+#[ignore = "needs an NVIDIA GPU and a --features cuda build"]
+fn q8_0_gguf_in_bf16_on_the_gpu_stays_close_to_f32_where_it_routes_alike() {
+    let path = gguf_fixture("lite-q8_0.gguf");
+    let exact = load_checkpoint(&path, &LoadOptions::default()).unwrap();
+    let options = LoadOptions {
+        device: gpu(),
+        dtype: Some(reduced_dtype()),
+    };
+    let mut model = load_checkpoint(&path, &options).unwrap();
+    let road = model.take_the_device_road().unwrap();
+    let (blocks, stacked) = (road.projections_in_blocks, road.stacked_moe_layers);
+    eprintln!("{blocks} projections in device blocks; {stacked} MoE layers stacked");
+    // The experts stack in bf16 (their F32 downs become bf16); f16 stacks are not ours to take.
+    assert!(blocks > 0 && (stacked > 0 || reduced_dtype() != DType::BF16));
+    let reference = reference_logits(&gguf_fixture("lite-q8_0-reference.safetensors"));
+    assert_close_where_routed_alike("lite-q8_0.gguf", &exact, &model, &reference);
+}
+
+/// bf16 on a GPU; the CPU has no bf16 compute, so there the reduced checks run on f16.
+fn reduced_dtype() -> DType {
+    if gpu().is_cpu() {
         DType::F16
     } else {
         DType::BF16
-    };
-    for name in FIXTURES {
-        let exact = load_checkpoint(&fixture(name), &LoadOptions::default()).unwrap();
-        let (model, reference) = load(name, reduced);
-        let ids = &reference.input_ids;
-        let (_, exact_routes) = trace_routing(|| all_logits(&exact, ids));
-        let (ours, routes) = trace_routing(|| all_logits(&model, ids));
-        assert_eq!(routes.len(), exact_routes.len(), "{name}: router calls");
-        // Per token, whether every layer chose the same experts, and where not, the f32 gap
-        // between the weakest expert it dropped and the strongest it took instead.
-        let mut alike = vec![true; ids.len()];
-        let mut gaps = Vec::new();
-        for (layer, (exact, reduced)) in exact_routes.iter().zip(&routes).enumerate() {
-            for (token, (want, got)) in exact.chosen.iter().zip(&reduced.chosen).enumerate() {
-                let logits = &exact.logits[token];
-                let dropped = want.iter().filter(|e| !got.contains(e)).map(|&e| logits[e]);
-                let added = got.iter().filter(|e| !want.contains(e)).map(|&e| logits[e]);
-                let weakest_dropped = dropped.fold(f32::INFINITY, f32::min);
-                let strongest_added = added.fold(f32::NEG_INFINITY, f32::max);
-                if weakest_dropped.is_finite() {
-                    alike[token] = false;
-                    let gap = weakest_dropped - strongest_added;
-                    eprintln!(
-                        "{name}: MoE layer {layer}, token {token} routed elsewhere; f32 router \
-                         logits {weakest_dropped} (dropped) vs {strongest_added} (taken): gap {gap}"
-                    );
-                    gaps.push(gap);
-                }
-            }
-        }
-        // How far rounding moved the router logits where the routes agree: a flip is rounding's
-        // doing only where the experts it swapped were closer than twice that.
-        let mut moved = 0f32;
-        for (exact, reduced) in exact_routes.iter().zip(&routes) {
-            for (token, (want, got)) in exact.logits.iter().zip(&reduced.logits).enumerate() {
-                if alike[token] {
-                    moved = moved.max(support::max_abs_error(want, got));
-                }
-            }
-        }
-        eprintln!("{name}: router logits moved up to {moved} where routes agree");
-        for gap in gaps {
-            assert!(gap <= 2.0 * moved, "{name}: a flip across a gap of {gap}");
-        }
-        let rerouted = alike.iter().filter(|same| !**same).count();
-        assert!(
-            rerouted * 4 <= ids.len(),
-            "{name}: {rerouted} of {} positions routed elsewhere",
-            ids.len()
-        );
-        let scale = reference
-            .logits
-            .iter()
-            .flatten()
-            .fold(0f32, |m, x| m.max(x.abs()));
-        let keep = |rows: &[Vec<f32>]| -> Vec<Vec<f32>> {
-            rows.iter()
-                .zip(&alike)
-                .filter(|(_, same)| **same)
-                .map(|(row, _)| row.clone())
-                .collect()
-        };
-        let (ours, expected) = (keep(&ours), keep(&reference.logits));
-        let what = format!("{reduced:?}, {} positions routed alike", ours.len());
-        assert_close(name, &what, &ours, &expected, 0.05 * scale);
-        for (position, (mine, theirs)) in ours.iter().zip(&expected).enumerate() {
-            let mut sorted = theirs.clone();
-            sorted.sort_by(|a, b| b.total_cmp(a));
-            if sorted[0] - sorted[1] > 0.05 * scale {
-                assert_eq!(
-                    argmax(mine),
-                    argmax(theirs),
-                    "{name}: kept position {position}"
+    }
+}
+
+/// `model` (in a reduced dtype) against the f32 `reference`, told apart by routing against
+/// `exact` (the same weights in f32 on the CPU), as the comment above the bf16 test says.
+fn assert_close_where_routed_alike(
+    name: &str,
+    exact: &Model,
+    model: &Model,
+    reference: &ReferenceLogits,
+) {
+    let reduced = model.dtype();
+    let ids = &reference.input_ids;
+    let (_, exact_routes) = trace_routing(|| all_logits(exact, ids));
+    let (ours, routes) = trace_routing(|| all_logits(model, ids));
+    assert_eq!(routes.len(), exact_routes.len(), "{name}: router calls");
+    // Per token, whether every layer chose the same experts, and where not, the f32 gap
+    // between the weakest expert it dropped and the strongest it took instead.
+    let mut alike = vec![true; ids.len()];
+    let mut gaps = Vec::new();
+    for (layer, (exact, reduced)) in exact_routes.iter().zip(&routes).enumerate() {
+        for (token, (want, got)) in exact.chosen.iter().zip(&reduced.chosen).enumerate() {
+            let logits = &exact.logits[token];
+            let dropped = want.iter().filter(|e| !got.contains(e)).map(|&e| logits[e]);
+            let added = got.iter().filter(|e| !want.contains(e)).map(|&e| logits[e]);
+            let weakest_dropped = dropped.fold(f32::INFINITY, f32::min);
+            let strongest_added = added.fold(f32::NEG_INFINITY, f32::max);
+            if weakest_dropped.is_finite() {
+                alike[token] = false;
+                let gap = weakest_dropped - strongest_added;
+                eprintln!(
+                    "{name}: MoE layer {layer}, token {token} routed elsewhere; f32 router \
+                     logits {weakest_dropped} (dropped) vs {strongest_added} (taken): gap {gap}"
                 );
+                gaps.push(gap);
             }
+        }
+    }
+    // How far rounding moved the router logits where the routes agree: a flip is rounding's
+    // doing only where the experts it swapped were closer than twice that.
+    let mut moved = 0f32;
+    for (exact, reduced) in exact_routes.iter().zip(&routes) {
+        for (token, (want, got)) in exact.logits.iter().zip(&reduced.logits).enumerate() {
+            if alike[token] {
+                moved = moved.max(support::max_abs_error(want, got));
+            }
+        }
+    }
+    eprintln!("{name}: router logits moved up to {moved} where routes agree");
+    for gap in gaps {
+        assert!(gap <= 2.0 * moved, "{name}: a flip across a gap of {gap}");
+    }
+    let rerouted = alike.iter().filter(|same| !**same).count();
+    assert!(
+        rerouted * 4 <= ids.len(),
+        "{name}: {rerouted} of {} positions routed elsewhere",
+        ids.len()
+    );
+    let scale = reference
+        .logits
+        .iter()
+        .flatten()
+        .fold(0f32, |m, x| m.max(x.abs()));
+    let keep = |rows: &[Vec<f32>]| -> Vec<Vec<f32>> {
+        rows.iter()
+            .zip(&alike)
+            .filter(|(_, same)| **same)
+            .map(|(row, _)| row.clone())
+            .collect()
+    };
+    let (ours, expected) = (keep(&ours), keep(&reference.logits));
+    let what = format!("{reduced:?}, {} positions routed alike", ours.len());
+    assert_close(name, &what, &ours, &expected, 0.05 * scale);
+    for (position, (mine, theirs)) in ours.iter().zip(&expected).enumerate() {
+        let mut sorted = theirs.clone();
+        sorted.sort_by(|a, b| b.total_cmp(a));
+        if sorted[0] - sorted[1] > 0.05 * scale {
+            assert_eq!(
+                argmax(mine),
+                argmax(theirs),
+                "{name}: kept position {position}"
+            );
         }
     }
 }

@@ -14,6 +14,8 @@
 // Weights are f32 (moe_grouped_matmul_f32), bf16 bits (_bf16), or rows of GGUF blocks
 // (_f16, _q8_0, _q4_0, _q5_0, _q4_k, _q5_k, _q6_k: ggml_blocks.cu, which comes first); x and y
 // are f32 and the sums are kept in f32. A dense Linear is the same product with one expert.
+// Three kernels compute it: these f32 tiles, the same tiles on tensor cores in bf16
+// (moe_grouped_mma_*, below) and a matvec for few rows per expert (moe_expert_matvec_*).
 //
 // Launch: grid (ceil(n / 64), at least tile_offsets[experts]), block (256). Tiles past the last
 // exit at once, so a launch may be sized before the routing is known (most_row_tiles).
@@ -289,128 +291,18 @@ __device__ void blocks_matvec(const float* __restrict__ x, Blocks<F> w,
                   });
 }
 
-// The entry points for weights in GGUF blocks: w is [experts, n, k / VALUES] blocks, as bytes.
-// Each takes the f32 entry point's parameters.
-
-extern "C" __global__ void __launch_bounds__(THREADS)
-moe_grouped_matmul_f16(const float* __restrict__ x, const unsigned char* __restrict__ w,
-                       const int* __restrict__ row_token, const int* __restrict__ row_offsets,
-                       const int* __restrict__ tile_offsets, int experts, int n, int k,
-                       float* __restrict__ y) {
-    grouped_matmul(x, Blocks<F16Format>{w}, row_token, row_offsets, tile_offsets, experts, n, k,
-                   y);
-}
-
-extern "C" __global__ void __launch_bounds__(THREADS)
-moe_grouped_matmul_q8_0(const float* __restrict__ x, const unsigned char* __restrict__ w,
-                        const int* __restrict__ row_token, const int* __restrict__ row_offsets,
-                        const int* __restrict__ tile_offsets, int experts, int n, int k,
-                        float* __restrict__ y) {
-    grouped_matmul(x, Blocks<Q8_0Format>{w}, row_token, row_offsets, tile_offsets, experts, n, k,
-                   y);
-}
-
-extern "C" __global__ void __launch_bounds__(THREADS)
-moe_grouped_matmul_q4_0(const float* __restrict__ x, const unsigned char* __restrict__ w,
-                        const int* __restrict__ row_token, const int* __restrict__ row_offsets,
-                        const int* __restrict__ tile_offsets, int experts, int n, int k,
-                        float* __restrict__ y) {
-    grouped_matmul(x, Blocks<Q4_0Format>{w}, row_token, row_offsets, tile_offsets, experts, n, k,
-                   y);
-}
-
-extern "C" __global__ void __launch_bounds__(THREADS)
-moe_grouped_matmul_q5_0(const float* __restrict__ x, const unsigned char* __restrict__ w,
-                        const int* __restrict__ row_token, const int* __restrict__ row_offsets,
-                        const int* __restrict__ tile_offsets, int experts, int n, int k,
-                        float* __restrict__ y) {
-    grouped_matmul(x, Blocks<Q5_0Format>{w}, row_token, row_offsets, tile_offsets, experts, n, k,
-                   y);
-}
-
-extern "C" __global__ void __launch_bounds__(THREADS)
-moe_grouped_matmul_q4_k(const float* __restrict__ x, const unsigned char* __restrict__ w,
-                        const int* __restrict__ row_token, const int* __restrict__ row_offsets,
-                        const int* __restrict__ tile_offsets, int experts, int n, int k,
-                        float* __restrict__ y) {
-    grouped_matmul(x, Blocks<Q4KFormat>{w}, row_token, row_offsets, tile_offsets, experts, n, k,
-                   y);
-}
-
-extern "C" __global__ void __launch_bounds__(THREADS)
-moe_grouped_matmul_q5_k(const float* __restrict__ x, const unsigned char* __restrict__ w,
-                        const int* __restrict__ row_token, const int* __restrict__ row_offsets,
-                        const int* __restrict__ tile_offsets, int experts, int n, int k,
-                        float* __restrict__ y) {
-    grouped_matmul(x, Blocks<Q5KFormat>{w}, row_token, row_offsets, tile_offsets, experts, n, k,
-                   y);
-}
-
-extern "C" __global__ void __launch_bounds__(THREADS)
-moe_grouped_matmul_q6_k(const float* __restrict__ x, const unsigned char* __restrict__ w,
-                        const int* __restrict__ row_token, const int* __restrict__ row_offsets,
-                        const int* __restrict__ tile_offsets, int experts, int n, int k,
-                        float* __restrict__ y) {
-    grouped_matmul(x, Blocks<Q6KFormat>{w}, row_token, row_offsets, tile_offsets, experts, n, k,
-                   y);
-}
-
-extern "C" __global__ void __launch_bounds__(32 * MATVEC_WARPS)
-moe_expert_matvec_f16(const float* __restrict__ x, const unsigned char* __restrict__ w,
-                      const int* __restrict__ row_token, const int* __restrict__ row_offsets,
-                      int experts, int n, int k, float* __restrict__ y) {
-    blocks_matvec(x, Blocks<F16Format>{w}, row_token, row_offsets, n, k, y);
-}
-
-extern "C" __global__ void __launch_bounds__(32 * MATVEC_WARPS)
-moe_expert_matvec_q8_0(const float* __restrict__ x, const unsigned char* __restrict__ w,
-                       const int* __restrict__ row_token, const int* __restrict__ row_offsets,
-                       int experts, int n, int k, float* __restrict__ y) {
-    blocks_matvec(x, Blocks<Q8_0Format>{w}, row_token, row_offsets, n, k, y);
-}
-
-extern "C" __global__ void __launch_bounds__(32 * MATVEC_WARPS)
-moe_expert_matvec_q4_0(const float* __restrict__ x, const unsigned char* __restrict__ w,
-                       const int* __restrict__ row_token, const int* __restrict__ row_offsets,
-                       int experts, int n, int k, float* __restrict__ y) {
-    blocks_matvec(x, Blocks<Q4_0Format>{w}, row_token, row_offsets, n, k, y);
-}
-
-extern "C" __global__ void __launch_bounds__(32 * MATVEC_WARPS)
-moe_expert_matvec_q5_0(const float* __restrict__ x, const unsigned char* __restrict__ w,
-                       const int* __restrict__ row_token, const int* __restrict__ row_offsets,
-                       int experts, int n, int k, float* __restrict__ y) {
-    blocks_matvec(x, Blocks<Q5_0Format>{w}, row_token, row_offsets, n, k, y);
-}
-
-extern "C" __global__ void __launch_bounds__(32 * MATVEC_WARPS)
-moe_expert_matvec_q4_k(const float* __restrict__ x, const unsigned char* __restrict__ w,
-                       const int* __restrict__ row_token, const int* __restrict__ row_offsets,
-                       int experts, int n, int k, float* __restrict__ y) {
-    blocks_matvec(x, Blocks<Q4KFormat>{w}, row_token, row_offsets, n, k, y);
-}
-
-extern "C" __global__ void __launch_bounds__(32 * MATVEC_WARPS)
-moe_expert_matvec_q5_k(const float* __restrict__ x, const unsigned char* __restrict__ w,
-                       const int* __restrict__ row_token, const int* __restrict__ row_offsets,
-                       int experts, int n, int k, float* __restrict__ y) {
-    blocks_matvec(x, Blocks<Q5KFormat>{w}, row_token, row_offsets, n, k, y);
-}
-
-extern "C" __global__ void __launch_bounds__(32 * MATVEC_WARPS)
-moe_expert_matvec_q6_k(const float* __restrict__ x, const unsigned char* __restrict__ w,
-                       const int* __restrict__ row_token, const int* __restrict__ row_offsets,
-                       int experts, int n, int k, float* __restrict__ y) {
-    blocks_matvec(x, Blocks<Q6KFormat>{w}, row_token, row_offsets, n, k, y);
-}
-
-// The tiles on tensor cores, for bf16 weights: x's values rounded to bf16 (a bf16 model's
-// activations already are) times the weights by mma.sync m16n8k16 (compute 8.0 and later), the
-// sums kept in f32. The same 64-row x 64-output tiles as moe_grouped_matmul_bf16, k in steps of
-// 16, 128 threads: four warps of 32 x 32 outputs, each 2 x 4 mma tiles of 16 x 8.
+// The tiles on tensor cores: x's values rounded to bf16 (a bf16 model's activations already
+// are) times the weights rounded to bf16 (exact for bf16 weights; for GGUF blocks the same
+// rounding a bf16 copy of the file's weights would take) by mma.sync m16n8k16 (compute 8.0 and
+// later), the sums kept in f32. The same 64-row x 64-output tiles as the f32 tiles, k in steps
+// of 32 (a run of 32 weights: a Q*_0 block, a K-quant sub-block), 128 threads: four warps of
+// 32 x 32 outputs, each 2 x 4 mma tiles of 16 x 8. In each step threads 0..63 bring one weight
+// row's 32 values (a block format decodes its run with the block's factors read once), the
+// others x's 64 rows, 16 consecutive threads per row.
 // Launch: grid (ceil(n / 64), at least tile_offsets[experts]), block (MMA_THREADS).
 
 #define MMA_THREADS 128
+#define MMA_STEP 32
 
 #ifndef CUDA_ON_CPU
 // D = A B + C over one warp's fragments (the PTX ISA's layouts for m16n8k16; cuda_on_cpu.h
@@ -432,15 +324,44 @@ __device__ __forceinline__ unsigned int bf16_bits(float value) {
     return (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
 }
 
-// As moe_grouped_matmul_bf16, on tensor cores.
-extern "C" __global__ void __launch_bounds__(MMA_THREADS)
-moe_grouped_mma_bf16(const float* __restrict__ x, const unsigned short* __restrict__ w,
-                     const int* __restrict__ row_token, const int* __restrict__ row_offsets,
-                     const int* __restrict__ tile_offsets, int experts, int n, int k,
-                     float* __restrict__ y) {
-    // Pairs of bf16 along k, 8 per row and step; a word of padding spreads the rows over banks.
-    __shared__ unsigned int x_pairs[TILE_ROWS][TILE_K / 2 + 1];
-    __shared__ unsigned int w_pairs[TILE_COLS][TILE_K / 2 + 1];
+// Weight row `row` (counted over all experts' rows) of a [.., k] stack, values first..first+31,
+// as 16 pairs of bf16 bits along k; zeros past k.
+__device__ __forceinline__ void weight_pairs(const unsigned short* __restrict__ w, size_t row,
+                                             int first, int k, unsigned int* pairs) {
+    const unsigned short* values = w + row * (size_t)k;
+#pragma unroll
+    for (int p = 0; p < MMA_STEP / 2; ++p) {
+        const int col = first + 2 * p;
+        pairs[p] = (col < k ? (unsigned int)values[col] : 0u) |
+                   ((col + 1 < k ? (unsigned int)values[col + 1] : 0u) << 16);
+    }
+}
+
+template <typename F>
+__device__ __forceinline__ void weight_pairs(Blocks<F> w, size_t row, int first, int k,
+                                             unsigned int* pairs) {
+    const unsigned char* row_blocks = w.bytes + row * (size_t)(k / F::VALUES * F::BYTES);
+    float values[MMA_STEP];
+    if (first + MMA_STEP <= k) {
+        F::run(row_blocks, first / MMA_STEP, values);
+    } else {
+        // The last values of an F16 row whose length is not a multiple of 32.
+        for (int t = 0; t < MMA_STEP; ++t)
+            values[t] = first + t < k ? F::value(row_blocks, first + t) : 0.0f;
+    }
+#pragma unroll
+    for (int p = 0; p < MMA_STEP / 2; ++p)
+        pairs[p] = bf16_bits(values[2 * p]) | (bf16_bits(values[2 * p + 1]) << 16);
+}
+
+template <typename Weights>
+__device__ void grouped_mma(const float* __restrict__ x, Weights w,
+                            const int* __restrict__ row_token, const int* __restrict__ row_offsets,
+                            const int* __restrict__ tile_offsets, int experts, int n, int k,
+                            float* __restrict__ y) {
+    // Pairs of bf16 along k, 16 per row and step; a word of padding spreads the rows over banks.
+    __shared__ unsigned int x_pairs[TILE_ROWS][MMA_STEP / 2 + 1];
+    __shared__ unsigned int w_pairs[TILE_COLS][MMA_STEP / 2 + 1];
 
     RowTile rows;
     if (!row_tile(row_offsets, tile_offsets, experts, rows)) return;
@@ -453,47 +374,56 @@ moe_grouped_mma_bf16(const float* __restrict__ x, const unsigned short* __restri
     const int warp_row = (warp / 2) * 32, warp_col = (warp % 2) * 32;
     float acc[2][4][4] = {};  // [16-row tile][8-column tile][fragment]
 
-    for (int k0 = 0; k0 < k; k0 += TILE_K) {
-        // 64 rows x 8 pairs of x and of W, four pairs of each per thread; zeros past the edges.
-        for (int i = tid; i < TILE_ROWS * (TILE_K / 2); i += MMA_THREADS) {
-            const int r = i / (TILE_K / 2), p = i % (TILE_K / 2), col = k0 + 2 * p;
-            const int row = first_row + r, out = first_col + r;
-            unsigned int x_pair = 0, w_pair = 0;
-            if (row < end_row) {
-                const float* x_row = x + (size_t)(row_token ? row_token[row] : row) * k;
-                x_pair = (col < k ? bf16_bits(x_row[col]) : 0u) |
-                         ((col + 1 < k ? bf16_bits(x_row[col + 1]) : 0u) << 16);
+    for (int k0 = 0; k0 < k; k0 += MMA_STEP) {
+        if (tid < TILE_COLS) {
+            // Weight row first_col + tid, zeros past n.
+            const int out = first_col + tid;
+            unsigned int pairs[MMA_STEP / 2] = {};
+            if (out < n) weight_pairs(w, first_weight_row + out, k0, k, pairs);
+#pragma unroll
+            for (int p = 0; p < MMA_STEP / 2; ++p) w_pairs[tid][p] = pairs[p];
+        } else {
+            // x's rows, 16 threads per row (one pair each), four rows at a time; zeros past
+            // the expert's rows and past k.
+            const int p = (tid - TILE_COLS) % (MMA_STEP / 2), col = k0 + 2 * p;
+            for (int r = (tid - TILE_COLS) / (MMA_STEP / 2); r < TILE_ROWS;
+                 r += (MMA_THREADS - TILE_COLS) / (MMA_STEP / 2)) {
+                const int row = first_row + r;
+                unsigned int pair = 0;
+                if (row < end_row) {
+                    const float* x_row = x + (size_t)(row_token ? row_token[row] : row) * k;
+                    pair = (col < k ? bf16_bits(x_row[col]) : 0u) |
+                           ((col + 1 < k ? bf16_bits(x_row[col + 1]) : 0u) << 16);
+                }
+                x_pairs[r][p] = pair;
             }
-            if (out < n) {
-                const unsigned short* w_row = w + (first_weight_row + out) * (size_t)k;
-                w_pair = (col < k ? (unsigned int)w_row[col] : 0u) |
-                         ((col + 1 < k ? (unsigned int)w_row[col + 1] : 0u) << 16);
-            }
-            x_pairs[r][p] = x_pair;
-            w_pairs[r][p] = w_pair;
         }
         __syncthreads();
-        // A's fragment: rows g and g + 8, pairs t and t + 4; B's (W's rows as columns): row g,
-        // pairs t and t + 4.
-        unsigned int a[2][4], b[4][2];
 #pragma unroll
-        for (int m = 0; m < 2; ++m) {
-            const int r = warp_row + 16 * m + g;
-            a[m][0] = x_pairs[r][t];
-            a[m][1] = x_pairs[r + 8][t];
-            a[m][2] = x_pairs[r][t + 4];
-            a[m][3] = x_pairs[r + 8][t + 4];
+        for (int half = 0; half < MMA_STEP / 16; ++half) {
+            // A's fragment: rows g and g + 8, pairs t and t + 4 of this half; B's (W's rows as
+            // columns): row g, pairs t and t + 4.
+            const int q = 8 * half + t;
+            unsigned int a[2][4], b[4][2];
+#pragma unroll
+            for (int m = 0; m < 2; ++m) {
+                const int r = warp_row + 16 * m + g;
+                a[m][0] = x_pairs[r][q];
+                a[m][1] = x_pairs[r + 8][q];
+                a[m][2] = x_pairs[r][q + 4];
+                a[m][3] = x_pairs[r + 8][q + 4];
+            }
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                const int c = warp_col + 8 * j + g;
+                b[j][0] = w_pairs[c][q];
+                b[j][1] = w_pairs[c][q + 4];
+            }
+#pragma unroll
+            for (int m = 0; m < 2; ++m)
+#pragma unroll
+                for (int j = 0; j < 4; ++j) mma_bf16_16x8x16(acc[m][j], a[m], b[j]);
         }
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            const int c = warp_col + 8 * j + g;
-            b[j][0] = w_pairs[c][t];
-            b[j][1] = w_pairs[c][t + 4];
-        }
-#pragma unroll
-        for (int m = 0; m < 2; ++m)
-#pragma unroll
-            for (int j = 0; j < 4; ++j) mma_bf16_16x8x16(acc[m][j], a[m], b[j]);
         __syncthreads();
     }
 
@@ -509,3 +439,45 @@ moe_grouped_mma_bf16(const float* __restrict__ x, const unsigned short* __restri
                 if (row < end_row && col < n) y[(size_t)row * n + col] = acc[m][j][r];
             }
 }
+
+// As moe_grouped_matmul_bf16, on tensor cores.
+extern "C" __global__ void __launch_bounds__(MMA_THREADS)
+moe_grouped_mma_bf16(const float* __restrict__ x, const unsigned short* __restrict__ w,
+                     const int* __restrict__ row_token, const int* __restrict__ row_offsets,
+                     const int* __restrict__ tile_offsets, int experts, int n, int k,
+                     float* __restrict__ y) {
+    grouped_mma(x, w, row_token, row_offsets, tile_offsets, experts, n, k, y);
+}
+
+// The entry points for weights in GGUF blocks, three per format (the f32 tiles, the tensor-core
+// tiles, the matvec), each taking its f32 or bf16 fellow's parameters with w as
+// [experts, n, k / VALUES] blocks of bytes.
+#define BLOCK_FORMAT_ENTRY_POINTS(name, Format)                                                 \
+    extern "C" __global__ void __launch_bounds__(THREADS) moe_grouped_matmul_##name(          \
+        const float* __restrict__ x, const unsigned char* __restrict__ w,                      \
+        const int* __restrict__ row_token, const int* __restrict__ row_offsets,                \
+        const int* __restrict__ tile_offsets, int experts, int n, int k, float* __restrict__ y) { \
+        grouped_matmul(x, Blocks<Format>{w}, row_token, row_offsets, tile_offsets, experts, n,  \
+                       k, y);                                                                   \
+    }                                                                                           \
+    extern "C" __global__ void __launch_bounds__(MMA_THREADS) moe_grouped_mma_##name(         \
+        const float* __restrict__ x, const unsigned char* __restrict__ w,                      \
+        const int* __restrict__ row_token, const int* __restrict__ row_offsets,                \
+        const int* __restrict__ tile_offsets, int experts, int n, int k, float* __restrict__ y) { \
+        grouped_mma(x, Blocks<Format>{w}, row_token, row_offsets, tile_offsets, experts, n, k,  \
+                    y);                                                                         \
+    }                                                                                           \
+    extern "C" __global__ void __launch_bounds__(32 * MATVEC_WARPS) moe_expert_matvec_##name(  \
+        const float* __restrict__ x, const unsigned char* __restrict__ w,                      \
+        const int* __restrict__ row_token, const int* __restrict__ row_offsets, int experts,   \
+        int n, int k, float* __restrict__ y) {                                                 \
+        blocks_matvec(x, Blocks<Format>{w}, row_token, row_offsets, n, k, y);                  \
+    }
+
+BLOCK_FORMAT_ENTRY_POINTS(f16, F16Format)
+BLOCK_FORMAT_ENTRY_POINTS(q8_0, Q8_0Format)
+BLOCK_FORMAT_ENTRY_POINTS(q4_0, Q4_0Format)
+BLOCK_FORMAT_ENTRY_POINTS(q5_0, Q5_0Format)
+BLOCK_FORMAT_ENTRY_POINTS(q4_k, Q4KFormat)
+BLOCK_FORMAT_ENTRY_POINTS(q5_k, Q5KFormat)
+BLOCK_FORMAT_ENTRY_POINTS(q6_k, Q6KFormat)

@@ -1,6 +1,7 @@
 //! The experts' projections of a prompt in one call: the tokens routed to each expert gathered
 //! into consecutive rows of x, each expert's rows times its own W^T. The CPU reference of the
-//! GPU kernel `moe_grouped_matmul_*` (`kernels/cuda/moe_grouped_matmul.cu`).
+//! GPU kernels `moe_grouped_matmul_*` and `moe_expert_matvec_*`, and in bf16 arithmetic of the
+//! tensor-core tiles `moe_grouped_mma_*` (`kernels/cuda/moe_grouped_matmul.cu`).
 
 use rayon::prelude::*;
 
@@ -101,6 +102,34 @@ pub fn grouped_matmul(
         });
 }
 
+/// [`grouped_matmul`] in bf16 arithmetic, as the GPU's tensor-core tiles compute it: x and every
+/// weight rounded to bf16 (to nearest even; a weight in blocks dequantized first), the
+/// products summed in f32.
+pub fn grouped_matmul_bf16(
+    x: &[f32],
+    row_offsets: &[usize],
+    weights: ExpertWeights,
+    n: usize,
+    k: usize,
+    y: &mut [f32],
+) {
+    let round = |v: f32| half::bf16::from_f32(v).to_bits();
+    let x: Vec<f32> = x
+        .iter()
+        .map(|&v| f32::from_bits((round(v) as u32) << 16))
+        .collect();
+    let rounded: Vec<u16> = match weights {
+        ExpertWeights::F32(w) => w.iter().map(|&v| round(v)).collect(),
+        ExpertWeights::Bf16(w) => w.to_vec(),
+        ExpertWeights::Blocks { ty, bytes } => {
+            let mut values = vec![0f32; weights.values()];
+            dequantize(ty, bytes, &mut values);
+            values.into_iter().map(round).collect()
+        }
+    };
+    grouped_matmul(&x, row_offsets, ExpertWeights::Bf16(&rounded), n, k, y);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,5 +158,42 @@ mod tests {
             &mut y16,
         );
         assert_eq!(y16, y);
+    }
+
+    #[test]
+    fn bf16_arithmetic_rounds_x_and_every_weight_to_nearest_even() {
+        // 1 + 2^-9 lies halfway between bf16 neighbours 1 and 1 + 2^-7 and goes to the even 1;
+        // 1 + 3 * 2^-9 goes up to 1 + 2^-7. One expert, k = 2, n = 1.
+        let (half_way, above) = (1.0 + 2f32.powi(-9), 1.0 + 3.0 * 2f32.powi(-9));
+        let up = 1.0 + 2f32.powi(-7);
+        let mut y = [0.0];
+        grouped_matmul_bf16(
+            &[half_way, 1.0],
+            &[0, 1],
+            ExpertWeights::F32(&[1.0, above]),
+            1,
+            2,
+            &mut y,
+        );
+        assert_eq!(y, [1.0 + up]);
+        // A Q8_0 block (d = 3 * 2^-10 as f16) whose quant 3 is 127: the value 381 / 1024 needs
+        // 9 significant bits, halfway between bf16's 380 and 382 / 1024: the even 380.
+        let mut block = vec![0x00u8, 0x1a];
+        block.extend([0, 0, 0, 127]);
+        block.resize(34, 0);
+        let mut x = [0.0f32; 32];
+        x[3] = 1.0;
+        grouped_matmul_bf16(
+            &x,
+            &[0, 1],
+            ExpertWeights::Blocks {
+                ty: GgmlType::Q8_0,
+                bytes: &block,
+            },
+            1,
+            32,
+            &mut y,
+        );
+        assert_eq!(y, [380.0 / 1024.0]);
     }
 }

@@ -3,7 +3,7 @@
 //! (`kernels/tests/gpu.rs`, which holds each kernel to its CPU reference) go through here.
 
 use super::driver::{Arg, Buffer, CudaError, Gpu, Kernels};
-use super::launch_shapes::{self, ProductParameter};
+use super::launch_shapes::{self, Arithmetic, ProductParameter};
 use super::nvrtc::Nvrtc;
 use super::sources::{KernelSource, MlaShape, RoutingLimits, SOURCES, mla_compile_options};
 use crate::expert_rows::{ExpertRows, tile_offsets};
@@ -132,15 +132,16 @@ impl<'gpu> GpuKernels<'gpu> {
     /// computes it. Row r is `x`'s row `row_token[r]` when given (x is then [tokens, k], read in
     /// place), else `x`'s row r (x is [rows, k]). Few rows per expert take the matvec
     /// ([`experts_take_the_matvec`]); more take the tiles, their grid sized for the most tiles
-    /// any routing of these rows could take, as the engine sizes it before the routing is known.
+    /// any routing of these rows could take, as the engine sizes it before the routing is known;
+    /// in bf16 `arithmetic` the tiles run on tensor cores (x and the weights rounded to bf16).
     pub fn grouped_matmul(
         &self,
         x: &[f32],
         row_token: Option<&[u32]>,
         row_offsets: &[usize],
         weights: ExpertWeights,
-        n: usize,
-        k: usize,
+        (n, k): (usize, usize),
+        arithmetic: Arithmetic,
     ) -> Result<Vec<f32>, CudaError> {
         let experts = row_offsets.len().saturating_sub(1);
         let rows = row_offsets.last().copied().unwrap_or(0);
@@ -169,7 +170,7 @@ impl<'gpu> GpuKernels<'gpu> {
         }
         let tile_offsets = tile_offsets(row_offsets.windows(2).map(|rows| rows[1] - rows[0]));
         let Some((product, shape)) =
-            launch_shapes::experts_product(rows, experts, n, weights.format())
+            launch_shapes::experts_product(rows, experts, n, weights.format(), arithmetic)
         else {
             return Ok(vec![0.0; rows * n]);
         };

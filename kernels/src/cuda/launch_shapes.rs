@@ -47,6 +47,18 @@ pub fn combine(tokens: usize) -> LaunchShape {
     }
 }
 
+/// What the experts' products may round their inputs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arithmetic {
+    /// Every value as it is, in f32: what an f32 model computes (the golden logits' tolerance
+    /// of 1e-4 holds only so).
+    F32,
+    /// x and the weights rounded to bf16, the sums in f32, on tensor cores: what a bf16 model
+    /// computes anyway (its activations are bf16, and a GGUF weight rounded to bf16 is what a
+    /// bf16 copy of the file would hold).
+    Bf16,
+}
+
 /// Which kernel computes the routed experts' products.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExpertsProduct {
@@ -54,7 +66,7 @@ pub enum ExpertsProduct {
     Matvec,
     /// `moe_grouped_matmul_*`: 64 x 64 tiles in f32 arithmetic.
     Tiles,
-    /// `moe_grouped_mma_bf16`: the same tiles on tensor cores, for bf16 weights.
+    /// `moe_grouped_mma_*`: the same tiles on tensor cores, in bf16 arithmetic.
     TensorTiles,
 }
 
@@ -114,13 +126,15 @@ pub enum ProductParameter {
 /// The products of `rows` routed rows over `experts` experts, `n` outputs each, weights in
 /// `format`: the kernel and its launch, decided from these sizes alone (before the routing is
 /// known: the tiles' grid holds the most any routing can take, and tiles past the last exit at
-/// once). Few rows per expert take the matvec; more take the tiles, on tensor cores for bf16
-/// weights. `None` when there is nothing to compute.
+/// once). Few rows per expert take the matvec (exact in either arithmetic); more take the
+/// tiles, on tensor cores in bf16 `arithmetic` for any weights but f32 ones (a bf16 model's
+/// are not f32). `None` when there is nothing to compute.
 pub fn experts_product(
     rows: usize,
     experts: usize,
     n: usize,
     format: GgmlType,
+    arithmetic: Arithmetic,
 ) -> Option<(ExpertsProduct, LaunchShape)> {
     let tiles = most_row_tiles(rows, experts) as u32;
     if tiles == 0 || n == 0 {
@@ -138,7 +152,7 @@ pub fn experts_product(
             shared_bytes: 0,
         };
         (ExpertsProduct::Matvec, shape)
-    } else if format == GgmlType::BF16 {
+    } else if arithmetic == Arithmetic::Bf16 && format != GgmlType::F32 {
         let shape = LaunchShape {
             grid: tiles_grid,
             block: MoeLaunch::MMA_THREADS,
@@ -238,28 +252,35 @@ mod tests {
 
     #[test]
     fn experts_products_pick_the_matvec_for_few_rows_and_size_tiles_for_any_routing() {
+        use Arithmetic::{Bf16, F32};
         // A decode step of Lite: 6 rows over 64 experts, the matvec, a block row per expert.
-        let (kind, shape) = experts_product(6, 64, 1408, GgmlType::Q4K).unwrap();
+        let (kind, shape) = experts_product(6, 64, 1408, GgmlType::Q4K, Bf16).unwrap();
         assert_eq!(kind, ExpertsProduct::Matvec);
         assert_eq!(shape.grid, (176, 64, 1));
-        // A 512-token chunk: 3072 rows, tiles for the most any routing takes; bf16 weights on
-        // tensor cores.
-        let (kind, shape) = experts_product(3072, 64, 1408, GgmlType::F32).unwrap();
+        // A 512-token chunk: 3072 rows, tiles for the most any routing takes; on tensor cores
+        // in bf16 arithmetic, for bf16 weights and for blocks, never for f32 weights.
+        let (kind, shape) = experts_product(3072, 64, 1408, GgmlType::F32, Bf16).unwrap();
         assert_eq!(kind, ExpertsProduct::Tiles);
         assert_eq!(shape.grid, (22, most_row_tiles(3072, 64) as u32, 1));
-        let (kind, tensor_shape) = experts_product(3072, 64, 1408, GgmlType::BF16).unwrap();
-        assert_eq!(kind, ExpertsProduct::TensorTiles);
-        assert_eq!(tensor_shape.grid, shape.grid);
-        assert_eq!(experts_product(0, 64, 1408, GgmlType::F32), None);
-        assert_eq!(experts_product(6, 64, 0, GgmlType::F32), None);
+        for format in [GgmlType::BF16, GgmlType::Q4K, GgmlType::Q6K, GgmlType::F16] {
+            let (kind, tensor_shape) = experts_product(3072, 64, 1408, format, Bf16).unwrap();
+            assert_eq!(kind, ExpertsProduct::TensorTiles);
+            assert_eq!(tensor_shape.grid, shape.grid);
+            assert_eq!(tensor_shape.block, MoeLaunch::MMA_THREADS);
+            // In f32 arithmetic every format keeps its values exactly.
+            let (kind, _) = experts_product(3072, 64, 1408, format, F32).unwrap();
+            assert_eq!(kind, ExpertsProduct::Tiles);
+        }
+        assert_eq!(experts_product(0, 64, 1408, GgmlType::F32, F32), None);
+        assert_eq!(experts_product(6, 64, 0, GgmlType::F32, F32), None);
         // Every entry point a launch can name is one the source defines.
         let source = super::super::SOURCES
             .iter()
             .find(|source| source.file == "moe_grouped_matmul.cu")
             .unwrap();
         for format in GgmlType::ALL {
-            for rows in [6, 3072] {
-                let (product, _) = experts_product(rows, 64, 1408, format).unwrap();
+            for (rows, arithmetic) in [(6, F32), (3072, F32), (3072, Bf16)] {
+                let (product, _) = experts_product(rows, 64, 1408, format, arithmetic).unwrap();
                 let entry = product.entry(format);
                 assert!(source.entry_points.contains(&entry.as_str()), "{entry}");
             }

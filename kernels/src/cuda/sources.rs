@@ -44,6 +44,13 @@ pub const SOURCES: &[KernelSource] = &[
             "moe_grouped_matmul_q5_k",
             "moe_grouped_matmul_q6_k",
             "moe_grouped_mma_bf16",
+            "moe_grouped_mma_f16",
+            "moe_grouped_mma_q8_0",
+            "moe_grouped_mma_q4_0",
+            "moe_grouped_mma_q5_0",
+            "moe_grouped_mma_q4_k",
+            "moe_grouped_mma_q5_k",
+            "moe_grouped_mma_q6_k",
             "moe_expert_matvec_f32",
             "moe_expert_matvec_bf16",
             "moe_expert_matvec_f16",
@@ -159,12 +166,25 @@ mod tests {
 
     #[test]
     fn every_entry_point_is_defined_in_its_source() {
+        // Written out, or one of the three a block format's BLOCK_FORMAT_ENTRY_POINTS defines.
+        let by_macro = |source: &str, entry: &str| {
+            [
+                "moe_grouped_matmul_",
+                "moe_grouped_mma_",
+                "moe_expert_matvec_",
+            ]
+            .iter()
+            .filter_map(|kernel| entry.strip_prefix(kernel))
+            .any(|format| source.contains(&format!("\nBLOCK_FORMAT_ENTRY_POINTS({format}, ")))
+        };
         for source in SOURCES {
             for entry in source.entry_points {
                 let definition = format!("__global__ void {entry}(");
                 let with_bounds = format!("{entry}(const");
                 assert!(
-                    source.source.contains(&definition) || source.source.contains(&with_bounds),
+                    source.source.contains(&definition)
+                        || source.source.contains(&with_bounds)
+                        || by_macro(source.source, entry),
                     "{} does not define {entry}",
                     source.file
                 );

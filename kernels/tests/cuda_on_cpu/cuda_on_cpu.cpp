@@ -217,13 +217,50 @@ std::vector<KernelEntry> entry_points(const std::string& source) {
     return names;
 }
 
+// Runs `command` (its output to `log_path`), leaving its output in `program.log`, prefixed with
+// the command when it fails.
+bool run_logged(Program& program, const std::string& command, const std::string& log_path,
+                const char* what) {
+    const int status = system((command + " > '" + log_path + "' 2>&1").c_str());
+    program.log = read_file(log_path);
+    unlink(log_path.c_str());
+    if (status != 0) program.log = std::string(what) + " (" + command + "):\n" + program.log;
+    return status == 0;
+}
+
+// Paths of one compile's own files: tests compile the same kernels at once, in this process and
+// in others.
+std::string own_path(const std::string& name) {
+    static std::atomic<unsigned> compiles{0};
+    return std::string(CUDA_ON_CPU_WORKDIR) + "/" + name + "." + std::to_string(getpid()) + "." +
+           std::to_string(compiles.fetch_add(1));
+}
+
+// The source with its macros expanded (line markers keep its own lines for errors), as NVRTC
+// sees it: entry points a macro defines are found, and the emulator's header stays out of it.
+bool preprocess(Program& program, const std::string& defines, std::string& expanded) {
+    const std::string own = own_path(program.name);
+    const std::string source_path = own + ".cu", out_path = own + ".i";
+    std::ofstream(source_path) << "#line 1 \"" << program.name << "\"\n" << program.source;
+    const bool done = run_logged(
+        program, "c++ -E -x c++ -DCUDA_ON_CPU=1" + defines + " -o '" + out_path + "' '" +
+                     source_path + "'",
+        own + ".log", "the C++ preprocessor failed");
+    unlink(source_path.c_str());
+    if (done) expanded = read_file(out_path);
+    unlink(out_path.c_str());
+    return done;
+}
+
 int compile(Program& program, const std::vector<std::string>& options) {
     std::string defines;
     for (const std::string& option : options)
         if (option.rfind("-D", 0) == 0) defines += " '" + option + "'";
-    std::string unit = "#include \"" CUDA_ON_CPU_HEADER "\"\n#line 1 \"" + program.name + "\"\n" +
-                       with_dynamic_shared(program.source) + "\n";
-    for (const KernelEntry& entry : entry_points(program.source)) {
+    std::string expanded;
+    if (!preprocess(program, defines, expanded)) return NVRTC_ERROR_COMPILATION;
+    std::string unit =
+        "#include \"" CUDA_ON_CPU_HEADER "\"\n" + with_dynamic_shared(expanded) + "\n";
+    for (const KernelEntry& entry : entry_points(expanded)) {
         unit += "extern \"C\" int " + std::string(ENTRY_PREFIX) + entry.name +
                 "(const unsigned* sizes, void** params, char* error, size_t error_bytes) {\n"
                 "    return cuda_on_cpu::launch(" +
@@ -233,27 +270,20 @@ int compile(Program& program, const std::vector<std::string>& options) {
     // The same unit and options make the same library: compiled once, even across runs.
     static const std::string header = read_file(CUDA_ON_CPU_HEADER);
     const size_t key = std::hash<std::string>{}(unit + defines + header);
-    const std::string base = std::string(CUDA_ON_CPU_WORKDIR) + "/" + program.name + "-" +
-                             std::to_string(key);
-    const std::string library = base + ".so";
+    const std::string library = std::string(CUDA_ON_CPU_WORKDIR) + "/" + program.name + "-" +
+                                std::to_string(key) + ".so";
     if (access(library.c_str(), R_OK) != 0) {
-        // Files of this compile alone: tests compile the same kernels at once, in this process
-        // and in others; the finished library is renamed into place whole.
-        static std::atomic<unsigned> compiles{0};
-        const std::string own = base + "." + std::to_string(getpid()) + "." +
-                                std::to_string(compiles.fetch_add(1));
-        const std::string source_path = own + ".cpp", partial = own + ".so",
-                          log_path = own + ".log";
+        // The finished library is renamed into place whole.
+        const std::string own = own_path(program.name);
+        const std::string source_path = own + ".cpp", partial = own + ".so";
         std::ofstream(source_path) << unit;
-        const std::string command = "c++ -std=c++17 -O2 -fPIC -shared -Wall -Wno-unknown-pragmas" +
-                                    defines + " -o '" + partial + "' '" + source_path + "' > '" +
-                                    log_path + "' 2>&1";
-        const int status = system(command.c_str());
-        program.log = read_file(log_path);
-        unlink(log_path.c_str());
+        const bool done = run_logged(
+            program,
+            "c++ -std=c++17 -O2 -fPIC -shared -Wall -Wno-unknown-pragmas" + defines + " -o '" +
+                partial + "' '" + source_path + "'",
+            own + ".log", "the C++ compiler failed");
         unlink(source_path.c_str());
-        if (status != 0) {
-            program.log = "the C++ compiler failed (" + command + "):\n" + program.log;
+        if (!done) {
             unlink(partial.c_str());
             return NVRTC_ERROR_COMPILATION;
         }

@@ -6,11 +6,12 @@
 use kernels::cuda::MlaShape;
 use kernels::cuda::driver::Gpu;
 use kernels::cuda::launch::GpuKernels;
+use kernels::cuda::launch_shapes::Arithmetic;
 use kernels::cuda::nvrtc::Nvrtc;
 use kernels::expert_rows::{combine_expert_rows, expert_rows};
 use kernels::grouped_matmul::{ExpertWeights, grouped_matmul};
 use kernels::paged_attention::{LatentPages, LatentQueries, absorbed_attention};
-use kernels::quant::GgmlType;
+use kernels::quant::{GgmlType, dequantize};
 use kernels::routing::{GroupLimit, Weighting, route_token};
 
 use super::quant_weights::{Rng, random_weights};
@@ -26,6 +27,7 @@ macro_rules! gpu_suite {
             a_span_against_cached_pages_matches_the_cpu_reference,
             the_grouped_expert_matmul_matches_the_cpu_reference,
             weights_in_gguf_blocks_match_the_cpu_reference,
+            weights_in_gguf_blocks_on_tensor_cores_match_their_bf16_rounding,
             expert_rows_place_every_choice_as_the_cpu_reference_does,
             a_moe_layer_through_rows_on_the_gpu_matches_the_cpu_reference);
     };
@@ -231,13 +233,13 @@ fn assert_grouped_matches(
     kernels: &GpuKernels,
     x: &[f32],
     row_offsets: &[usize],
-    weights: ExpertWeights,
+    (weights, arithmetic): (ExpertWeights, Arithmetic),
     (n, k): (usize, usize),
     what: &str,
 ) {
     let rows = *row_offsets.last().unwrap();
     let on_gpu = kernels
-        .grouped_matmul(x, None, row_offsets, weights, n, k)
+        .grouped_matmul(x, None, row_offsets, weights, (n, k), arithmetic)
         .unwrap();
     let mut on_cpu = vec![0f32; rows * n];
     grouped_matmul(x, row_offsets, weights, n, k, &mut on_cpu);
@@ -275,37 +277,28 @@ pub fn the_grouped_expert_matmul_matches_the_cpu_reference(gpu: &Gpu, nvrtc: &Nv
             .iter()
             .map(|&v| half::bf16::from_f32(v).to_f32())
             .collect();
-        for (x, weights) in [
-            (&x, ExpertWeights::F32(&w)),
-            (&x_bf16, ExpertWeights::Bf16(&bits)),
+        // bf16 weights in f32 arithmetic: the f32 tiles read them exactly.
+        for (x, weights, arithmetic) in [
+            (&x, ExpertWeights::F32(&w), Arithmetic::F32),
+            (&x_bf16, ExpertWeights::Bf16(&bits), Arithmetic::Bf16),
+            (&x, ExpertWeights::Bf16(&bits), Arithmetic::F32),
         ] {
-            let what = format!("grouped {:?} {rows_per_expert:?}", weights.format());
-            assert_grouped_matches(&kernels, x, &row_offsets, weights, (n, k), &what);
+            let what = format!(
+                "grouped {:?} in {arithmetic:?} {rows_per_expert:?}",
+                weights.format()
+            );
+            let product = (weights, arithmetic);
+            assert_grouped_matches(&kernels, x, &row_offsets, product, (n, k), &what);
         }
     }
 }
 
 pub fn weights_in_gguf_blocks_match_the_cpu_reference(gpu: &Gpu, nvrtc: &Nvrtc) {
     let kernels = GpuKernels::compile(gpu, nvrtc, TINY).unwrap();
-    // Every block format GGUF files hold, at k of whole blocks (Lite's 1408 for the formats of
-    // 32, 512 for the K-quants of 256, 1007 for F16), through the tiles (one expert past a tile,
-    // one idle) and the matvec (a decode step's few rows); one expert alone is a dense Linear.
-    let formats = [
-        GgmlType::F16,
-        GgmlType::Q8_0,
-        GgmlType::Q4_0,
-        GgmlType::Q5_0,
-        GgmlType::Q4K,
-        GgmlType::Q5K,
-        GgmlType::Q6K,
-    ];
-    for (f, ty) in formats.into_iter().enumerate() {
-        let k = match ty.block_len() {
-            256 => 512,
-            // F16 rows of any length: the matvec's last values past whole runs of 32.
-            1 => 1007,
-            _ => 1408,
-        };
+    // Every block format GGUF files hold (block_formats_and_k), through the tiles (one expert
+    // past a tile, one idle) and the matvec (a decode step's few rows, F16's last values past
+    // whole runs of 32); one expert alone is a dense Linear.
+    for (f, (ty, k)) in block_formats_and_k().enumerate() {
         for rows_per_expert in [vec![3, 0, 70, 1], vec![1, 0, 2, 5], vec![9]] {
             let n = 40;
             let row_offsets = row_offsets_of(&rows_per_expert);
@@ -313,9 +306,92 @@ pub fn weights_in_gguf_blocks_match_the_cpu_reference(gpu: &Gpu, nvrtc: &Nvrtc) 
             let rows = *row_offsets.last().unwrap();
             let x = random(rows * k, 31 + f as u64);
             let bytes = random_weights(ty, experts * n * k, &mut Rng(17 + f as u64));
-            let weights = ExpertWeights::Blocks { ty, bytes: &bytes };
+            let weights = (ExpertWeights::Blocks { ty, bytes: &bytes }, Arithmetic::F32);
             let what = format!("{} {rows_per_expert:?}", ty.name());
             assert_grouped_matches(&kernels, &x, &row_offsets, weights, (n, k), &what);
+        }
+    }
+}
+
+/// The GGUF block formats GPU kernels read, each with a k of whole blocks (Lite's 1408 for the
+/// formats of 32, 512 for the K-quants of 256) but F16's 1007 (rows of any length).
+fn block_formats_and_k() -> impl Iterator<Item = (GgmlType, usize)> {
+    [
+        GgmlType::F16,
+        GgmlType::Q8_0,
+        GgmlType::Q4_0,
+        GgmlType::Q5_0,
+        GgmlType::Q4K,
+        GgmlType::Q5K,
+        GgmlType::Q6K,
+    ]
+    .into_iter()
+    .map(|ty| {
+        let k = match ty.block_len() {
+            256 => 512,
+            1 => 1007,
+            _ => 1408,
+        };
+        (ty, k)
+    })
+}
+
+pub fn weights_in_gguf_blocks_on_tensor_cores_match_their_bf16_rounding(gpu: &Gpu, nvrtc: &Nvrtc) {
+    let kernels = GpuKernels::compile(gpu, nvrtc, TINY).unwrap();
+    // A bf16 model's prompt over GGUF weights: the tiles on tensor cores decode each run of 32
+    // values, round them to bf16 and multiply x rounded to bf16. The reference is the CPU's
+    // product of the same roundings: x to bf16, and each weight dequantized as gguf-py does
+    // (kernels::quant::dequantize) then rounded to bf16. Experts past a tile, one idle, outputs
+    // past a column tile, F16's last values past whole runs (k 1007).
+    for (f, (ty, k)) in block_formats_and_k().enumerate() {
+        for (rows_per_expert, n) in [(vec![3, 0, 70, 1], 72), (vec![40], 40)] {
+            let row_offsets = row_offsets_of(&rows_per_expert);
+            let experts = rows_per_expert.len();
+            let rows = *row_offsets.last().unwrap();
+            let x: Vec<f32> = random(rows * k, 41 + f as u64)
+                .into_iter()
+                .map(|v| half::bf16::from_f32(v).to_f32())
+                .collect();
+            let bytes = random_weights(ty, experts * n * k, &mut Rng(23 + f as u64));
+            let mut values = vec![0f32; experts * n * k];
+            dequantize(ty, &bytes, &mut values);
+            let bits: Vec<u16> = values
+                .iter()
+                .map(|&v| half::bf16::from_f32(v).to_bits())
+                .collect();
+
+            let weights = ExpertWeights::Blocks { ty, bytes: &bytes };
+            let on_gpu = kernels
+                .grouped_matmul(&x, None, &row_offsets, weights, (n, k), Arithmetic::Bf16)
+                .unwrap();
+            let mut on_cpu = vec![0f32; rows * n];
+            grouped_matmul(
+                &x,
+                &row_offsets,
+                ExpertWeights::Bf16(&bits),
+                n,
+                k,
+                &mut on_cpu,
+            );
+            let (worst, largest) = worst_and_largest(&on_gpu, &on_cpu);
+            // The GPU may fuse a block's multiply and subtraction, so a decoded weight can differ
+            // from the CPU's in its last f32 bit, and then, rarely, in its bf16 rounding: one
+            // bf16 step (at most 2^-7 of it) of one product. Two such per sum are allowed; a
+            // wrong value or scale moves a sum by whole products.
+            let largest_product = values.iter().fold(0f32, |m, v| m.max(v.abs()))
+                * x.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let allowed = 1e-5 * largest + 2.0 * largest_product / 128.0;
+            eprintln!(
+                "{} on tensor cores {rows_per_expert:?} [{n}, {k}]: worst {worst:e} of {largest:e} \
+                 (allowed {allowed:e})",
+                ty.name()
+            );
+            assert!(
+                largest > 0.0 && largest.is_finite(),
+                "{}: {largest:e}",
+                ty.name()
+            );
+            assert!(worst <= allowed, "{}: {worst:e} of {largest:e}", ty.name());
         }
     }
 }
@@ -392,8 +468,8 @@ pub fn a_moe_layer_through_rows_on_the_gpu_matches_the_cpu_reference(gpu: &Gpu, 
                 Some(&on_gpu.row_token),
                 &row_offsets,
                 ExpertWeights::F32(&w),
-                n,
-                k,
+                (n, k),
+                Arithmetic::F32,
             )
             .unwrap();
         let combined = kernels
