@@ -7,10 +7,13 @@
 //! and launched on candle's stream, so a decode step on the GPU reads each latent row once per
 //! head group instead of expanding every cached token through kv_b.
 
+use std::sync::Arc;
+
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape};
 use kernels::cuda::MlaShape;
 use kernels::paged_attention::{LatentPages, LatentQueries, absorbed_attention};
 
+use crate::latent_cache::PageTable;
 use crate::op_operands::f32_values;
 
 pub(crate) struct LatentAttention {
@@ -18,8 +21,9 @@ pub(crate) struct LatentAttention {
     /// Position of query token 0; token i sees rows 0..=first_position + i.
     pub first_position: usize,
     pub page_tokens: usize,
-    /// The slot (in the rows) of each of the sequence's pages, in position order.
-    pub table: Vec<u32>,
+    /// The slot (in the rows) of each of the sequence's pages, in position order (on the rows'
+    /// device too).
+    pub table: Arc<PageTable>,
     pub softmax_scale: f32,
 }
 
@@ -40,13 +44,13 @@ impl LatentAttention {
         let (r_tokens, r_heads, r_rope) = roped.dims3()?;
         let (stored, row) = rows.dims2()?;
         let slots = stored / self.page_tokens.max(1);
-        let pages = self.table.len();
+        let pages = self.table.slots.len();
         if (q_heads, latent) != (heads, kv_lora)
             || (r_tokens, r_heads, r_rope) != (tokens, heads, rope)
             || row != kv_lora + rope
             || self.page_tokens == 0
             || stored % self.page_tokens != 0
-            || self.table.iter().any(|&slot| slot as usize >= slots)
+            || self.table.slots.iter().any(|&slot| slot as usize >= slots)
             || self.first_position + tokens > pages * self.page_tokens
         {
             candle_core::bail!(
@@ -90,6 +94,7 @@ impl CustomOp3 for LatentAttention {
         let page_values = self.page_tokens * (kv_lora + rope);
         let pages: Vec<&[f32]> = self
             .table
+            .slots
             .iter()
             .map(|&slot| &rows[slot as usize * page_values..][..page_values])
             .collect();
@@ -142,7 +147,7 @@ mod gpu {
     use candle_core::cuda_backend::WrapErr;
     use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
     use candle_core::cuda_backend::cudarc::driver::sys::CUdevice_attribute;
-    use candle_core::{CudaStorage, Layout, Shape};
+    use candle_core::{CudaStorage, Layout, Shape, Storage};
     use kernels::cuda::{launch_shapes, mla_compile_options};
 
     use super::LatentAttention;
@@ -189,7 +194,13 @@ mod gpu {
         let rows = rows
             .as_cuda_slice::<f32>()?
             .slice(rows_layout.start_offset()..);
-        let table = device.cuda_stream().clone_htod(&op.table).w()?;
+        let (table, table_layout) = op.table.on_device.storage_and_layout();
+        let table = match &*table {
+            Storage::Cuda(table) => table
+                .as_cuda_slice::<u32>()?
+                .slice(table_layout.start_offset()..),
+            _ => candle_core::bail!("latent attention: the page table is not on the GPU"),
+        };
         let partial = |values: usize| device.alloc_zeros::<f32>(tokens * splits * values);
         let (max, sum, acc) = (
             partial(shape.heads)?,

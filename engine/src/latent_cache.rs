@@ -16,6 +16,7 @@
 use std::sync::Arc;
 
 use self::on_device::OwedRows;
+pub(crate) use self::on_device::PageTable;
 use crate::error::Result;
 use crate::page_pool::{Page, PageLayout, PagePool};
 
@@ -25,6 +26,8 @@ pub struct LatentCache {
     len: usize,
     /// Rows this step wrote on the device and not yet to the pages.
     owed: Vec<OwedRows>,
+    /// The last page table read on a device, kept while it stays the same.
+    page_table: Option<Arc<PageTable>>,
 }
 
 mod on_device;
@@ -37,6 +40,7 @@ impl LatentCache {
             pages: Vec::new(),
             len: 0,
             owed: Vec::new(),
+            page_table: None,
         }
     }
 
@@ -48,6 +52,7 @@ impl LatentCache {
             pages,
             len,
             owed: Vec::new(),
+            page_table: None,
         }
     }
 
@@ -325,6 +330,10 @@ mod tests {
         first.commit_device_writes().unwrap();
         first.set_len(6);
         let (_, first_table) = first.device_pages(1, 6, &Device::Cpu).unwrap();
+        // Every layer reads the same table: it goes to the device once.
+        let (_, layer_0_table) = first.device_pages(0, 6, &Device::Cpu).unwrap();
+        assert!(Arc::ptr_eq(&layer_0_table, &first_table));
+        assert_eq!(first_table.on_device.to_vec1::<u32>().unwrap(), first_table.slots);
 
         let device_pool = first.pool.device_pages(&Device::Cpu).unwrap().clone();
         assert_eq!(
@@ -334,7 +343,10 @@ mod tests {
         );
         let mut second = LatentCache::from_pages(first.pool.clone(), first.pages().to_vec(), 6);
         let (_, shared_table) = second.device_pages(1, 6, &Device::Cpu).unwrap();
-        assert_eq!(shared_table, first_table, "the prefix's slots are shared");
+        assert_eq!(
+            shared_table.slots, first_table.slots,
+            "the prefix's slots are shared"
+        );
         assert_eq!(
             device_pool.uploaded_rows(),
             0,
@@ -355,9 +367,9 @@ mod tests {
         // The copy's rows 4..6 came from the host once per layer; 6..8 were written there.
         assert_eq!(device_pool.uploaded_rows() - before, 2 * 2);
         let (_, table) = second.device_pages(0, 8, &Device::Cpu).unwrap();
-        assert_eq!(table[0], first_table[0]);
+        assert_eq!(table.slots[0], first_table.slots[0]);
         assert!(
-            !first_table.contains(&table[1]),
+            !first_table.slots.contains(&table.slots[1]),
             "the copied page has a slot of its own"
         );
         let mut want = rows(0, 0..6, 0.0);

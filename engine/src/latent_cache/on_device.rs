@@ -11,6 +11,17 @@ use crate::device_pages::{DevicePagePool, DeviceSlot};
 use crate::error::Result;
 use crate::page_pool::Page;
 
+/// The slot of each of a sequence's pages, in position order: on the host (the attention op's
+/// checks, and the CPU) and on the rows' device (the kernel's operand). Every layer of a step,
+/// and every step until the sequence takes another page, reads the same table, so the cache
+/// keeps the last one and copies a table to the device only when it changed: a GPU step does
+/// not copy (and wait for) one small host buffer per layer.
+pub(crate) struct PageTable {
+    pub slots: Vec<u32>,
+    /// `slots` as u32 [pages] on the device.
+    pub on_device: Tensor,
+}
+
 /// Rows written on the device that the host pages do not hold yet.
 pub(super) struct OwedRows {
     layer: usize,
@@ -173,7 +184,7 @@ impl LatentCache {
         layer: usize,
         visible: usize,
         device: &Device,
-    ) -> Result<(Tensor, Vec<u32>)> {
+    ) -> Result<(Tensor, Arc<PageTable>)> {
         let layout = *self.layout();
         let page_tokens = layout.page_tokens;
         let pages = visible.div_ceil(page_tokens);
@@ -188,6 +199,20 @@ impl LatentCache {
             uploads.catch_up(page, slot, (visible - index * page_tokens).min(page_tokens));
         }
         uploads.send(&pool)?;
+        let table = match &self.page_table {
+            Some(last) if last.slots == table && last.on_device.device().same_device(device) => {
+                last.clone()
+            }
+            _ => {
+                let on_device = Tensor::new(table.as_slice(), device)?;
+                let fresh = Arc::new(PageTable {
+                    slots: table,
+                    on_device,
+                });
+                self.page_table = Some(fresh.clone());
+                fresh
+            }
+        };
         Ok((pool.layer(layer), table))
     }
 
@@ -202,7 +227,8 @@ impl LatentCache {
         let (rows, table) = self.device_pages(layer, visible, device)?;
         let indices: Vec<u32> = (0..visible)
             .map(|position| {
-                table[position / page_tokens] * page_tokens as u32 + (position % page_tokens) as u32
+                table.slots[position / page_tokens] * page_tokens as u32
+                    + (position % page_tokens) as u32
             })
             .collect();
         let indices = Tensor::from_vec(indices, visible, device)?;
