@@ -333,7 +333,10 @@ mod tests {
         // Every layer reads the same table: it goes to the device once.
         let (_, layer_0_table) = first.device_pages(0, 6, &Device::Cpu).unwrap();
         assert!(Arc::ptr_eq(&layer_0_table, &first_table));
-        assert_eq!(first_table.on_device.to_vec1::<u32>().unwrap(), first_table.slots);
+        assert_eq!(
+            first_table.on_device.to_vec1::<u32>().unwrap(),
+            first_table.slots
+        );
 
         let device_pool = first.pool.device_pages(&Device::Cpu).unwrap().clone();
         assert_eq!(

@@ -78,12 +78,56 @@ pub fn quantize_row_q8_k(x: &[f32], out: &mut [BlockQ8K]) {
 fn quantize_block(values: &[f32], quants: &mut [i8]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     {
+        if values.len() % 16 == 0 && std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has the features the function is compiled for.
+            return unsafe { quantize_block_avx512(values, quants) };
+        }
         if super::x86::has_avx2_fma_f16c() {
             // SAFETY: the CPU has the features the function is compiled for.
             return unsafe { quantize_block_avx2(values, quants) };
         }
     }
     quantize_block_any(values, quants)
+}
+
+/// [`quantize_block`] on AVX-512, 16 values per instruction, with the same bits as the portable
+/// code: the largest magnitude by `vmaxps` (which, as `f32::max` there, passes over a NaN:
+/// the running maximum is its second operand), the rounding to nearest even by `vrndscaleps`,
+/// NaN lanes to 0 (as `as i8` maps them) and the narrowing by `vpmovsdb`. Compilers leave the
+/// portable loop's NaN-aware maximum and saturating casts scalar; in a prompt's products these
+/// took 4% of the time.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn quantize_block_avx512(values: &[f32], quants: &mut [i8]) -> f32 {
+    use std::arch::x86_64::*;
+
+    let load = |chunk: &[f32]| {
+        debug_assert_eq!(chunk.len(), 16);
+        // SAFETY: chunks_exact(16) gives 16 floats; loadu has no alignment requirement.
+        unsafe { _mm512_loadu_ps(chunk.as_ptr()) }
+    };
+    let mut largest = _mm512_setzero_ps();
+    for chunk in values.chunks_exact(16) {
+        largest = _mm512_max_ps(_mm512_abs_ps(load(chunk)), largest);
+    }
+    let max_abs = _mm512_reduce_max_ps(largest);
+    if max_abs == 0.0 {
+        quants.fill(0);
+        return 0.0;
+    }
+    let inverse = _mm512_set1_ps(127.0 / max_abs);
+    let (low, high) = (_mm512_set1_ps(-127.0), _mm512_set1_ps(127.0));
+    for (chunk, out) in values.chunks_exact(16).zip(quants.chunks_exact_mut(16)) {
+        let rounded = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm512_mul_ps(load(chunk), inverse),
+        );
+        let numbers = _mm512_cmp_ps_mask::<_CMP_ORD_Q>(rounded, rounded);
+        let clamped = _mm512_min_ps(_mm512_max_ps(rounded, low), high);
+        let bytes = _mm512_cvtsepi32_epi8(_mm512_maskz_cvtps_epi32(numbers, clamped));
+        // SAFETY: `out` holds 16 bytes; storeu has no alignment requirement.
+        unsafe { _mm_storeu_si128(out.as_mut_ptr().cast(), bytes) };
+    }
+    max_abs / 127.0
 }
 
 /// [`quantize_block`] compiled for AVX2: the same operations, so the same bits, but the rounding
@@ -174,6 +218,53 @@ mod tests {
         zero[0].quants[3] = 9;
         quantize_row_q8_0(&[0.0; 2 * QK8_0], &mut zero);
         assert_eq!(zero, [BlockQ8_0::ZERO; 2]);
+    }
+
+    /// Blocks that test every rule: random values, exact ties of the rounding (x * 127 / max
+    /// landing on k + 0.5), a NaN, infinities, zeros and subnormals.
+    fn awkward_blocks(len: usize) -> Vec<Vec<f32>> {
+        let mut blocks = vec![values(len, 7), vec![0.0; len], vec![1e-40; len]];
+        let mut ties: Vec<f32> = (0..len).map(|i| (i % 64) as f32 + 0.5).collect();
+        ties[0] = 127.0;
+        blocks.push(ties);
+        let mut nan = values(len, 8);
+        nan[len / 3] = f32::NAN;
+        blocks.push(nan);
+        let mut infinite = values(len, 9);
+        infinite[1] = f32::INFINITY;
+        infinite[len - 1] = f32::NEG_INFINITY;
+        blocks.push(infinite);
+        let mut negative_largest = values(len, 10);
+        negative_largest[len / 2] = -40.0;
+        blocks.push(negative_largest);
+        blocks
+    }
+
+    #[test]
+    fn every_instruction_set_quantizes_to_the_portable_bits() {
+        for len in [QK8_0, QK_K] {
+            for block in awkward_blocks(len) {
+                let mut portable = vec![0i8; len];
+                let portable_scale = quantize_block_any(&block, &mut portable);
+                #[cfg(target_arch = "x86_64")]
+                {
+                    let mut fast = vec![1i8; len];
+                    if super::super::x86::has_avx2_fma_f16c() {
+                        // SAFETY: the CPU has the features.
+                        let scale = unsafe { quantize_block_avx2(&block, &mut fast) };
+                        assert_eq!(scale.to_bits(), portable_scale.to_bits());
+                        assert_eq!(fast, portable, "AVX2, {len} values");
+                    }
+                    if std::arch::is_x86_feature_detected!("avx512f") {
+                        fast.fill(1);
+                        // SAFETY: the CPU has the features.
+                        let scale = unsafe { quantize_block_avx512(&block, &mut fast) };
+                        assert_eq!(scale.to_bits(), portable_scale.to_bits());
+                        assert_eq!(fast, portable, "AVX-512, {len} values");
+                    }
+                }
+            }
+        }
     }
 
     #[test]
