@@ -78,7 +78,7 @@ pub fn quantize_row_q8_k(x: &[f32], out: &mut [BlockQ8K]) {
 fn quantize_block(values: &[f32], quants: &mut [i8]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     {
-        if values.len() % 16 == 0 && std::arch::is_x86_feature_detected!("avx512f") {
+        if values.len().is_multiple_of(16) && std::arch::is_x86_feature_detected!("avx512f") {
             // SAFETY: the CPU has the features the function is compiled for.
             return unsafe { quantize_block_avx512(values, quants) };
         }
