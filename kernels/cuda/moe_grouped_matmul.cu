@@ -296,9 +296,9 @@ __device__ void blocks_matvec(const float* __restrict__ x, Blocks<F> w,
 // rounding a bf16 copy of the file's weights would take) by mma.sync m16n8k16 (compute 8.0 and
 // later), the sums kept in f32. The same 64-row x 64-output tiles as the f32 tiles, k in steps
 // of 32 (a run of 32 weights: a Q*_0 block, a K-quant sub-block), 128 threads: four warps of
-// 32 x 32 outputs, each 2 x 4 mma tiles of 16 x 8. In each step threads 0..63 bring one weight
-// row's 32 values (a block format decodes its run with the block's factors read once), the
-// others x's 64 rows, 16 consecutive threads per row.
+// 32 x 32 outputs, each 2 x 4 mma tiles of 16 x 8. In each step every thread brings pairs of
+// x and of bf16 weights, 16 consecutive threads per row; for GGUF blocks threads 0..63 each
+// decode one weight row's 32 values with the block's factors read once, the others bring x.
 // Launch: grid (ceil(n / 64), at least tile_offsets[experts]), block (MMA_THREADS).
 
 #define MMA_THREADS 128
@@ -324,34 +324,84 @@ __device__ __forceinline__ unsigned int bf16_bits(float value) {
     return (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
 }
 
-// Weight row `row` (counted over all experts' rows) of a [.., k] stack, values first..first+31,
-// as 16 pairs of bf16 bits along k; zeros past k.
-__device__ __forceinline__ void weight_pairs(const unsigned short* __restrict__ w, size_t row,
-                                             int first, int k, unsigned int* pairs) {
-    const unsigned short* values = w + row * (size_t)k;
-#pragma unroll
-    for (int p = 0; p < MMA_STEP / 2; ++p) {
-        const int col = first + 2 * p;
-        pairs[p] = (col < k ? (unsigned int)values[col] : 0u) |
-                   ((col + 1 < k ? (unsigned int)values[col + 1] : 0u) << 16);
+// One step's pairs of a tile: 64 rows of 16 pairs of bf16 bits along k (values k0..k0 + 31),
+// rows past `end` and values past k zero.
+typedef unsigned int StepPairs[TILE_ROWS][MMA_STEP / 2 + 1];
+
+// x's rows first_row.. of a step (row r is x's row row_token[r], or r), by `threads` threads
+// from `thread` on, 16 consecutive threads per row (one pair each: each row's 128 bytes are
+// read together).
+__device__ __forceinline__ void load_x_pairs(const float* __restrict__ x,
+                                             const int* __restrict__ row_token, int first_row,
+                                             int end_row, int k0, int k, StepPairs& pairs,
+                                             int thread, int threads) {
+    const int p = thread % (MMA_STEP / 2), col = k0 + 2 * p;
+    for (int r = thread / (MMA_STEP / 2); r < TILE_ROWS; r += threads / (MMA_STEP / 2)) {
+        const int row = first_row + r;
+        unsigned int pair = 0;
+        if (row < end_row) {
+            const float* x_row = x + (size_t)(row_token ? row_token[row] : row) * k;
+            pair = (col < k ? bf16_bits(x_row[col]) : 0u) |
+                   ((col + 1 < k ? bf16_bits(x_row[col + 1]) : 0u) << 16);
+        }
+        pairs[r][p] = pair;
     }
 }
 
+// A step's x and bf16 weights (rows first_weight_row.. of a [.., k] stack, the tile's outputs
+// below n), every thread loading both the way load_x_pairs does: a weight pair is a pair of
+// the row's values as they are.
+__device__ __forceinline__ void load_step(const unsigned short* __restrict__ w,
+                                          size_t first_weight_row, int outputs,
+                                          const float* __restrict__ x,
+                                          const int* __restrict__ row_token, int first_row,
+                                          int end_row, int k0, int k, StepPairs& x_pairs,
+                                          StepPairs& w_pairs) {
+    const int tid = threadIdx.x;
+    load_x_pairs(x, row_token, first_row, end_row, k0, k, x_pairs, tid, MMA_THREADS);
+    const int p = tid % (MMA_STEP / 2), col = k0 + 2 * p;
+    for (int r = tid / (MMA_STEP / 2); r < TILE_COLS; r += MMA_THREADS / (MMA_STEP / 2)) {
+        unsigned int pair = 0;
+        if (r < outputs) {
+            const unsigned short* w_row = w + (first_weight_row + r) * (size_t)k;
+            pair = (col < k ? (unsigned int)w_row[col] : 0u) |
+                   ((col + 1 < k ? (unsigned int)w_row[col + 1] : 0u) << 16);
+        }
+        w_pairs[r][p] = pair;
+    }
+}
+
+// The same for weights in GGUF blocks: threads 0..63 each decode one weight row's run of 32
+// values (a Q*_0 block, a K-quant sub-block: the block's factors read once) and round them to
+// bf16; the other 64 threads load x.
 template <typename F>
-__device__ __forceinline__ void weight_pairs(Blocks<F> w, size_t row, int first, int k,
-                                             unsigned int* pairs) {
-    const unsigned char* row_blocks = w.bytes + row * (size_t)(k / F::VALUES * F::BYTES);
-    float values[MMA_STEP];
-    if (first + MMA_STEP <= k) {
-        F::run(row_blocks, first / MMA_STEP, values);
-    } else {
-        // The last values of an F16 row whose length is not a multiple of 32.
-        for (int t = 0; t < MMA_STEP; ++t)
-            values[t] = first + t < k ? F::value(row_blocks, first + t) : 0.0f;
+__device__ __forceinline__ void load_step(Blocks<F> w, size_t first_weight_row, int outputs,
+                                          const float* __restrict__ x,
+                                          const int* __restrict__ row_token, int first_row,
+                                          int end_row, int k0, int k, StepPairs& x_pairs,
+                                          StepPairs& w_pairs) {
+    const int tid = threadIdx.x;
+    if (tid >= TILE_COLS) {
+        load_x_pairs(x, row_token, first_row, end_row, k0, k, x_pairs, tid - TILE_COLS,
+                     MMA_THREADS - TILE_COLS);
+        return;
+    }
+    float values[MMA_STEP] = {};
+    if (tid < outputs) {
+        const unsigned char* row_blocks =
+            w.bytes + (first_weight_row + tid) * (size_t)(k / F::VALUES * F::BYTES);
+        if (k0 + MMA_STEP <= k) {
+            F::run(row_blocks, k0 / MMA_STEP, values);
+        } else {
+            // The last values of an F16 row whose length is not a multiple of 32.
+#pragma unroll
+            for (int t = 0; t < MMA_STEP; ++t)
+                values[t] = k0 + t < k ? F::value(row_blocks, k0 + t) : 0.0f;
+        }
     }
 #pragma unroll
     for (int p = 0; p < MMA_STEP / 2; ++p)
-        pairs[p] = bf16_bits(values[2 * p]) | (bf16_bits(values[2 * p + 1]) << 16);
+        w_pairs[tid][p] = bf16_bits(values[2 * p]) | (bf16_bits(values[2 * p + 1]) << 16);
 }
 
 template <typename Weights>
@@ -360,8 +410,7 @@ __device__ void grouped_mma(const float* __restrict__ x, Weights w,
                             const int* __restrict__ tile_offsets, int experts, int n, int k,
                             float* __restrict__ y) {
     // Pairs of bf16 along k, 16 per row and step; a word of padding spreads the rows over banks.
-    __shared__ unsigned int x_pairs[TILE_ROWS][MMA_STEP / 2 + 1];
-    __shared__ unsigned int w_pairs[TILE_COLS][MMA_STEP / 2 + 1];
+    __shared__ StepPairs x_pairs, w_pairs;
 
     RowTile rows;
     if (!row_tile(row_offsets, tile_offsets, experts, rows)) return;
@@ -375,29 +424,8 @@ __device__ void grouped_mma(const float* __restrict__ x, Weights w,
     float acc[2][4][4] = {};  // [16-row tile][8-column tile][fragment]
 
     for (int k0 = 0; k0 < k; k0 += MMA_STEP) {
-        if (tid < TILE_COLS) {
-            // Weight row first_col + tid, zeros past n.
-            const int out = first_col + tid;
-            unsigned int pairs[MMA_STEP / 2] = {};
-            if (out < n) weight_pairs(w, first_weight_row + out, k0, k, pairs);
-#pragma unroll
-            for (int p = 0; p < MMA_STEP / 2; ++p) w_pairs[tid][p] = pairs[p];
-        } else {
-            // x's rows, 16 threads per row (one pair each), four rows at a time; zeros past
-            // the expert's rows and past k.
-            const int p = (tid - TILE_COLS) % (MMA_STEP / 2), col = k0 + 2 * p;
-            for (int r = (tid - TILE_COLS) / (MMA_STEP / 2); r < TILE_ROWS;
-                 r += (MMA_THREADS - TILE_COLS) / (MMA_STEP / 2)) {
-                const int row = first_row + r;
-                unsigned int pair = 0;
-                if (row < end_row) {
-                    const float* x_row = x + (size_t)(row_token ? row_token[row] : row) * k;
-                    pair = (col < k ? bf16_bits(x_row[col]) : 0u) |
-                           ((col + 1 < k ? bf16_bits(x_row[col + 1]) : 0u) << 16);
-                }
-                x_pairs[r][p] = pair;
-            }
-        }
+        load_step(w, first_weight_row + first_col, n - first_col, x, row_token, first_row,
+                  end_row, k0, k, x_pairs, w_pairs);
         __syncthreads();
 #pragma unroll
         for (int half = 0; half < MMA_STEP / 16; ++half) {
