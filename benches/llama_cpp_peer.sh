@@ -24,19 +24,8 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 VENV=${LLAMA_VENV:-$ROOT/target/llama-venv}
-LLAMA_CPP_PYTHON=llama-cpp-python==0.3.36
-
-has_llama_cpp() {
-    "$VENV/bin/python" -c 'import llama_cpp, numpy; assert llama_cpp.__version__ == "0.3.36"' \
-        2>/dev/null
-}
-
-if ! has_llama_cpp; then
-    echo "installing $LLAMA_CPP_PYTHON into $VENV (it compiles llama.cpp)..." >&2
-    [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-    nice "$VENV/bin/pip" install --quiet "${LLAMA_SDIST:-$LLAMA_CPP_PYTHON}"
-    has_llama_cpp || { echo "llama_cpp still not importable from $VENV" >&2; exit 1; }
-fi
+source "$ROOT/benches/llama_venv.sh"
+llama_venv "$VENV"
 
 BIN=${DEEPSEEK_LSP:-}
 if [ -z "$BIN" ]; then

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The checks that need a CPU with AMX (Sapphire Rapids or later): the tile road's tests on the
 # CPU's own tiles, the panel and matmul benches, and a Lite-shaped prompt with and without the
-# tiles. (CI and machines without AMX test the same road on emulated tiles.)
+# tiles, next to llama.cpp's prefill of the same file in each round (built here with
+# llama-cpp-python's llama.cpp; `build` makes its virtualenv when missing, as
+# benches/llama_cpp_peer.sh does). (CI and machines without AMX test the tile road on emulated
+# tiles.)
 #
 #   tools/amx_check.sh build   # here, any x86-64 Linux with Rust: binaries into .amx/ (ignored)
 #   tools/amx_check.sh run     # on the AMX machine, from the repository root (no Rust needed)
@@ -29,6 +32,23 @@ build)
     # Compressed: a device run's working tree, carried folders included, holds 64 MiB at most,
     # and the tracked files take about 37 MB of it.
     xz -T0 -6 -f .amx/kernels-tests .amx/quant-matmul-bench .amx/deepseek-lsp
+    # llama.cpp's prefill on the same file, for side-by-side figures from one run: our harness
+    # (benches/llama_cpp_prefill.c) against the llama.cpp that llama-cpp-python builds here (its
+    # CPU backend for this machine's instruction sets, without AMX tiles), its libraries beside it.
+    source benches/llama_venv.sh
+    venv=${LLAMA_VENV:-target/llama-venv}
+    llama_venv "$venv"
+    site=$("$venv/bin/python" -c \
+        'import llama_cpp, os; print(os.path.dirname(os.path.dirname(llama_cpp.__file__)))')
+    rm -rf .amx/llama && mkdir -p .amx/llama
+    cc -O2 -o .amx/llama/llama_cpp_prefill benches/llama_cpp_prefill.c -I"$site/include" \
+        -L"$site/llama_cpp/lib" -lllama -lggml -lggml-base -lm -Wl,-rpath,'$ORIGIN'
+    for library in libllama.so.0 libggml.so.0 libggml-base.so.0 libggml-cpu.so.0; do
+        cp -L "$site/llama_cpp/lib/$library" .amx/llama/
+    done
+    cp -L "$(cc -print-file-name=libgomp.so.1)" .amx/llama/
+    tar -C .amx -cJf .amx/llama.tar.xz llama
+    rm -rf .amx/llama
     ls -la .amx
     ;;
 run)
@@ -40,7 +60,12 @@ run)
     echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-), $(nproc) cores"
     echo "AMX flags: $(grep -o -w 'amx[a-z0-9_]*' /proc/cpuinfo | sort -u | tr '\n' ' ')"
     threads=$(nproc)
-    # Limits in seconds: 360 together at most, far less when nothing hangs.
+    llama=""
+    if [ -f .amx/llama.tar.xz ]; then
+        tar -C "$work" -xJf .amx/llama.tar.xz
+        llama="$work/llama/llama_cpp_prefill"
+    fi
+    # Limits in seconds: 440 together at most, far less when nothing hangs.
     step 60 "the tile road's tests" bash -c \
         "'$work/kernels-tests' quant:: --test-threads=1 --nocapture 2>&1 | grep -E 'amx|test result|FAILED|skipped'"
     for kernels in avx512-vnni amx; do
@@ -59,6 +84,10 @@ run)
                     --repeats 3 --threads $threads_now --kernels $kernels \
                     | grep -E '\"(cpu_kernels|amx_tiles|tokens_per_second)\"'"
             done
+            if [ -n "$llama" ]; then
+                step 20 "llama.cpp prefill, $threads_now threads, round $round" \
+                    "$llama" "$model" 512 "$threads_now" 3
+            fi
         done
     done
     rm -rf "$work"
