@@ -80,13 +80,38 @@ impl RuntimeArgs {
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())))
     }
 
+    /// Where and in what dtype the model loads, its device opened (`auto` resolved).
     pub fn load_options(&self) -> Result<LoadOptions, String> {
-        let device = self
-            .device
+        Ok(LoadOptions {
+            device: self.device_choice()?.open()?,
+            dtype: self.dtype()?,
+        })
+    }
+
+    /// `load` with these options; under `--device auto` a load that fails on the GPU runs again
+    /// on the CPU ([`DeviceChoice::load`]).
+    fn load_with<T>(
+        &self,
+        load: impl Fn(&LoadOptions) -> engine::error::Result<T>,
+    ) -> Result<T, String> {
+        let dtype = self.dtype()?;
+        self.device_choice()?.load(|device| {
+            let options = LoadOptions {
+                device: device.clone(),
+                dtype,
+            };
+            load(&options).map_err(|e| e.to_string())
+        })
+    }
+
+    fn device_choice(&self) -> Result<DeviceChoice, String> {
+        self.device
             .parse::<DeviceChoice>()
-            .map_err(|e| format!("--{e}"))?
-            .open()?;
-        let dtype = match self.dtype.as_deref() {
+            .map_err(|e| format!("--{e}"))
+    }
+
+    fn dtype(&self) -> Result<Option<DType>, String> {
+        Ok(match self.dtype.as_deref() {
             None => None,
             Some("f32") => Some(DType::F32),
             Some("f16") => Some(DType::F16),
@@ -96,8 +121,7 @@ impl RuntimeArgs {
                     "--dtype `{other}` not understood; use f32, f16 or bf16"
                 ));
             }
-        };
-        Ok(LoadOptions { device, dtype })
+        })
     }
 
     /// The model (directory or .gguf file) from --model, the environment, or the model built into the binary
@@ -125,7 +149,7 @@ impl RuntimeArgs {
 
     /// The model in `dir` (a `model_dir` the caller also reports).
     pub fn load_model_from(&self, dir: &std::path::Path) -> Result<Model, String> {
-        load_checkpoint(dir, &self.load_options()?).map_err(|e| e.to_string())
+        self.load_with(|options| load_checkpoint(dir, options))
     }
 }
 
@@ -137,7 +161,7 @@ impl RuntimeArgs {
 
     /// The engine for the model in `dir` (a `model_dir` the caller also reports).
     pub fn load_engine_from(&self, dir: &std::path::Path) -> Result<Engine, String> {
-        Engine::load_with(dir, &self.load_options()?, self.engine_options())
+        self.load_with(|options| Engine::load_with(dir, options, self.engine_options()))
             .map_err(|e| e.to_string())
     }
 

@@ -60,6 +60,31 @@ impl DeviceChoice {
     }
 }
 
+impl DeviceChoice {
+    /// A model loaded by `load` on the device this choice opens. For `auto`, a load that fails
+    /// on the GPU (a model larger than its memory, say) runs again on the CPU, with a warning
+    /// that says why: `auto` promises a model that runs, wherever it can.
+    pub fn load<T>(self, load: impl Fn(&Device) -> Result<T, String>) -> Result<T, String> {
+        let device = self.open()?;
+        match load(&device) {
+            Err(why) if self.retries_on_the_cpu(&device) => {
+                tracing::warn!(
+                    "running on the CPU: loading onto {} failed: {why}",
+                    device_name(&device)
+                );
+                load(&Device::Cpu)
+            }
+            loaded => loaded,
+        }
+    }
+
+    /// Whether a load that failed on `device` runs again on the CPU: for `auto` on a GPU only
+    /// (a load that failed on the CPU would fail again, and `cuda` asks for the GPU).
+    fn retries_on_the_cpu(self, device: &Device) -> bool {
+        self == Self::Auto && !device.is_cpu()
+    }
+}
+
 /// How a device a model runs on is named to users ("cpu", "cuda:0"): what `auto` became.
 pub fn device_name(device: &Device) -> String {
     match device.location() {
@@ -108,6 +133,20 @@ mod tests {
             let error = bad.parse::<DeviceChoice>().unwrap_err();
             assert!(error.contains("cpu, cuda, cuda:N or auto"), "{error}");
         }
+    }
+
+    #[test]
+    fn only_auto_on_a_gpu_loads_again_on_the_cpu() {
+        for choice in [DeviceChoice::Auto, DeviceChoice::Cpu, DeviceChoice::Cuda(0)] {
+            assert!(!choice.retries_on_the_cpu(&Device::Cpu), "{choice}");
+        }
+        // On the CPU a failed load is tried once, and its error is the caller's.
+        let calls = std::cell::Cell::new(0);
+        let failed = DeviceChoice::Cpu.load(|_| -> Result<(), String> {
+            calls.set(calls.get() + 1);
+            Err("a broken file".into())
+        });
+        assert_eq!((failed, calls.get()), (Err("a broken file".into()), 1));
     }
 
     /// A build without CUDA (CI's): `auto` runs on the CPU and `cuda` says how to get CUDA.

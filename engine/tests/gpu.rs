@@ -9,6 +9,7 @@
 //! `DEEPSEEK_LSP_TEST_DEVICE=cpu` runs the same checks on the CPU (to check the checks).
 
 use candle_core::{DType, Device};
+use engine::device::{DeviceChoice, device_name};
 use engine::routing_trace::trace_routing;
 use engine::{AttentionForm, LoadOptions, Logits, Model, load_checkpoint};
 use support::{
@@ -106,6 +107,28 @@ fn f32_on_the_gpu_matches_transformers_on_every_path() {
         }
         model.set_attention_form(AttentionForm::Auto);
     }
+}
+
+/// `auto` on a GPU machine: a load that fails on the GPU (a model larger than its memory, say)
+/// runs again on the CPU. (Forced onto the CPU to check the checks, `auto` opens the CPU and
+/// there is nothing to see.)
+#[test]
+#[ignore = "needs an NVIDIA GPU and a --features cuda build"]
+fn auto_loads_on_the_cpu_when_the_gpu_load_fails() {
+    if gpu().is_cpu() {
+        return;
+    }
+    let tried = std::cell::RefCell::new(Vec::new());
+    let loaded = DeviceChoice::Auto.load(|device| {
+        tried.borrow_mut().push(device_name(device));
+        if device.is_cpu() {
+            Ok("on the CPU")
+        } else {
+            Err("out of memory".to_string())
+        }
+    });
+    assert_eq!(loaded, Ok("on the CPU"));
+    assert_eq!(*tried.borrow(), ["cuda:0", "cpu"]);
 }
 
 /// An edit: the cache is cut back and other tokens take the freed positions, then it is cut

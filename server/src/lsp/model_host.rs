@@ -211,15 +211,17 @@ impl Which {
     }
 }
 
+/// The engine `key` names; under `auto` a load that fails on the GPU runs again on the CPU.
 fn load(key: &ModelKey) -> Result<Engine, String> {
-    let device = key.device.parse::<DeviceChoice>()?.open()?;
-    let options = LoadOptions {
-        device,
-        dtype: None,
-    };
     let engine_options = EngineOptions {
         cache_budget_bytes: key.cache_budget,
         ..EngineOptions::default()
     };
-    Engine::load_with(&key.path, &options, engine_options).map_err(|e| e.to_string())
+    key.device.parse::<DeviceChoice>()?.load(|device| {
+        let options = LoadOptions {
+            device: device.clone(),
+            dtype: None,
+        };
+        Engine::load_with(&key.path, &options, engine_options).map_err(|e| e.to_string())
+    })
 }
