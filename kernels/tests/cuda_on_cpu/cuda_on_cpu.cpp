@@ -256,23 +256,26 @@ int compile(Program& program, const std::vector<std::string>& options) {
     std::string defines;
     for (const std::string& option : options)
         if (option.rfind("-D", 0) == 0) defines += " '" + option + "'";
-    std::string expanded;
-    if (!preprocess(program, defines, expanded)) return NVRTC_ERROR_COMPILATION;
-    std::string unit =
-        "#include \"" CUDA_ON_CPU_HEADER "\"\n" + with_dynamic_shared(expanded) + "\n";
-    for (const KernelEntry& entry : entry_points(expanded)) {
-        unit += "extern \"C\" int " + std::string(ENTRY_PREFIX) + entry.name +
-                "(const unsigned* sizes, void** params, char* error, size_t error_bytes) {\n"
-                "    return cuda_on_cpu::launch(" +
-                entry.name + ", sizes, params, error, error_bytes, " + entry.most_threads +
-                ");\n}\n";
-    }
-    // The same unit and options make the same library: compiled once, even across runs.
+    // The same source, options, header and emulator make the same library: compiled once, even
+    // across runs (a cached one needs no preprocessing either).
     static const std::string header = read_file(CUDA_ON_CPU_HEADER);
-    const size_t key = std::hash<std::string>{}(unit + defines + header);
+    static const std::string emulator = read_file(__FILE__);
+    const size_t key = std::hash<std::string>{}(program.name + '\n' + program.source + defines +
+                                                header + emulator);
     const std::string library = std::string(CUDA_ON_CPU_WORKDIR) + "/" + program.name + "-" +
                                 std::to_string(key) + ".so";
     if (access(library.c_str(), R_OK) != 0) {
+        std::string expanded;
+        if (!preprocess(program, defines, expanded)) return NVRTC_ERROR_COMPILATION;
+        std::string unit =
+            "#include \"" CUDA_ON_CPU_HEADER "\"\n" + with_dynamic_shared(expanded) + "\n";
+        for (const KernelEntry& entry : entry_points(expanded)) {
+            unit += "extern \"C\" int " + std::string(ENTRY_PREFIX) + entry.name +
+                    "(const unsigned* sizes, void** params, char* error, size_t error_bytes) {\n"
+                    "    return cuda_on_cpu::launch(" +
+                    entry.name + ", sizes, params, error, error_bytes, " + entry.most_threads +
+                    ");\n}\n";
+        }
         // The finished library is renamed into place whole.
         const std::string own = own_path(program.name);
         const std::string source_path = own + ".cpp", partial = own + ".so";
