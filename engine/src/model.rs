@@ -1593,23 +1593,9 @@ fn stacked_products<'a>(
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use kernels::test_values::worst_and_largest;
 
-    /// The largest difference between `ours` and `expected` (NaN when any is), and the largest
-    /// magnitude in `expected`.
-    fn worst_and_scale(ours: &[f32], expected: &[f32]) -> (f32, f32) {
-        assert_eq!(ours.len(), expected.len(), "output sizes");
-        let scale = expected.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let worst = ours
-            .iter()
-            .zip(expected)
-            .map(|(a, b)| (a - b).abs())
-            .fold(
-                0f32,
-                |worst, e| if e.is_nan() || e > worst { e } else { worst },
-            );
-        (worst, scale)
-    }
+    use super::*;
 
     /// A [rows, cols] Q8_0 matrix of seeded random values in [-1, 1].
     fn random_q8_0(rows: usize, cols: usize, seed: u64) -> QuantizedWeight {
@@ -1666,7 +1652,7 @@ mod tests {
             fused.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
             alone.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
         );
-        let (worst, scale) = worst_and_scale(&fused, &alone);
+        let (worst, scale) = worst_and_largest(&fused, &alone);
         // The same quantized products; only the order of the weighted sum and silu's formula
         // differ (float rounding).
         assert!(
@@ -1712,7 +1698,7 @@ mod tests {
                 alone = (alone + y).unwrap();
             }
             let alone = alone.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            let (worst, scale) = worst_and_scale(&fused[token], &alone);
+            let (worst, scale) = worst_and_largest(&fused[token], &alone);
             assert!(
                 scale > 0.0 && worst <= 1e-5 * scale,
                 "token {token}: {worst:e} of {scale:e}"
@@ -1800,7 +1786,7 @@ mod tests {
                     t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
                 };
                 let (expected, ours) = (values(expected), values(ours));
-                let (worst, scale) = worst_and_scale(&ours, &expected);
+                let (worst, scale) = worst_and_largest(&ours, &expected);
                 assert!(
                     scale > 0.0 && worst <= bar * scale,
                     "{limit:?} {dtype:?}, {tokens} tokens: {worst:e} of {scale:e}"

@@ -155,14 +155,7 @@ pub fn wait_until(what: &str, condition: impl Fn() -> bool) {
 /// The largest |a - b| over two rows of logits; NaN when either holds a NaN (so a tolerance
 /// check fails instead of skipping it, as `f32::max` would).
 pub fn max_abs_error(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len(), "vocabulary size");
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(
-            0.0,
-            |worst, e| if e.is_nan() || e > worst { e } else { worst },
-        )
+    kernels::test_values::worst_and_largest(a, b).0
 }
 
 /// `prompt` followed by `model`'s greedy choices (argmax of each step's logits, decoded on one

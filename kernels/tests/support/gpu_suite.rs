@@ -13,6 +13,7 @@ use kernels::grouped_matmul::{ExpertWeights, grouped_matmul};
 use kernels::paged_attention::{LatentPages, LatentQueries, absorbed_attention};
 use kernels::quant::{GgmlType, dequantize};
 use kernels::routing::{GroupLimit, Weighting, route_token};
+use kernels::test_values::worst_and_largest;
 
 use super::quant_weights::{Rng, random_weights};
 
@@ -44,22 +45,6 @@ macro_rules! gpu_suite {
             support::gpu_suite::$case(&gpu, &nvrtc);
         }
     };
-}
-
-/// The largest difference between `on_gpu` and `on_cpu` (NaN when any is: an output the GPU
-/// never wrote holds garbage, NaN on the emulated driver), and the largest magnitude in `on_cpu`.
-fn worst_and_largest(on_gpu: &[f32], on_cpu: &[f32]) -> (f32, f32) {
-    assert_eq!(on_gpu.len(), on_cpu.len(), "output sizes");
-    let largest = on_cpu.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let worst = on_gpu
-        .iter()
-        .zip(on_cpu)
-        .map(|(g, c)| (g - c).abs())
-        .fold(
-            0f32,
-            |worst, e| if e.is_nan() || e > worst { e } else { worst },
-        );
-    (worst, largest)
 }
 
 /// Seeded values in [-1, 1).
