@@ -162,7 +162,6 @@ impl RuntimeArgs {
     /// The engine for the model in `dir` (a `model_dir` the caller also reports).
     pub fn load_engine_from(&self, dir: &std::path::Path) -> Result<Engine, String> {
         self.load_with(|options| Engine::load_with(dir, options, self.engine_options()))
-            .map_err(|e| e.to_string())
     }
 
     pub fn engine_options(&self) -> EngineOptions {

@@ -58,9 +58,7 @@ impl DeviceChoice {
             })),
         }
     }
-}
 
-impl DeviceChoice {
     /// A model loaded by `load` on the device this choice opens. For `auto`, a load that fails
     /// on the GPU (a model larger than its memory, say) runs again on the CPU, with a warning
     /// that says why: `auto` promises a model that runs, wherever it can.

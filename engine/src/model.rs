@@ -381,11 +381,7 @@ impl Model {
     /// Where the model runs and what it holds, for the log: "cuda:0, bf16 compute, 9.61 GB of
     /// weights" (a quantized file keeps its blocks, so its size shows here).
     pub fn summary(&self) -> String {
-        let device = match self.device.location() {
-            candle_core::DeviceLocation::Cpu => "cpu".to_string(),
-            candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
-            candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
-        };
+        let device = crate::device::device_name(&self.device);
         let dtype = format!("{:?}", self.dtype).to_lowercase();
         format!(
             "{device}, {dtype} compute, {:.2} GB of weights",
