@@ -176,15 +176,39 @@ impl LatentCache {
     }
 
     /// One layer's rows on `device` for positions `0..visible`: the pool's rows of that layer
-    /// ([slots x page_tokens, row]) and the slot of each page, in position order. Rows the
-    /// device lacks are copied from the host pages first (a prefix already there, as the prefix
-    /// tree shares it, costs nothing).
+    /// ([slots x page_tokens, row]) and the page table of their slots, kept on the device while
+    /// it stays the same ([`PageTable`]).
     pub(crate) fn device_pages(
         &mut self,
         layer: usize,
         visible: usize,
         device: &Device,
     ) -> Result<(Tensor, Arc<PageTable>)> {
+        let (rows, slots) = self.device_slots(layer, visible, device)?;
+        let table = match &self.page_table {
+            Some(last) if last.slots == slots && last.on_device.device().same_device(device) => {
+                last.clone()
+            }
+            _ => {
+                let on_device = Tensor::new(slots.as_slice(), device)?;
+                let fresh = Arc::new(PageTable { slots, on_device });
+                self.page_table = Some(fresh.clone());
+                fresh
+            }
+        };
+        Ok((rows, table))
+    }
+
+    /// One layer's rows on `device` for positions `0..visible`: the pool's rows of that layer
+    /// ([slots x page_tokens, row]) and the slot of each page, in position order. Rows the
+    /// device lacks are copied from the host pages first (a prefix already there, as the prefix
+    /// tree shares it, costs nothing).
+    fn device_slots(
+        &mut self,
+        layer: usize,
+        visible: usize,
+        device: &Device,
+    ) -> Result<(Tensor, Vec<u32>)> {
         let layout = *self.layout();
         let page_tokens = layout.page_tokens;
         let pages = visible.div_ceil(page_tokens);
@@ -199,20 +223,6 @@ impl LatentCache {
             uploads.catch_up(page, slot, (visible - index * page_tokens).min(page_tokens));
         }
         uploads.send(&pool)?;
-        let table = match &self.page_table {
-            Some(last) if last.slots == table && last.on_device.device().same_device(device) => {
-                last.clone()
-            }
-            _ => {
-                let on_device = Tensor::new(table.as_slice(), device)?;
-                let fresh = Arc::new(PageTable {
-                    slots: table,
-                    on_device,
-                });
-                self.page_table = Some(fresh.clone());
-                fresh
-            }
-        };
         Ok((pool.layer(layer), table))
     }
 
@@ -224,11 +234,11 @@ impl LatentCache {
         device: &Device,
     ) -> Result<Tensor> {
         let page_tokens = self.layout().page_tokens;
-        let (rows, table) = self.device_pages(layer, visible, device)?;
+        // The expanded form gathers the rows on the device: it needs no device page table.
+        let (rows, slots) = self.device_slots(layer, visible, device)?;
         let indices: Vec<u32> = (0..visible)
             .map(|position| {
-                table.slots[position / page_tokens] * page_tokens as u32
-                    + (position % page_tokens) as u32
+                slots[position / page_tokens] * page_tokens as u32 + (position % page_tokens) as u32
             })
             .collect();
         let indices = Tensor::from_vec(indices, visible, device)?;
