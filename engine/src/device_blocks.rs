@@ -123,8 +123,8 @@ impl DeviceBlocks {
 }
 
 /// x [n, cols] f32 times W^T from its blocks: [n, rows] f32, the grouped product of one expert
-/// whose row and tile offsets are u32 [0, n, 0, tiles]; a GPU's tiles in `arithmetic` (the CPU
-/// reference computes in f32).
+/// whose row and tile offsets are u32 [0, n, 0, tiles]; its tiles in `arithmetic` (on the CPU
+/// too: [`grouped_product`]).
 struct BlockProduct {
     ty: GgmlType,
     rows: usize,

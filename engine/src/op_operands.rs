@@ -7,8 +7,8 @@ use kernels::grouped_matmul::{ExpertWeights, grouped_matmul, grouped_matmul_bf16
 
 /// The arithmetic a GPU product of inputs in `dtype` (the model's compute dtype, before the ops
 /// convert them to f32) may use: bf16 on tensor cores for a bf16 model, whose activations are
-/// bf16 already; exact f32 otherwise (an f16 model's activations hold more bits than bf16). The
-/// CPU computes every product in f32.
+/// bf16 already; exact f32 otherwise (an f16 model's activations hold more bits than bf16). On
+/// the CPU, [`grouped_product`] computes what the GPU's kernel would.
 pub(crate) fn product_arithmetic(dtype: DType) -> Arithmetic {
     match dtype {
         DType::BF16 => Arithmetic::Bf16,

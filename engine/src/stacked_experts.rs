@@ -160,7 +160,7 @@ struct GroupedExperts {
     rule: RoutingRule,
     gather: bool,
     format: GgmlType,
-    /// A GPU's tiles' arithmetic (the CPU reference computes in f32).
+    /// The tiles' arithmetic (on the CPU too: [`grouped_product`]).
     arithmetic: Arithmetic,
 }
 

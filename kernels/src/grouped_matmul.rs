@@ -118,16 +118,21 @@ pub fn grouped_matmul_bf16(
         .iter()
         .map(|&v| f32::from_bits((round(v) as u32) << 16))
         .collect();
-    let rounded: Vec<u16> = match weights {
-        ExpertWeights::F32(w) => w.iter().map(|&v| round(v)).collect(),
-        ExpertWeights::Bf16(w) => w.to_vec(),
+    let rounded: Vec<u16>;
+    let weights = match weights {
+        ExpertWeights::Bf16(_) => weights,
+        ExpertWeights::F32(w) => {
+            rounded = w.iter().map(|&v| round(v)).collect();
+            ExpertWeights::Bf16(&rounded)
+        }
         ExpertWeights::Blocks { ty, bytes } => {
             let mut values = vec![0f32; weights.values()];
             dequantize(ty, bytes, &mut values);
-            values.into_iter().map(round).collect()
+            rounded = values.into_iter().map(round).collect();
+            ExpertWeights::Bf16(&rounded)
         }
     };
-    grouped_matmul(&x, row_offsets, ExpertWeights::Bf16(&rounded), n, k, y);
+    grouped_matmul(&x, row_offsets, weights, n, k, y);
 }
 
 #[cfg(test)]
