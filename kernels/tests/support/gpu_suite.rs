@@ -9,7 +9,7 @@ use kernels::cuda::launch::GpuKernels;
 use kernels::cuda::launch_shapes::Arithmetic;
 use kernels::cuda::nvrtc::Nvrtc;
 use kernels::expert_rows::{combine_expert_rows, expert_rows};
-use kernels::grouped_matmul::{ExpertWeights, grouped_matmul};
+use kernels::grouped_matmul::{ExpertWeights, grouped_matmul, grouped_matmul_bf16};
 use kernels::paged_attention::{LatentPages, LatentQueries, absorbed_attention};
 use kernels::quant::{GgmlType, dequantize};
 use kernels::routing::{GroupLimit, Weighting, route_token};
@@ -325,8 +325,8 @@ pub fn weights_in_gguf_blocks_on_tensor_cores_match_their_bf16_rounding(gpu: &Gp
     let kernels = GpuKernels::compile(gpu, nvrtc, TINY).unwrap();
     // A bf16 model's prompt over GGUF weights: the tiles on tensor cores decode each run of 32
     // values, round them to bf16 and multiply x rounded to bf16. The reference is the CPU's
-    // product of the same roundings: x to bf16, and each weight dequantized as gguf-py does
-    // (kernels::quant::dequantize) then rounded to bf16. Experts past a tile, one idle, outputs
+    // product of the same roundings (grouped_matmul_bf16): x to bf16, and each weight
+    // dequantized as gguf-py does (kernels::quant::dequantize) then rounded to bf16. Experts past a tile, one idle, outputs
     // past a column tile, F16's last values past whole runs (k 1007).
     for (f, (ty, k)) in block_formats_and_k().enumerate() {
         for (rows_per_expert, n) in [(vec![3, 0, 70, 1], 72), (vec![40], 40)] {
@@ -338,26 +338,14 @@ pub fn weights_in_gguf_blocks_on_tensor_cores_match_their_bf16_rounding(gpu: &Gp
                 .map(|v| half::bf16::from_f32(v).to_f32())
                 .collect();
             let bytes = random_weights(ty, experts * n * k, &mut Rng(23 + f as u64));
-            let mut values = vec![0f32; experts * n * k];
-            dequantize(ty, &bytes, &mut values);
-            let bits: Vec<u16> = values
-                .iter()
-                .map(|&v| half::bf16::from_f32(v).to_bits())
-                .collect();
-
             let weights = ExpertWeights::Blocks { ty, bytes: &bytes };
             let on_gpu = kernels
                 .grouped_matmul(&x, None, &row_offsets, weights, (n, k), Arithmetic::Bf16)
                 .unwrap();
             let mut on_cpu = vec![0f32; rows * n];
-            grouped_matmul(
-                &x,
-                &row_offsets,
-                ExpertWeights::Bf16(&bits),
-                n,
-                k,
-                &mut on_cpu,
-            );
+            grouped_matmul_bf16(&x, &row_offsets, weights, n, k, &mut on_cpu);
+            let mut values = vec![0f32; experts * n * k];
+            dequantize(ty, &bytes, &mut values);
             let (worst, largest) = worst_and_largest(&on_gpu, &on_cpu);
             // The GPU may fuse a block's multiply and subtraction, so a decoded weight can differ
             // from the CPU's in its last f32 bit, and then, rarely, in its bf16 rounding: one
